@@ -1,0 +1,1 @@
+"""embnas: embedding-size search for recommender systems under a hard memory budget."""

@@ -1,0 +1,125 @@
+"""The controller interface: a controller proposes decisions and learns from their fitness.
+
+Multi-trial controllers implement the ask/tell protocol of Optuna's and
+nevergrad's optimizers.  The public methods live here and do the checking and
+bookkeeping once; a controller fills the small protected hooks ``_ask``,
+``_tell`` and, when it carries learned state, ``_state`` / ``_load_state``.
+The search loop, not the controller, owns evaluation, logging and checkpoints.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+import numpy as np
+
+from nas.core.budget import Budget
+from nas.core.space import SearchSpace
+
+__all__ = ["Controller", "ControllerState"]
+
+#: A controller's state: JSON-able values and numpy arrays (saved to JSON and safetensors).
+ControllerState = dict[str, Any]
+
+
+class Controller(ABC):
+    """A multi-trial controller over one search space and one budget.
+
+    Args:
+        space: the search space whose decisions it proposes.
+        budget: the hard budget; every proposal is projected onto it.
+        seed: seeds the controller's random generator, so a seed fixes its proposals.
+
+    Capability flags (class attributes) say what a controller can do, so the loop
+    never needs ``isinstance`` checks.
+    """
+
+    #: Registry name, set by the registry decorator.
+    name: ClassVar[str] = ""
+    #: ``True`` for ask/tell controllers; one-shot controllers hook into supernet training.
+    multi_trial: ClassVar[bool] = True
+    #: ``True`` when the controller's proposals do not depend on fitness (one ask is enough).
+    needs_fitness: ClassVar[bool] = True
+    #: Names of the spaces it supports, or ``None`` for every space.
+    spaces: ClassVar[tuple[str, ...] | None] = None
+
+    def __init__(self, space: SearchSpace, budget: Budget, seed: int = 0) -> None:
+        space.check_budget(budget)
+        if self.spaces is not None and space.name not in self.spaces:
+            from nas.core.errors import ConfigError
+
+            raise ConfigError(f"controller {self.name!r} supports the spaces {self.spaces}, not {space.name!r}")
+        self.space = space
+        self.budget = budget
+        self.seed = int(seed)
+        self.rng = np.random.default_rng(seed)
+        self.n_told = 0
+        self.best_decisions: np.ndarray | None = None
+        self.best_fitness = -np.inf
+
+    # -- public protocol ---------------------------------------------------------------------------
+    def ask(self, n: int = 1) -> np.ndarray:
+        """``n`` feasible decision vectors, shape ``(n, n_decisions)``, each within the budget."""
+        if n < 1:
+            raise ValueError(f"ask for at least one candidate, got n={n}")
+        raw = np.asarray(self._ask(n), dtype=np.float64).reshape(n, self.space.n_decisions)
+        return np.stack([self.space.project(row, self.budget) for row in raw])
+
+    def tell(self, decisions: np.ndarray, fitness: np.ndarray | list[float]) -> None:
+        """Report the fitness of decision vectors the loop evaluated (higher is better)."""
+        batch = np.atleast_2d(np.asarray(decisions, dtype=np.int64))
+        values = np.atleast_1d(np.asarray(fitness, dtype=np.float64))
+        if batch.shape != (len(values), self.space.n_decisions):
+            raise ValueError(f"tell got decisions of shape {batch.shape} for {len(values)} fitness values")
+        if not np.isfinite(values).all():
+            raise ValueError(f"fitness must be finite, got {values.tolist()}")
+        for row, value in zip(batch, values):
+            self.n_told += 1
+            if value > self.best_fitness:
+                self.best_fitness, self.best_decisions = float(value), row.copy()
+        self._tell(batch, values)
+
+    def recommend(self) -> np.ndarray:
+        """The controller's answer: the best decisions told so far, else its own proposal."""
+        if self.best_decisions is not None:
+            return self.best_decisions.copy()
+        return self.ask(1)[0]
+
+    def state_dict(self) -> ControllerState:
+        """Everything needed to continue exactly where the controller stands."""
+        return {
+            "name": self.name,
+            "seed": self.seed,
+            "rng": self.rng.bit_generator.state,
+            "n_told": self.n_told,
+            "best_fitness": None if self.best_decisions is None else self.best_fitness,
+            "best_decisions": self.best_decisions,
+            "own": self._state(),
+        }
+
+    def load_state_dict(self, state: ControllerState) -> None:
+        """Restore a state written by :meth:`state_dict`."""
+        if state.get("name") != self.name:
+            raise ValueError(f"state of controller {state.get('name')!r} cannot be loaded into {self.name!r}")
+        self.rng.bit_generator.state = state["rng"]
+        self.n_told = int(state["n_told"])
+        best = state.get("best_decisions")
+        self.best_decisions = None if best is None else np.asarray(best, dtype=np.int64)
+        self.best_fitness = -np.inf if state.get("best_fitness") is None else float(state["best_fitness"])
+        self._load_state(state.get("own") or {})
+
+    # -- hooks ---------------------------------------------------------------------------------------
+    @abstractmethod
+    def _ask(self, n: int) -> np.ndarray:
+        """Raw proposals ``(n, n_decisions)``: any non-negative sizes; the base class projects them."""
+
+    def _tell(self, decisions: np.ndarray, fitness: np.ndarray) -> None:  # noqa: B027 - optional hook
+        """Learn from evaluated decisions (the default learns nothing)."""
+
+    def _state(self) -> ControllerState:
+        """The controller's own learned state (default: none)."""
+        return {}
+
+    def _load_state(self, state: ControllerState) -> None:  # noqa: B027 - optional hook
+        """Restore :meth:`_state`."""

@@ -1,0 +1,31 @@
+"""The errors of embnas, one root and a few clear kinds.
+
+``DataError`` is defined in :mod:`recsys.errors` (``recsys`` depends on nothing
+of the project) and re-exported here so callers find every kind in one place.
+"""
+
+from __future__ import annotations
+
+from recsys.errors import DataError
+
+__all__ = ["ArtifactError", "BudgetError", "ConfigError", "DataError", "EmbnasError", "ResumeError"]
+
+
+class EmbnasError(Exception):
+    """Root of the errors the toolkit raises on purpose; the CLI prints them as one line."""
+
+
+class BudgetError(EmbnasError, ValueError):
+    """A budget that cannot be met (naming the minimum) or an allocation that overshoots it."""
+
+
+class ConfigError(EmbnasError, ValueError):
+    """An option or combination of options that cannot work; the message says what to change."""
+
+
+class ArtifactError(EmbnasError):
+    """An exported artifact or checkpoint that is missing, truncated, tampered with or of an unknown format."""
+
+
+class ResumeError(EmbnasError):
+    """A run folder that cannot be resumed with the given configuration."""

@@ -1,0 +1,81 @@
+"""A typed registry per plug-in kind, fed by decorators and by Python entry points.
+
+Built-in plug-ins register themselves with a decorator when their package is
+imported; third-party packages declare an entry point in their own
+``pyproject.toml`` (for example ``[project.entry-points."embnas.controllers"]``
+``mine = "my_pkg:MyController"``) and appear after ``pip install``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from importlib.metadata import entry_points
+from typing import Generic, TypeVar
+
+from nas.core.errors import ConfigError
+
+__all__ = ["Registry"]
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """Names to plug-ins of one kind.
+
+    Args:
+        kind: what the registry holds, for messages (``"controller"``).
+        entry_point_group: the entry-point group scanned for third-party plug-ins.
+    """
+
+    def __init__(self, kind: str, entry_point_group: str) -> None:
+        self.kind = kind
+        self.entry_point_group = entry_point_group
+        self._items: dict[str, T] = {}
+        self._scanned = False
+
+    def register(self, name: str) -> Callable[[T], T]:
+        """Decorator registering its target under ``name``; sets ``target.name`` when it has one."""
+
+        def decorate(target: T) -> T:
+            existing = self._items.get(name)
+            if existing is not None and existing is not target:
+                raise ConfigError(f"a {self.kind} named {name!r} is already registered ({existing!r})")
+            if isinstance(target, type):
+                target.name = name  # type: ignore[attr-defined]
+            self._items[name] = target
+            return target
+
+        return decorate
+
+    def _scan_entry_points(self) -> None:
+        if self._scanned:
+            return
+        self._scanned = True
+        for point in entry_points(group=self.entry_point_group):
+            if point.name in self._items:
+                continue
+            try:
+                target = point.load()
+            except Exception as error:  # a broken third-party plug-in must not break the others
+                raise ConfigError(
+                    f"the {self.kind} {point.name!r} from entry point {point.value!r} failed to load: {error}"
+                ) from error
+            self.register(point.name)(target)
+
+    def get(self, name: str) -> T:
+        """The plug-in registered as ``name``; the error lists the names available."""
+        if name not in self._items:
+            self._scan_entry_points()
+        try:
+            return self._items[name]
+        except KeyError:
+            raise ConfigError(f"unknown {self.kind} {name!r}; available: {', '.join(self.names())}") from None
+
+    def names(self) -> list[str]:
+        """Every registered name, built-in and from entry points, sorted."""
+        self._scan_entry_points()
+        return sorted(self._items)
+
+    def __contains__(self, name: object) -> bool:
+        self._scan_entry_points()
+        return name in self._items

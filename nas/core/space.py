@@ -1,0 +1,143 @@
+"""The search-space interface every controller talks to.
+
+A search space turns a small vector of *decisions* into an :class:`Allocation`
+and back.  Each decision ``i`` takes a value from a shared, sorted ``grid`` of
+candidate sizes and costs ``weights[i] * value`` embedding values, so a
+controller can price any candidate exactly without knowing the space.  The
+:meth:`SearchSpace.project` method is the single place where the hard budget is
+enforced; :meth:`SearchSpace.sample` only returns projected decisions.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from typing import ClassVar
+
+import numpy as np
+
+from nas.core.allocation import Allocation
+from nas.core.budget import Budget
+from nas.core.errors import BudgetError, ConfigError
+from nas.core.projection import DEFAULT_FILL, project_linear
+from nas.core.tables import TableSpec
+
+__all__ = ["SearchSpace"]
+
+
+class SearchSpace(ABC):
+    """Decision variables, their candidate values and costs, context, sampling and projection.
+
+    Subclasses define how decisions map to row sizes (:meth:`to_allocation`), the
+    reverse (:meth:`from_allocation`), the per-decision ``weights`` and the
+    ``context`` that conditioning controllers read.
+
+    Args:
+        tables: the embedding tables.
+        frequencies: training frequency of every row, by table (int arrays).
+        d_min: fewest dimensions a row may keep.
+        d_max: most dimensions a row may keep.
+    """
+
+    #: Registry name of the space, e.g. ``"per-feature"``.
+    name: ClassVar[str] = ""
+
+    def __init__(self, tables: Sequence[TableSpec], frequencies: Mapping[str, np.ndarray], d_min: int, d_max: int) -> None:
+        if not tables:
+            raise ConfigError("a search space needs at least one table")
+        if not 0 <= d_min <= d_max or d_max < 1:
+            raise ConfigError(f"need 0 <= d_min <= d_max and d_max >= 1, got d_min={d_min}, d_max={d_max}")
+        self.tables = tuple(tables)
+        self.d_min = int(d_min)
+        self.d_max = int(d_max)
+        self.frequencies: dict[str, np.ndarray] = {}
+        for table in self.tables:
+            freq = np.asarray(frequencies.get(table.name, np.zeros(table.rows)), dtype=np.int64)
+            if freq.shape != (table.rows,):
+                raise ConfigError(f"table {table.name!r} has {table.rows} rows but {freq.shape} frequencies")
+            self.frequencies[table.name] = freq
+
+    # -- what each space defines ---------------------------------------------------------------------
+    @property
+    @abstractmethod
+    def grid(self) -> np.ndarray:
+        """Sorted candidate values shared by every decision (int64)."""
+
+    @property
+    @abstractmethod
+    def weights(self) -> np.ndarray:
+        """Embedding values that one unit of each decision costs (int64, one per decision)."""
+
+    @abstractmethod
+    def to_allocation(self, decisions: np.ndarray) -> Allocation:
+        """The allocation that ``decisions`` (grid values) stand for."""
+
+    @abstractmethod
+    def from_allocation(self, allocation: Allocation) -> np.ndarray:
+        """Decisions that best describe ``allocation`` (exact when it came from this space)."""
+
+    @abstractmethod
+    def context(self) -> dict[str, np.ndarray]:
+        """Per-decision features for controllers that condition on them.
+
+        Always holds ``"table"`` (index into :attr:`tables`) and ``"log_frequency"``
+        (``log1p`` of the decision's training frequency); spaces may add more.
+        """
+
+    # -- shared behaviour ----------------------------------------------------------------------------
+    @property
+    def n_decisions(self) -> int:
+        """Number of decision variables."""
+        return len(self.weights)
+
+    def rows(self) -> dict[str, int]:
+        """Rows of every table."""
+        return {t.name: t.rows for t in self.tables}
+
+    def cost(self, decisions: np.ndarray) -> int:
+        """Exact number of embedding values that ``decisions`` keep."""
+        return int(self.weights @ np.asarray(decisions, dtype=np.int64))
+
+    def candidate_costs(self, index: int | np.ndarray) -> np.ndarray:
+        """Cost of every grid value for decision(s) ``index``: shape ``(..., len(grid))``."""
+        return np.multiply.outer(self.weights[index], self.grid)
+
+    def minimum_cost(self) -> int:
+        """Cost with every decision at its smallest candidate."""
+        return int(self.weights.sum()) * int(self.grid[0])
+
+    def check_budget(self, budget: Budget) -> None:
+        """Raise unless ``budget`` describes this space's tables and bounds and can be met in it."""
+        if dict(budget.rows) != self.rows():
+            raise ConfigError(f"the budget's tables {dict(budget.rows)} are not the space's tables {self.rows()}")
+        if (budget.d_min, budget.d_max) != (self.d_min, self.d_max):
+            raise ConfigError(
+                f"the budget's bounds [d_min={budget.d_min}, d_max={budget.d_max}] differ from the space's "
+                f"[{self.d_min}, {self.d_max}]; build both from the same d_min and d_max"
+            )
+        if self.minimum_cost() > budget.max_values:
+            raise BudgetError(
+                f"{budget.describe()} allows {budget.max_values:,} values but the {self.name} space needs at least "
+                f"{self.minimum_cost():,} (every decision at its smallest size {int(self.grid[0])})"
+            )
+
+    def project(self, decisions: np.ndarray, budget: Budget, *, fill: float = DEFAULT_FILL) -> np.ndarray:
+        """The feasible decisions nearest in shape to ``decisions``, spending the budget.
+
+        Idempotent: projecting a projected vector returns it unchanged.
+
+        Raises:
+            BudgetError: when the budget is below the space's minimum.
+            ValueError: for NaN, infinite, negative or wrongly shaped decisions.
+        """
+        self.check_budget(budget)
+        return project_linear(decisions, self.weights, self.grid, budget.max_values, fill=fill)
+
+    def sample(self, rng: np.random.Generator, budget: Budget) -> np.ndarray:
+        """A random feasible decision vector: uniform grid values, projected to the budget."""
+        raw = self.grid[rng.integers(0, len(self.grid), size=self.n_decisions)]
+        return self.project(raw, budget)
+
+    def describe(self) -> str:
+        """One line for summaries: the space and its number of decisions."""
+        return f"{self.name} ({self.n_decisions:,} decisions)"

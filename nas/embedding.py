@@ -1,0 +1,98 @@
+"""The maskable embedding: full-size tables that serve any allocation at lookup.
+
+It holds the full ``rows × d_max`` weights (so one set of weights serves every
+allocation, as a supernet needs) and keeps only the leading ``row_dims[r]``
+values of row ``r`` when it is looked up.  A prefix needs no mask matrix: the
+column index is compared with the row's size, for the looked-up rows only.
+Masked positions are exact ``+0.0`` (``torch.where``, not a multiplication that
+would give ``-0.0`` for negative weights), so the exported packed table serves
+bit-identical vectors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from nas.core.allocation import Allocation
+from recsys.embedding import PlainEmbedding
+
+__all__ = ["MaskableEmbedding"]
+
+
+class MaskableEmbedding(PlainEmbedding):
+    """A :class:`~recsys.embedding.PlainEmbedding` that applies an :class:`Allocation`.
+
+    Without an allocation it behaves exactly like the plain tables (the full model).
+
+    Args:
+        rows: rows of each table.
+        dim: the full width ``d_max``.
+        std: standard deviation of the normal initialisation.
+        seed: initialisation seed (the same seed gives the same weights as the plain tables).
+    """
+
+    def __init__(self, rows: Mapping[str, int], dim: int, std: float = 0.1, seed: int = 0) -> None:
+        super().__init__(rows, dim, std=std, seed=seed)
+        self.register_buffer("columns", torch.arange(self.dim), persistent=False)
+        self._row_dims: dict[str, torch.Tensor] = {}
+        self._masks: dict[str, torch.Tensor] = {}
+        self.allocation: Allocation | None = None
+
+    @classmethod
+    def from_tables(cls, tables: Mapping[str, torch.Tensor]) -> MaskableEmbedding:
+        """A maskable copy of trained full-size weights (e.g. the full model, to evaluate allocations on it)."""
+        rows = {name: int(w.shape[0]) for name, w in tables.items()}
+        dims = {int(w.shape[1]) for w in tables.values()}
+        if len(dims) != 1:
+            raise ValueError(f"all tables must share one width, got {sorted(dims)}")
+        embedding = cls(rows, dims.pop())
+        with torch.no_grad():
+            for name, weight in tables.items():
+                embedding.weights[name].copy_(weight)
+        return embedding
+
+    def set_allocation(self, allocation: Allocation | None) -> None:
+        """Apply ``allocation`` to every later lookup; ``None`` restores the full tables."""
+        self.allocation = allocation
+        self._row_dims, self._masks = {}, {}
+        if allocation is None:
+            return
+        if allocation.rows() != self.rows:
+            raise ValueError(f"allocation tables {allocation.rows()} do not match the embedding's {self.rows}")
+        device = self.columns.device
+        for name, dims in allocation.row_dims.items():
+            if int(dims.max()) > self.dim:
+                raise ValueError(f"table {name!r} asks for {int(dims.max())} dimensions but the embedding has {self.dim}")
+            self._row_dims[name] = torch.tensor(dims, dtype=torch.int64, device=device)
+        for name, mask in (allocation.element_masks or {}).items():
+            self._masks[name] = torch.tensor(mask, dtype=torch.bool, device=device)
+
+    def _keep(self, table: str, ids: torch.Tensor | None) -> torch.Tensor | None:
+        """Boolean keep-mask for the rows ``ids`` (all rows when ``None``), or ``None`` for a full table."""
+        if table in self._masks:
+            mask = self._masks[table]
+            return mask if ids is None else mask[ids]
+        dims = self._row_dims.get(table)
+        if dims is None:
+            return None
+        if ids is not None:
+            dims = dims[ids]
+        return self.columns < dims.unsqueeze(-1)
+
+    def lookup(self, table: str, ids: torch.Tensor) -> torch.Tensor:
+        vectors = nn.functional.embedding(ids, self.weights[table])
+        keep = self._keep(table, ids)
+        return vectors if keep is None else torch.where(keep, vectors, torch.zeros((), dtype=vectors.dtype))
+
+    def table(self, table: str) -> torch.Tensor:
+        weight = self.weights[table]
+        keep = self._keep(table, None)
+        return weight if keep is None else torch.where(keep, weight, torch.zeros((), dtype=weight.dtype))
+
+    def masked_tables(self) -> dict[str, torch.Tensor]:
+        """Every table as served under the current allocation, detached (what an export stores)."""
+        with torch.no_grad():
+            return {name: self.table(name).detach().clone() for name in self.rows}

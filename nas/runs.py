@@ -1,0 +1,157 @@
+"""Run folders: everything one search leaves behind, written so that nothing is ever half-written.
+
+``runs/<id>/`` holds ``config.json`` (with the hash that ties the folder to its
+configuration and data), ``events.jsonl`` (append-only, one JSON object per
+line: each evaluated allocation, each stage that finished), ``checkpoints/``
+(safetensors), ``allocation.npz``, ``metrics.json`` and ``export/``.  Whole files
+are written to a temporary name and renamed; the event log is only appended to,
+and a torn last line (a crash mid-append) is ignored when it is read back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from nas._atomic import atomic_write, write_json
+from nas.core.errors import ArtifactError, ResumeError
+
+__all__ = ["Run", "config_hash"]
+
+
+def config_hash(config: Mapping[str, Any]) -> str:
+    """Stable short hash of a JSON-able configuration (key order does not matter)."""
+    text = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class Run:
+    """One run folder.
+
+    Args:
+        folder: the run's folder, ``runs/<id>``.
+    """
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+
+    @classmethod
+    def create(cls, root: str | Path, config: Mapping[str, Any], name: str | None = None) -> Run:
+        """Make a new run folder under ``root`` and write its ``config.json``.
+
+        Args:
+            root: the folder holding runs (``runs/``).
+            config: the JSON-able configuration of the run.
+            name: folder name; default ``<UTC time>-<config hash>``.
+
+        Raises:
+            ResumeError: when a folder of that name exists for another configuration.
+        """
+        digest = config_hash(config)
+        name = name or time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + f"-{digest[:8]}"
+        run = cls(Path(root) / name)
+        if (run.folder / "config.json").exists():
+            run.check_config(config)
+            return run
+        run.folder.mkdir(parents=True, exist_ok=True)
+        write_json(run.folder / "config.json", {"config_hash": digest, "config": dict(config)})
+        return run
+
+    # -- configuration ------------------------------------------------------------------------------
+    def config(self) -> dict[str, Any]:
+        """The configuration the run was created with."""
+        return self.read_json("config.json")["config"]
+
+    @property
+    def config_hash(self) -> str:
+        """The hash recorded in ``config.json``."""
+        return str(self.read_json("config.json")["config_hash"])
+
+    def check_config(self, config: Mapping[str, Any]) -> None:
+        """Refuse to continue this folder with a different configuration, naming what differs."""
+        recorded = self.config()
+        if config_hash(recorded) == config_hash(config):
+            return
+        keys = sorted(k for k in set(recorded) | set(config) if recorded.get(k) != config.get(k))
+        details = ", ".join(f"{k}: {recorded.get(k)!r} -> {config.get(k)!r}" for k in keys[:5])
+        raise ResumeError(f"{self.folder} was made by a different configuration ({details}); use another run name")
+
+    # -- files ---------------------------------------------------------------------------------------
+    def path(self, *parts: str) -> Path:
+        """A path inside the run folder."""
+        return self.folder.joinpath(*parts)
+
+    def write_json(self, name: str, data: Any) -> None:
+        """Write ``name`` as JSON, atomically."""
+        write_json(self.path(name), data)
+
+    def read_json(self, name: str) -> Any:
+        """Read a JSON file of the run, with a clear error when it is missing or damaged."""
+        path = self.path(name)
+        try:
+            return json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ArtifactError(f"{path} does not exist; is {self.folder} a run folder made by `embnas search`?") from None
+        except json.JSONDecodeError as error:
+            raise ArtifactError(f"{path}: damaged JSON ({error})") from None
+
+    def has(self, name: str) -> bool:
+        """Whether the run already holds ``name``."""
+        return self.path(name).exists()
+
+    def save_tensors(self, name: str, tensors: Mapping[str, torch.Tensor]) -> None:
+        """Save a checkpoint (safetensors, atomically) under ``checkpoints/``."""
+        target = self.path("checkpoints", name)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.tmp")
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp))
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+
+    def load_tensors(self, name: str) -> dict[str, torch.Tensor]:
+        """Load a checkpoint written by :meth:`save_tensors` (never unpickles)."""
+        path = self.path("checkpoints", name)
+        try:
+            return load_file(str(path))
+        except FileNotFoundError:
+            raise ArtifactError(f"{path} does not exist") from None
+        except Exception as error:  # safetensors raises its own error types for damaged files
+            raise ArtifactError(f"{path}: damaged checkpoint ({error})") from None
+
+    # -- events --------------------------------------------------------------------------------------
+    def log_event(self, kind: str, **fields: Any) -> None:
+        """Append one event line, flushed and synced, so a crash loses at most the line being written."""
+        record = {"event": kind, "time": round(time.time(), 3), **fields}
+        line = json.dumps(record, separators=(",", ":"), default=float) + "\n"
+        with open(self.path("events.jsonl"), "a") as handle:
+            handle.write(line)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def events(self, kind: str | None = None) -> Iterator[dict[str, Any]]:
+        """The logged events in order (of one kind if given); a torn last line is skipped."""
+        path = self.path("events.jsonl")
+        if not path.exists():
+            return
+        for line in path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if kind is None or record.get("event") == kind:
+                yield record
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """Write a text file atomically."""
+    with atomic_write(path, "w") as handle:
+        handle.write(text)

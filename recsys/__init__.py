@@ -1,0 +1,1 @@
+"""Recommender data, backbones, metrics and training; knows nothing of the search."""
