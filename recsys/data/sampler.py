@@ -1,0 +1,159 @@
+"""BPR triples: every train pair once per epoch, each with a uniform negative item.
+
+Negatives are drawn for a whole epoch at once: uniform item ids, then every
+draw whose key ``user * n_items + item`` is a train pair (found with
+``np.searchsorted`` in the sorted train keys) is redrawn, and only those. A
+user who owns nearly every item would need many rounds, so after
+:data:`REJECTION_ROUNDS` rounds the few draws left are taken exactly from the
+user's complement (the r-th item the user does not have, again by
+``searchsorted``); both routes give the uniform distribution over the items
+the user has no train pair with.
+
+The stream is a deterministic function of the seed. :meth:`BPRSampler.state_dict`
+captures the numpy generator (as JSON-able data) and, mid-epoch, how many
+pairs of the epoch were already handed out, so a run resumed from it yields
+exactly the batches the uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+__all__ = ["BPRSampler", "REJECTION_ROUNDS"]
+
+REJECTION_ROUNDS = 8
+"""Rounds of redrawing colliding negatives before the exact complement draw takes over."""
+
+
+class BPRSampler:
+    """Shuffled (user, positive, negative) batches over the train pairs.
+
+    Args:
+        train: ``(n_users, n_items)`` binary train matrix (any scipy sparse
+            format; duplicates count once).
+        seed: seed of the numpy generator (PCG64) behind shuffles and negatives.
+
+    Raises:
+        ValueError: some user has a train pair with every item, so no negative
+            exists for them.
+    """
+
+    def __init__(self, train: sp.spmatrix | sp.sparray, seed: int = 0) -> None:
+        csr = sp.csr_matrix(train, copy=True)
+        csr.sum_duplicates()
+        csr.eliminate_zeros()
+        self.n_users, self.n_items = (int(n) for n in csr.shape)
+        degree = np.diff(csr.indptr).astype(np.int64)
+        full = np.flatnonzero((degree > 0) & (degree >= self.n_items))
+        if full.size:
+            raise ValueError(f"user {int(full[0])} has a train pair with every item: no negative item exists")
+        self._indptr = csr.indptr.astype(np.int64)
+        self._users = np.repeat(np.arange(self.n_users, dtype=np.int64), degree)
+        self._items = csr.indices.astype(np.int64)
+        self._keys = self._users * self.n_items + self._items  # sorted: canonical CSR order
+        # Complement lookup: within a row, items[k] - k counts the non-items before items[k].
+        rank = np.arange(self._items.size, dtype=np.int64) - np.repeat(self._indptr[:-1], degree)
+        self._gap_keys = self._users * self.n_items + (self._items - rank)
+        self._degree = degree
+        self._rng = np.random.default_rng(seed)
+        self._epoch_state: dict[str, Any] | None = None  # generator state at the start of an unfinished epoch
+        self._cursor = 0  # pairs of that epoch already handed out
+
+    @property
+    def n_pairs(self) -> int:
+        """Number of train pairs, i.e. triples per epoch."""
+        return int(self._items.size)
+
+    def epoch(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Yield ``(users, positives, negatives)`` int64 tensors covering every train pair once.
+
+        The order is a fresh permutation each epoch and the last batch may be
+        short. An epoch left unfinished (its iterator dropped, or a mid-epoch
+        state loaded by :meth:`load_state_dict`) is finished by the next call,
+        from the first pair not yet handed out, so an interrupted run and an
+        uninterrupted one see the same stream and no pair is skipped.
+
+        Args:
+            batch_size: triples per batch (the last one may have fewer).
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if self._epoch_state is not None:  # resume an interrupted epoch
+            self._rng.bit_generator.state = copy.deepcopy(self._epoch_state)
+            start = self._cursor
+        else:
+            start = 0
+        self._epoch_state = copy.deepcopy(self._rng.bit_generator.state)
+        self._cursor = start
+        order = self._rng.permutation(self.n_pairs)
+        # Negatives are drawn in CSR order, where queries ascend by user and
+        # searchsorted stays cache-friendly (5x faster than in shuffled order).
+        negatives = self._negatives(self._users)[order]
+        users = self._users[order]
+        positives = self._items[order]
+        for lo in range(start, self.n_pairs, batch_size):
+            hi = min(lo + batch_size, self.n_pairs)
+            self._cursor = hi
+            if hi == self.n_pairs:
+                self._epoch_state, self._cursor = None, 0
+            yield (
+                torch.from_numpy(users[lo:hi]),
+                torch.from_numpy(positives[lo:hi]),
+                torch.from_numpy(negatives[lo:hi]),
+            )
+        self._epoch_state, self._cursor = None, 0  # also when there was nothing to hand out
+
+    def _negatives(self, users: np.ndarray) -> np.ndarray:
+        """Rejection rounds on the colliding draws only, then the exact complement draw."""
+        neg = self._rng.integers(0, max(self.n_items, 1), size=users.size, dtype=np.int64)
+        todo = np.flatnonzero(self._is_train(users, neg))
+        for _ in range(REJECTION_ROUNDS):
+            if todo.size == 0:
+                return neg
+            neg[todo] = self._rng.integers(0, self.n_items, size=todo.size, dtype=np.int64)
+            todo = todo[self._is_train(users[todo], neg[todo])]
+        if todo.size:
+            neg[todo] = self._complement_draw(users[todo])
+        return neg
+
+    def _is_train(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """Whether each (user, item) is a train pair: one ``searchsorted`` in the sorted keys."""
+        keys = users * self.n_items + items
+        pos = np.searchsorted(self._keys, keys)
+        hit = np.zeros(keys.size, dtype=bool)
+        inside = pos < self._keys.size
+        hit[inside] = self._keys[pos[inside]] == keys[inside]
+        return hit
+
+    def _complement_draw(self, users: np.ndarray) -> np.ndarray:
+        """Exactly uniform over each user's non-items: the r-th missing item, r uniform."""
+        r = np.floor(self._rng.random(users.size) * (self.n_items - self._degree[users])).astype(np.int64)
+        # items of the user with items[k] - k <= r come before the r-th gap; skip over them
+        before = np.searchsorted(self._gap_keys, users * self.n_items + r, side="right") - self._indptr[users]
+        return r + before
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-able state: the generator and the position inside an unfinished epoch.
+
+        ``bit_generator`` is numpy's ``bit_generator.state`` (plain ints and
+        strings); ``cursor`` counts the pairs of the unfinished epoch already
+        handed out (0 between epochs).
+        """
+        unfinished = self._epoch_state is not None
+        state = self._epoch_state if unfinished else self._rng.bit_generator.state
+        return {"bit_generator": copy.deepcopy(state), "cursor": int(self._cursor) if unfinished else 0}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a :meth:`state_dict`, so the stream continues exactly where it was taken."""
+        self._rng.bit_generator.state = copy.deepcopy(state["bit_generator"])
+        cursor = int(state.get("cursor", 0))
+        if cursor:
+            self._epoch_state, self._cursor = copy.deepcopy(state["bit_generator"]), cursor
+        else:
+            self._epoch_state, self._cursor = None, 0
