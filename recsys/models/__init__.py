@@ -1,0 +1,40 @@
+"""Recommender backbones: each takes an :class:`~recsys.embedding.EmbeddingProvider`.
+
+A backbone is anything that satisfies the small :class:`Backbone` protocol, so
+the BPR trainer (:func:`recsys.train.train_bpr`) and the full-ranking
+evaluation work unchanged for MF today and LightGCN or NeuMF later.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import torch
+
+from recsys.embedding import EmbeddingProvider
+
+__all__ = ["Backbone", "MF"]
+
+
+@runtime_checkable
+class Backbone(Protocol):
+    """What the BPR trainer and the evaluator ask of a top-k backbone.
+
+    Attributes:
+        embedding: the provider of the ``"user"`` and ``"item"`` tables; the
+            backbone reads its vectors only through it, so a maskable provider
+            applies an allocation without the backbone knowing.
+    """
+
+    embedding: EmbeddingProvider
+
+    def bpr_loss(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, reg: float) -> torch.Tensor:
+        """Scalar BPR loss of a batch of (user, positive, negative) int64 id triples."""
+        ...
+
+    def all_scores(self, users: torch.Tensor) -> torch.Tensor:
+        """Scores of ``users`` (int64, shape ``(b,)``) against every item: a fresh ``(b, n_items)`` tensor."""
+        ...
+
+
+from recsys.models.mf import MF  # noqa: E402  (the protocol is defined first)

@@ -1,0 +1,72 @@
+"""Run folders: atomic files, an append-only event log that survives a torn line, config checks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from nas._atomic import atomic_write
+from nas.core import Allocation, ArtifactError, ResumeError
+from nas.runs import Run, config_hash
+
+
+def test_config_hash_ignores_key_order():
+    assert config_hash({"a": 1, "b": [1, 2]}) == config_hash({"b": [1, 2], "a": 1})
+    assert config_hash({"a": 1}) != config_hash({"a": 2})
+
+
+def test_reusing_a_run_folder_needs_the_same_config(tmp_path: Path):
+    Run.create(tmp_path, {"budget": "0.9", "seed": 0}, name="r")
+    assert Run.create(tmp_path, {"seed": 0, "budget": "0.9"}, name="r").config() == {"budget": "0.9", "seed": 0}
+    with pytest.raises(ResumeError, match=r"budget: '0.9' -> '0.5'"):
+        Run.create(tmp_path, {"budget": "0.5", "seed": 0}, name="r")
+
+
+def test_events_skip_a_torn_last_line(tmp_path: Path):
+    run = Run.create(tmp_path, {}, name="r")
+    run.log_event("trial", fitness=0.5)
+    run.log_event("trial", fitness=0.7)
+    with open(run.path("events.jsonl"), "a") as handle:
+        handle.write('{"event": "trial", "fitn')  # a crash in the middle of an append
+    assert [e["fitness"] for e in run.events("trial")] == [0.5, 0.7]
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path: Path):
+    target = tmp_path / "metrics.json"
+    target.write_text('{"old": true}')
+    with pytest.raises(RuntimeError):
+        with atomic_write(target) as handle:
+            handle.write('{"new": ')
+            raise RuntimeError("killed mid-write")
+    assert json.loads(target.read_text()) == {"old": True}
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+
+def test_checkpoints_round_trip_and_damage_is_reported(tmp_path: Path):
+    run = Run.create(tmp_path, {}, name="r")
+    tensors = {"weights.user": torch.randn(5, 3)}
+    run.save_tensors("full.safetensors", tensors)
+    assert torch.equal(run.load_tensors("full.safetensors")["weights.user"], tensors["weights.user"])
+    path = run.path("checkpoints", "full.safetensors")
+    path.write_bytes(path.read_bytes()[:20])
+    with pytest.raises(ArtifactError, match="damaged checkpoint"):
+        run.load_tensors("full.safetensors")
+    with pytest.raises(ArtifactError, match="does not exist"):
+        run.load_tensors("missing.safetensors")
+
+
+def test_allocation_files_round_trip_without_pickle(tmp_path: Path):
+    mask = np.zeros((3, 8), dtype=bool)
+    mask[0, :2] = mask[2, 1] = True
+    allocation = Allocation({"user": np.array([2, 1, 3]), "item": np.array([8])}, {"user": mask})
+    allocation.save(tmp_path / "a.npz")
+    loaded = Allocation.load(tmp_path / "a.npz")
+    assert loaded.fingerprint() == allocation.fingerprint()
+    assert loaded.cost == allocation.cost == 3 + 8
+    (tmp_path / "bad.npz").write_bytes(b"not an npz")
+    with pytest.raises(ArtifactError, match="cannot read the allocation"):
+        Allocation.load(tmp_path / "bad.npz")

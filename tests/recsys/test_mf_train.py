@@ -1,0 +1,202 @@
+"""MF and the BPR trainer on a small planted dataset (seconds, CPU)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy.sparse import csr_matrix
+from torch import nn
+
+from recsys.data import InteractionData
+from recsys.embedding import EmbeddingProvider, PlainEmbedding
+from recsys.models import MF, Backbone
+from recsys.train import TrainConfig, TrainResult, evaluate, train_bpr
+
+N_USERS, N_ITEMS, CLUSTERS = 80, 40, 4
+
+
+def _planted(seed: int = 0, *, valid: str = "cluster") -> InteractionData:
+    """Users of cluster c like items of cluster c (10 each): 5 train, 1 valid, 2 test of them.
+
+    ``valid="anti"`` puts the validation item in another cluster, so learning the
+    clusters makes validation worse (drives early stopping); ``"none"`` leaves it empty.
+    """
+    rng = np.random.default_rng(seed)
+    per = N_ITEMS // CLUSTERS
+    splits: dict[str, list[tuple[int, int]]] = {"train": [], "valid": [], "test": []}
+    for u in range(N_USERS):
+        c = u % CLUSTERS
+        items = c * per + rng.permutation(per)
+        splits["train"] += [(u, int(i)) for i in items[:5]]
+        splits["test"] += [(u, int(i)) for i in items[5:7]]
+        if valid == "cluster":
+            splits["valid"].append((u, int(items[7])))
+        elif valid == "anti":
+            splits["valid"].append((u, int(((c + 1) % CLUSTERS) * per + rng.integers(per))))
+
+    def csr(pairs: list[tuple[int, int]]) -> csr_matrix:
+        if not pairs:
+            return csr_matrix((N_USERS, N_ITEMS), dtype=np.float32)
+        u, i = np.array(pairs).T
+        return csr_matrix((np.ones(len(u), np.float32), (u, i)), shape=(N_USERS, N_ITEMS))
+
+    return InteractionData("planted", N_USERS, N_ITEMS, csr(splits["train"]), csr(splits["valid"]),
+                           csr(splits["test"]), "keep")
+
+
+def _model(seed: int = 0, dim: int = 16) -> MF:
+    return MF(PlainEmbedding({"user": N_USERS, "item": N_ITEMS}, dim, std=0.1, seed=seed))
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: one thread avoids thread-pool overhead (and contention on shared CI cores)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+CONFIG = TrainConfig(epochs=40, batch_size=64, lr=0.05, reg=1e-4, eval_every=5, patience=100, ks=(5, 10, 20), seed=3)
+
+
+class TableProvider(nn.Module):
+    """A provider that is not PlainEmbedding: one stacked parameter, tables as slices."""
+
+    def __init__(self, rows: dict[str, int], dim: int) -> None:
+        super().__init__()
+        self.dim, self.rows = dim, dict(rows)
+        self.offsets = {"user": 0, "item": rows["user"]}
+        self.weight = nn.Parameter(torch.randn(sum(rows.values()), dim, generator=torch.Generator().manual_seed(1)) * 0.1)
+
+    def lookup(self, table: str, ids: torch.Tensor) -> torch.Tensor:
+        return self.weight[ids + self.offsets[table]]
+
+    def table(self, table: str) -> torch.Tensor:
+        return self.weight[self.offsets[table] : self.offsets[table] + self.rows[table]]
+
+
+def test_mf_satisfies_backbone_and_scores_consistently():
+    model = _model()
+    assert isinstance(model, Backbone) and isinstance(model.embedding, EmbeddingProvider)
+    users = torch.tensor([0, 3, 7])
+    full = model.all_scores(users)
+    assert full.shape == (3, N_ITEMS)
+    items = torch.arange(N_ITEMS).expand(3, -1)
+    torch.testing.assert_close(model.score(users[:, None].expand(-1, N_ITEMS), items), full)
+
+
+def test_bpr_loss_follows_lightgcn_convention():
+    model = _model()
+    u, p, n = torch.tensor([0, 1, 2]), torch.tensor([4, 5, 6]), torch.tensor([7, 8, 9])
+    eu, ep, en = (model.embedding.lookup(t, x) for t, x in (("user", u), ("item", p), ("item", n)))
+    want = -nn.functional.logsigmoid((eu * ep).sum(1) - (eu * en).sum(1)).mean()
+    want = want + 0.5 * 0.01 * (eu.pow(2).sum() + ep.pow(2).sum() + en.pow(2).sum()) / 3
+    torch.testing.assert_close(model.bpr_loss(u, p, n, reg=0.01), want)
+
+
+def test_mf_rejects_what_is_not_a_provider():
+    with pytest.raises(TypeError, match="EmbeddingProvider"):
+        MF(object())  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="item"):
+        MF(PlainEmbedding({"user": 3}, 4))
+
+
+def test_mf_learns_planted_clusters_far_above_random():
+    data = _planted()
+    model = _model()
+    before = evaluate(model, data, "test")
+    result = train_bpr(model, data, CONFIG, progress=False)
+    after = evaluate(model, data, "test")
+    # Random ranking puts ~5/33 of the truth in the top 5; the clusters make it ~1.
+    assert before["recall@5"] < 0.35
+    assert after["recall@5"] > 0.9 and after["ndcg@5"] > 0.6 > 2 * before["ndcg@5"]
+    assert isinstance(result, TrainResult) and result.epochs_run == CONFIG.epochs
+    assert result.history[-1]["loss"] < result.history[0]["loss"]
+
+
+def test_early_stopping_restores_best_state():
+    data = _planted(valid="anti")
+    config = TrainConfig(epochs=60, batch_size=64, lr=0.05, reg=1e-4, eval_every=1, patience=3, seed=1)
+    model = _model()
+    result = train_bpr(model, data, config, progress=False)
+    assert result.epochs_run < config.epochs  # stopped early
+    assert result.best_epoch <= result.epochs_run - config.patience
+    assert evaluate(model, data, "valid") == result.best_valid
+    # The restored weights are those after exactly best_epoch epochs.
+    replay = _model()
+    train_bpr(replay, data, TrainConfig(**{**config.__dict__, "epochs": result.best_epoch}), progress=False)
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, replay.state_dict()[key], rtol=0, atol=0)
+
+
+def test_without_validation_trains_fixed_epochs():
+    data = _planted(valid="none")
+    config = TrainConfig(epochs=7, batch_size=64, lr=0.05, reg=1e-4, patience=1)
+    result = train_bpr(_model(), data, config, progress=False)
+    assert result.epochs_run == 7 and result.best_epoch == 7 and result.best_valid == {}
+    assert all("valid" not in record for record in result.history)
+
+
+def test_same_seed_same_history_and_metrics():
+    data = _planted()
+    config = TrainConfig(epochs=6, batch_size=32, lr=0.02, reg=1e-4, eval_every=2, seed=5)
+    runs = []
+    for _ in range(2):
+        model = _model(seed=2)
+        result = train_bpr(model, data, config, progress=False)
+        runs.append(([(r["loss"], r.get("valid")) for r in result.history], evaluate(model, data, "test")))
+    assert runs[0] == runs[1]
+
+
+def test_any_embedding_provider_trains():
+    data = _planted()
+    model = MF(TableProvider({"user": N_USERS, "item": N_ITEMS}, 16))
+    train_bpr(model, data, CONFIG, progress=True)
+    assert evaluate(model, data, "test")["recall@5"] > 0.9
+
+
+def test_eval_users_subset_and_test_excludes_valid():
+    data = _planted()
+    config = TrainConfig(epochs=2, batch_size=64, lr=0.05, reg=0.0, eval_users=10)
+    result = train_bpr(_model(), data, config, progress=False)
+    assert all(r["valid"]["users"] == 10 for r in result.history)
+    # A scorer that ranks exactly the validation items first gets no credit on test.
+    valid_dense = torch.from_numpy(data.valid.toarray())
+    cheat = type("Cheat", (), {"all_scores": staticmethod(lambda u: valid_dense[u].clone())})()
+    assert evaluate(cheat, data, "valid", ks=(1,))["recall@1"] == 1.0
+    assert evaluate(cheat, data, "test", ks=(1,))["recall@1"] < 0.5
+
+
+@pytest.mark.parametrize(
+    "changes, match",
+    [({"epochs": 0}, "epochs"), ({"lr": 0.0}, "lr"), ({"metric": "recall@50"}, "metric"),
+     ({"metric": "auc@5"}, "metric"), ({"patience": 0}, "patience"), ({"eval_users": 0}, "eval_users")],
+)
+def test_config_validation(changes, match):
+    base = {"epochs": 1, "batch_size": 8, "lr": 0.01, "reg": 0.0}
+    with pytest.raises(ValueError, match=match):
+        TrainConfig(**{**base, **changes})
+
+
+GOWALLA = "/work/shared/data/gowalla_lightgcn"
+
+
+@pytest.mark.slow
+def test_gowalla_mf_epoch_time_and_full_eval():
+    """Real data: one MF epoch and one full-ranking evaluation on Gowalla (opt-in: -m slow)."""
+    import os
+
+    if not os.path.isdir(GOWALLA):
+        pytest.skip(f"{GOWALLA} not present")
+    from recsys.data import load_lightgcn
+
+    data = load_lightgcn([f"{GOWALLA}/lightgcnpp_train.txt.gz", f"{GOWALLA}/lightgcnpp_valid.txt.gz"], None,
+                         f"{GOWALLA}/test.txt.gz")
+    model = MF(PlainEmbedding(data.rows(), 64, std=0.1, seed=0))
+    config = TrainConfig(epochs=1, batch_size=2048, lr=1e-3, reg=1e-4, threads=2)
+    result = train_bpr(model, data, config, progress=False)
+    assert result.history[0]["seconds"] < 10.0
+    metrics = evaluate(model, data, "test")
+    assert metrics["users"] == 29858 and 0.0 < metrics["recall@20"] < 0.2
