@@ -126,7 +126,7 @@ def evaluate(
         model.eval()
     try:
         return ranking_metrics(
-            model.all_scores, truth, exclude, ks, users=users, chunk_size=chunk_size, progress=progress
+            _on_device_of(model), truth, exclude, ks, users=users, chunk_size=chunk_size, progress=progress
         )
     finally:
         if was_training:
@@ -186,6 +186,7 @@ def _train(
     params = [p for p in model.parameters() if p.requires_grad]  # type: ignore[attr-defined]
     if not params:
         raise ValueError("the model has no trainable parameters; is its embedding provider an nn.Module?")
+    device = params[0].device
     optimizer = optimizer_factory(params) if optimizer_factory is not None else _adam(params, config.lr)
     validate = data.valid.nnz > 0
     eval_users = _eval_users(data, config) if validate else None
@@ -206,6 +207,8 @@ def _train(
         tic = time.perf_counter()
         total, count = torch.zeros(()), 0
         for users, pos, neg in sampler.epoch(config.batch_size):
+            if device.type != "cpu":
+                users, pos, neg = (t.to(device, non_blocking=True) for t in (users, pos, neg))
             loss = model.bpr_loss(users, pos, neg, config.reg)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -251,6 +254,21 @@ def _train(
         seconds=time.perf_counter() - start,
         epochs_run=epochs_run,
     )
+
+
+def _device_of(model: Backbone) -> torch.device:
+    """The device of the model's first parameter (CPU for a model without parameters)."""
+    parameters = getattr(model, "parameters", None)
+    first = next(iter(parameters()), None) if parameters is not None else None
+    return torch.device("cpu") if first is None else first.device
+
+
+def _on_device_of(model: Backbone) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``model.all_scores`` taking and returning CPU tensors whatever device the model is on."""
+    device = _device_of(model)
+    if device.type == "cpu":
+        return model.all_scores
+    return lambda users: model.all_scores(users.to(device)).cpu()
 
 
 def _adam(params: list[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer:

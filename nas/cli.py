@@ -1,0 +1,162 @@
+"""The ``embnas`` command: search, evaluate and export embedding-size allocations.
+
+Errors the toolkit raises on purpose (bad data, an infeasible budget, a wrong
+option) are printed as one line on stderr with a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["main"]
+
+_EXIT_ERROR = 2
+
+
+def _add_search_options(parser: argparse.ArgumentParser) -> None:
+    from nas.search import SearchConfig, TrainingOptions
+
+    defaults, train = SearchConfig(), TrainingOptions()
+    data = parser.add_argument_group("data")
+    data.add_argument("--data", metavar="PATH", help="a LightGCN folder (train/valid/test .txt[.gz]) or a CSV/TSV file; default: built-in synthetic data")
+    data.add_argument("--format", choices=("auto", "lightgcn", "csv"), default="auto",
+                      help="format of --data: a LightGCN folder or a CSV/TSV file; auto decides by whether it is a folder (default: %(default)s)")
+    data.add_argument("--train", nargs="+", metavar="FILE", help="LightGCN training files (several are concatenated)")
+    data.add_argument("--valid", nargs="+", metavar="FILE", help="LightGCN validation files")
+    data.add_argument("--test", nargs="+", metavar="FILE", help="LightGCN test files")
+    data.add_argument("--user-col", default="user_id", help="CSV user column (default: %(default)s)")
+    data.add_argument("--item-col", default="item_id", help="CSV item column (default: %(default)s)")
+    data.add_argument("--cold", choices=("keep", "drop"), default="keep",
+                      help="users/items absent from train: keep them in the tables and evaluation, or drop their pairs (default: %(default)s)")
+    search = parser.add_argument_group("search")
+    search.add_argument("--budget", default=defaults.budget,
+                        help="sparsity (0.9 keeps 10%%), parameter count (250000) or bytes (2MB, 512KiB) (default: %(default)s)")
+    search.add_argument("--d-max", type=int, default=defaults.d_max, help="full embedding width (default: %(default)s)")
+    search.add_argument("--d-min", type=int, default=defaults.d_min, help="fewest dimensions per row (default: %(default)s)")
+    search.add_argument("--space", default=defaults.space, help="search space (default: %(default)s)")
+    search.add_argument("--controller", default=defaults.controller, help="controller; `embnas controllers` lists them (default: %(default)s)")
+    search.add_argument("--trials", type=int, default=defaults.trials, help="allocations evaluated by fitness-driven controllers (default: %(default)s)")
+    search.add_argument("--fitness-users", type=int, default=defaults.fitness_users, help="validation users sampled for fitness, 0 for all (default: %(default)s)")
+    model = parser.add_argument_group("model and training")
+    model.add_argument("--model", default=defaults.model, help="backbone (default: %(default)s)")
+    model.add_argument("--epochs", type=int, default=train.epochs, help="most training epochs (default: %(default)s)")
+    model.add_argument("--batch-size", type=int, default=train.batch_size, help="BPR triples per step (default: %(default)s)")
+    model.add_argument("--lr", type=float, default=train.lr, help="Adam learning rate (default: %(default)s)")
+    model.add_argument("--reg", type=float, default=train.reg, help="L2 weight on looked-up vectors (default: %(default)s)")
+    model.add_argument("--eval-every", type=int, default=train.eval_every, help="epochs between validations (default: %(default)s)")
+    model.add_argument("--patience", type=int, default=train.patience, help="validations without improvement before stopping (default: %(default)s)")
+    run = parser.add_argument_group("run")
+    run.add_argument("--seed", type=int, default=defaults.seed, help="fixes the whole run (default: %(default)s)")
+    run.add_argument("--device", default=defaults.device, help="torch device (default: %(default)s)")
+    run.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    run.add_argument("--runs", default="runs", help="folder of run folders (default: %(default)s)")
+    run.add_argument("--name", help="run folder name (default: time and config hash)")
+    run.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _config_from_args(args: argparse.Namespace):  # noqa: ANN202
+    from nas.core.errors import ConfigError
+    from nas.data_source import DataSpec
+    from nas.search import SearchConfig, TrainingOptions
+
+    options = {"user_col": args.user_col, "item_col": args.item_col, "cold": args.cold, "seed": args.seed}
+    if args.train:
+        if args.data:
+            raise ConfigError("give either --data or --train/--valid/--test, not both")
+        spec = DataSpec("lightgcn", tuple(args.train), tuple(args.valid or ()), tuple(args.test or ()), **options)
+    elif args.data:
+        spec = DataSpec.from_path(args.data, format=args.format, **options)
+    else:
+        spec = DataSpec("synthetic", **options)
+    train = TrainingOptions(args.epochs, args.batch_size, args.lr, args.reg, args.eval_every, args.patience)
+    return SearchConfig(
+        data=spec, model=args.model, d_max=args.d_max, d_min=args.d_min, budget=args.budget, space=args.space,
+        controller=args.controller, trials=args.trials, fitness_users=args.fitness_users, seed=args.seed,
+        train=train, device=args.device, threads=args.threads,
+    )
+
+
+def _cmd_search(args: argparse.Namespace) -> int:
+    from nas.search import run_search
+    from nas.summary import summary_table
+
+    metrics = run_search(_config_from_args(args), args.runs, args.name, progress=not args.quiet)
+    print(summary_table(metrics))
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from nas.replay import evaluate_run
+
+    print(json.dumps(evaluate_run(args.run, args.split), indent=2))
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from nas.replay import export_run
+
+    manifest = export_run(args.run, args.out)
+    print(f"exported to {manifest['folder']}: {manifest['bytes_stored']:,} bytes "
+          f"(budget {manifest['budget']['max_bytes']:,} bytes)")
+    return 0
+
+
+def _cmd_controllers(args: argparse.Namespace) -> int:
+    from controllers import CONTROLLERS
+
+    for name in CONTROLLERS.names():
+        cls = CONTROLLERS.get(name)
+        kind = "multi-trial" if cls.multi_trial else "one-shot"
+        doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+        print(f"{name:<12} {kind:<12} {doc}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``embnas`` argument parser."""
+    parser = argparse.ArgumentParser(prog="embnas", description="Embedding-size search for recommender systems under a hard memory budget.")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+
+    search = commands.add_parser("search", help="train, search an allocation under the budget, retrain, evaluate, export",
+                                 description="Run the whole job. With no options: MF on the built-in synthetic data at sparsity 0.9.")
+    _add_search_options(search)
+    search.set_defaults(handler=_cmd_search)
+
+    evaluate = commands.add_parser("evaluate", help="re-evaluate a finished run's retrained model", description="Recompute the metrics of a run's retrained, allocated model.")
+    evaluate.add_argument("run", type=Path, help="the run folder (runs/<id>)")
+    evaluate.add_argument("--split", choices=("test", "valid"), default="test", help="split to evaluate (default: %(default)s)")
+    evaluate.set_defaults(handler=_cmd_evaluate)
+
+    export = commands.add_parser("export", help="export a run's allocated tables for serving", description="Write the packed, budget-checked tables of a run.")
+    export.add_argument("run", type=Path, help="the run folder (runs/<id>)")
+    export.add_argument("--out", type=Path, help="export folder (default: <run>/export)")
+    export.set_defaults(handler=_cmd_export)
+
+    listing = commands.add_parser("controllers", help="list the available controllers", description="List registered controllers, built-in and from plug-ins.")
+    listing.set_defaults(handler=_cmd_controllers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``embnas`` command; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    from nas.core.errors import EmbnasError
+    from recsys.errors import DataError
+
+    try:
+        return int(args.handler(args))
+    except (EmbnasError, DataError) as error:
+        print(f"embnas: error: {error}", file=sys.stderr)
+        return _EXIT_ERROR
+    except KeyboardInterrupt:
+        print("embnas: interrupted; finished stages are kept in the run folder", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

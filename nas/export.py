@@ -1,0 +1,321 @@
+"""Export an allocation's tables as a packed artifact that fits the byte budget.
+
+The export folder holds two files (read back by :mod:`nas.serving`)::
+
+    tables.safetensors   {name}.row_dims  (smallest unsigned dtype holding d_max)
+                         {name}.values    1-D: each row's kept values, row after row
+                         {name}.mask      only for element-mask tables: np.packbits of the
+                                          (rows, d_max) mask, flattened; values then hold
+                                          only the masked-in elements, row by row
+    manifest.json        format, version, tables, budget, bytes_stored, sha256 of the payload,
+                         config hash, allocation fingerprint, creator
+
+The values are taken from the masked model itself, so the loader serves exactly
+what the model served.  The write is atomic at the folder level: everything is
+written and fsynced in a sibling temporary folder, checked against the byte limit
+from the files on disk, and only then swapped in for the target.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import save as _save_safetensors
+
+from nas._atomic import _fsync_dir
+from nas.core.allocation import Allocation
+from nas.core.budget import Budget
+from nas.core.errors import ArtifactError, BudgetError, ConfigError
+from nas.core.storage import dims_dtype, export_bytes, value_itemsize
+from nas.embedding import MaskableEmbedding
+from nas.serving import FORMAT, FORMAT_VERSION, MANIFEST_FILE, TABLES_FILE
+
+__all__ = ["export_tables", "export_byte_limit"]
+
+PathLike = str | os.PathLike[str]
+
+_TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
+
+
+def export_byte_limit(budget: Budget, dtype: str | None = None, *, element_mask: bool = False) -> int:
+    """The most bytes an export under ``budget`` may take on disk.
+
+    Without element masks and in the budget's own dtype this is ``budget.max_bytes``.
+    Element masks add their bit-packed masks (``rows × d_max / 8`` bytes per table),
+    which a value budget pays on top; a byte budget never goes above the bytes the
+    user gave.
+
+    Args:
+        budget: the hard budget.
+        dtype: value dtype of the export (the budget's when ``None``).
+        element_mask: whether the export stores element masks.
+    """
+    dtype = budget.dtype if dtype is None else dtype
+    limit = export_bytes(budget.usable_values, budget.rows, budget.d_max, dtype, element_mask=element_mask)
+    if budget.kind == "bytes":
+        limit = min(limit, int(budget.amount))
+    return limit
+
+
+def export_tables(
+    folder: PathLike,
+    embedding: MaskableEmbedding | Mapping[str, torch.Tensor],
+    allocation: Allocation,
+    budget: Budget,
+    *,
+    config_hash: str = "",
+    dtype: str | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write the packed tables of ``allocation`` to ``folder`` and return the manifest.
+
+    Args:
+        folder: the export folder; an existing export there is replaced only once the
+            new one is complete (a non-empty folder that is not an export is refused).
+        embedding: the trained model's maskable embedding (its values under
+            ``allocation`` are exported), or full-size tensors ``{name: (rows, d_max)}``
+            that are masked by ``allocation`` the same way.
+        allocation: what to keep; validated against ``budget`` first.
+        budget: the hard budget; the files written never exceed :func:`export_byte_limit`.
+        config_hash: hash of the run's config and data, recorded in the manifest.
+        dtype: value dtype stored (``"float32"``, ``"float16"``, ``"bfloat16"``,
+            ``"float64"``); the budget's dtype when ``None``.  Serving is bit-identical
+            to the model only when this is the model's own dtype.
+        extra: JSON-able metadata recorded under ``"extra"`` (it counts toward the bytes).
+
+    Returns:
+        The manifest written to ``manifest.json``.
+
+    Raises:
+        BudgetError: the allocation breaks the budget (nothing is written).
+        ConfigError: the tables do not match the allocation or the dtype is unknown.
+        ArtifactError: the files would exceed the byte limit (a bug in the accounting)
+            or the target is a folder that is not an export; nothing is left behind.
+    """
+    allocation.validate(budget)
+    dtype = budget.dtype if dtype is None else dtype
+    try:
+        itemsize = value_itemsize(dtype)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    masks = dict(allocation.element_masks or {})
+    limit = export_byte_limit(budget, dtype, element_mask=bool(masks))
+    bound = export_bytes(allocation.cost, budget.rows, budget.d_max, dtype, element_mask=bool(masks))
+    if bound > limit:
+        if masks:
+            plain = export_bytes(allocation.cost, budget.rows, budget.d_max, dtype)
+            why = f"its element masks take up to {bound - plain:,} bytes that the byte budget did not reserve"
+        else:
+            why = f"{dtype} values take {itemsize} bytes each, more than the budget's {budget.dtype}"
+        raise BudgetError(
+            f"the export would take up to {bound:,} bytes, {bound - limit:,} over the limit of {limit:,} "
+            f"({budget.describe()}): {why}; keep fewer values"
+        )
+
+    served = _served_tables(embedding, allocation, budget.d_max)
+    tensors: dict[str, torch.Tensor] = {}
+    specs: dict[str, dict[str, Any]] = {}
+    columns = torch.arange(budget.d_max)
+    d_type = dims_dtype(budget.d_max)
+    for name, dims in allocation.row_dims.items():
+        table = served[name]
+        if name in masks:
+            keep = torch.tensor(masks[name])
+        else:
+            keep = columns < torch.tensor(dims).unsqueeze(1)
+        values = table[keep].to(_TORCH_DTYPES[dtype]).contiguous()
+        tensors[f"{name}.row_dims"] = torch.from_numpy(dims.astype(d_type))
+        tensors[f"{name}.values"] = values
+        if name in masks:
+            tensors[f"{name}.mask"] = torch.from_numpy(np.packbits(masks[name].reshape(-1)))
+        specs[name] = {
+            "rows": len(dims),
+            "d_max": budget.d_max,
+            "values_stored": int(values.numel()),
+            "dims_dtype": d_type.name,
+            "element_mask": name in masks,
+        }
+    payload = _save_safetensors(tensors, metadata={"format": FORMAT})
+    manifest = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "tables": specs,
+        "d_min": budget.d_min,
+        "d_max": budget.d_max,
+        "dtype": dtype,
+        "values_stored": sum(spec["values_stored"] for spec in specs.values()),
+        "budget": {**budget.to_dict(), "max_bytes": budget.max_bytes},
+        "bytes_limit": limit,
+        "bytes_stored": 0,
+        "files": {TABLES_FILE: {"bytes": len(payload), "sha256": hashlib.sha256(payload).hexdigest()}},
+        "config_hash": config_hash,
+        "allocation": allocation.fingerprint(),
+        "created_by": f"embnas {_version()}",
+    }
+    if extra is not None:
+        manifest["extra"] = dict(extra)
+    manifest_text = _manifest_bytes(manifest, len(payload))
+    total = len(payload) + len(manifest_text)
+    if total > limit:
+        raise ArtifactError(
+            f"the export would take {total:,} bytes, {total - limit:,} over its limit of {limit:,}: the metadata "
+            f"(safetensors header and a {len(manifest_text):,}-byte manifest) outgrew the reserve of nas.core.storage"
+            f"{' (shorten extra)' if extra else ''}; this is a bug in the byte accounting, nothing was written"
+        )
+    _write_folder(Path(folder), {TABLES_FILE: payload, MANIFEST_FILE: manifest_text}, total, limit)
+    return manifest
+
+
+# -- pieces ----------------------------------------------------------------------------------------
+def _served_tables(embedding: MaskableEmbedding | Mapping[str, torch.Tensor], allocation: Allocation,
+                   d_max: int) -> dict[str, torch.Tensor]:
+    """Every table exactly as the masked model serves it under ``allocation``, on the CPU."""
+    if isinstance(embedding, MaskableEmbedding):
+        previous = embedding.allocation
+        same = previous is not None and previous.fingerprint() == allocation.fingerprint()
+        if not same:
+            embedding.set_allocation(allocation)
+        try:
+            tables = embedding.masked_tables()
+        finally:
+            if not same:
+                embedding.set_allocation(previous)
+    else:
+        masks = allocation.element_masks or {}
+        tables = {}
+        with torch.no_grad():
+            for name, weight in embedding.items():
+                weight = weight.detach()
+                if name in masks:
+                    keep = torch.tensor(masks[name]).to(weight.device)
+                elif name in allocation.row_dims:
+                    dims = torch.tensor(allocation.row_dims[name]).to(weight.device)
+                    keep = torch.arange(weight.shape[-1], device=weight.device) < dims.unsqueeze(-1)
+                else:
+                    continue
+                # torch.where, as MaskableEmbedding: masked positions are +0.0 even for negative weights.
+                tables[name] = torch.where(keep, weight, torch.zeros((), dtype=weight.dtype, device=weight.device))
+    if set(tables) != set(allocation.row_dims):
+        raise ConfigError(f"the embedding has tables {sorted(tables)} but the allocation has {sorted(allocation.row_dims)}")
+    out = {}
+    for name, dims in allocation.row_dims.items():
+        table = tables[name].detach().cpu()
+        if tuple(table.shape) != (len(dims), d_max):
+            raise ConfigError(f"table {name!r} is {tuple(table.shape)}, expected (rows={len(dims)}, d_max={d_max})")
+        if not table.is_floating_point():
+            raise ConfigError(f"table {name!r} holds {table.dtype}, not floating-point values")
+        out[name] = table
+    return out
+
+
+def _manifest_bytes(manifest: dict[str, Any], payload_bytes: int) -> bytes:
+    """Serialise ``manifest`` with ``bytes_stored`` equal to the payload plus the manifest itself.
+
+    The manifest's size depends on the digits of ``bytes_stored``, so iterate to the fixed
+    point (two or three rounds; the size only grows with the number).
+    """
+    size = 0
+    for _ in range(10):
+        manifest["bytes_stored"] = payload_bytes + size
+        text = (json.dumps(manifest, indent=1) + "\n").encode("utf-8")
+        if len(text) == size:
+            return text
+        size = len(text)
+    raise ArtifactError("could not settle the manifest's own size (bug)")
+
+
+def _version() -> str:
+    try:
+        return metadata.version("embnas")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    """Write ``data`` to a new file and fsync it (a seam the tests use to fail mid-write)."""
+    with open(path, "xb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _write_folder(target: Path, files: Mapping[str, bytes], expected: int, limit: int) -> None:
+    """Write ``files`` into a sibling temporary folder, check them on disk, then swap it in for ``target``."""
+    target = target.absolute()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _check_replaceable(target)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        for name, data in files.items():
+            _write_file(tmp / name, data)
+        _fsync_dir(tmp)
+        on_disk = sum(entry.stat().st_size for entry in tmp.iterdir())
+        if on_disk != expected or on_disk > limit:
+            raise ArtifactError(
+                f"{target}: the written files take {on_disk:,} bytes (expected {expected:,}, limit {limit:,}); "
+                "this is a bug in the byte accounting, the export was discarded"
+            )
+        _swap_in(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _check_replaceable(target: Path) -> None:
+    """Refuse to replace anything but a missing or empty folder or an earlier export."""
+    if not target.exists() and not target.is_symlink():
+        return
+    if target.is_symlink() or not target.is_dir():
+        raise ArtifactError(f"{target}: exists and is not a folder; refusing to replace it with an export")
+    entries = {entry.name for entry in target.iterdir()}
+    if not entries or entries <= {MANIFEST_FILE, TABLES_FILE}:
+        return
+    raise ArtifactError(
+        f"{target}: is a folder holding {sorted(entries)[:5]}, not an embnas export; refusing to replace it"
+    )
+
+
+_RENAME_EXCHANGE = 2
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths with Linux ``renameat2(RENAME_EXCHANGE)``; False where unsupported."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    at_fdcwd = -100
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE) == 0
+
+
+def _swap_in(tmp: Path, target: Path) -> None:
+    """Make ``tmp`` the new ``target``; the old ``target`` (if any) survives until the new one is in place."""
+    if not target.exists():
+        os.rename(tmp, target)
+    elif _exchange(tmp, target):
+        shutil.rmtree(tmp, ignore_errors=True)  # tmp now holds the previous export
+    else:
+        aside = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+        os.rmdir(aside)
+        os.rename(target, aside)
+        try:
+            os.rename(tmp, target)
+        except BaseException:
+            os.rename(aside, target)
+            raise
+        shutil.rmtree(aside, ignore_errors=True)
+    _fsync_dir(target.parent)

@@ -1,0 +1,52 @@
+"""Work on a finished run: re-evaluate its retrained model, or export it again."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from nas.core.allocation import Allocation
+from nas.core.budget import Budget
+from nas.core.errors import ArtifactError
+from nas.data_source import load_data
+from nas.export import export_tables
+from nas.runs import Run
+from nas.search import SearchConfig, build_model
+from recsys.models import Backbone
+from recsys.train import evaluate
+
+__all__ = ["evaluate_run", "export_run", "load_allocated_model"]
+
+
+def load_allocated_model(folder: str | Path) -> tuple[Run, SearchConfig, Backbone, Allocation, Budget, Any]:
+    """The run, its configuration, retrained model (allocation applied), allocation, budget and data."""
+    run = Run(folder)
+    if not run.has("config.json"):
+        raise ArtifactError(f"{folder} is not a run folder (no config.json); give a folder made by `embnas search`")
+    config = SearchConfig.from_dict(run.config())
+    if not run.has("allocation.npz") or not run.has("checkpoints/allocated.safetensors"):
+        raise ArtifactError(f"{folder} has no retrained allocation yet; finish the run with `embnas search` first")
+    data = load_data(config.data)
+    allocation = Allocation.load(run.path("allocation.npz"))
+    budget = Budget.from_dict(run.read_json("metrics.json")["budget"]) if run.has("metrics.json") else Budget.parse(
+        config.budget, data.rows(), config.d_max, config.d_min
+    )
+    allocation.validate(budget)
+    model = build_model(config, data)
+    model.embedding.set_allocation(allocation)
+    model.load_state_dict(run.load_tensors("allocated.safetensors"), strict=False)  # type: ignore[attr-defined]
+    return run, config, model, allocation, budget, data
+
+
+def evaluate_run(folder: str | Path, split: str = "test") -> dict[str, float]:
+    """Full-ranking metrics of a run's retrained, allocated model on ``split``."""
+    _, _, model, _, _, data = load_allocated_model(folder)
+    return evaluate(model, data, split, (5, 10, 20))
+
+
+def export_run(folder: str | Path, out: str | Path | None = None) -> dict[str, Any]:
+    """Export a run's allocated tables to ``out`` (default ``<run>/export``); returns the manifest."""
+    run, _, model, allocation, budget, _ = load_allocated_model(folder)
+    target = Path(out) if out is not None else run.path("export")
+    manifest = export_tables(target, model.embedding, allocation, budget, config_hash=run.config_hash)
+    return {**manifest, "folder": str(target)}

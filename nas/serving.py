@@ -1,0 +1,466 @@
+"""Load and serve an exported packed embedding: the deployable half of embnas.
+
+This module is what a serving process ships with, so it imports only ``torch``,
+``safetensors`` and the standard library: not numpy, and nothing else of embnas.
+It reads the folder written by :func:`nas.export.export_tables`::
+
+    manifest.json          format, version, tables, budget, sizes and sha256 of the payload
+    tables.safetensors     per table: {name}.row_dims, {name}.values, and {name}.mask
+                           (bit-packed) for element-mask allocations
+
+and serves exactly the vectors the masked training model served (bit for bit,
+same dtype, masked positions ``+0.0``).
+
+Every problem with the artifact (missing or truncated file, tampered bytes, an
+edited manifest, an unknown format) raises :class:`PackedArtifactError` naming
+the file and what is wrong, never a raw JSON or safetensors traceback.
+
+Two in-memory layouts, chosen with ``layout`` in :meth:`PackedEmbedding.load`:
+
+* ``"packed"`` (default) keeps the values as stored, so serving memory stays at
+  the budget: the values, a 4-byte start offset and a 4-byte size per row.  A
+  lookup gathers, for every id, the ``d_max`` values that start at the row's
+  offset (an overlapping strided view of the value buffer, so the gather copies
+  whole rows like a dense embedding) and clears what lies past the row's size by
+  a bitwise AND with a precomputed prefix mask (exact ``+0.0``, and much faster
+  than ``torch.where`` on CPU).
+* ``"dense"`` rebuilds the zero-padded ``rows × d_max`` table once at load and
+  serves it with ``nn.functional.embedding``: dense speed, dense memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import struct
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors import SafetensorError
+from safetensors.torch import load as _load_safetensors
+
+__all__ = ["FORMAT", "FORMAT_VERSION", "MANIFEST_FILE", "TABLES_FILE", "PackedArtifactError", "PackedEmbedding"]
+
+#: Value of ``manifest["format"]`` for artifacts this module reads.
+FORMAT = "embnas-packed-embedding"
+#: The manifest version this loader reads.
+FORMAT_VERSION = 1
+#: Name of the manifest inside an export folder.
+MANIFEST_FILE = "manifest.json"
+#: Name of the payload inside an export folder.
+TABLES_FILE = "tables.safetensors"
+
+_LAYOUTS = ("packed", "dense")
+
+#: Value dtype names of the manifest -> torch dtype.
+_VALUE_DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float64": torch.float64,
+}
+#: Row-size dtype names of the manifest -> torch dtype.
+_DIMS_DTYPES: dict[str, torch.dtype] = {"uint8": torch.uint8, "uint16": torch.uint16, "uint32": torch.uint32}
+#: Safetensors dtype codes we accept -> (torch dtype, bytes per element).
+_ST_DTYPES: dict[str, tuple[torch.dtype, int]] = {
+    "F32": (torch.float32, 4),
+    "F16": (torch.float16, 2),
+    "BF16": (torch.bfloat16, 2),
+    "F64": (torch.float64, 8),
+    "U8": (torch.uint8, 1),
+    "U16": (torch.uint16, 2),
+    "U32": (torch.uint32, 4),
+}
+#: Integer dtype of the same width as a value dtype, to clear elements with a bitwise AND.
+_BITS_DTYPES = {2: torch.int16, 4: torch.int32, 8: torch.int64}
+#: Rows expanded at a time when an element-mask table is rebuilt at load (bounds temporary memory).
+_BLOCK_ROWS = 1 << 16
+
+
+class PackedArtifactError(ValueError):
+    """An export folder that is missing, truncated, tampered with or of an unknown format.
+
+    The serving loader cannot import :class:`nas.core.errors.ArtifactError` (it must not
+    depend on the rest of embnas), so it raises this ``ValueError`` instead; callers
+    inside embnas that want one kind can catch both.
+    """
+
+
+def _fail(path: Path | str, problem: str) -> PackedArtifactError:
+    return PackedArtifactError(f"{path}: {problem}")
+
+
+# -- reading and checking the files --------------------------------------------------------------
+def _read_manifest(folder: Path) -> tuple[dict[str, Any], int]:
+    """Parse ``manifest.json``; return it with its size in bytes."""
+    path = folder / MANIFEST_FILE
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise _fail(path, "missing; this folder is not an embnas export (or the export did not finish)") from None
+    except OSError as error:
+        raise _fail(path, f"cannot be read ({error.strerror or error})") from None
+    try:
+        manifest = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise _fail(path, f"is not valid JSON ({error}); the file is truncated or was edited") from None
+    if not isinstance(manifest, dict):
+        raise _fail(path, "does not hold a JSON object")
+    if manifest.get("format") != FORMAT:
+        raise _fail(path, f"format is {manifest.get('format')!r}, expected {FORMAT!r}")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise _fail(
+            path, f"format_version is {manifest.get('format_version')!r}; this loader reads version {FORMAT_VERSION}"
+        )
+    return manifest, len(raw)
+
+
+def _field(manifest: Mapping[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
+    """``manifest[key]``, checked to be of ``kind`` (bools are not ints)."""
+    if key not in manifest:
+        raise _fail(where, f"has no {key!r} entry")
+    value = manifest[key]
+    if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
+        raise _fail(where, f"{key!r} must be {getattr(kind, '__name__', kind)}, got {value!r}")
+    if not isinstance(value, kind):
+        raise _fail(where, f"{key!r} must be {getattr(kind, '__name__', kind)}, got {value!r}")
+    return value
+
+
+def _read_payload(folder: Path, manifest: Mapping[str, Any], verify: bool) -> tuple[bytes, int]:
+    """Read every payload file the manifest lists, checking size (always) and sha256 (``verify``)."""
+    where = str(folder / MANIFEST_FILE)
+    files = _field(manifest, "files", dict, where)
+    if set(files) != {TABLES_FILE}:
+        raise _fail(where, f"lists files {sorted(files)}, expected exactly [{TABLES_FILE!r}]")
+    total = 0
+    payload = b""
+    for name, entry in files.items():
+        if not isinstance(entry, dict):
+            raise _fail(where, f"entry of {name!r} in 'files' is not an object")
+        size = _field(entry, "bytes", int, where)
+        digest = _field(entry, "sha256", str, where)
+        path = folder / name
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise _fail(path, "missing (the manifest lists it)") from None
+        except OSError as error:
+            raise _fail(path, f"cannot be read ({error.strerror or error})") from None
+        if len(data) != size:
+            problem = "truncated" if len(data) < size else "longer than written"
+            raise _fail(path, f"is {len(data):,} bytes but the manifest says {size:,} ({problem}; the file was changed)")
+        if verify:
+            actual = hashlib.sha256(data).hexdigest()
+            if actual != digest:
+                raise _fail(
+                    path, f"sha256 mismatch: the file hashes to {actual}, the manifest says {digest}; refusing a tampered artifact"
+                )
+        total += len(data)
+        payload = data
+    return payload, total
+
+
+def _check_safetensors(path: Path, data: bytes) -> dict[str, dict[str, Any]]:
+    """Validate the safetensors framing ourselves, so a damaged file gives a clear message.
+
+    Returns the header (tensor name -> dtype, shape, data_offsets) without ``__metadata__``.
+    """
+    if len(data) < 8:
+        raise _fail(path, f"is {len(data)} bytes, too short for a safetensors file (truncated)")
+    (header_len,) = struct.unpack("<Q", data[:8])
+    if header_len > len(data) - 8:
+        raise _fail(path, f"header claims {header_len:,} bytes but only {len(data) - 8:,} follow (truncated)")
+    try:
+        header = json.loads(data[8 : 8 + header_len].decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise _fail(path, "safetensors header is not valid JSON (damaged file)") from None
+    if not isinstance(header, dict):
+        raise _fail(path, "safetensors header is not a JSON object")
+    header.pop("__metadata__", None)
+    body = len(data) - 8 - header_len
+    end = 0
+    for name, info in header.items():
+        if not isinstance(info, dict):
+            raise _fail(path, f"tensor {name!r} has a malformed header entry")
+        code, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+        if code not in _ST_DTYPES:
+            raise _fail(path, f"tensor {name!r} has dtype {code!r}, not one this format uses")
+        if not (isinstance(shape, list) and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape)):
+            raise _fail(path, f"tensor {name!r} has a malformed shape {shape!r}")
+        if not (
+            isinstance(offsets, list)
+            and len(offsets) == 2
+            and all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
+            and 0 <= offsets[0] <= offsets[1] <= body
+        ):
+            raise _fail(path, f"tensor {name!r} lies outside the file ({offsets!r}, {body:,} data bytes; truncated?)")
+        if offsets[1] - offsets[0] != math.prod(shape) * _ST_DTYPES[code][1]:
+            raise _fail(path, f"tensor {name!r} has {offsets[1] - offsets[0]:,} bytes, which does not match its shape {shape}")
+        end = max(end, offsets[1])
+    if end != body:
+        raise _fail(path, f"holds {body:,} data bytes but its tensors use {end:,}")
+    return header
+
+
+def _tensor(tensors: Mapping[str, torch.Tensor], key: str, dtype: torch.dtype, length: int, path: Path) -> torch.Tensor:
+    if key not in tensors:
+        raise _fail(path, f"has no tensor {key!r}")
+    tensor = tensors[key]
+    if tensor.dtype != dtype:
+        raise _fail(path, f"tensor {key!r} is {tensor.dtype}, the manifest says {dtype}")
+    if tuple(tensor.shape) != (length,):
+        raise _fail(path, f"tensor {key!r} has shape {tuple(tensor.shape)}, the manifest says ({length},)")
+    return tensor
+
+
+def _unpack_bits(packed: torch.Tensor, count: int) -> torch.Tensor:
+    """Inverse of ``numpy.packbits`` (big-endian bit order) for the first ``count`` bits, as bool."""
+    shifts = torch.arange(7, -1, -1, dtype=torch.uint8)
+    bits = (packed.unsqueeze(-1) >> shifts) & 1
+    return bits.reshape(-1)[:count].bool()
+
+
+# -- the served tables ---------------------------------------------------------------------------
+class _Table:
+    """One table in the packed layout: values, a start offset and a size per row.
+
+    ``window`` is an overlapping view of the value buffer whose row ``k`` is
+    ``buffer[k : k + d_max]``, so ``window[offset[r]]`` starts with row ``r``'s values
+    and continues into the next rows; ``prefix_bits[d]`` is all-ones on the first ``d``
+    columns and zero after them, in an integer dtype of the values' width.
+    """
+
+    def __init__(self, values: torch.Tensor, row_dims: torch.Tensor, d_max: int, device: torch.device) -> None:
+        n = values.numel()
+        index_dtype = torch.int32 if n + d_max < 2**31 else torch.int64
+        dims = row_dims.to(torch.int64)
+        starts = torch.zeros(len(dims), dtype=torch.int64)
+        if len(dims) > 1:
+            torch.cumsum(dims[:-1], 0, out=starts[1:])
+        self.d_max = d_max
+        self.rows = len(dims)
+        self.values = n
+        buffer = torch.zeros(n + d_max, dtype=values.dtype)
+        buffer[:n] = values
+        self.buffer = buffer.to(device)
+        self.window = self.buffer.as_strided((n + 1, d_max), (1, 1))
+        self.starts = starts.to(index_dtype).to(device)
+        self.dims = dims.to(torch.int32).to(device)
+        self.bits_dtype = _BITS_DTYPES[values.element_size()]
+        columns = torch.arange(d_max)
+        prefix = columns.unsqueeze(0) < torch.arange(d_max + 1).unsqueeze(1)
+        self.prefix_bits = (-prefix.to(self.bits_dtype)).contiguous().to(device)
+
+    def lookup(self, flat_ids: torch.Tensor) -> torch.Tensor:
+        out = self.window.index_select(0, self.starts.index_select(0, flat_ids))
+        keep = self.prefix_bits.index_select(0, self.dims.index_select(0, flat_ids))
+        out.view(self.bits_dtype).bitwise_and_(keep)
+        return out
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.buffer, self.starts, self.dims, self.prefix_bits))
+
+
+class PackedEmbedding:
+    """Tables loaded from an export folder, serving zero-padded ``(…, d_max)`` vectors.
+
+    Build one with :meth:`load`.  It offers the ``EmbeddingProvider`` interface of
+    ``recsys`` (``dim``, ``rows``, ``lookup``, ``table``), so a backbone can use it as is.
+
+    Attributes:
+        rows: rows of each table, by name.
+        dim: the full width ``d_max`` of every returned vector.
+        dtype: the value dtype the export stored.
+        layout: ``"packed"`` or ``"dense"`` (see the module docstring).
+        manifest: the manifest the tables were loaded from.
+    """
+
+    def __init__(self, tables: Mapping[str, _Table | torch.Tensor], dim: int, dtype: torch.dtype,
+                 manifest: Mapping[str, Any], layout: str) -> None:
+        self._tables = dict(tables)
+        self.rows: dict[str, int] = {
+            name: (t.rows if isinstance(t, _Table) else int(t.shape[0])) for name, t in self._tables.items()
+        }
+        self.dim = int(dim)
+        self.dtype = dtype
+        self.manifest = dict(manifest)
+        self.layout = layout
+
+    # -- loading -----------------------------------------------------------------------------
+    @classmethod
+    def load(cls, folder: str | os.PathLike[str], *, verify: bool = True, device: str | torch.device = "cpu",
+             layout: str = "packed") -> PackedEmbedding:
+        """Read an export folder, refusing anything damaged, tampered with or inconsistent.
+
+        Args:
+            folder: the folder :func:`nas.export.export_tables` wrote.
+            verify: check the sha256 of every payload file (sizes, framing and consistency
+                are always checked; turn this off only to save the hashing time).
+            device: where the tables live and lookups run.
+            layout: ``"packed"`` (memory at the budget) or ``"dense"`` (rebuild the full
+                zero-padded table for dense-speed lookups).
+
+        Raises:
+            PackedArtifactError: naming the file and what is wrong.
+        """
+        if layout not in _LAYOUTS:
+            raise ValueError(f"layout must be one of {_LAYOUTS}, got {layout!r}")
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise _fail(folder, "is not a folder (expected an embnas export folder)")
+        manifest, manifest_bytes = _read_manifest(folder)
+        where = str(folder / MANIFEST_FILE)
+        d_max = _field(manifest, "d_max", int, where)
+        d_min = _field(manifest, "d_min", int, where)
+        if not 0 <= d_min <= d_max or d_max < 1:
+            raise _fail(where, f"has d_min={d_min}, d_max={d_max}; need 0 <= d_min <= d_max and d_max >= 1")
+        dtype_name = _field(manifest, "dtype", str, where)
+        if dtype_name not in _VALUE_DTYPES:
+            raise _fail(where, f"value dtype {dtype_name!r} is not one of {sorted(_VALUE_DTYPES)}")
+        value_dtype = _VALUE_DTYPES[dtype_name]
+        specs = _field(manifest, "tables", dict, where)
+        if not specs:
+            raise _fail(where, "lists no tables")
+        bytes_stored = _field(manifest, "bytes_stored", int, where)
+
+        data, payload_bytes = _read_payload(folder, manifest, verify)
+        if payload_bytes + manifest_bytes != bytes_stored:
+            raise _fail(
+                where,
+                f"says the export stores {bytes_stored:,} bytes but its files hold {payload_bytes + manifest_bytes:,} "
+                "(the manifest was edited)",
+            )
+        path = folder / TABLES_FILE
+        header = _check_safetensors(path, data)
+        try:
+            tensors = _load_safetensors(data)
+        except (SafetensorError, RuntimeError, ValueError) as error:  # already framed-checked: a safety net
+            raise _fail(path, f"cannot be decoded ({error})") from None
+
+        expected_keys: set[str] = set()
+        tables: dict[str, _Table | torch.Tensor] = {}
+        total_values = 0
+        for name, spec in specs.items():
+            if not isinstance(spec, dict):
+                raise _fail(where, f"entry of table {name!r} is not an object")
+            rows = _field(spec, "rows", int, where)
+            stored = _field(spec, "values_stored", int, where)
+            if _field(spec, "d_max", int, where) != d_max:
+                raise _fail(where, f"table {name!r} has d_max={spec['d_max']}, the export has {d_max}")
+            dims_name = _field(spec, "dims_dtype", str, where)
+            if dims_name not in _DIMS_DTYPES:
+                raise _fail(where, f"table {name!r} has row-size dtype {dims_name!r}, not one of {sorted(_DIMS_DTYPES)}")
+            has_mask = bool(spec.get("element_mask", False))
+            if rows < 1 or stored < 0:
+                raise _fail(where, f"table {name!r} has rows={rows}, values_stored={stored}")
+            row_dims = _tensor(tensors, f"{name}.row_dims", _DIMS_DTYPES[dims_name], rows, path).to(torch.int64)
+            values = _tensor(tensors, f"{name}.values", value_dtype, stored, path)
+            expected_keys |= {f"{name}.row_dims", f"{name}.values"}
+            low, high = int(row_dims.min()), int(row_dims.max())
+            if low < d_min or high > d_max:
+                raise _fail(path, f"table {name!r} has row sizes in [{low}, {high}], outside [d_min={d_min}, d_max={d_max}]")
+            if has_mask:
+                key = f"{name}.mask"
+                expected_keys.add(key)
+                packed = _tensor(tensors, key, torch.uint8, (rows * d_max + 7) // 8, path)
+                values = _expand_masked(name, packed, row_dims, values, d_max, path)
+            elif int(row_dims.sum()) != stored:
+                raise _fail(path, f"table {name!r}: row sizes add up to {int(row_dims.sum()):,} values but {stored:,} are stored")
+            total_values += stored
+            table = _Table(values, row_dims, d_max, torch.device(device))
+            tables[name] = table
+        if set(header) != expected_keys:
+            extra = sorted(set(header) - expected_keys)
+            raise _fail(path, f"holds tensors {extra} that the manifest does not describe")
+        budget = manifest.get("budget")
+        if isinstance(budget, dict) and isinstance(budget.get("max_values"), int) and total_values > budget["max_values"]:
+            raise _fail(where, f"stores {total_values:,} values, over the budget of {budget['max_values']:,}")
+
+        embedding = cls(tables, d_max, value_dtype, manifest, "packed")
+        if layout == "dense":
+            dense = {name: embedding.table(name).contiguous() for name in tables}
+            embedding = cls(dense, d_max, value_dtype, manifest, "dense")
+        return embedding
+
+    # -- serving -----------------------------------------------------------------------------
+    def lookup(self, table: str, ids: torch.Tensor) -> torch.Tensor:
+        """Vectors of ``ids`` (int64 or int32, any shape) in ``table``: shape ``ids.shape + (dim,)``.
+
+        Bit-identical to ``MaskableEmbedding.lookup`` under the exported allocation
+        (masked positions are ``+0.0``).  Out-of-range ids raise ``IndexError``.
+        """
+        stored = self._get(table)
+        if isinstance(stored, torch.Tensor):
+            return F.embedding(ids.to(stored.device), stored)
+        flat = ids.reshape(-1).to(stored.starts.device)
+        return stored.lookup(flat).view(*ids.shape, self.dim)
+
+    def table(self, table: str) -> torch.Tensor:
+        """The whole table as served, ``(rows, dim)``, zero-padded past each row's size."""
+        stored = self._get(table)
+        if isinstance(stored, torch.Tensor):
+            return stored
+        return stored.lookup(torch.arange(stored.rows, device=stored.starts.device))
+
+    def memory_bytes(self) -> int:
+        """Bytes the loaded tables hold in memory (values, offsets, sizes, masks)."""
+        total = 0
+        for stored in self._tables.values():
+            total += stored.numel() * stored.element_size() if isinstance(stored, torch.Tensor) else stored.nbytes()
+        return total
+
+    @property
+    def tables(self) -> tuple[str, ...]:
+        """Table names, in order."""
+        return tuple(self._tables)
+
+    def _get(self, table: str) -> _Table | torch.Tensor:
+        try:
+            return self._tables[table]
+        except KeyError:
+            raise KeyError(f"no table {table!r}; the export has {list(self._tables)}") from None
+
+    def __repr__(self) -> str:
+        return f"PackedEmbedding(rows={self.rows}, dim={self.dim}, dtype={self.dtype}, layout={self.layout!r})"
+
+
+def _expand_masked(name: str, packed: torch.Tensor, row_dims: torch.Tensor, values: torch.Tensor,
+                   d_max: int, path: Path) -> torch.Tensor:
+    """Place the masked-in values of an element-mask table at their prefix positions (zeros elsewhere).
+
+    The result is the prefix-packed layout (``row_dims[r]`` values per row, masked-out
+    positions ``+0.0``), which serves the element mask exactly with the prefix lookup.
+    """
+    rows = len(row_dims)
+    total_bits = rows * d_max
+    if total_bits % 8 and int(packed[-1]) & ((1 << (8 - total_bits % 8)) - 1):
+        raise _fail(path, f"table {name!r}: the mask has bits set past its last row")
+    starts = torch.zeros(rows, dtype=torch.int64)
+    if rows > 1:
+        torch.cumsum(row_dims[:-1], 0, out=starts[1:])
+    out = torch.zeros(int(row_dims.sum()), dtype=values.dtype)
+    columns = torch.arange(d_max)
+    taken = 0
+    for first in range(0, rows, _BLOCK_ROWS):
+        last = min(rows, first + _BLOCK_ROWS)
+        bit0, bit1 = first * d_max, last * d_max
+        byte0 = bit0 // 8
+        chunk = packed[byte0 : (bit1 + 7) // 8]
+        mask = _unpack_bits(chunk, bit1 - byte0 * 8)[bit0 - byte0 * 8 :].view(last - first, d_max)
+        if bool((mask & (columns >= row_dims[first:last, None])).any()):
+            raise _fail(path, f"table {name!r}: the mask keeps elements past a row's size")
+        position = (starts[first:last, None] + columns)[mask]
+        count = position.numel()
+        if taken + count > values.numel():
+            raise _fail(path, f"table {name!r}: the mask keeps more elements than the {values.numel():,} stored values")
+        out[position] = values[taken : taken + count]
+        taken += count
+    if taken != values.numel():
+        raise _fail(path, f"table {name!r}: the mask keeps {taken:,} elements but {values.numel():,} values are stored")
+    return out

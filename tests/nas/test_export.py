@@ -1,0 +1,448 @@
+"""Export and serving: parity with the masked model, the byte budget, tampering, atomicity, imports."""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+import nas.export as export_module
+from nas.core.allocation import Allocation
+from nas.core.budget import Budget
+from nas.core.errors import ArtifactError, BudgetError
+from nas.core.storage import export_bytes
+from nas.embedding import MaskableEmbedding
+from nas.export import export_byte_limit, export_tables
+from nas.serving import MANIFEST_FILE, TABLES_FILE, PackedArtifactError, PackedEmbedding
+
+_BITS = {2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def bits(tensor: torch.Tensor) -> torch.Tensor:
+    """The raw bits, so -0.0 and +0.0 (and NaN payloads) compare as different."""
+    return tensor.contiguous().view(_BITS[tensor.element_size()])
+
+
+def assert_bit_identical(a: torch.Tensor, b: torch.Tensor) -> None:
+    assert a.dtype == b.dtype and a.shape == b.shape
+    assert torch.equal(bits(a), bits(b))
+
+
+def make_embedding(rows: dict[str, int], d_max: int, seed: int) -> MaskableEmbedding:
+    """A maskable embedding whose weights include negatives, -0.0, inf and NaN."""
+    embedding = MaskableEmbedding(rows, d_max, seed=seed)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for weight in embedding.weights.values():
+            pick = torch.rand(weight.shape, generator=generator)
+            weight[pick < 0.1] = -0.0
+            weight[(pick >= 0.1) & (pick < 0.12)] = float("-inf")
+            weight[(pick >= 0.12) & (pick < 0.14)] = float("nan")
+    return embedding
+
+
+def random_allocation(rows: dict[str, int], d_min: int, d_max: int, rng: np.random.Generator,
+                      masks: bool) -> Allocation:
+    dims = {name: rng.integers(d_min, d_max + 1, n) for name, n in rows.items()}
+    if not masks:
+        return Allocation(dims)
+    element = {
+        name: (rng.random((n, d_max)) < rng.random()) & (np.arange(d_max) < dims[name][:, None])
+        for name, n in rows.items()
+    }
+    return Allocation(dims, element)
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(entry.stat().st_size for entry in folder.iterdir())
+
+
+def leftovers(parent: Path) -> list[str]:
+    return sorted(entry.name for entry in parent.iterdir() if entry.name.startswith("."))
+
+
+# -- parity --------------------------------------------------------------------------------------
+@st.composite
+def cases(draw):
+    d_max = draw(st.integers(1, 12))
+    d_min = draw(st.integers(0, d_max))
+    rows = {f"t{i}": draw(st.integers(1, 40)) for i in range(draw(st.integers(1, 3)))}
+    return rows, d_min, d_max, draw(st.integers(0, 2**31 - 1)), draw(st.booleans()), draw(st.integers(0, 5))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cases())
+def test_loaded_lookup_is_bit_identical_to_the_masked_model(case):
+    rows, d_min, d_max, seed, with_masks, slack = case
+    rng = np.random.default_rng(seed)
+    allocation = random_allocation(rows, d_min, d_max, rng, with_masks)
+    budget_values = max(allocation.cost, sum(rows.values()) * d_min) + slack
+    budget = Budget.from_params(budget_values, rows, d_max, d_min)
+    embedding = make_embedding(rows, d_max, seed % 1000)
+    with tempfile.TemporaryDirectory() as tmp:
+        export_tables(Path(tmp) / "export", embedding, allocation, budget)
+        packed = PackedEmbedding.load(Path(tmp) / "export")
+        dense = PackedEmbedding.load(Path(tmp) / "export", layout="dense", verify=False)
+    embedding.set_allocation(allocation)
+    assert packed.rows == rows and packed.dim == d_max
+    for name, n in rows.items():
+        ids = torch.from_numpy(rng.integers(0, n, (3, 7)))
+        expected = embedding.lookup(name, ids).detach()
+        assert_bit_identical(packed.lookup(name, ids), expected)
+        assert_bit_identical(dense.lookup(name, ids), expected)
+        assert_bit_identical(packed.lookup(name, ids.to(torch.int32)), expected)
+        assert_bit_identical(packed.table(name), embedding.table(name).detach())
+
+
+def test_parity_for_tensors_float16_and_wide_rows(tmp_path):
+    """Given tensors (not a module), a half-precision export, and d_max > 255 (uint16 row sizes)."""
+    rng = np.random.default_rng(1)
+    rows = {"user": 30, "item": 20}
+    for d_max, dtype, torch_dtype in ((300, "float32", torch.float32), (9, "float16", torch.float16)):
+        weights = {name: torch.randn(n, d_max).to(torch_dtype) for name, n in rows.items()}
+        allocation = random_allocation(rows, 0, d_max, rng, masks=False)
+        budget = Budget.from_params(allocation.cost, rows, d_max, d_min=0, dtype=dtype)
+        manifest = export_tables(tmp_path / dtype, weights, allocation, budget)
+        assert manifest["tables"]["user"]["dims_dtype"] == ("uint16" if d_max > 255 else "uint8")
+        packed = PackedEmbedding.load(tmp_path / dtype)
+        model = MaskableEmbedding(rows, d_max).to(torch_dtype)
+        with torch.no_grad():
+            for name, weight in weights.items():
+                model.weights[name].copy_(weight)
+        model.set_allocation(allocation)
+        for name in rows:
+            assert_bit_identical(packed.table(name), model.table(name).detach())
+
+
+def test_export_uses_the_given_allocation_and_restores_the_models(tmp_path):
+    rows = {"user": 50}
+    rng = np.random.default_rng(2)
+    embedding = make_embedding(rows, 8, 3)
+    other, wanted = random_allocation(rows, 1, 8, rng, False), random_allocation(rows, 1, 8, rng, True)
+    embedding.set_allocation(other)
+    export_tables(tmp_path / "e", embedding, wanted, Budget.from_params(400, rows, 8))
+    assert embedding.allocation is other
+    embedding.set_allocation(wanted)
+    assert_bit_identical(PackedEmbedding.load(tmp_path / "e").table("user"), embedding.table("user").detach())
+
+
+def test_empty_tables_and_bad_ids(tmp_path):
+    rows = {"a": 5, "b": 4}
+    allocation = Allocation({"a": np.zeros(5, dtype=np.int64), "b": np.array([0, 3, 0, 1])})
+    export_tables(tmp_path / "e", make_embedding(rows, 4, 0), allocation, Budget.from_params(4, rows, 4, d_min=0))
+    packed = PackedEmbedding.load(tmp_path / "e")
+    assert_bit_identical(packed.table("a"), torch.zeros(5, 4))
+    assert packed.lookup("b", torch.zeros(0, dtype=torch.int64)).shape == (0, 4)
+    for bad in (torch.tensor([4]), torch.tensor([-1])):
+        with pytest.raises(IndexError):
+            packed.lookup("b", bad)
+    with pytest.raises(KeyError, match="no table 'c'"):
+        packed.lookup("c", torch.tensor([0]))
+
+
+# -- the budget, from the files alone -------------------------------------------------------------
+def _budget_from_files(folder: Path) -> tuple[dict, int]:
+    manifest = json.loads((folder / MANIFEST_FILE).read_text())
+    return manifest, folder_bytes(folder)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.sampled_from(["bytes", "params", "sparsity"]), st.booleans())
+def test_files_on_disk_meet_the_budget(seed, kind, with_masks):
+    rng = np.random.default_rng(seed)
+    rows = {f"f{i}": int(rng.integers(1, 300)) for i in range(int(rng.integers(1, 4)))}
+    d_max = int(rng.integers(1, 33))
+    allocation = random_allocation(rows, 0, d_max, rng, with_masks)
+    if kind == "bytes":
+        # The smallest byte budget that holds the allocation (element masks paid on top), plus a little.
+        needed = export_bytes(allocation.cost, rows, d_max, element_mask=with_masks)
+        budget = Budget.from_bytes(needed + int(rng.integers(0, 8)), rows, d_max, d_min=0)
+    elif kind == "params":
+        budget = Budget.from_params(allocation.cost + int(rng.integers(0, 5)), rows, d_max, d_min=0)
+    else:
+        full = sum(rows.values()) * d_max
+        budget = Budget.from_sparsity(max(0.0, 1.0 - allocation.cost / full - 1e-6), rows, d_max, d_min=0)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "export"
+        export_tables(folder, make_embedding(rows, d_max, 0), allocation, budget)
+        manifest, on_disk = _budget_from_files(folder)
+    stored = sum(spec["values_stored"] for spec in manifest["tables"].values())
+    recorded = dict(manifest["budget"])
+    max_bytes = recorded.pop("max_bytes")
+    assert Budget.from_dict(recorded) == budget
+    assert stored == allocation.cost <= recorded["max_values"]
+    assert on_disk == manifest["bytes_stored"] <= manifest["bytes_limit"]
+    if kind == "bytes":
+        assert on_disk <= int(recorded["amount"])
+    if not with_masks:
+        assert on_disk <= max_bytes
+
+
+def test_a_byte_budget_spent_to_the_last_value(tmp_path):
+    rows = {"user": 1000, "item": 3000}
+    budget = Budget.from_bytes(100_000, rows, 16)
+    dims = {name: np.full(n, 1) for name, n in rows.items()}
+    spare = budget.max_values - 4000
+    dims["item"][: spare // 15] = 16
+    dims["item"][spare // 15] += spare % 15
+    allocation = Allocation(dims)
+    assert allocation.cost == budget.max_values
+    export_tables(tmp_path / "e", make_embedding(rows, 16, 0), allocation, budget)
+    manifest, on_disk = _budget_from_files(tmp_path / "e")
+    assert on_disk <= budget.max_bytes <= 100_000
+    assert manifest["bytes_stored"] == on_disk
+
+
+def test_over_budget_is_refused_and_leaves_nothing(tmp_path):
+    rows = {"user": 20}
+    budget = Budget.from_params(40, rows, 8)
+    too_big = Allocation({"user": np.full(20, 3)})
+    with pytest.raises(BudgetError, match="20 over the budget"):
+        export_tables(tmp_path / "e", make_embedding(rows, 8, 0), too_big, budget)
+    assert list(tmp_path.iterdir()) == []
+    # Element masks under a byte budget that did not reserve them: refused before writing.
+    byte_budget = Budget.from_bytes(4096 + 512 + 20 + 40 * 4, rows, 8)
+    masked = Allocation({"user": np.full(20, 2)}, {"user": np.arange(8) < np.full((20, 1), 2)})
+    with pytest.raises(BudgetError, match="element masks"):
+        export_tables(tmp_path / "e", make_embedding(rows, 8, 0), masked, byte_budget)
+    assert list(tmp_path.iterdir()) == []
+
+
+# -- tampering ------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("pristine") / "export"
+    rows = {"user": 40, "item": 60}
+    rng = np.random.default_rng(5)
+    allocation = random_allocation(rows, 1, 8, rng, masks=False)
+    export_tables(folder, make_embedding(rows, 8, 1), allocation, Budget.from_sparsity(0.2, rows, 8))
+    return folder
+
+
+@pytest.fixture
+def export(pristine, tmp_path):
+    folder = tmp_path / "export"
+    shutil.copytree(pristine, folder)
+    return folder
+
+
+def _rewrite_manifest(folder: Path, change, *, reseal: bool = True) -> None:
+    """Edit the manifest; with ``reseal`` also fix ``bytes_stored`` so only deeper checks can object."""
+    manifest = json.loads((folder / MANIFEST_FILE).read_text())
+    change(manifest)
+    payload = sum(entry["bytes"] for entry in manifest.get("files", {}).values())
+    for _ in range(3):
+        text = json.dumps(manifest, indent=1) + "\n"
+        if reseal:
+            manifest["bytes_stored"] = payload + len(text.encode())
+    (folder / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1) + "\n")
+
+
+def _reseal(folder: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """Rewrite the payload *and* a matching manifest: only the deep consistency checks can object."""
+    payload = st_save(tensors)
+    (folder / TABLES_FILE).write_bytes(payload)
+    digest = hashlib.sha256(payload).hexdigest()
+    _rewrite_manifest(folder, lambda m: m["files"].update({TABLES_FILE: {"bytes": len(payload), "sha256": digest}}))
+
+
+def test_the_pristine_export_loads(export):
+    assert PackedEmbedding.load(export).rows == {"user": 40, "item": 60}
+
+
+def test_flipped_byte_is_refused(export):
+    data = bytearray((export / TABLES_FILE).read_bytes())
+    data[-3] ^= 0x10
+    (export / TABLES_FILE).write_bytes(bytes(data))
+    with pytest.raises(PackedArtifactError, match=r"tables\.safetensors: sha256 mismatch"):
+        PackedEmbedding.load(export)
+
+
+@pytest.mark.parametrize("verify", [True, False])
+def test_truncated_payload_is_refused(export, verify):
+    data = (export / TABLES_FILE).read_bytes()
+    (export / TABLES_FILE).write_bytes(data[: len(data) // 2])
+    with pytest.raises(PackedArtifactError, match="truncated"):
+        PackedEmbedding.load(export, verify=verify)
+
+
+@pytest.mark.parametrize("cut", [4, 100, -20])
+def test_truncated_payload_with_a_matching_manifest_gives_a_clear_error(export, cut):
+    """Even when the manifest was edited to match, a cut file never reaches safetensors' own errors."""
+    data = (export / TABLES_FILE).read_bytes()[:cut]
+    (export / TABLES_FILE).write_bytes(data)
+    _rewrite_manifest(export, lambda m: m["files"][TABLES_FILE].update(bytes=len(data)))
+    with pytest.raises(PackedArtifactError, match=r"tables\.safetensors: .*(truncated|outside the file|header)"):
+        PackedEmbedding.load(export, verify=False)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda m: m["tables"]["user"].update(rows=41), "shape"),
+        (lambda m: m.update(format_version=2), "format_version is 2"),
+        (lambda m: m.update(format="something-else"), "format is 'something-else'"),
+        (lambda m: m["tables"]["item"].update(values_stored=m["tables"]["item"]["values_stored"] + 1), "shape"),
+        (lambda m: m.update(dtype="int8"), "value dtype 'int8'"),
+        (lambda m: m["tables"].pop("item"), "does not describe"),
+        (lambda m: m.pop("files"), "no 'files' entry"),
+    ],
+)
+def test_edited_manifest_is_refused(export, change, message):
+    _rewrite_manifest(export, change)
+    with pytest.raises(PackedArtifactError, match=message):
+        PackedEmbedding.load(export)
+
+
+def test_manifest_edit_that_changes_its_size_is_refused(export):
+    _rewrite_manifest(export, lambda m: m.update(config_hash="x" * 10), reseal=False)
+    with pytest.raises(PackedArtifactError, match="the manifest was edited"):
+        PackedEmbedding.load(export)
+
+
+def test_broken_manifest_json_is_refused(export):
+    text = (export / MANIFEST_FILE).read_text()
+    (export / MANIFEST_FILE).write_text(text[: len(text) // 2])
+    with pytest.raises(PackedArtifactError, match=r"manifest\.json: is not valid JSON"):
+        PackedEmbedding.load(export)
+
+
+@pytest.mark.parametrize("name", [TABLES_FILE, MANIFEST_FILE])
+def test_missing_file_is_refused(export, name):
+    (export / name).unlink()
+    with pytest.raises(PackedArtifactError, match=f"{name}: missing"):
+        PackedEmbedding.load(export)
+    with pytest.raises(PackedArtifactError, match="is not a folder"):
+        PackedEmbedding.load(export / "nowhere")
+
+
+def test_resealed_inconsistent_tables_are_refused(export):
+    tensors = st_load((export / TABLES_FILE).read_bytes())
+    dims = tensors["user.row_dims"].clone()
+    dims[0] += 1
+    _reseal(export, {**tensors, "user.row_dims": dims})
+    with pytest.raises(PackedArtifactError, match="row sizes add up to"):
+        PackedEmbedding.load(export)
+    dims[0] = 9  # past d_max = 8
+    _reseal(export, {**tensors, "user.row_dims": dims})
+    with pytest.raises(PackedArtifactError, match=r"outside \[d_min=1, d_max=8\]"):
+        PackedEmbedding.load(export)
+
+
+# -- atomicity ------------------------------------------------------------------------------------
+def test_failed_write_keeps_the_previous_export(tmp_path, monkeypatch):
+    rows = {"user": 30}
+    budget = Budget.from_params(200, rows, 8)
+    first, second = Allocation({"user": np.full(30, 2)}), Allocation({"user": np.full(30, 5)})
+    embedding = make_embedding(rows, 8, 0)
+    export_tables(tmp_path / "e", embedding, first, budget)
+    before = {name: (tmp_path / "e" / name).read_bytes() for name in (TABLES_FILE, MANIFEST_FILE)}
+    real = export_module._write_file
+
+    def failing(path, data):
+        if path.name == MANIFEST_FILE:
+            raise OSError(28, "No space left on device")
+        real(path, data)
+
+    monkeypatch.setattr(export_module, "_write_file", failing)
+    with pytest.raises(OSError, match="No space left"):
+        export_tables(tmp_path / "e", embedding, second, budget)
+    assert {name: (tmp_path / "e" / name).read_bytes() for name in before} == before
+    assert leftovers(tmp_path) == []
+    monkeypatch.setattr(export_module, "_write_file", real)
+    export_tables(tmp_path / "e", embedding, second, budget)
+    assert leftovers(tmp_path) == []
+    assert PackedEmbedding.load(tmp_path / "e").manifest["allocation"] == second.fingerprint()
+
+
+def test_post_write_size_check_discards_the_export(tmp_path, monkeypatch):
+    """If the files on disk exceed the limit (an accounting bug), the export is discarded."""
+    rows = {"user": 30}
+    budget = Budget.from_params(200, rows, 8)
+    embedding, allocation = make_embedding(rows, 8, 0), Allocation({"user": np.full(30, 2)})
+    real = export_module._write_file
+    monkeypatch.setattr(export_module, "_write_file", lambda path, data: real(path, data + b" " * 100_000))
+    with pytest.raises(ArtifactError, match="bug in the byte accounting"):
+        export_tables(tmp_path / "e", embedding, allocation, budget)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_refuses_to_replace_a_folder_that_is_not_an_export(tmp_path):
+    (tmp_path / "e").mkdir()
+    (tmp_path / "e" / "notes.txt").write_text("mine")
+    rows = {"user": 3}
+    with pytest.raises(ArtifactError, match="not an embnas export"):
+        export_tables(tmp_path / "e", make_embedding(rows, 4, 0), Allocation({"user": np.ones(3, dtype=int)}),
+                      Budget.from_params(3, rows, 4))
+    assert (tmp_path / "e" / "notes.txt").read_text() == "mine"
+
+
+def test_byte_limit_matches_the_budget():
+    rows = {"a": 1000}
+    budget = Budget.from_bytes(10_000, rows, 8)
+    assert export_byte_limit(budget) == budget.max_bytes <= 10_000
+    assert export_byte_limit(budget, element_mask=True) == 10_000
+
+
+# -- the serving module stays deployable ----------------------------------------------------------
+def test_serving_imports_only_torch_safetensors_and_the_standard_library():
+    source = Path(export_module.__file__).with_name("serving.py").read_text()
+    allowed = {"torch", "safetensors", "__future__"} | set(sys.stdlib_module_names)
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            names = [node.module or ""]
+        else:
+            continue
+        assert all(name.split(".")[0] in allowed for name in names), names
+    probe = (
+        "import sys, torch, safetensors, safetensors.torch\n"
+        "before = set(sys.modules)\n"
+        "import nas.serving\n"
+        "new = sorted(set(sys.modules) - before)\n"
+        "print('\\n'.join(new))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+                            env={**os.environ, "PYTHONPATH": str(Path(export_module.__file__).parents[1])})
+    new = [line for line in result.stdout.split() if line]
+    unexpected = [m for m in new if m not in ("nas", "nas.serving") and m.split(".")[0] not in sys.stdlib_module_names]
+    assert unexpected == [], unexpected
+
+
+def test_replacing_without_an_atomic_exchange(tmp_path, monkeypatch):
+    """Where renameat2(RENAME_EXCHANGE) is missing, the old export is moved aside, then removed."""
+    rows = {"user": 10}
+    budget = Budget.from_params(80, rows, 8)
+    embedding = make_embedding(rows, 8, 0)
+    first, second = Allocation({"user": np.full(10, 2)}), Allocation({"user": np.full(10, 7)})
+    export_tables(tmp_path / "e", embedding, first, budget)
+    monkeypatch.setattr(export_module, "_exchange", lambda a, b: False)
+    export_tables(tmp_path / "e", embedding, second, budget)
+    assert leftovers(tmp_path) == []
+    assert PackedEmbedding.load(tmp_path / "e").manifest["allocation"] == second.fingerprint()
+
+
+def test_benchmark_script_runs():
+    script = Path(export_module.__file__).parents[1] / "benchmarks" / "bench_lookup.py"
+    result = subprocess.run(
+        [sys.executable, str(script), "--rows", "500", "--dim", "8", "--sparsity", "0.5", "--batch", "64", "--repeat", "2", "--threads", "1"],
+        capture_output=True, text=True, check=True,
+    )
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["sizes"]["bytes_stored"] <= report["sizes"]["budget_max_bytes"]
+    assert {row["ids"] for row in report["lookup"]} == {"uniform", "zipf"}

@@ -1,0 +1,113 @@
+"""The `embnas` command end to end on the built-in synthetic data (small settings, seconds each)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from nas.cli import main
+from nas.core import Allocation, Budget
+
+FAST = ["--epochs", "2", "--eval-every", "1", "--quiet", "--fitness-users", "300"]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    runs = tmp_path_factory.mktemp("runs")
+    assert main(["search", "--runs", str(runs), "--name", "default", *FAST]) == 0
+    return runs / "default"
+
+
+def test_search_writes_every_artifact(finished_run: Path):
+    for name in ("config.json", "events.jsonl", "allocation.npz", "metrics.json", "export/manifest.json",
+                 "checkpoints/full.safetensors", "checkpoints/allocated.safetensors"):
+        assert (finished_run / name).is_file(), name
+    events = [json.loads(line) for line in (finished_run / "events.jsonl").read_text().splitlines()]
+    assert [e["event"] for e in events][0] == "start"
+    assert any(e["event"] == "trial" for e in events)
+    assert events[-1]["event"] == "done"
+    leftovers = [p.name for p in finished_run.rglob("*") if p.name.endswith(".tmp")]
+    assert leftovers == []
+
+
+def test_export_meets_the_budget_from_the_files_alone(finished_run: Path):
+    export = finished_run / "export"
+    manifest = json.loads((export / "manifest.json").read_text())
+    on_disk = sum(p.stat().st_size for p in export.iterdir() if p.is_file())
+    assert on_disk == manifest["bytes_stored"]
+    assert on_disk <= manifest["budget"]["max_bytes"]
+    tensors = load_file(str(export / "tables.safetensors"))
+    kept = sum(int(tensors[f"{t}.row_dims"].astype(np.int64).sum()) for t in manifest["tables"])
+    stored = sum(tensors[f"{t}.values"].size for t in manifest["tables"])
+    assert stored == kept <= manifest["budget"]["max_values"]
+    # The budget in the manifest is the one asked for on the command line (default sparsity 0.9).
+    budget = Budget.from_dict(manifest["budget"])
+    assert budget.kind == "sparsity" and budget.amount == 0.9
+    assert kept <= 0.1 * budget.full_values
+
+
+def test_summary_and_metrics(finished_run: Path, capsys: pytest.CaptureFixture[str]):
+    metrics = json.loads((finished_run / "metrics.json").read_text())
+    assert 0.99 <= metrics["allocation"]["budget_used"] <= 1.0
+    assert metrics["allocated"]["test"]["recall@20"] > 0
+    assert metrics["full"]["test"]["recall@20"] > 0
+
+
+def test_evaluate_and_export_an_existing_run(finished_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    assert main(["evaluate", str(finished_run)]) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    recorded = json.loads((finished_run / "metrics.json").read_text())["allocated"]["test"]
+    assert evaluated["recall@20"] == pytest.approx(recorded["recall@20"], abs=1e-12)
+    assert main(["export", str(finished_run), "--out", str(tmp_path / "again")]) == 0
+    again = load_file(str(tmp_path / "again" / "tables.safetensors"))
+    first = load_file(str(finished_run / "export" / "tables.safetensors"))
+    assert again.keys() == first.keys()
+    assert all(np.array_equal(again[k], first[k]) for k in first)
+
+
+def test_same_seed_gives_the_same_allocation(tmp_path: Path):
+    args = ["search", "--runs", str(tmp_path), "--controller", "random", "--trials", "3", "--seed", "7", *FAST]
+    assert main([*args, "--name", "a"]) == 0
+    assert main([*args, "--name", "b"]) == 0
+    first = Allocation.load(tmp_path / "a" / "allocation.npz")
+    second = Allocation.load(tmp_path / "b" / "allocation.npz")
+    assert first.fingerprint() == second.fingerprint()
+
+
+def test_an_infeasible_budget_is_one_clear_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    assert main(["search", "--runs", str(tmp_path), "--budget", "0.999", *FAST]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "smallest feasible budget is sparsity 0.984375" in err
+
+
+def test_malformed_data_names_file_and_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    bad = tmp_path / "inter.csv"
+    bad.write_text("user_id,item_id\n1,2\n3,x\n")
+    assert main(["search", "--runs", str(tmp_path), "--data", str(bad), *FAST]) == 2
+    err = capsys.readouterr().err
+    assert f"{bad}:3" in err and "Traceback" not in err
+
+
+def test_a_run_name_reused_with_another_config_is_refused(finished_run: Path, capsys: pytest.CaptureFixture[str]):
+    assert main(["search", "--runs", str(finished_run.parent), "--name", "default", "--budget", "0.5", *FAST]) == 2
+    assert "different configuration" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [[], ["search"], ["evaluate"], ["export"], ["controllers"]])
+def test_help_on_every_command(command: list[str], capsys: pytest.CaptureFixture[str]):
+    with pytest.raises(SystemExit) as stopped:
+        main([*command, "--help"])
+    assert stopped.value.code == 0
+    assert "usage: embnas" in capsys.readouterr().out
+
+
+def test_controllers_are_listed(capsys: pytest.CaptureFixture[str]):
+    assert main(["controllers"]) == 0
+    out = capsys.readouterr().out
+    for name in ("equal", "frequency", "random"):
+        assert name in out
