@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from safetensors.torch import save as _save_safetensors
 
-from nas._atomic import _fsync_dir
+from nas.core._atomic import _fsync_dir
 from nas.core.allocation import Allocation
 from nas.core.budget import Budget
 from nas.core.errors import ArtifactError, BudgetError, ConfigError

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from nas._atomic import atomic_write, write_json
+from nas.core._atomic import atomic_write, write_json
 from nas.core.errors import ArtifactError, ResumeError
 
 __all__ = ["Run", "config_hash"]

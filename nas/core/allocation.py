@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from nas.core._atomic import atomic_write
 from nas.core.budget import Budget
 from nas.core.errors import ArtifactError, BudgetError
 
@@ -112,8 +113,6 @@ class Allocation:
     # -- files: npz with allow_pickle=False, never pickle ----------------------------------------
     def save(self, path: str | Path) -> None:
         """Write to ``path`` (an ``.npz``), atomically."""
-        from nas._atomic import atomic_write
-
         arrays = {f"row_dims/{name}": dims for name, dims in self.row_dims.items()}
         for name, mask in (self.element_masks or {}).items():
             arrays[f"element_mask/{name}"] = np.packbits(mask, axis=1)

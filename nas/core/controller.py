@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from nas.core.budget import Budget
+from nas.core.errors import ConfigError
 from nas.core.space import SearchSpace
 
 __all__ = ["Controller", "ControllerState"]
@@ -47,8 +48,6 @@ class Controller(ABC):
     def __init__(self, space: SearchSpace, budget: Budget, seed: int = 0) -> None:
         space.check_budget(budget)
         if self.spaces is not None and space.name not in self.spaces:
-            from nas.core.errors import ConfigError
-
             raise ConfigError(f"controller {self.name!r} supports the spaces {self.spaces}, not {space.name!r}")
         self.space = space
         self.budget = budget

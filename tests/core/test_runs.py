@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from nas._atomic import atomic_write
+from nas.core._atomic import atomic_write
 from nas.core import Allocation, ArtifactError, ResumeError
 from nas.runs import Run, config_hash
 
