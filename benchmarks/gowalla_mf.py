@@ -47,6 +47,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--patience", type=int, default=3, help="evaluations without improvement")
     parser.add_argument("--eval-users", type=int, default=10000, help="validate on a fixed random subset of users (0: all)")
     parser.add_argument("--epochs", type=int, default=None, help="skip selection; train the final model this long")
+    parser.add_argument("--sampling", choices=("pair", "user"), default="pair",
+                        help="BPR triples: each train pair once per epoch, or uniform users (LightGCN)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-progress", action="store_true")
@@ -59,7 +61,8 @@ def main(argv: list[str] | None = None) -> dict:
     def config(epochs: int) -> TrainConfig:
         return TrainConfig(epochs=epochs, batch_size=args.batch_size, lr=args.lr, reg=args.reg,
                            eval_every=args.eval_every, patience=args.patience, ks=(5, 10, 20), seed=args.seed,
-                           threads=args.threads, eval_users=args.eval_users or None)
+                           threads=args.threads, eval_users=args.eval_users or None,
+                           sampling=args.sampling)
 
     epochs = args.epochs
     if epochs is None:

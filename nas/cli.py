@@ -49,6 +49,8 @@ def _add_search_options(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--reg", type=float, default=train.reg, help="L2 weight on looked-up vectors (default: %(default)s)")
     model.add_argument("--eval-every", type=int, default=train.eval_every, help="epochs between validations (default: %(default)s)")
     model.add_argument("--patience", type=int, default=train.patience, help="validations without improvement before stopping (default: %(default)s)")
+    model.add_argument("--sampling", choices=("pair", "user"), default=train.sampling,
+                       help="BPR triples per epoch: each train pair once, or uniform users as LightGCN (default: %(default)s)")
     run = parser.add_argument_group("run")
     run.add_argument("--seed", type=int, default=defaults.seed, help="fixes the whole run (default: %(default)s)")
     run.add_argument("--device", default=defaults.device, help="torch device (default: %(default)s)")
@@ -72,7 +74,7 @@ def _config_from_args(args: argparse.Namespace):  # noqa: ANN202
         spec = DataSpec.from_path(args.data, format=args.format, **options)
     else:
         spec = DataSpec("synthetic", **options)
-    train = TrainingOptions(args.epochs, args.batch_size, args.lr, args.reg, args.eval_every, args.patience)
+    train = TrainingOptions(args.epochs, args.batch_size, args.lr, args.reg, args.eval_every, args.patience, args.sampling)
     return SearchConfig(
         data=spec, model=args.model, d_max=args.d_max, d_min=args.d_min, budget=args.budget, space=args.space,
         controller=args.controller, trials=args.trials, fitness_users=args.fitness_users, seed=args.seed,

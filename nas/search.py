@@ -49,11 +49,13 @@ class TrainingOptions:
     reg: float = 1e-4
     eval_every: int = 2
     patience: int = 3
+    sampling: str = "pair"
 
     def to_train_config(self, seed: int, threads: int | None) -> TrainConfig:
         return TrainConfig(
             epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, reg=self.reg,
             eval_every=self.eval_every, patience=self.patience, ks=_KS, seed=seed, threads=threads,
+            sampling=self.sampling,
         )
 
 

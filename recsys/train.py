@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from recsys.data import BPRSampler, InteractionData
+from recsys.data.sampler import SAMPLING
 from recsys.metrics import ranking_metrics
 from recsys.models import Backbone
 
@@ -41,6 +42,8 @@ class TrainConfig:
         ks: cut-offs computed at each evaluation; must include ``metric``'s.
         seed: seeds torch (initialisation-independent randomness) and the sampler.
         threads: torch intra-op threads during training; ``None`` leaves the setting.
+        sampling: ``"pair"`` (each train pair once per epoch) or ``"user"`` (uniform
+            users, as LightGCN samples); see :class:`recsys.data.BPRSampler`.
         eval_users: validate on a fixed random subset of this many validation
             users (chosen with ``seed``) to save time; ``None`` uses all.
     """
@@ -56,6 +59,7 @@ class TrainConfig:
     seed: int = 0
     threads: int | None = None
     eval_users: int | None = None
+    sampling: str = "pair"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ks", tuple(int(k) for k in self.ks))
@@ -68,6 +72,7 @@ class TrainConfig:
             (self.patience >= 1, f"patience must be >= 1 evaluation, got {self.patience}"),
             (len(self.ks) > 0 and min(self.ks) >= 1, f"ks must be positive cut-offs, got {self.ks}"),
             (self.threads is None or self.threads >= 1, f"threads must be >= 1 or None, got {self.threads}"),
+            (self.sampling in SAMPLING, f"sampling must be one of {SAMPLING}, got {self.sampling!r}"),
             (self.eval_users is None or self.eval_users >= 1, f"eval_users must be >= 1 or None, got {self.eval_users}"),
         ]
         for ok, message in checks:
@@ -182,7 +187,7 @@ def _train(
     start: float,
 ) -> TrainResult:
     torch.manual_seed(config.seed)
-    sampler = BPRSampler(data.train, seed=config.seed)
+    sampler = BPRSampler(data.train, seed=config.seed, by=config.sampling)
     params = [p for p in model.parameters() if p.requires_grad]  # type: ignore[attr-defined]
     if not params:
         raise ValueError("the model has no trainable parameters; is its embedding provider an nn.Module?")

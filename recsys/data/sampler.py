@@ -1,4 +1,12 @@
-"""BPR triples: every train pair once per epoch, each with a uniform negative item.
+"""BPR triples with a uniform negative item, drawn by train pair or by user.
+
+Two ways to fill an epoch of ``n_pairs`` triples (``by``):
+
+* ``"pair"``: every train pair once, in a fresh random order;
+* ``"user"``: users drawn uniformly (among users with a train pair), then one of
+  the user's train items uniformly, as LightGCN's reference sampler does.  Each
+  user weighs the same whatever their activity, which matches metrics averaged
+  over users.
 
 Negatives are drawn for a whole epoch at once: uniform item ids, then every
 draw whose key ``user * n_items + item`` is a train pair (found with
@@ -25,7 +33,10 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-__all__ = ["BPRSampler", "REJECTION_ROUNDS"]
+__all__ = ["BPRSampler", "REJECTION_ROUNDS", "SAMPLING"]
+
+SAMPLING = ("pair", "user")
+"""How an epoch's triples are drawn: each train pair once, or uniform users."""
 
 REJECTION_ROUNDS = 8
 """Rounds of redrawing colliding negatives before the exact complement draw takes over."""
@@ -38,13 +49,18 @@ class BPRSampler:
         train: ``(n_users, n_items)`` binary train matrix (any scipy sparse
             format; duplicates count once).
         seed: seed of the numpy generator (PCG64) behind shuffles and negatives.
+        by: ``"pair"`` (each train pair once per epoch) or ``"user"`` (uniform users,
+            then a uniform train item of the user); see the module docstring.
 
     Raises:
         ValueError: some user has a train pair with every item, so no negative
             exists for them.
     """
 
-    def __init__(self, train: sp.spmatrix | sp.sparray, seed: int = 0) -> None:
+    def __init__(self, train: sp.spmatrix | sp.sparray, seed: int = 0, by: str = "pair") -> None:
+        if by not in SAMPLING:
+            raise ValueError(f"by must be one of {SAMPLING}, got {by!r}")
+        self.by = by
         csr = sp.csr_matrix(train, copy=True)
         csr.sum_duplicates()
         csr.eliminate_zeros()
@@ -61,6 +77,7 @@ class BPRSampler:
         rank = np.arange(self._items.size, dtype=np.int64) - np.repeat(self._indptr[:-1], degree)
         self._gap_keys = self._users * self.n_items + (self._items - rank)
         self._degree = degree
+        self._active_users = np.flatnonzero(degree > 0)
         self._rng = np.random.default_rng(seed)
         self._epoch_state: dict[str, Any] | None = None  # generator state at the start of an unfinished epoch
         self._cursor = 0  # pairs of that epoch already handed out
@@ -91,12 +108,7 @@ class BPRSampler:
             start = 0
         self._epoch_state = copy.deepcopy(self._rng.bit_generator.state)
         self._cursor = start
-        order = self._rng.permutation(self.n_pairs)
-        # Negatives are drawn in CSR order, where queries ascend by user and
-        # searchsorted stays cache-friendly (5x faster than in shuffled order).
-        negatives = self._negatives(self._users)[order]
-        users = self._users[order]
-        positives = self._items[order]
+        users, positives, negatives = self._draw_pairs() if self.by == "pair" else self._draw_users()
         for lo in range(start, self.n_pairs, batch_size):
             hi = min(lo + batch_size, self.n_pairs)
             self._cursor = hi
@@ -108,6 +120,24 @@ class BPRSampler:
                 torch.from_numpy(negatives[lo:hi]),
             )
         self._epoch_state, self._cursor = None, 0  # also when there was nothing to hand out
+
+    def _draw_pairs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every train pair once, shuffled, each with a negative."""
+        order = self._rng.permutation(self.n_pairs)
+        # Negatives are drawn in CSR order, where queries ascend by user and
+        # searchsorted stays cache-friendly (5x faster than in shuffled order).
+        negatives = self._negatives(self._users)[order]
+        return self._users[order], self._items[order], negatives
+
+    def _draw_users(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``n_pairs`` uniform users, a uniform train item of each, and a negative."""
+        users = self._active_users[self._rng.integers(0, self._active_users.size, size=self.n_pairs)]
+        picks = np.floor(self._rng.random(self.n_pairs) * self._degree[users]).astype(np.int64)
+        positives = self._items[self._indptr[users] + picks]
+        order = np.argsort(users, kind="stable")  # ascending users keep searchsorted cache-friendly
+        negatives = np.empty_like(positives)
+        negatives[order] = self._negatives(users[order])
+        return users, positives, negatives
 
     def _negatives(self, users: np.ndarray) -> np.ndarray:
         """Rejection rounds on the colliding draws only, then the exact complement draw."""

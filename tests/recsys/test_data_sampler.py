@@ -126,3 +126,31 @@ def test_rejects_users_without_negatives_and_bad_batch() -> None:
         next(sampler.epoch(0))
     empty = BPRSampler(sp.csr_matrix((3, 4), dtype=np.float32))
     assert empty.n_pairs == 0 and list(empty.epoch(8)) == []
+
+
+@settings(max_examples=60, deadline=None)
+@given(train_matrices(), st.integers(1, 7), st.integers(0, 2**16))
+def test_user_sampling_draws_train_positives_and_valid_negatives(train: sp.csr_matrix, batch_size: int, seed: int) -> None:
+    sampler = BPRSampler(train, seed=seed, by="user")
+    users, pos, neg = _epoch(sampler, batch_size)
+    assert len(users) == train.nnz
+    n_items = train.shape[1]
+    rows = np.repeat(np.arange(train.shape[0]), np.diff(train.indptr))
+    train_keys = rows * n_items + train.indices
+    assert np.isin(users * n_items + pos, train_keys).all()
+    assert not np.isin(users * n_items + neg, train_keys).any()
+    again = _epoch(BPRSampler(train, seed=seed, by="user"), batch_size)
+    assert np.array_equal(users, again[0]) and np.array_equal(neg, again[2])
+
+
+def test_user_sampling_weighs_users_equally_whatever_their_activity() -> None:
+    # user 0 has 50 items, users 1..50 one item each: by pair, user 0 gets half the triples.
+    users = np.concatenate([np.zeros(50, np.int64), np.arange(1, 51)])
+    items = np.concatenate([np.arange(50), np.zeros(50, np.int64)])
+    train = pairs_to_csr(users, items, (51, 60))
+    drawn = np.concatenate([_epoch(BPRSampler(train, seed=s, by="user"), 64)[0] for s in range(40)])
+    share_of_heavy_user = np.mean(drawn == 0)
+    assert abs(share_of_heavy_user - 1 / 51) < 0.01
+    assert np.mean(_epoch(BPRSampler(train, seed=0, by="pair"), 64)[0] == 0) == 0.5
+    with pytest.raises(ValueError, match="by must be one of"):
+        BPRSampler(train, by="item")
