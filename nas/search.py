@@ -134,7 +134,6 @@ def run_search(config: SearchConfig, runs_root: str | Path = "runs", name: str |
     Stages already finished in the run folder (same configuration) are not redone.
     """
     started = time.perf_counter()
-    run = Run.create(runs_root, config.to_dict(), name)
     data = load_data(config.data)
     budget, space, controller = build_search(config, data)
     if controller.needs_fitness and data.valid.nnz == 0:
@@ -142,6 +141,7 @@ def run_search(config: SearchConfig, runs_root: str | Path = "runs", name: str |
             f"the {config.controller} controller learns from validation fitness, and this dataset has no validation split; "
             "add one (valid.txt) or use --controller equal or frequency"
         )
+    run = Run.create(runs_root, config.to_dict(), name)  # only once the data and the budget are known to be good
     run.log_event("start", data=data.summary(), data_fingerprint=data.fingerprint(), budget=budget.to_dict())
     train_config = config.train.to_train_config(config.seed, config.threads)
 

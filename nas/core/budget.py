@@ -10,6 +10,7 @@ be met; it is refused when it is built, with the minimum in the user's unit.
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -76,8 +77,9 @@ class Budget:
         if not (isinstance(sparsity, (int, float)) and 0.0 <= sparsity < 1.0) or math.isnan(sparsity):
             raise BudgetError(f"sparsity must be in [0, 1), got {sparsity!r}")
         full = sum(int(n) for n in rows.values()) * d_max
-        # The small epsilon keeps 1 - 0.9 = 0.0999... from losing a whole value to floating point.
-        max_values = math.floor(full * (1.0 - sparsity) + 1e-9)
+        # Exact decimal arithmetic: in floating point 1 - 0.9 = 0.0999..., which loses a
+        # whole value once the table holds millions of them.
+        max_values = math.floor(full * (1 - Fraction(repr(float(sparsity)))))
         return cls(max_values, rows, d_min, d_max, "sparsity", float(sparsity), dtype)
 
     @classmethod

@@ -188,3 +188,13 @@ def test_same_seed_gives_the_same_allocation(layout, share, seed):
     first = CONTROLLERS.get("random")(space, budget, seed=seed).ask(3)
     second = CONTROLLERS.get("random")(space, budget, seed=seed).ask(3)
     assert np.array_equal(first, second)
+
+
+@pytest.mark.parametrize("rows", [1, 7, 1_000_000, 70_839, 123_456_789])
+@pytest.mark.parametrize("sparsity", [0.5, 0.8, 0.9, 0.95, 0.3])
+def test_sparsity_is_exact_on_large_tables(rows, sparsity):
+    """1 - 0.9 in floating point is 0.0999...; the budget must not lose a value to it."""
+    from fractions import Fraction
+
+    budget = Budget.from_sparsity(sparsity, {"t": rows}, 64, d_min=0)
+    assert budget.max_values == int(rows * 64 * (1 - Fraction(str(sparsity))))

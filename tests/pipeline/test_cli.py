@@ -83,6 +83,7 @@ def test_an_infeasible_budget_is_one_clear_line(tmp_path: Path, capsys: pytest.C
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
     assert "smallest feasible budget is sparsity 0.984375" in err
+    assert list(tmp_path.iterdir()) == []  # refused before any run folder is made
 
 
 def test_malformed_data_names_file_and_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
