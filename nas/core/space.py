@@ -6,6 +6,10 @@ candidate sizes and costs ``weights[i] * value`` embedding values, so a
 controller can price any candidate exactly without knowing the space.  The
 :meth:`SearchSpace.project` method is the single place where the hard budget is
 enforced; :meth:`SearchSpace.sample` only returns projected decisions.
+
+Asked with ``monotone=True``, :meth:`SearchSpace.project` also keeps the
+frequency order of :meth:`SearchSpace.frequency_order`: within a table a more
+frequent decision never ends with fewer dimensions than a rarer one.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import numpy as np
 from nas.core.allocation import Allocation
 from nas.core.budget import Budget
 from nas.core.errors import BudgetError, ConfigError
-from nas.core.projection import DEFAULT_FILL, project_linear
+from nas.core.projection import DEFAULT_FILL, FrequencyOrder, project_linear
 from nas.core.tables import TableSpec
 
 __all__ = ["SearchSpace"]
@@ -55,6 +59,8 @@ class SearchSpace(ABC):
             freq = np.asarray(frequencies.get(table.name, np.zeros(table.rows)), dtype=np.int64)
             if freq.shape != (table.rows,):
                 raise ConfigError(f"table {table.name!r} has {table.rows} rows but {freq.shape} frequencies")
+            if freq.size and int(freq.min()) < 0:
+                raise ConfigError(f"table {table.name!r} has a negative frequency at row {int(np.argmin(freq))}")
             self.frequencies[table.name] = freq
 
     # -- what each space defines ---------------------------------------------------------------------
@@ -81,8 +87,23 @@ class SearchSpace(ABC):
         """Per-decision features for controllers that condition on them.
 
         Always holds ``"table"`` (index into :attr:`tables`) and ``"log_frequency"``
-        (``log1p`` of the decision's training frequency); spaces may add more.
+        (``log1p`` of the decision's training frequency), each one value per decision;
+        spaces may add more.
         """
+
+    def frequency_order(self) -> FrequencyOrder:
+        """Which decisions must keep at least the size of which others under ``monotone=True``.
+
+        The default ranks decisions within their table by ``context()["log_frequency"]``;
+        spaces with exact integer frequencies override it so near-equal counts never merge.
+        Computed once and cached: the order only depends on the training frequencies.
+        """
+        cached: FrequencyOrder | None = getattr(self, "_frequency_order", None)
+        if cached is None:
+            context = self.context()
+            cached = FrequencyOrder.from_frequencies(context["table"], context["log_frequency"])
+            self._frequency_order = cached
+        return cached
 
     # -- shared behaviour ----------------------------------------------------------------------------
     @property
@@ -106,6 +127,10 @@ class SearchSpace(ABC):
         """Cost with every decision at its smallest candidate."""
         return int(self.weights.sum()) * int(self.grid[0])
 
+    def maximum_cost(self) -> int:
+        """Cost with every decision at its largest candidate: a budget this large keeps everything."""
+        return int(self.weights.sum()) * int(self.grid[-1])
+
     def check_budget(self, budget: Budget) -> None:
         """Raise unless ``budget`` describes this space's tables and bounds and can be met in it."""
         if dict(budget.rows) != self.rows():
@@ -121,22 +146,39 @@ class SearchSpace(ABC):
                 f"{self.minimum_cost():,} (every decision at its smallest size {int(self.grid[0])})"
             )
 
-    def project(self, decisions: np.ndarray, budget: Budget, *, fill: float = DEFAULT_FILL) -> np.ndarray:
+    def project(
+        self, decisions: np.ndarray, budget: Budget, *, fill: float = DEFAULT_FILL, monotone: bool = False
+    ) -> np.ndarray:
         """The feasible decisions nearest in shape to ``decisions``, spending the budget.
 
-        Idempotent: projecting a projected vector returns it unchanged.
+        Any non-negative values are accepted (off the grid, beyond ``d_max``, all zero).
+        Idempotent: projecting a projected vector returns it unchanged.  The output meets
+        the fill rule of :mod:`nas.core.projection`: all top values when they fit, else at
+        least ``fill`` of the budget unless no single decision can be raised one grid step
+        within what is left.
+
+        Args:
+            decisions: one desired value per decision.
+            budget: the hard budget (same tables and bounds as the space).
+            fill: share of the budget an on-grid input must spend to be returned unchanged.
+            monotone: keep the frequency order (:meth:`frequency_order`): within a table a
+                more frequent decision never gets fewer dimensions than a rarer one.
 
         Raises:
-            BudgetError: when the budget is below the space's minimum.
-            ValueError: for NaN, infinite, negative or wrongly shaped decisions.
+            BudgetError: when the budget is below the space's minimum (the message names it).
+            ValueError: for NaN, infinite, negative or wrongly shaped decisions (naming the index).
         """
         self.check_budget(budget)
-        return project_linear(decisions, self.weights, self.grid, budget.max_values, fill=fill)
+        order = self.frequency_order() if monotone else None
+        return project_linear(decisions, self.weights, self.grid, budget.max_values, fill=fill, order=order)
 
-    def sample(self, rng: np.random.Generator, budget: Budget) -> np.ndarray:
-        """A random feasible decision vector: uniform grid values, projected to the budget."""
+    def sample(self, rng: np.random.Generator, budget: Budget, *, monotone: bool = False) -> np.ndarray:
+        """A random feasible decision vector: uniform grid values, projected to the budget.
+
+        The same generator state gives the same vector.
+        """
         raw = self.grid[rng.integers(0, len(self.grid), size=self.n_decisions)]
-        return self.project(raw, budget)
+        return self.project(raw, budget, monotone=monotone)
 
     def describe(self) -> str:
         """One line for summaries: the space and its number of decisions."""
