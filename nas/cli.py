@@ -37,7 +37,13 @@ def _add_search_options(parser: argparse.ArgumentParser) -> None:
                         help="sparsity (0.9 keeps 10%%), parameter count (250000) or bytes (2MB, 512KiB) (default: %(default)s)")
     search.add_argument("--d-max", type=int, default=defaults.d_max, help="full embedding width (default: %(default)s)")
     search.add_argument("--d-min", type=int, default=defaults.d_min, help="fewest dimensions per row (default: %(default)s)")
-    search.add_argument("--space", default=defaults.space, help="search space (default: %(default)s)")
+    search.add_argument("--space", default=defaults.space,
+                        help="search space: per-feature (a size per row), per-field (a size per table) or block (default: %(default)s)")
+    search.add_argument("--groups", type=int, help="block space: frequency groups G per table (default: 8)")
+    search.add_argument("--blocks", type=int, help="block space: column blocks B, dividing --d-max (default: the largest divisor <= 8)")
+    search.add_argument("--grouping", choices=("count", "mass"),
+                        help="block space: groups of equal row counts or of equal interaction mass (default: count)")
+    search.add_argument("--grid", help="per-feature/per-field spaces: candidate sizes, 'pow2' or a list like 4,8,16,32,64 (default: every size)")
     search.add_argument("--controller", default=defaults.controller, help="controller; `embnas controllers` lists them (default: %(default)s)")
     search.add_argument("--trials", type=int, default=defaults.trials, help="allocations evaluated by fitness-driven controllers (default: %(default)s)")
     search.add_argument("--fitness-users", type=int, default=defaults.fitness_users, help="validation users sampled for fitness, 0 for all (default: %(default)s)")
@@ -74,12 +80,37 @@ def _config_from_args(args: argparse.Namespace):  # noqa: ANN202
         spec = DataSpec.from_path(args.data, format=args.format, **options)
     else:
         spec = DataSpec("synthetic", **options)
+    space_options = _space_options(args)
     train = TrainingOptions(args.epochs, args.batch_size, args.lr, args.reg, args.eval_every, args.patience, args.sampling)
     return SearchConfig(
         data=spec, model=args.model, d_max=args.d_max, d_min=args.d_min, budget=args.budget, space=args.space,
+        space_options=space_options,
         controller=args.controller, trials=args.trials, fitness_users=args.fitness_users, seed=args.seed,
         train=train, device=args.device, threads=args.threads,
     )
+
+
+def _space_options(args: argparse.Namespace) -> dict[str, object]:
+    """The space's keyword options from the flags that belong to it; a flag for another space is an error."""
+    from nas.core.errors import ConfigError
+
+    block = {"groups": args.groups, "blocks": args.blocks, "grouping": args.grouping}
+    given_block = {k: v for k, v in block.items() if v is not None}
+    if args.space == "block":
+        if args.grid is not None:
+            raise ConfigError("--grid applies to the per-feature and per-field spaces; the block space uses --blocks")
+        return given_block
+    if given_block:
+        flags = ", ".join(f"--{k}" for k in given_block)
+        raise ConfigError(f"{flags} only apply to --space block, not {args.space}")
+    if args.grid is None:
+        return {}
+    if args.grid == "pow2":
+        return {"grid": "pow2"}
+    try:
+        return {"grid": [int(v) for v in args.grid.split(",")]}
+    except ValueError:
+        raise ConfigError(f"--grid must be 'pow2' or sizes separated by commas, got {args.grid!r}") from None
 
 
 def _cmd_search(args: argparse.Namespace) -> int:

@@ -70,6 +70,8 @@ class SearchConfig:
         d_min: fewest dimensions any row keeps.
         budget: the budget as typed by the user: sparsity (``0.9``), parameters or bytes (``2MB``).
         space: search-space name.
+        space_options: keyword options of the space (``groups``, ``blocks``, ``grouping`` for
+            the block space; ``grid`` for the per-feature and per-field spaces).
         controller: controller name.
         trials: allocations evaluated by controllers that learn from fitness.
         fitness_users: validation users sampled (with the seed) for fitness during the search; 0 for all.
@@ -85,6 +87,7 @@ class SearchConfig:
     d_min: int = 1
     budget: str = "0.9"
     space: str = "per-feature"
+    space_options: dict[str, Any] = field(default_factory=dict)
     controller: str = "frequency"
     trials: int = 16
     fitness_users: int = 2000
@@ -123,7 +126,9 @@ def build_search(config: SearchConfig, data: InteractionData) -> tuple[Budget, S
     """The budget, search space and controller of a run (checked before any training)."""
     rows = data.rows()
     budget = Budget.parse(config.budget, rows, config.d_max, config.d_min)
-    space = SPACES.get(config.space)(table_specs(rows), data.frequencies(), config.d_min, config.d_max)
+    space = SPACES.get(config.space)(
+        table_specs(rows), data.frequencies(), config.d_min, config.d_max, **config.space_options
+    )
     controller = CONTROLLERS.get(config.controller)(space, budget, seed=config.seed)
     return budget, space, controller
 

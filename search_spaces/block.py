@@ -8,10 +8,11 @@ count, and frequent rows can be given more room than the long tail.
 
 Decisions are expressed in **dimensions** (multiples of the block width), like
 every other space, so controllers and projections need no translation; the grid is
-``block_width · k`` for ``k`` from ``ceil(d_min / block_width)`` to ``B``.  When
-``d_min`` is not a multiple of the block width the smallest candidate is therefore
-the first multiple above it (a group can only keep whole blocks), so the space's
-minimum cost can exceed ``rows × d_min``; :meth:`SearchSpace.check_budget` names it.
+``d_min`` followed by ``block_width · k`` for every whole number of blocks above
+``d_min`` up to ``B``.  A group thus keeps whole leading blocks, or only the ``d_min``
+floor every row is owed: with ``d_min = 1`` and B = 4 on 64 columns the candidates are
+1, 16, 32, 48, 64, and the long tail can sit at one dimension under tight budgets
+instead of making every budget below a whole block per row infeasible.
 
 A table with fewer rows than ``G`` gets one group per row (``min(G, rows)`` groups):
 a group is never empty, so every decision has a cost and a frequency.
@@ -87,7 +88,7 @@ class BlockSpace(SearchSpace):
     Args:
         tables: the embedding tables.
         frequencies: training frequency of every row, by table.
-        d_min: fewest dimensions a row may keep (rounded up to whole blocks, see the module notes).
+        d_min: fewest dimensions a row may keep (a group keeps this floor or whole blocks, see the module notes).
         d_max: most dimensions a row may keep; must be a multiple of ``blocks``.
         groups: ``G``, frequency groups per table (a table with fewer rows gets one per row).
         blocks: ``B``, column blocks; default the largest divisor of ``d_max`` up to 8.
@@ -123,8 +124,8 @@ class BlockSpace(SearchSpace):
             raise ConfigError(f"unknown grouping {grouping!r}; use one of {GROUPINGS}")
         self.groups, self.blocks, self.grouping = int(groups), int(blocks), grouping
         self.block_width = self.d_max // self.blocks
-        first = -(-self.d_min // self.block_width)
-        self._grid = self.block_width * np.arange(first, self.blocks + 1, dtype=np.int64)
+        whole_blocks = self.block_width * np.arange(0, self.blocks + 1, dtype=np.int64)
+        self._grid = np.unique(np.concatenate([[self.d_min], whole_blocks[whole_blocks > self.d_min]]))
         self._build_layout()
 
     def _build_layout(self) -> None:
@@ -161,7 +162,7 @@ class BlockSpace(SearchSpace):
     # -- the interface -------------------------------------------------------------------------------
     @property
     def grid(self) -> np.ndarray:
-        """Candidate sizes in dimensions: whole blocks from the first multiple of the width ≥ ``d_min`` to ``d_max``."""
+        """Candidate sizes in dimensions: ``d_min``, then every whole number of blocks above it up to ``d_max``."""
         return self._grid
 
     @property

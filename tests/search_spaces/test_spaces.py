@@ -110,16 +110,19 @@ def test_block_with_more_groups_than_rows_uses_one_group_per_row():
     assert (space.weights >= 1).all() and space.weights.sum() == 52
 
 
-def test_block_grid_is_in_dimensions_and_starts_at_the_first_whole_block_above_d_min():
-    assert toy_block(blocks=4).grid.tolist() == [2, 4, 6, 8]
-    assert BlockSpace(table_specs({"t": 3}), {}, 3, 16, blocks=4).grid.tolist() == [4, 8, 12, 16]
+def test_block_grid_is_the_d_min_floor_then_whole_blocks():
+    assert toy_block(blocks=4).grid.tolist() == [1, 2, 4, 6, 8]
+    assert BlockSpace(table_specs({"t": 3}), {}, 3, 16, blocks=4).grid.tolist() == [3, 4, 8, 12, 16]
+    assert BlockSpace(table_specs({"t": 3}), {}, 4, 16, blocks=4).grid.tolist() == [4, 8, 12, 16]
     assert BlockSpace(table_specs({"t": 3}), {}, 0, 16, blocks=4).grid.tolist() == [0, 4, 8, 12, 16]
-    assert BlockSpace(table_specs({"t": 3}), {}, 1, 16, blocks=1).grid.tolist() == [16]
+    assert BlockSpace(table_specs({"t": 3}), {}, 1, 16, blocks=1).grid.tolist() == [1, 16]
     space = BlockSpace(table_specs({"t": 10}), {}, 3, 16, blocks=4)
-    assert space.blocks_kept(np.array([4, 16])).tolist() == [1, 4]
-    # rows × d_min = 30 passes the budget check, but whole blocks need 40: the error names it.
-    with pytest.raises(BudgetError, match="at least 40"):
-        space.project(np.ones(space.n_decisions), Budget.from_params(35, {"t": 10}, 16, 3))
+    assert space.blocks_kept(np.array([3, 4, 16])).tolist() == [0, 1, 4]
+    # A budget of a little more than rows × d_min is feasible: the tail keeps the floor.
+    values = space.project(np.ones(space.n_decisions), Budget.from_params(35, {"t": 10}, 16, 3))
+    assert space.cost(values) <= 35 and set(values.tolist()) <= {3, 4}
+    with pytest.raises(BudgetError, match="30"):
+        Budget.from_params(29, {"t": 10}, 16, 3)
 
 
 def test_block_needs_d_max_divisible_by_b_and_picks_a_divisor_by_default():
