@@ -138,6 +138,14 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from nas.report import write_report
+
+    for path in write_report(args.run):
+        print(f"wrote {path}")
+    return 0
+
+
 def _cmd_controllers(args: argparse.Namespace) -> int:
     from controllers import CONTROLLERS
 
@@ -169,6 +177,11 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("run", type=Path, help="the run folder (runs/<id>)")
     export.add_argument("--out", type=Path, help="export folder (default: <run>/export)")
     export.set_defaults(handler=_cmd_export)
+
+    report = commands.add_parser("report", help="draw a finished run's allocation against frequency (PNG)",
+                                 description="Write <run>/report/allocation.png: kept dimensions against log-frequency, per table.")
+    report.add_argument("run", type=Path, help="the run folder (runs/<id>)")
+    report.set_defaults(handler=_cmd_report)
 
     listing = commands.add_parser("controllers", help="list the available controllers", description="List registered controllers, built-in and from plug-ins.")
     listing.set_defaults(handler=_cmd_controllers)

@@ -99,7 +99,7 @@ def test_a_run_name_reused_with_another_config_is_refused(finished_run: Path, ca
     assert "different configuration" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("command", [[], ["search"], ["evaluate"], ["export"], ["controllers"]])
+@pytest.mark.parametrize("command", [[], ["search"], ["evaluate"], ["export"], ["report"], ["controllers"]])
 def test_help_on_every_command(command: list[str], capsys: pytest.CaptureFixture[str]):
     with pytest.raises(SystemExit) as stopped:
         main([*command, "--help"])
@@ -112,3 +112,25 @@ def test_controllers_are_listed(capsys: pytest.CaptureFixture[str]):
     out = capsys.readouterr().out
     for name in ("equal", "frequency", "random"):
         assert name in out
+
+
+def test_block_space_search_exports_within_budget_and_draws_a_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    args = ["search", "--runs", str(tmp_path), "--name", "block", "--space", "block", "--groups", "8", "--blocks", "4", *FAST]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "block G=8×B=4 by count (16 decisions)" in out
+    run = tmp_path / "block"
+    manifest = json.loads((run / "export" / "manifest.json").read_text())
+    tensors = load_file(str(run / "export" / "tables.safetensors"))
+    kept = sum(int(tensors[f"{t}.row_dims"].astype(np.int64).sum()) for t in manifest["tables"])
+    assert kept <= manifest["budget"]["max_values"]
+    assert set(np.unique(np.concatenate([tensors[f"{t}.row_dims"] for t in manifest["tables"]]))) <= {1, 16, 32, 48, 64}
+    assert main(["report", str(run)]) == 0
+    png = run / "report" / "allocation.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_space_flags_for_another_space_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    assert main(["search", "--runs", str(tmp_path), "--groups", "4", *FAST]) == 2
+    assert "--groups only apply to --space block" in capsys.readouterr().err
+    assert main(["search", "--runs", str(tmp_path), "--space", "per-field", "--grid", "pow2", *FAST]) == 0

@@ -1,0 +1,92 @@
+"""Pictures of a finished run: where the budget went, against how often each row is seen.
+
+``embnas report <run>`` writes ``<run>/report/allocation.png``: for every table, each
+row's kept dimensions against its log training frequency (the block space adds its
+group boundaries), so a user sees at a glance whether frequent rows got the room.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from nas.core.allocation import Allocation
+from nas.core._atomic import atomic_write
+from nas.core.errors import ArtifactError
+from nas.data_source import load_data
+from nas.runs import Run
+from nas.search import SearchConfig, build_search
+
+__all__ = ["plot_allocation", "write_report"]
+
+_MAX_POINTS = 20_000
+
+
+def plot_allocation(
+    allocation: Allocation,
+    frequencies: dict[str, np.ndarray],
+    path: str | Path,
+    *,
+    boundaries: dict[str, np.ndarray] | None = None,
+    title: str = "",
+) -> Path:
+    """Write a PNG of row size against ``log(1 + frequency)``, one panel per table.
+
+    Args:
+        allocation: the allocation to draw.
+        frequencies: training frequency of every row, by table.
+        path: the PNG to write (atomically).
+        boundaries: per table, frequencies at which groups change (drawn as dashed lines).
+        title: the figure's title.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = allocation.tables
+    figure, axes = plt.subplots(1, len(names), figsize=(5.0 * len(names), 4.0), squeeze=False)
+    rng = np.random.default_rng(0)
+    for axis, name in zip(axes[0], names):
+        dims = allocation.row_dims[name]
+        log_frequency = np.log1p(frequencies[name].astype(np.float64))
+        shown = np.arange(len(dims)) if len(dims) <= _MAX_POINTS else np.sort(rng.choice(len(dims), _MAX_POINTS, replace=False))
+        jitter = rng.uniform(-0.15, 0.15, len(shown))
+        axis.scatter(log_frequency[shown], dims[shown] + jitter, s=4, alpha=0.35, linewidths=0)
+        for cut in (boundaries or {}).get(name, ()):
+            axis.axvline(np.log1p(cut), color="grey", linestyle="--", linewidth=0.8)
+        axis.set_title(f"{name}: {len(dims):,} rows, mean {dims.mean():.2f} dims")
+        axis.set_xlabel("log(1 + training frequency)")
+        axis.set_ylabel("kept dimensions")
+    if title:
+        figure.suptitle(title)
+    figure.tight_layout()
+    target = Path(path)
+    with atomic_write(target, "wb") as handle:
+        figure.savefig(handle, format="png", dpi=110)
+    plt.close(figure)
+    return target
+
+
+def write_report(folder: str | Path) -> list[Path]:
+    """Write the report pictures of a finished run into ``<run>/report/``; returns their paths."""
+    run = Run(folder)
+    if not run.has("config.json"):
+        raise ArtifactError(f"{folder} is not a run folder (no config.json); give a folder made by `embnas search`")
+    if not run.has("allocation.npz"):
+        raise ArtifactError(f"{folder} has no allocation yet; let `embnas search` finish the search first")
+    config = SearchConfig.from_dict(run.config())
+    data = load_data(config.data)
+    _, space, _ = build_search(config, data)
+    allocation = Allocation.load(run.path("allocation.npz"))
+    boundaries = None
+    if hasattr(space, "boundaries") and hasattr(space, "sorted_rows"):
+        # Group g of a table starts at sorted position boundaries[g]: mark the frequency there.
+        boundaries = {}
+        for name, cuts in space.boundaries().items():
+            order = space.sorted_rows()[name]
+            inner = np.asarray(cuts)[1:-1]
+            boundaries[name] = data.frequencies()[name][order[inner - 1]] if inner.size else np.array([])
+    title = f"{config.controller} on the {space.describe()} space, budget {config.budget}"
+    return [plot_allocation(allocation, data.frequencies(), run.path("report", "allocation.png"), boundaries=boundaries, title=title)]
