@@ -1,1 +1,3 @@
 """embnas: embedding-size search for recommender systems under a hard memory budget."""
+
+__all__: list[str] = []

@@ -41,19 +41,6 @@ class MaskableEmbedding(PlainEmbedding):
         self._masks: dict[str, torch.Tensor] = {}
         self.allocation: Allocation | None = None
 
-    @classmethod
-    def from_tables(cls, tables: Mapping[str, torch.Tensor]) -> MaskableEmbedding:
-        """A maskable copy of trained full-size weights (e.g. the full model, to evaluate allocations on it)."""
-        rows = {name: int(w.shape[0]) for name, w in tables.items()}
-        dims = {int(w.shape[1]) for w in tables.values()}
-        if len(dims) != 1:
-            raise ValueError(f"all tables must share one width, got {sorted(dims)}")
-        embedding = cls(rows, dims.pop())
-        with torch.no_grad():
-            for name, weight in tables.items():
-                embedding.weights[name].copy_(weight)
-        return embedding
-
     def set_allocation(self, allocation: Allocation | None) -> None:
         """Apply ``allocation`` to every later lookup; ``None`` restores the full tables."""
         self.allocation = allocation

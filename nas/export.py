@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from safetensors.torch import save as _save_safetensors
 
-from nas.core._atomic import _fsync_dir
+from nas.core._atomic import _fsync_dir, current_umask
 from nas.core.allocation import Allocation
 from nas.core.budget import Budget
 from nas.core.errors import ArtifactError, BudgetError, ConfigError
@@ -258,6 +258,7 @@ def _write_folder(target: Path, files: Mapping[str, bytes], expected: int, limit
     _check_replaceable(target)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
+        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700: a serving user must read it
         for name, data in files.items():
             _write_file(tmp / name, data)
         _fsync_dir(tmp)

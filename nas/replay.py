@@ -11,7 +11,7 @@ from nas.core.errors import ArtifactError
 from nas.data_source import load_data
 from nas.export import export_tables
 from nas.runs import Run
-from nas.search import SearchConfig, build_model
+from nas.search import SearchConfig, build_model, load_checkpoint
 from recsys.models import Backbone
 from recsys.train import evaluate
 
@@ -34,7 +34,7 @@ def load_allocated_model(folder: str | Path) -> tuple[Run, SearchConfig, Backbon
     allocation.validate(budget)
     model = build_model(config, data)
     model.embedding.set_allocation(allocation)
-    model.load_state_dict(run.load_tensors("allocated.safetensors"), strict=False)  # type: ignore[attr-defined]
+    load_checkpoint(model, run, "allocated.safetensors")
     return run, config, model, allocation, budget, data
 
 

@@ -63,9 +63,11 @@ def plot_allocation(
         figure.suptitle(title)
     figure.tight_layout()
     target = Path(path)
-    with atomic_write(target, "wb") as handle:
-        figure.savefig(handle, format="png", dpi=110)
-    plt.close(figure)
+    try:
+        with atomic_write(target, "wb") as handle:
+            figure.savefig(handle, format="png", dpi=110)
+    finally:
+        plt.close(figure)
     return target
 
 

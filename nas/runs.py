@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from nas.core._atomic import atomic_write, write_json
-from nas.core.errors import ArtifactError, ResumeError
+from nas.core.errors import ArtifactError, ConfigError, ResumeError
 
 __all__ = ["Run", "config_hash"]
 
@@ -57,6 +57,8 @@ class Run:
         """
         digest = config_hash(config)
         name = name or time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + f"-{digest[:8]}"
+        if not name or name in (".", "..") or "/" in name or "\\" in name:
+            raise ConfigError(f"run name {name!r} must be a plain folder name (no path separators)")
         run = cls(Path(root) / name)
         if (run.folder / "config.json").exists():
             run.check_config(config)
@@ -109,13 +111,9 @@ class Run:
 
     def save_tensors(self, name: str, tensors: Mapping[str, torch.Tensor]) -> None:
         """Save a checkpoint (safetensors, atomically) under ``checkpoints/``."""
-        target = self.path("checkpoints", name)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.tmp")
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp))
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
+        data = save({k: v.detach().contiguous().cpu() for k, v in tensors.items()})
+        with atomic_write(self.path("checkpoints", name), "wb") as handle:
+            handle.write(data)
 
     def load_tensors(self, name: str) -> dict[str, torch.Tensor]:
         """Load a checkpoint written by :meth:`save_tensors` (never unpickles)."""
@@ -132,8 +130,14 @@ class Run:
         """Append one event line, flushed and synced, so a crash loses at most the line being written."""
         record = {"event": kind, "time": round(time.time(), 3), **fields}
         line = json.dumps(record, separators=(",", ":"), default=float) + "\n"
-        with open(self.path("events.jsonl"), "a") as handle:
-            handle.write(line)
+        with open(self.path("events.jsonl"), "a+b") as handle:
+            # A crash mid-append leaves a torn line without its newline: end it first, so
+            # this event starts a line of its own instead of being glued to the fragment.
+            if handle.tell() > 0:
+                handle.seek(-1, os.SEEK_END)
+                if handle.read(1) != b"\n":
+                    handle.write(b"\n")
+            handle.write(line.encode())
             handle.flush()
             os.fsync(handle.fileno())
 
@@ -149,9 +153,3 @@ class Run:
                 continue
             if kind is None or record.get("event") == kind:
                 yield record
-
-
-def write_text(path: str | Path, text: str) -> None:
-    """Write a text file atomically."""
-    with atomic_write(path, "w") as handle:
-        handle.write(text)

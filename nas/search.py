@@ -8,11 +8,10 @@ chosen allocation, the retrained model, the metrics and the export.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -21,7 +20,7 @@ from nas.backbones import BACKBONES
 from nas.core.allocation import Allocation
 from nas.core.budget import Budget
 from nas.core.controller import Controller
-from nas.core.errors import ConfigError
+from nas.core.errors import ArtifactError, ConfigError
 from nas.core.space import SearchSpace
 from nas.core.tables import table_specs
 from nas.data_source import DataSpec, load_data
@@ -31,12 +30,14 @@ from nas.export import export_tables
 from nas.runs import Run
 from recsys.data import InteractionData
 from recsys.models import Backbone
-from recsys.train import TrainConfig, evaluate, train_bpr
+from recsys.train import TrainConfig, evaluate, train_bpr, user_subset
 from search_spaces import SPACES
 
-__all__ = ["SearchConfig", "TrainingOptions", "build_model", "run_search"]
+__all__ = ["SearchConfig", "TrainingOptions", "build_model", "build_search", "load_checkpoint", "run_search"]
 
 _KS = (5, 10, 20)
+#: Spaces with at most this many decisions have them listed in metrics.json and the summary.
+_LISTED_DECISIONS = 64
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,12 @@ class TrainingOptions:
     eval_every: int = 2
     patience: int = 3
     sampling: str = "pair"
+
+    def __post_init__(self) -> None:
+        try:
+            self.to_train_config(seed=0, threads=None)
+        except ValueError as error:
+            raise ConfigError(f"training option: {error}") from None
 
     def to_train_config(self, seed: int, threads: int | None) -> TrainConfig:
         return TrainConfig(
@@ -97,10 +104,19 @@ class SearchConfig:
     threads: int | None = None
 
     def __post_init__(self) -> None:
-        if self.trials < 1:
-            raise ConfigError(f"--trials must be at least 1, got {self.trials}")
-        if self.device != "cpu" and not self.device.startswith("cuda"):
-            raise ConfigError(f"unknown device {self.device!r}; use cpu or cuda[:N]")
+        checks = [
+            (self.trials >= 1, f"--trials must be at least 1, got {self.trials}"),
+            (self.seed >= 0, f"--seed must be non-negative, got {self.seed}"),
+            (self.threads is None or self.threads >= 1, f"--threads must be at least 1, got {self.threads}"),
+            (self.fitness_users >= 0, f"--fitness-users must be 0 (all) or more, got {self.fitness_users}"),
+            (self.device == "cpu" or self.device.startswith("cuda"), f"unknown device {self.device!r}; use cpu or cuda[:N]"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+
+    def check_device(self) -> None:
+        """Refuse a CUDA device torch cannot see (checked before training, not when a run is replayed)."""
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise ConfigError(f"device {self.device!r} asked for, but torch sees no CUDA device; use --device cpu")
 
@@ -113,7 +129,8 @@ class SearchConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SearchConfig:
         """Inverse of :meth:`to_dict`."""
-        return cls(**{**data, "data": DataSpec.from_dict(data["data"]), "train": TrainingOptions(**data["train"])})
+        fields = {k: v for k, v in data.items() if k != "data_fingerprint"}
+        return cls(**{**fields, "data": DataSpec.from_dict(data["data"]), "train": TrainingOptions(**data["train"])})
 
 
 def build_model(config: SearchConfig, data: InteractionData) -> Backbone:
@@ -139,6 +156,7 @@ def run_search(config: SearchConfig, runs_root: str | Path = "runs", name: str |
     Stages already finished in the run folder (same configuration) are not redone.
     """
     started = time.perf_counter()
+    config.check_device()
     data = load_data(config.data)
     budget, space, controller = build_search(config, data)
     if controller.needs_fitness and data.valid.nnz == 0:
@@ -146,20 +164,22 @@ def run_search(config: SearchConfig, runs_root: str | Path = "runs", name: str |
             f"the {config.controller} controller learns from validation fitness, and this dataset has no validation split; "
             "add one (valid.txt) or use --controller equal or frequency"
         )
-    run = Run.create(runs_root, config.to_dict(), name)  # only once the data and the budget are known to be good
-    run.log_event("start", data=data.summary(), data_fingerprint=data.fingerprint(), budget=budget.to_dict())
+    # The run is tied to its configuration and to the data's content: a folder made from
+    # other files refuses to continue. It is made only once data and budget are known good.
+    run = Run.create(runs_root, {**config.to_dict(), "data_fingerprint": data.fingerprint()}, name)
+    run.log_event("start", data=data.summary(), budget=budget.to_dict())
     train_config = config.train.to_train_config(config.seed, config.threads)
 
     full_model, full_stats = _train_or_load(run, "full", build_model(config, data), data, train_config, progress)
     full_test = evaluate(full_model, data, "test", _KS)
 
-    allocation = _search(run, config, data, full_model, space, controller, budget, progress)
-    allocation.validate(budget)
-    allocation.save(run.path("allocation.npz"))
+    allocation = _search_or_load(run, config, data, full_model, space, controller, budget, progress)
 
     retrained = build_model(config, data)
     retrained.embedding.set_allocation(allocation)
-    retrained, retrain_stats = _train_or_load(run, "allocated", retrained, data, train_config, progress)
+    retrained, retrain_stats = _train_or_load(
+        run, "allocated", retrained, data, train_config, progress, allocation=allocation.fingerprint()
+    )
     allocated_test = evaluate(retrained, data, "test", _KS)
 
     manifest = export_tables(run.path("export"), retrained.embedding, allocation, budget, config_hash=run.config_hash)
@@ -175,6 +195,7 @@ def run_search(config: SearchConfig, runs_root: str | Path = "runs", name: str |
             "budget_used": allocation.cost / budget.max_values if budget.max_values else 1.0,
             "fingerprint": allocation.fingerprint(),
             "tables": allocation.summary(),
+            "decisions": space.from_allocation(allocation).tolist() if space.n_decisions <= _LISTED_DECISIONS else None,
         },
         "export": {"bytes_stored": manifest["bytes_stored"], "folder": str(run.path("export"))},
         "full": {"valid": full_stats["valid"], "test": full_test, "train_seconds": full_stats["seconds"]},
@@ -187,20 +208,58 @@ def run_search(config: SearchConfig, runs_root: str | Path = "runs", name: str |
 
 
 def _train_or_load(
-    run: Run, stage: str, model: Backbone, data: InteractionData, config: TrainConfig, progress: bool
+    run: Run,
+    stage: str,
+    model: Backbone,
+    data: InteractionData,
+    config: TrainConfig,
+    progress: bool,
+    allocation: str | None = None,
 ) -> tuple[Backbone, dict[str, Any]]:
-    """Train ``model`` (or reload it when the run already finished this stage) and checkpoint it."""
-    finished = [e for e in run.events("trained") if e.get("stage") == stage]
+    """Train ``model``, or reload it when the run already finished this stage for the same allocation."""
+    finished = [e for e in run.events("trained") if e.get("stage") == stage and e.get("allocation") == allocation]
     checkpoint = f"{stage}.safetensors"
     if finished and run.has(f"checkpoints/{checkpoint}"):
-        model.load_state_dict(run.load_tensors(checkpoint), strict=False)  # type: ignore[attr-defined]
+        load_checkpoint(model, run, checkpoint)
         return model, finished[-1]
     result = train_bpr(model, data, config, progress=progress)
     run.save_tensors(checkpoint, dict(model.state_dict()))  # type: ignore[attr-defined]
-    stats = {"stage": stage, "valid": result.best_valid, "seconds": result.seconds, "best_epoch": result.best_epoch,
-             "epochs_run": result.epochs_run}
+    stats = {"stage": stage, "allocation": allocation, "valid": result.best_valid, "seconds": result.seconds,
+             "best_epoch": result.best_epoch, "epochs_run": result.epochs_run}
     run.log_event("trained", **stats)
     return model, stats
+
+
+def load_checkpoint(model: Backbone, run: Run, name: str) -> None:
+    """Load a run's checkpoint into ``model``, refusing one whose tensors do not match it exactly."""
+    try:
+        model.load_state_dict(run.load_tensors(name), strict=True)  # type: ignore[attr-defined]
+    except RuntimeError as error:
+        raise ArtifactError(f"{run.path('checkpoints', name)} does not fit the configured model: {error}") from None
+
+
+def _search_or_load(
+    run: Run,
+    config: SearchConfig,
+    data: InteractionData,
+    full_model: Backbone,
+    space: SearchSpace,
+    controller: Controller,
+    budget: Budget,
+    progress: bool,
+) -> Allocation:
+    """The run's allocation: reloaded when a previous attempt finished the search, else searched now."""
+    searched = list(run.events("searched"))
+    if searched and run.has("allocation.npz"):
+        allocation = Allocation.load(run.path("allocation.npz"))
+        if allocation.fingerprint() == searched[-1]["fingerprint"]:
+            allocation.validate(budget)
+            return allocation
+    allocation = _search(run, config, data, full_model, space, controller, budget, progress)
+    allocation.validate(budget)
+    allocation.save(run.path("allocation.npz"))
+    run.log_event("searched", fingerprint=allocation.fingerprint(), cost=allocation.cost)
+    return allocation
 
 
 def _search(
@@ -217,7 +276,7 @@ def _search(
     trials = config.trials if controller.needs_fitness else 1
     evaluator = None
     if data.valid.nnz:
-        users = _fitness_users(data, config)
+        users = user_subset(data.valid, config.fitness_users, config.seed)
         evaluator = MaskedModelEvaluator(full_model, data, users=users)
     bar = tqdm(range(trials), desc=f"search ({config.controller})", unit="trial", disable=not progress)
     for trial in bar:
@@ -236,15 +295,3 @@ def _search(
     return space.to_allocation(controller.recommend())
 
 
-def _fitness_users(data: InteractionData, config: SearchConfig) -> np.ndarray | None:
-    """A fixed, seeded subset of validation users for fitness during the search (``None``: all)."""
-    candidates = np.flatnonzero(np.diff(data.valid.indptr) > 0)
-    if config.fitness_users <= 0 or config.fitness_users >= len(candidates):
-        return None
-    rng = np.random.default_rng(config.seed)
-    return np.sort(rng.choice(candidates, size=config.fitness_users, replace=False))
-
-
-def with_overrides(config: SearchConfig, **changes: Any) -> SearchConfig:
-    """A copy of ``config`` with some fields changed (``None`` values are ignored)."""
-    return replace(config, **{k: v for k, v in changes.items() if v is not None})

@@ -28,6 +28,7 @@ def summary_table(metrics: Mapping[str, Any]) -> str:
         ("used", f"{allocation['values']:,} values ({allocation['budget_used']:.1%} of the budget, "
                  f"retain ratio {allocation['retain_ratio']:.4f}), {metrics['export']['bytes_stored']:,} bytes exported"),
         ("row sizes", sizes),
+        *([("decisions", " ".join(str(v) for v in allocation["decisions"]))] if allocation.get("decisions") else []),
         ("time", f"{metrics['seconds']:.1f} s"),
     ]
     header = f"  {'test metric':<12}{'full':>10}{'allocated':>11}{'ratio':>8}"

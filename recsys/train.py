@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 
 from recsys.data import BPRSampler, InteractionData
@@ -22,7 +23,7 @@ from recsys.data.sampler import SAMPLING
 from recsys.metrics import ranking_metrics
 from recsys.models import Backbone
 
-__all__ = ["TrainConfig", "TrainResult", "train_bpr", "evaluate"]
+__all__ = ["TrainConfig", "TrainResult", "evaluate", "train_bpr", "user_subset"]
 
 OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
 
@@ -210,7 +211,7 @@ def _train(
     for epoch in epochs:
         model.train()  # type: ignore[attr-defined]
         tic = time.perf_counter()
-        total, count = torch.zeros(()), 0
+        total, count = torch.zeros((), device=device), 0
         for users, pos, neg in sampler.epoch(config.batch_size):
             if device.type != "cpu":
                 users, pos, neg = (t.to(device, non_blocking=True) for t in (users, pos, neg))
@@ -286,11 +287,20 @@ def _adam(params: list[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer:
 
 
 def _eval_users(data: InteractionData, config: TrainConfig) -> np.ndarray | None:
-    """A fixed, seeded subset of the validation users (those with a validation item), or None for all."""
-    if config.eval_users is None:
+    """The validation users the trainer evaluates on (``None``: all)."""
+    return user_subset(data.valid, config.eval_users, config.seed)
+
+
+def user_subset(truth: sp.csr_matrix, size: int | None, seed: int) -> np.ndarray | None:
+    """A fixed, seeded subset of ``size`` users among those with a ``truth`` item; ``None`` means all.
+
+    Evaluating on a fixed subset keeps comparisons fair (every model sees the same users)
+    while costing a fraction of a full-ranking pass.
+    """
+    if size is None or size <= 0:
         return None
-    candidates = np.flatnonzero(np.diff(data.valid.indptr) > 0)
-    if config.eval_users >= len(candidates):
+    candidates = np.flatnonzero(np.diff(truth.indptr) > 0)
+    if size >= len(candidates):
         return None
-    rng = np.random.default_rng(config.seed)
-    return np.sort(rng.choice(candidates, size=config.eval_users, replace=False))
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(candidates, size=size, replace=False))

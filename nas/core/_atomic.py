@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_write", "write_json"]
+__all__ = ["atomic_write", "current_umask", "write_json"]
 
 
 @contextmanager
@@ -24,6 +24,7 @@ def atomic_write(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600; give the usual permissions
         with os.fdopen(fd, mode) as handle:
             yield handle
             handle.flush()
@@ -36,6 +37,13 @@ def atomic_write(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
             pass
         raise
     _fsync_dir(target.parent)
+
+
+def current_umask() -> int:
+    """The process umask (read by setting and restoring it; there is no other portable way)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -129,12 +129,15 @@ class Allocation:
         except (OSError, ValueError) as error:
             raise ArtifactError(f"{path}: cannot read the allocation ({error})") from None
         dims = {key.split("/", 1)[1]: value for key, value in files.items() if key.startswith("row_dims/")}
-        masks = {}
-        for key, value in files.items():
-            if key.startswith("element_mask/"):
-                name = key.split("/", 1)[1]
-                width = int(files[f"element_mask_width/{name}"][0])
-                masks[name] = np.unpackbits(value, axis=1)[:, :width].astype(bool)
         if not dims:
             raise ArtifactError(f"{path}: no row_dims in the allocation file")
-        return cls(dims, masks or None)
+        try:
+            masks = {}
+            for key, value in files.items():
+                if key.startswith("element_mask/"):
+                    name = key.split("/", 1)[1]
+                    width = int(files[f"element_mask_width/{name}"][0])
+                    masks[name] = np.unpackbits(value, axis=1)[:, :width].astype(bool)
+            return cls(dims, masks or None)
+        except (KeyError, ValueError, IndexError) as error:
+            raise ArtifactError(f"{path}: inconsistent allocation file ({error})") from None

@@ -60,7 +60,10 @@ class Budget:
             raise BudgetError(f"need 0 <= d_min <= d_max and d_max >= 1, got d_min={self.d_min}, d_max={self.d_max}")
         if self.kind not in _KINDS:
             raise BudgetError(f"unknown budget kind {self.kind!r}; choose one of {_KINDS}")
-        value_itemsize(self.dtype)
+        try:
+            value_itemsize(self.dtype)
+        except ValueError as error:
+            raise BudgetError(str(error)) from None
         if self.max_values < self.min_values:
             raise BudgetError(
                 f"budget {self.describe()} is infeasible: every row at d_min={self.d_min} already needs "
@@ -111,7 +114,7 @@ class Budget:
                 number = lowered[: -len(suffix)].strip()
                 try:
                     nbytes = int(float(number) * scale)
-                except ValueError:
+                except (ValueError, OverflowError):
                     raise BudgetError(f"cannot read the byte budget {text!r}; write e.g. 2MB or 512KiB") from None
                 return cls.from_bytes(nbytes, rows, d_max, d_min, dtype)
         try:
@@ -120,10 +123,14 @@ class Budget:
             raise BudgetError(
                 f"cannot read the budget {text!r}; give a sparsity in [0, 1) like 0.9, a parameter count like 250000, or bytes like 2MB"
             ) from None
+        if not math.isfinite(number):
+            raise BudgetError(f"the budget must be a finite number, got {text!r}")
         if number < 1.0:
             return cls.from_sparsity(number, rows, d_max, d_min, dtype)
-        if not number.is_integer():
-            raise BudgetError(f"a parameter budget must be a whole number, got {text!r}")
+        if not number.is_integer() or "." in raw or "e" in raw.lower():
+            raise BudgetError(
+                f"cannot read the budget {text!r}: a sparsity is below 1 (like 0.9), a parameter count is a whole number (like 250000)"
+            )
         return cls.from_params(int(number), rows, d_max, d_min, dtype)
 
     # -- derived quantities -----------------------------------------------------------------------
@@ -159,7 +166,7 @@ class Budget:
     def describe(self) -> str:
         """The budget as the user gave it, e.g. ``sparsity 0.9`` or ``1,000,000 bytes``."""
         if self.kind == "sparsity":
-            return f"sparsity {self.amount:g}"
+            return f"sparsity {self.amount!r}"
         if self.kind == "bytes":
             return f"{int(self.amount):,} bytes"
         return f"{int(self.amount):,} parameters"

@@ -40,7 +40,7 @@ class Controller(ABC):
     name: ClassVar[str] = ""
     #: ``True`` for ask/tell controllers; one-shot controllers hook into supernet training.
     multi_trial: ClassVar[bool] = True
-    #: ``True`` when the controller's proposals do not depend on fitness (one ask is enough).
+    #: ``False`` when the controller's proposals do not depend on fitness (one ask is enough).
     needs_fitness: ClassVar[bool] = True
     #: Names of the spaces it supports, or ``None`` for every space.
     spaces: ClassVar[tuple[str, ...] | None] = None
@@ -73,6 +73,12 @@ class Controller(ABC):
             raise ValueError(f"tell got decisions of shape {batch.shape} for {len(values)} fitness values")
         if not np.isfinite(values).all():
             raise ValueError(f"fitness must be finite, got {values.tolist()}")
+        off_grid = ~np.isin(batch, self.space.grid)
+        if off_grid.any():
+            row, column = (int(i) for i in np.argwhere(off_grid)[0])
+            raise ValueError(f"told decisions must be grid values from ask(); row {row} has {batch[row, column]} at {column}")
+        for row in batch:
+            self.budget.check_cost(self.space.cost(row))
         for row, value in zip(batch, values):
             self.n_told += 1
             if value > self.best_fitness:

@@ -4,16 +4,22 @@ Third-party search spaces run :func:`check_search_space` from their own tests, a
 scikit-learn estimators run ``check_estimator``.  Needs ``hypothesis`` (a dev extra).
 """
 
+from typing import Any
+
 from nas.testing.data import SyntheticFields, power_law_counts, synthetic_fields
-from nas.testing.spaces import (
-    BUILTIN_OPTIONS,
-    Layout,
-    check_projection,
-    check_search_space,
-    fill_rule_violation,
-    layouts,
-    row_order_violation,
-)
+
+_SUITE = {"BUILTIN_OPTIONS", "Layout", "check_projection", "check_search_space", "fill_rule_violation", "layouts",
+          "row_order_violation"}
+
+
+def __getattr__(name: str) -> Any:
+    """Load the conformance suite (which needs hypothesis) only when it is asked for."""
+    if name in _SUITE:
+        from nas.testing import spaces
+
+        return getattr(spaces, name)
+    raise AttributeError(f"module 'nas.testing' has no attribute {name!r}")
+
 
 __all__ = [
     "BUILTIN_OPTIONS",

@@ -198,3 +198,25 @@ def test_sparsity_is_exact_on_large_tables(rows, sparsity):
 
     budget = Budget.from_sparsity(sparsity, {"t": rows}, 64, d_min=0)
     assert budget.max_values == int(rows * 64 * (1 - Fraction(str(sparsity))))
+
+
+def test_budget_text_that_is_neither_a_sparsity_nor_a_count_is_refused():
+    rows = {"user": 10, "item": 10}
+    for text in ("1.0", "2.5", "1e5", "inf", "nan", "infMB"):
+        with pytest.raises(BudgetError):
+            Budget.parse(text, rows, 8)
+    assert Budget.parse("0.9999999", rows, 64, d_min=0).describe() == "sparsity 0.9999999"
+
+
+def test_tell_refuses_decisions_off_the_grid_or_over_the_budget():
+    rows = {"user": 4, "item": 4}
+    space = PerFeatureSpace(table_specs(rows), {}, 1, 8, grid=[1, 2, 4, 8])
+    budget = Budget.from_params(20, rows, 8)
+    controller = CONTROLLERS.get("random")(space, budget, seed=0)
+    good = controller.ask(1)
+    controller.tell(good, [0.5])
+    with pytest.raises(ValueError, match="grid values"):
+        controller.tell(np.full((1, 8), 3), [0.6])
+    with pytest.raises(BudgetError, match="over the budget"):
+        controller.tell(np.full((1, 8), 4), [0.7])
+    assert np.array_equal(controller.recommend(), good[0])

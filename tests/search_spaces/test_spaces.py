@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 
 import numpy as np
 import pytest
@@ -169,22 +168,14 @@ def test_per_feature_monotone_keeps_frequent_rows_at_least_as_wide():
     assert space.cost(values) >= 0.99 * budget.max_values
 
 
-def best_of(call, repeat: int = 3) -> float:
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
-def test_per_feature_samples_and_projects_a_million_rows_in_under_a_second():
+def test_per_feature_samples_and_projects_a_million_rows():
+    """Correctness at scale; the time it takes is measured in benchmarks/bench_spaces.py."""
     fields = synthetic_fields({"user": 400_000, "item": 600_000}, exponent=[0.9, 1.1], interactions=5_000_000, seed=0)
     space = PerFeatureSpace(fields.tables, fields.frequencies, 1, 64)
     budget = Budget.from_sparsity(0.9, fields.rows, 64)
     rng = np.random.default_rng(0)
     raw = rng.uniform(0, 64, space.n_decisions)
-    assert best_of(lambda: space.project(raw, budget)) < 1.0
-    assert best_of(lambda: space.sample(rng, budget)) < 1.0
+    sampled = space.sample(rng, budget)
+    assert space.cost(sampled) == budget.max_values
     values = space.project(raw, budget)
     assert space.cost(values) == budget.max_values  # a unit grid fills the budget exactly
