@@ -40,7 +40,7 @@ from nas.core.budget import Budget
 from nas.core.errors import ArtifactError, BudgetError, ConfigError
 from nas.core.storage import dims_dtype, export_bytes, value_itemsize
 from nas.embedding import MaskableEmbedding
-from nas.serving import FORMAT, FORMAT_VERSION, MANIFEST_FILE, TABLES_FILE
+from nas.serving import FORMAT, FORMAT_VERSION, MANIFEST_FILE, TABLES_FILE, manifest_digest
 
 __all__ = ["export_tables", "export_byte_limit"]
 
@@ -147,7 +147,6 @@ def export_tables(
             "dims_dtype": d_type.name,
             "element_mask": name in masks,
         }
-    payload = _save_safetensors(tensors, metadata={"format": FORMAT})
     manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -158,14 +157,17 @@ def export_tables(
         "values_stored": sum(spec["values_stored"] for spec in specs.values()),
         "budget": {**budget.to_dict(), "max_bytes": budget.max_bytes},
         "bytes_limit": limit,
-        "bytes_stored": 0,
-        "files": {TABLES_FILE: {"bytes": len(payload), "sha256": hashlib.sha256(payload).hexdigest()}},
         "config_hash": config_hash,
         "allocation": allocation.fingerprint(),
         "created_by": f"embnas {_version()}",
     }
     if extra is not None:
         manifest["extra"] = dict(extra)
+    # The payload carries the digest of the manifest's content, and the manifest the payload's
+    # sha256, so an edit to either file is refused by the loader.
+    payload = _save_safetensors(tensors, metadata={"format": FORMAT, "manifest_sha256": manifest_digest(manifest)})
+    manifest["bytes_stored"] = 0
+    manifest["files"] = {TABLES_FILE: {"bytes": len(payload), "sha256": hashlib.sha256(payload).hexdigest()}}
     manifest_text = _manifest_bytes(manifest, len(payload))
     total = len(payload) + len(manifest_text)
     if total > limit:

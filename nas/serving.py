@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from safetensors import SafetensorError
 from safetensors.torch import load as _load_safetensors
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "MANIFEST_FILE", "TABLES_FILE", "PackedArtifactError", "PackedEmbedding"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "MANIFEST_FILE", "TABLES_FILE", "PackedArtifactError", "PackedEmbedding", "manifest_digest"]
 
 #: Value of ``manifest["format"]`` for artifacts this module reads.
 FORMAT = "embnas-packed-embedding"
@@ -93,6 +93,16 @@ class PackedArtifactError(ValueError):
 
 def _fail(path: Path | str, problem: str) -> PackedArtifactError:
     return PackedArtifactError(f"{path}: {problem}")
+
+
+def manifest_digest(manifest: Mapping[str, Any]) -> str:
+    """sha256 of the manifest's content, without the entries that describe the files themselves.
+
+    The export stores it in the safetensors metadata, which the payload's own sha256 (in the
+    manifest) covers: an edit to either file is then caught, whichever it is.
+    """
+    content = {k: v for k, v in manifest.items() if k not in ("files", "bytes_stored")}
+    return hashlib.sha256(json.dumps(content, sort_keys=True, separators=(",", ":")).encode("utf-8")).hexdigest()
 
 
 # -- reading and checking the files --------------------------------------------------------------
@@ -182,10 +192,15 @@ def _check_safetensors(path: Path, data: bytes) -> dict[str, dict[str, Any]]:
         raise _fail(path, "safetensors header is not valid JSON (damaged file)") from None
     if not isinstance(header, dict):
         raise _fail(path, "safetensors header is not a JSON object")
-    header.pop("__metadata__", None)
+    metadata = header.pop("__metadata__", None)
+    if not isinstance(metadata, dict) or not isinstance(metadata.get("manifest_sha256"), str):
+        raise _fail(path, "carries no manifest digest in its metadata; it was not written by this export format")
+    header["__manifest_sha256__"] = metadata["manifest_sha256"]
     body = len(data) - 8 - header_len
     end = 0
     for name, info in header.items():
+        if name == "__manifest_sha256__":
+            continue
         if not isinstance(info, dict):
             raise _fail(path, f"tensor {name!r} has a malformed header entry")
         code, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
@@ -338,6 +353,8 @@ class PackedEmbedding:
             )
         path = folder / TABLES_FILE
         header = _check_safetensors(path, data)
+        if header.pop("__manifest_sha256__") != manifest_digest(manifest):
+            raise _fail(where, "does not match the digest recorded in tables.safetensors (the manifest was edited)")
         try:
             tensors = _load_safetensors(data)
         except (SafetensorError, RuntimeError, ValueError) as error:  # already framed-checked: a safety net

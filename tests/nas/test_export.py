@@ -27,7 +27,7 @@ from nas.core.errors import ArtifactError, BudgetError
 from nas.core.storage import export_bytes
 from nas.embedding import MaskableEmbedding
 from nas.export import export_byte_limit, export_tables
-from nas.serving import MANIFEST_FILE, TABLES_FILE, PackedArtifactError, PackedEmbedding
+from nas.serving import MANIFEST_FILE, TABLES_FILE, PackedArtifactError, PackedEmbedding, manifest_digest
 
 _BITS = {2: torch.int16, 4: torch.int32, 8: torch.int64}
 
@@ -254,7 +254,8 @@ def _rewrite_manifest(folder: Path, change, *, reseal: bool = True) -> None:
 
 def _reseal(folder: Path, tensors: dict[str, torch.Tensor]) -> None:
     """Rewrite the payload *and* a matching manifest: only the deep consistency checks can object."""
-    payload = st_save(tensors)
+    manifest = json.loads((folder / MANIFEST_FILE).read_text())
+    payload = st_save(tensors, metadata={"manifest_sha256": manifest_digest(manifest)})
     (folder / TABLES_FILE).write_bytes(payload)
     digest = hashlib.sha256(payload).hexdigest()
     _rewrite_manifest(folder, lambda m: m["files"].update({TABLES_FILE: {"bytes": len(payload), "sha256": digest}}))
@@ -293,12 +294,15 @@ def test_truncated_payload_with_a_matching_manifest_gives_a_clear_error(export, 
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (lambda m: m["tables"]["user"].update(rows=41), "shape"),
+        (lambda m: m["tables"]["user"].update(rows=41), "the manifest was edited"),
         (lambda m: m.update(format_version=2), "format_version is 2"),
         (lambda m: m.update(format="something-else"), "format is 'something-else'"),
-        (lambda m: m["tables"]["item"].update(values_stored=m["tables"]["item"]["values_stored"] + 1), "shape"),
+        (lambda m: m["tables"]["item"].update(values_stored=m["tables"]["item"]["values_stored"] + 1), "the manifest was edited"),
         (lambda m: m.update(dtype="int8"), "value dtype 'int8'"),
-        (lambda m: m["tables"].pop("item"), "does not describe"),
+        (lambda m: m["tables"].pop("item"), "the manifest was edited"),
+        (lambda m: m.update(d_min=0), "the manifest was edited"),
+        (lambda m: m["budget"].update(max_values=m["budget"]["max_values"] + 1), "the manifest was edited"),
+        (lambda m: m.update(config_hash="tampered"), "the manifest was edited"),
         (lambda m: m.pop("files"), "no 'files' entry"),
     ],
 )
