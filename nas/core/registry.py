@@ -9,6 +9,7 @@ imported; third-party packages declare an entry point in their own
 from __future__ import annotations
 
 from collections.abc import Callable
+import warnings
 from importlib.metadata import entry_points
 from typing import Generic, TypeVar
 
@@ -32,6 +33,8 @@ class Registry(Generic[T]):
         self.entry_point_group = entry_point_group
         self._items: dict[str, T] = {}
         self._scanned = False
+        #: Plug-ins whose entry point failed to load, with the reason (they are skipped).
+        self.broken: dict[str, str] = {}
 
     def register(self, name: str) -> Callable[[T], T]:
         """Decorator registering its target under ``name``; sets ``target.name`` when it has one."""
@@ -40,7 +43,8 @@ class Registry(Generic[T]):
             existing = self._items.get(name)
             if existing is not None and existing is not target:
                 raise ConfigError(f"a {self.kind} named {name!r} is already registered ({existing!r})")
-            if isinstance(target, type):
+            if isinstance(target, type) and not getattr(target, "name", ""):
+                # Built-ins learn their name here; an alias of a class registered already keeps its own.
                 target.name = name  # type: ignore[attr-defined]
             self._items[name] = target
             return target
@@ -57,9 +61,9 @@ class Registry(Generic[T]):
             try:
                 target = point.load()
             except Exception as error:  # a broken third-party plug-in must not break the others
-                raise ConfigError(
-                    f"the {self.kind} {point.name!r} from entry point {point.value!r} failed to load: {error}"
-                ) from error
+                self.broken[point.name] = f"entry point {point.value!r} failed to load: {error}"
+                warnings.warn(f"embnas: skipping the {self.kind} {point.name!r}: {self.broken[point.name]}", stacklevel=2)
+                continue
             self.register(point.name)(target)
 
     def get(self, name: str) -> T:
@@ -69,6 +73,8 @@ class Registry(Generic[T]):
         try:
             return self._items[name]
         except KeyError:
+            if name in self.broken:
+                raise ConfigError(f"the {self.kind} {name!r} is installed but broken: {self.broken[name]}") from None
             raise ConfigError(f"unknown {self.kind} {name!r}; available: {', '.join(self.names())}") from None
 
     def names(self) -> list[str]:

@@ -50,11 +50,19 @@ def test_export_meets_the_budget_from_the_files_alone(finished_run: Path):
     assert kept <= 0.1 * budget.full_values
 
 
-def test_summary_and_metrics(finished_run: Path, capsys: pytest.CaptureFixture[str]):
+def test_summary_and_metrics(finished_run: Path):
+    from nas.summary import summary_table
+
     metrics = json.loads((finished_run / "metrics.json").read_text())
     assert 0.99 <= metrics["allocation"]["budget_used"] <= 1.0
     assert metrics["allocated"]["test"]["recall@20"] > 0
     assert metrics["full"]["test"]["recall@20"] > 0
+    text = summary_table(metrics)
+    assert "sparsity 0.9" in text and "per-feature (7,000 decisions)" in text
+    assert f"{metrics['export']['bytes_stored']:,} bytes exported" in text
+    recall_line = next(line for line in text.splitlines() if line.strip().startswith("recall@20"))
+    full, allocated = metrics["full"]["test"]["recall@20"], metrics["allocated"]["test"]["recall@20"]
+    assert recall_line.split()[1:4] == [f"{full:.4f}", f"{allocated:.4f}", f"{allocated / full:.3f}"]
 
 
 def test_evaluate_and_export_an_existing_run(finished_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]):
