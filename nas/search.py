@@ -173,7 +173,7 @@ def run_search(config: SearchConfig, runs_root: str | Path = "runs", name: str |
     full_model, full_stats = _train_or_load(run, "full", build_model(config, data), data, train_config, progress)
     full_test = evaluate(full_model, data, "test", _KS)
 
-    allocation = _search_or_load(run, config, data, full_model, space, controller, budget, progress)
+    allocation = _search(run, config, data, full_model, space, controller, budget, progress)
 
     retrained = build_model(config, data)
     retrained.embedding.set_allocation(allocation)
@@ -238,30 +238,6 @@ def load_checkpoint(model: Backbone, run: Run, name: str) -> None:
         raise ArtifactError(f"{run.path('checkpoints', name)} does not fit the configured model: {error}") from None
 
 
-def _search_or_load(
-    run: Run,
-    config: SearchConfig,
-    data: InteractionData,
-    full_model: Backbone,
-    space: SearchSpace,
-    controller: Controller,
-    budget: Budget,
-    progress: bool,
-) -> Allocation:
-    """The run's allocation: reloaded when a previous attempt finished the search, else searched now."""
-    searched = list(run.events("searched"))
-    if searched and run.has("allocation.npz"):
-        allocation = Allocation.load(run.path("allocation.npz"))
-        if allocation.fingerprint() == searched[-1]["fingerprint"]:
-            allocation.validate(budget)
-            return allocation
-    allocation = _search(run, config, data, full_model, space, controller, budget, progress)
-    allocation.validate(budget)
-    allocation.save(run.path("allocation.npz"))
-    run.log_event("searched", fingerprint=allocation.fingerprint(), cost=allocation.cost)
-    return allocation
-
-
 def _search(
     run: Run,
     config: SearchConfig,
@@ -272,7 +248,17 @@ def _search(
     budget: Budget,
     progress: bool,
 ) -> Allocation:
-    """Ask the controller, measure fitness on the masked full model, tell, and return its recommendation."""
+    """Ask the controller, measure fitness on the masked full model, tell, and keep its recommendation.
+
+    A run that already finished its search (a ``searched`` event whose allocation is on
+    disk) returns that allocation instead of searching again.
+    """
+    searched = list(run.events("searched"))
+    if searched and run.has("allocation.npz"):
+        allocation = Allocation.load(run.path("allocation.npz"))
+        if allocation.fingerprint() == searched[-1]["fingerprint"]:
+            allocation.validate(budget)
+            return allocation
     trials = config.trials if controller.needs_fitness else 1
     evaluator = None
     if data.valid.nnz:
@@ -292,6 +278,10 @@ def _search(
             seconds=round(time.perf_counter() - tic, 4),
         )
         bar.set_postfix(fitness=f"{fitness:.4f}", best=f"{controller.best_fitness:.4f}")
-    return space.to_allocation(controller.recommend())
+    allocation = space.to_allocation(controller.recommend())
+    allocation.validate(budget)
+    allocation.save(run.path("allocation.npz"))
+    run.log_event("searched", fingerprint=allocation.fingerprint(), cost=allocation.cost)
+    return allocation
 
 
