@@ -30,6 +30,10 @@ def _add_search_options(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--test", nargs="+", metavar="FILE", help="LightGCN test files")
     data.add_argument("--user-col", default="user_id", help="CSV user column (default: %(default)s)")
     data.add_argument("--item-col", default="item_id", help="CSV item column (default: %(default)s)")
+    data.add_argument("--sep", help="CSV field separator (default: tab for .tsv/.inter files, comma otherwise)")
+    data.add_argument("--rating-col", help="CSV rating column; rows below --min-rating are not interactions")
+    data.add_argument("--min-rating", type=float, help="least rating that counts as an interaction, e.g. 4")
+    data.add_argument("--remap", action="store_true", help="LightGCN files: map ids to contiguous ones (gaps, huge ids)")
     data.add_argument("--cold", choices=("keep", "drop"), default="keep",
                       help="users/items absent from train: keep them in the tables and evaluation, or drop their pairs (default: %(default)s)")
     search = parser.add_argument_group("search")
@@ -71,7 +75,10 @@ def _config_from_args(args: argparse.Namespace):  # noqa: ANN202
     from nas.data_source import DataSpec
     from nas.search import SearchConfig, TrainingOptions
 
-    options = {"user_col": args.user_col, "item_col": args.item_col, "cold": args.cold, "seed": args.seed}
+    options = {"user_col": args.user_col, "item_col": args.item_col, "cold": args.cold, "seed": args.seed,
+               "sep": args.sep, "rating_col": args.rating_col, "min_rating": args.min_rating, "remap": args.remap}
+    if (args.rating_col is None) != (args.min_rating is None):
+        raise ConfigError("give --rating-col and --min-rating together")
     if args.train:
         if args.data:
             raise ConfigError("give either --data or --train/--valid/--test, not both")

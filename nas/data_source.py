@@ -29,6 +29,11 @@ class DataSpec:
         item_col: CSV column of item ids.
         cold: policy for users/items seen only outside train: ``"keep"`` or ``"drop"``.
         seed: seed of the synthetic data and of CSV splits.
+        sep: CSV field separator (``None``: tab for .tsv/.inter, comma otherwise).
+        rating_col: CSV rating column; with ``min_rating``, rows below it are not interactions.
+        min_rating: the least rating that counts as an interaction (e.g. 4 on MovieLens).
+        remap: map LightGCN ids to contiguous ones (for files with gaps or huge ids).
+        extra: further keyword options of the loader (e.g. the synthetic data's size).
     """
 
     format: str = "synthetic"
@@ -40,6 +45,10 @@ class DataSpec:
     item_col: str = "item_id"
     cold: str = "keep"
     seed: int = 0
+    sep: str | None = None
+    rating_col: str | None = None
+    min_rating: float | None = None
+    remap: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -102,5 +111,10 @@ def load_data(spec: DataSpec) -> InteractionData:
     if spec.format == "synthetic":
         return synthetic(seed=spec.seed, **spec.extra)
     if spec.format == "lightgcn":
-        return load_lightgcn(list(spec.train), list(spec.valid) or None, list(spec.test) or None, cold=spec.cold)
-    return load_interactions_csv(spec.path, user_col=spec.user_col, item_col=spec.item_col, seed=spec.seed, **spec.extra)
+        return load_lightgcn(
+            list(spec.train), list(spec.valid) or None, list(spec.test) or None, cold=spec.cold, remap=spec.remap
+        )
+    return load_interactions_csv(
+        spec.path, user_col=spec.user_col, item_col=spec.item_col, sep=spec.sep, rating_col=spec.rating_col,
+        min_rating=spec.min_rating, seed=spec.seed, **spec.extra,
+    )

@@ -160,3 +160,17 @@ def test_rerunning_a_finished_run_reuses_its_stages(finished_run: Path):
     kinds = [e["event"] for e in after]
     assert "trained" not in kinds and "trial" not in kinds and "searched" not in kinds
     assert Allocation.load(finished_run / "allocation.npz").fingerprint() == allocation
+
+
+def test_search_on_movielens_ratings_as_clicks(shared_data: Path, tmp_path: Path):
+    inter = shared_data / "ml-100k_recbole" / "ml-100k.inter.gz"
+    args = ["search", "--runs", str(tmp_path), "--name", "ml", "--data", str(inter), "--rating-col", "rating",
+            "--min-rating", "4", "--budget", "0.8", *FAST]
+    assert main(args) == 0
+    summary = json.loads((tmp_path / "ml" / "metrics.json").read_text())["data"]
+    assert summary["train_pairs"] + summary["valid_pairs"] + summary["test_pairs"] == 55_375
+
+
+def test_rating_options_come_together(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    assert main(["search", "--runs", str(tmp_path), "--rating-col", "rating", *FAST]) == 2
+    assert "--rating-col and --min-rating together" in capsys.readouterr().err
