@@ -40,13 +40,11 @@ from nas.core.budget import Budget
 from nas.core.errors import ArtifactError, BudgetError, ConfigError
 from nas.core.storage import dims_dtype, export_bytes, value_itemsize
 from nas.embedding import MaskableEmbedding
-from nas.serving import FORMAT, FORMAT_VERSION, MANIFEST_FILE, TABLES_FILE, manifest_digest
+from nas.serving import FORMAT, FORMAT_VERSION, MANIFEST_FILE, TABLES_FILE, VALUE_DTYPES, manifest_digest
 
 __all__ = ["export_tables", "export_byte_limit"]
 
 PathLike = str | os.PathLike[str]
-
-_TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
 
 
 def export_byte_limit(budget: Budget, dtype: str | None = None, *, element_mask: bool = False) -> int:
@@ -135,7 +133,7 @@ def export_tables(
             keep = torch.tensor(masks[name])
         else:
             keep = columns < torch.tensor(dims).unsqueeze(1)
-        values = table[keep].to(_TORCH_DTYPES[dtype]).contiguous()
+        values = table[keep].to(VALUE_DTYPES[dtype]).contiguous()
         tensors[f"{name}.row_dims"] = torch.from_numpy(dims.astype(d_type))
         tensors[f"{name}.values"] = values
         if name in masks:

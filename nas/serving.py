@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from safetensors import SafetensorError
 from safetensors.torch import load as _load_safetensors
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "MANIFEST_FILE", "TABLES_FILE", "PackedArtifactError", "PackedEmbedding", "manifest_digest"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "MANIFEST_FILE", "TABLES_FILE", "PackedArtifactError", "PackedEmbedding", "VALUE_DTYPES", "manifest_digest"]
 
 #: Value of ``manifest["format"]`` for artifacts this module reads.
 FORMAT = "embnas-packed-embedding"
@@ -57,8 +57,8 @@ TABLES_FILE = "tables.safetensors"
 
 _LAYOUTS = ("packed", "dense")
 
-#: Value dtype names of the manifest -> torch dtype.
-_VALUE_DTYPES: dict[str, torch.dtype] = {
+#: Value dtype names of the manifest -> torch dtype (the export writes these too).
+VALUE_DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
     "float16": torch.float16,
     "bfloat16": torch.bfloat16,
@@ -106,15 +106,20 @@ def manifest_digest(manifest: Mapping[str, Any]) -> str:
 
 
 # -- reading and checking the files --------------------------------------------------------------
+def _read_bytes(path: Path, missing: str) -> bytes:
+    """The file's bytes, or an error naming it: ``missing`` when absent, the OS reason otherwise."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise _fail(path, missing) from None
+    except OSError as error:
+        raise _fail(path, f"cannot be read ({error.strerror or error})") from None
+
+
 def _read_manifest(folder: Path) -> tuple[dict[str, Any], int]:
     """Parse ``manifest.json``; return it with its size in bytes."""
     path = folder / MANIFEST_FILE
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise _fail(path, "missing; this folder is not an embnas export (or the export did not finish)") from None
-    except OSError as error:
-        raise _fail(path, f"cannot be read ({error.strerror or error})") from None
+    raw = _read_bytes(path, "missing; this folder is not an embnas export (or the export did not finish)")
     try:
         manifest = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
@@ -156,12 +161,7 @@ def _read_payload(folder: Path, manifest: Mapping[str, Any], verify: bool) -> tu
         size = _field(entry, "bytes", int, where)
         digest = _field(entry, "sha256", str, where)
         path = folder / name
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            raise _fail(path, "missing (the manifest lists it)") from None
-        except OSError as error:
-            raise _fail(path, f"cannot be read ({error.strerror or error})") from None
+        data = _read_bytes(path, "missing (the manifest lists it)")
         if len(data) != size:
             problem = "truncated" if len(data) < size else "longer than written"
             raise _fail(path, f"is {len(data):,} bytes but the manifest says {size:,} ({problem}; the file was changed)")
@@ -336,9 +336,9 @@ class PackedEmbedding:
         if not 0 <= d_min <= d_max or d_max < 1:
             raise _fail(where, f"has d_min={d_min}, d_max={d_max}; need 0 <= d_min <= d_max and d_max >= 1")
         dtype_name = _field(manifest, "dtype", str, where)
-        if dtype_name not in _VALUE_DTYPES:
-            raise _fail(where, f"value dtype {dtype_name!r} is not one of {sorted(_VALUE_DTYPES)}")
-        value_dtype = _VALUE_DTYPES[dtype_name]
+        if dtype_name not in VALUE_DTYPES:
+            raise _fail(where, f"value dtype {dtype_name!r} is not one of {sorted(VALUE_DTYPES)}")
+        value_dtype = VALUE_DTYPES[dtype_name]
         specs = _field(manifest, "tables", dict, where)
         if not specs:
             raise _fail(where, "lists no tables")
