@@ -50,7 +50,14 @@ def _add_search_options(parser: argparse.ArgumentParser) -> None:
     search.add_argument("--grid", help="per-feature/per-field spaces: candidate sizes, 'pow2' or a list like 4,8,16,32,64 (default: every size)")
     search.add_argument("--controller", default=defaults.controller, help="controller; `embnas controllers` lists them (default: %(default)s)")
     search.add_argument("--trials", type=int, default=defaults.trials, help="allocations evaluated by fitness-driven controllers (default: %(default)s)")
+    search.add_argument("--ask-batch", type=int, default=defaults.ask_batch, help="candidates asked of the controller at once and evaluated together (default: %(default)s)")
     search.add_argument("--fitness-users", type=int, default=defaults.fitness_users, help="validation users sampled for fitness, 0 for all (default: %(default)s)")
+    search.add_argument("--evaluator", choices=("supernet", "finetune"), default=defaults.evaluator,
+                        help="fitness by masks on the supernet, or BET's fine-tune of each allocation (default: %(default)s)")
+    search.add_argument("--finetune-steps", type=int, default=defaults.finetune.steps, help="finetune evaluator: SGD steps per allocation (default: %(default)s)")
+    search.add_argument("--supernet", choices=("sandwich", "full"), default=defaults.supernet.mode,
+                        help="supernet training: sandwich (largest, smallest and random allocations per step) or plain full-size (default: %(default)s)")
+    search.add_argument("--retrain-top", type=int, default=defaults.retrain_top, help="fittest allocations retrained from scratch; the best on validation wins (default: %(default)s)")
     model = parser.add_argument_group("model and training")
     model.add_argument("--model", default=defaults.model, help="backbone (default: %(default)s)")
     model.add_argument("--epochs", type=int, default=train.epochs, help="most training epochs (default: %(default)s)")
@@ -61,6 +68,7 @@ def _add_search_options(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--patience", type=int, default=train.patience, help="validations without improvement before stopping (default: %(default)s)")
     model.add_argument("--sampling", choices=("pair", "user"), default=train.sampling,
                        help="BPR triples per epoch: each train pair once, or uniform users as LightGCN (default: %(default)s)")
+    model.add_argument("--checkpoint-every", type=int, default=train.checkpoint_every, help="epochs between training checkpoints (default: %(default)s)")
     run = parser.add_argument_group("run")
     run.add_argument("--seed", type=int, default=defaults.seed, help="fixes the whole run (default: %(default)s)")
     run.add_argument("--device", default=defaults.device, help="torch device (default: %(default)s)")
@@ -73,7 +81,9 @@ def _add_search_options(parser: argparse.ArgumentParser) -> None:
 def _config_from_args(args: argparse.Namespace):  # noqa: ANN202
     from nas.core.errors import ConfigError
     from nas.data_source import DataSpec
+    from nas.evaluate import FineTuneConfig
     from nas.search import SearchConfig, TrainingOptions
+    from nas.supernet import SupernetOptions
 
     options = {"user_col": args.user_col, "item_col": args.item_col, "cold": args.cold, "seed": args.seed,
                "sep": args.sep, "rating_col": args.rating_col, "min_rating": args.min_rating, "remap": args.remap}
@@ -88,11 +98,13 @@ def _config_from_args(args: argparse.Namespace):  # noqa: ANN202
     else:
         spec = DataSpec("synthetic", **options)
     space_options = _space_options(args)
-    train = TrainingOptions(args.epochs, args.batch_size, args.lr, args.reg, args.eval_every, args.patience, args.sampling)
+    train = TrainingOptions(args.epochs, args.batch_size, args.lr, args.reg, args.eval_every, args.patience, args.sampling,
+                            args.checkpoint_every)
     return SearchConfig(
         data=spec, model=args.model, d_max=args.d_max, d_min=args.d_min, budget=args.budget, space=args.space,
-        space_options=space_options,
-        controller=args.controller, trials=args.trials, fitness_users=args.fitness_users, seed=args.seed,
+        space_options=space_options, controller=args.controller, trials=args.trials, ask_batch=args.ask_batch,
+        fitness_users=args.fitness_users, supernet=SupernetOptions(mode=args.supernet), evaluator=args.evaluator,
+        finetune=FineTuneConfig(steps=args.finetune_steps, reg=args.reg), retrain_top=args.retrain_top, seed=args.seed,
         train=train, device=args.device, threads=args.threads,
     )
 
@@ -126,6 +138,14 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
     metrics = run_search(_config_from_args(args), args.runs, args.name, progress=not args.quiet)
     print(summary_table(metrics))
+    return 0
+
+
+def _cmd_resume(args: argparse.Namespace) -> int:
+    from nas.search import resume_run
+    from nas.summary import summary_table
+
+    print(summary_table(resume_run(args.run, progress=not args.quiet)))
     return 0
 
 
@@ -175,6 +195,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_search_options(search)
     search.set_defaults(handler=_cmd_search)
 
+    resume = commands.add_parser("resume", help="continue a run that was interrupted, from its last checkpoint",
+                                 description="Continue a run folder where it stopped; the result is the one the uninterrupted run gives.")
+    resume.add_argument("run", type=Path, help="the run folder (runs/<id>)")
+    resume.add_argument("--quiet", action="store_true", help="no progress bars")
+    resume.set_defaults(handler=_cmd_resume)
+
     evaluate = commands.add_parser("evaluate", help="re-evaluate a finished run's retrained model", description="Recompute the metrics of a run's retrained, allocated model.")
     evaluate.add_argument("run", type=Path, help="the run folder (runs/<id>)")
     evaluate.add_argument("--split", choices=("test", "valid"), default="test", help="split to evaluate (default: %(default)s)")
@@ -207,7 +233,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"embnas: error: {error}", file=sys.stderr)
         return _EXIT_ERROR
     except KeyboardInterrupt:
-        print("embnas: interrupted; finished stages are kept in the run folder", file=sys.stderr)
+        print("embnas: interrupted; continue with `embnas resume <run folder>`", file=sys.stderr)
         return 130
 
 

@@ -7,19 +7,42 @@ column index is compared with the row's size, for the looked-up rows only.
 Masked positions are exact ``+0.0`` (``torch.where``, not a multiplication that
 would give ``-0.0`` for negative weights), so the exported packed table serves
 bit-identical vectors.
+
+Several allocations can also be served *at once* (:meth:`MaskableEmbedding.set_variants`):
+a lookup then returns one masked copy of the vectors per allocation, stacked in a
+leading dimension.  The rows are gathered once and only the cheap comparison is
+repeated, which is what lets a supernet train the largest, the smallest and a few
+random allocations in one step, and an evaluator score many allocations in one pass.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
 from nas.core.allocation import Allocation
 from recsys.embedding import PlainEmbedding
 
-__all__ = ["MaskableEmbedding"]
+__all__ = ["MaskableEmbedding", "stack_row_dims"]
+
+
+def stack_row_dims(allocations: Sequence[Allocation], device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """The ``row_dims`` of prefix allocations stacked per table: ``{table: (len(allocations), rows)}``.
+
+    Stored as int16 (sizes never exceed 32,767), a quarter of the memory of int64.
+    """
+    if not allocations:
+        raise ValueError("stack at least one allocation")
+    if any(a.element_masks for a in allocations):
+        raise ValueError("only prefix allocations (row_dims) can be stacked; element masks are served one at a time")
+    names = list(allocations[0].row_dims)
+    return {
+        name: torch.from_numpy(np.stack([a.row_dims[name] for a in allocations]).astype(np.int16)).to(device)
+        for name in names
+    }
 
 
 class MaskableEmbedding(PlainEmbedding):
@@ -39,12 +62,13 @@ class MaskableEmbedding(PlainEmbedding):
         self.register_buffer("columns", torch.arange(self.dim), persistent=False)
         self._row_dims: dict[str, torch.Tensor] = {}
         self._masks: dict[str, torch.Tensor] = {}
+        self._variants: dict[str, torch.Tensor] = {}
         self.allocation: Allocation | None = None
 
     def set_allocation(self, allocation: Allocation | None) -> None:
         """Apply ``allocation`` to every later lookup; ``None`` restores the full tables."""
         self.allocation = allocation
-        self._row_dims, self._masks = {}, {}
+        self._row_dims, self._masks, self._variants = {}, {}, {}
         if allocation is None:
             return
         if allocation.rows() != self.rows:
@@ -57,8 +81,35 @@ class MaskableEmbedding(PlainEmbedding):
         for name, mask in (allocation.element_masks or {}).items():
             self._masks[name] = torch.tensor(mask, dtype=torch.bool, device=device)
 
+    def set_variants(self, row_dims: Mapping[str, torch.Tensor] | None) -> None:
+        """Serve ``A`` prefix allocations at once (``None`` restores the full tables).
+
+        Until the next call, :meth:`lookup` returns ``(A, *ids.shape, dim)`` and
+        :meth:`table` ``(A, rows, dim)``: variant ``a`` keeps the leading
+        ``row_dims[table][a, r]`` values of row ``r``.  A table missing from
+        ``row_dims`` is served in full (broadcast over the variants).
+
+        Args:
+            row_dims: ``{table: (A, rows)}`` integer tensors, e.g. from :func:`stack_row_dims`.
+        """
+        self.set_allocation(None)
+        if row_dims is None:
+            return
+        counts = {int(d.shape[0]) for d in row_dims.values()}
+        if len(counts) != 1:
+            raise ValueError(f"every table needs the same number of variants, got {sorted(counts)}")
+        for name, dims in row_dims.items():
+            if name not in self.rows or dims.dim() != 2 or dims.shape[1] != self.rows[name]:
+                raise ValueError(f"variants of table {name!r} must have shape (A, {self.rows.get(name)}), got {tuple(dims.shape)}")
+            self._variants[name] = dims.to(self.columns.device)
+
     def _keep(self, table: str, ids: torch.Tensor | None) -> torch.Tensor | None:
         """Boolean keep-mask for the rows ``ids`` (all rows when ``None``), or ``None`` for a full table."""
+        if table in self._variants:
+            dims = self._variants[table]
+            if ids is not None:
+                dims = dims[:, ids]
+            return self.columns < dims.unsqueeze(-1)
         if table in self._masks:
             mask = self._masks[table]
             return mask if ids is None else mask[ids]

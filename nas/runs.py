@@ -18,8 +18,9 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
-from safetensors.torch import load_file, save
+from safetensors.torch import load_file, safe_open, save
 
 from nas.core._atomic import atomic_write, write_json
 from nas.core.errors import ArtifactError, ConfigError, ResumeError
@@ -62,10 +63,16 @@ class Run:
         run = cls(Path(root) / name)
         if (run.folder / "config.json").exists():
             run.check_config(config)
+            run._remove_stale_temporaries()
             return run
         run.folder.mkdir(parents=True, exist_ok=True)
         write_json(run.folder / "config.json", {"config_hash": digest, "config": dict(config)})
         return run
+
+    def _remove_stale_temporaries(self) -> None:
+        """Delete the temporary files of atomic writes a crash interrupted (never the files they were for)."""
+        for path in self.folder.rglob(".*.tmp"):
+            path.unlink(missing_ok=True)
 
     # -- configuration ------------------------------------------------------------------------------
     def config(self) -> dict[str, Any]:
@@ -125,6 +132,33 @@ class Run:
         except Exception as error:  # safetensors raises its own error types for damaged files
             raise ArtifactError(f"{path}: damaged checkpoint ({error})") from None
 
+    def save_state(self, name: str, state: Any) -> None:
+        """Save a nested state (dicts, lists, numbers, strings, tensors, arrays) in one safetensors file.
+
+        Training states (model, optimiser moments, sampler, best weights) and controller
+        states are written whole and atomically: a crash leaves the previous state or the
+        new one.  The structure travels as JSON in the file's metadata, the tensors as
+        tensors; nothing is pickled.
+        """
+        tensors: dict[str, torch.Tensor] = {}
+        skeleton = _flatten(state, tensors)
+        data = save(tensors, metadata={"state": json.dumps(skeleton)})
+        with atomic_write(self.path("checkpoints", name), "wb") as handle:
+            handle.write(data)
+
+    def load_state(self, name: str) -> Any:
+        """Load a state written by :meth:`save_state`."""
+        path = self.path("checkpoints", name)
+        try:
+            tensors = load_file(str(path))
+            with safe_open(str(path), framework="pt") as handle:
+                skeleton = json.loads((handle.metadata() or {})["state"])
+        except FileNotFoundError:
+            raise ArtifactError(f"{path} does not exist") from None
+        except Exception as error:  # safetensors and json raise their own types for damaged files
+            raise ArtifactError(f"{path}: damaged state ({error})") from None
+        return _unflatten(skeleton, tensors)
+
     # -- events --------------------------------------------------------------------------------------
     def log_event(self, kind: str, **fields: Any) -> None:
         """Append one event line, flushed and synced, so a crash loses at most the line being written."""
@@ -153,3 +187,37 @@ class Run:
                 continue
             if kind is None or record.get("event") == kind:
                 yield record
+
+
+def _flatten(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    """JSON skeleton of ``value``; tensors and arrays move to ``tensors`` under numbered keys.
+
+    Dicts keep the type of their keys (an optimiser's state is keyed by int).
+    """
+    if isinstance(value, torch.Tensor):
+        key = str(len(tensors))
+        tensors[key] = value.detach().cpu().clone().contiguous()
+        return {"__tensor__": key}
+    if isinstance(value, np.ndarray):
+        key = str(len(tensors))
+        tensors[key] = torch.from_numpy(np.array(value, copy=True, order="C"))
+        return {"__array__": key}
+    if isinstance(value, dict):
+        return {"__dict__": [[k, _flatten(v, tensors)] for k, v in value.items()]}
+    if isinstance(value, (list, tuple)):
+        return [_flatten(v, tensors) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _unflatten(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(value, dict):
+        if "__tensor__" in value:
+            return tensors[value["__tensor__"]]
+        if "__array__" in value:
+            return tensors[value["__array__"]].numpy()
+        return {k: _unflatten(v, tensors) for k, v in value["__dict__"]}
+    if isinstance(value, list):
+        return [_unflatten(v, tensors) for v in value]
+    return value

@@ -29,12 +29,33 @@ def summary_table(metrics: Mapping[str, Any]) -> str:
                  f"retain ratio {allocation['retain_ratio']:.4f}), {metrics['export']['bytes_stored']:,} bytes exported"),
         ("row sizes", sizes),
         *([("decisions", " ".join(str(v) for v in allocation["decisions"]))] if allocation.get("decisions") else []),
-        ("time", f"{metrics['seconds']:.1f} s"),
+        *_search_facts(metrics),
+        ("time", _time_text(metrics)),
     ]
     header = f"  {'test metric':<12}{'full':>10}{'allocated':>11}{'ratio':>8}"
+    if metrics["full"].get("supernet") == "sandwich":
+        facts.append(("full", "the sandwich-trained supernet with every row at d_max"))
     lines = [header, "  " + "-" * (len(header) - 2)]
     for key in ("recall@20", "ndcg@20", "recall@10", "ndcg@10"):
         if key in full and key in allocated:
             ratio = allocated[key] / full[key] if full[key] else float("nan")
             lines.append(f"  {key:<12}{full[key]:>10.4f}{allocated[key]:>11.4f}{ratio:>8.3f}")
     return _rows_to_text(facts) + "\n\n" + "\n".join(lines)
+
+
+def _search_facts(metrics: Mapping[str, Any]) -> list[tuple[str, str]]:
+    retrained = metrics.get("retrained") or []
+    if not metrics.get("trials"):
+        return []
+    chosen = metrics["allocation"]
+    return [
+        ("trials", f"{metrics['trials']} allocations evaluated by the {metrics.get('evaluator')} evaluator"),
+        ("retrained", f"top {len(retrained)} by fitness; chosen on validation: fitness {chosen['fitness']:.4f}, "
+                      f"fingerprint {chosen['fingerprint']}"),
+    ]
+
+
+def _time_text(metrics: Mapping[str, Any]) -> str:
+    timing = metrics.get("timing") or {}
+    parts = ", ".join(f"{stage} {timing[stage]:.1f} s" for stage in ("supernet", "search", "retrain") if stage in timing)
+    return f"{metrics['seconds']:.1f} s" + (f" ({parts})" if parts else "")

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from scipy.sparse import csr_matrix
 
-__all__ = ["ranking_metrics", "fitness_quality", "FITNESS_KS"]
+__all__ = ["ranking_metrics", "ranking_metrics_many", "fitness_quality", "FITNESS_KS"]
 
 #: The cut-offs averaged by :func:`fitness_quality` (BET paper, eq. 13).
 FITNESS_KS: tuple[int, ...] = (5, 10, 20)
@@ -73,11 +73,38 @@ def ranking_metrics(
         ``{"recall@k": ..., "ndcg@k": ... for each k, "users": count}``; the
         metrics are 0.0 when no user qualifies.
     """
+    return ranking_metrics_many(
+        lambda chunk: score_fn(chunk).unsqueeze(0), 1, truth, exclude, ks,
+        users=users, chunk_size=chunk_size, progress=progress,
+    )[0]
+
+
+def ranking_metrics_many(
+    score_fn: Callable[[torch.Tensor], torch.Tensor],
+    n_models: int,
+    truth: csr_matrix,
+    exclude: csr_matrix | Sequence[csr_matrix] | None,
+    ks: Sequence[int] = (5, 10, 20),
+    *,
+    users: np.ndarray | None = None,
+    chunk_size: int = 1024,
+    progress: bool = False,
+) -> list[dict[str, float]]:
+    """:func:`ranking_metrics` of ``n_models`` scorers at once, sharing the work they have in common.
+
+    ``score_fn`` returns ``(n_models, len(user_ids), n_items)``.  The exclusion and
+    truth look-ups of a chunk of users are built once for all models and the top-k
+    is one call over all of them, so scoring many variants of a model (allocations
+    of one supernet) costs little more than their matrix products.  Memory is about
+    ``n_models × chunk_size × n_items × 4`` bytes: lower ``chunk_size`` with many models.
+    """
     ks = tuple(int(k) for k in ks)
     if not ks or min(ks) < 1:
         raise ValueError(f"ks must be non-empty positive cut-offs, got {ks!r}")
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    if n_models < 1:
+        raise ValueError(f"n_models must be >= 1, got {n_models}")
     truth = csr_matrix(truth)
     truth.sum_duplicates()
     n_users, n_items = truth.shape
@@ -90,12 +117,13 @@ def ranking_metrics(
     candidates = np.flatnonzero(n_truth_all > 0)
     if users is not None:
         candidates = np.intersect1d(candidates, np.asarray(users, dtype=np.int64))
-    sums = {f"{name}@{k}": 0.0 for k in ks for name in ("recall", "ndcg")}
+    sums = np.zeros((n_models, 2, len(ks)))  # [model, recall|ndcg, k]
     k_max = max(ks)
     k_eff = min(k_max, n_items)
     # discounts[r] = 1 / log2(r + 2); idcg_table[m] = Σ_{r < m} discounts[r].
     discounts = 1.0 / np.log2(np.arange(k_max, dtype=np.float64) + 2.0)
     idcg_table = np.concatenate([[0.0], np.cumsum(discounts)])
+    k_index = np.asarray(ks) - 1
 
     chunks = [candidates[i : i + chunk_size] for i in range(0, len(candidates), chunk_size)]
     if progress:
@@ -104,35 +132,39 @@ def ranking_metrics(
         chunks = tqdm(chunks, desc="eval", unit="chunk", leave=False)
     with torch.no_grad():
         for chunk in chunks:
+            expected = (n_models, len(chunk), n_items)
             scores = score_fn(torch.from_numpy(chunk.astype(np.int64)))
-            if scores.shape != (len(chunk), n_items):
-                raise ValueError(f"score_fn returned shape {tuple(scores.shape)}, expected {(len(chunk), n_items)}")
+            if tuple(scores.shape) != expected:
+                raise ValueError(f"score_fn returned shape {tuple(scores.shape)}, expected {expected}")
             # Overwritten in place (excluded items -> -inf): score_fn must return a fresh tensor.
-            scores = scores.detach().to(torch.float32)
+            scores = scores.detach().to(torch.float32).reshape(n_models * len(chunk), n_items)
             excluded_keys = _chunk_keys(excludes, chunk, n_items)
             if excluded_keys.numel():
-                scores.view(-1)[excluded_keys] = -torch.inf
-            top = _top_items(scores, k_eff)
-            local = torch.arange(len(chunk)).unsqueeze(1) * n_items
+                flat = (torch.arange(n_models).unsqueeze(1) * (len(chunk) * n_items) + excluded_keys).view(-1)
+                scores.view(-1)[flat] = -torch.inf
+            top = _top_items(scores, k_eff).view(n_models, len(chunk), k_eff)
+            local = torch.arange(len(chunk)).view(1, -1, 1) * n_items
             keys = (local + top).view(-1)
-            truth_keys = _chunk_keys([truth], chunk, n_items)
-            hits = torch.isin(keys, truth_keys)
+            hits = torch.isin(keys, _chunk_keys([truth], chunk, n_items))
             if excluded_keys.numel():
                 hits &= ~torch.isin(keys, excluded_keys)
-            hits_np = hits.view(len(chunk), k_eff).numpy().astype(np.float64)
+            hits_np = hits.view(n_models, len(chunk), k_eff).numpy().astype(np.float64)
             if k_eff < k_max:
-                hits_np = np.pad(hits_np, ((0, 0), (0, k_max - k_eff)))
+                hits_np = np.pad(hits_np, ((0, 0), (0, 0), (0, k_max - k_eff)))
             n_truth = n_truth_all[chunk].astype(np.float64)
-            hit_counts = np.cumsum(hits_np, axis=1)
-            dcg = np.cumsum(hits_np * discounts, axis=1)
-            for k in ks:
-                sums[f"recall@{k}"] += float(np.sum(hit_counts[:, k - 1] / n_truth))
-                idcg = idcg_table[np.minimum(n_truth, k).astype(np.int64)]
-                sums[f"ndcg@{k}"] += float(np.sum(dcg[:, k - 1] / idcg))
+            recall = np.cumsum(hits_np, axis=2)[:, :, k_index] / n_truth[None, :, None]
+            idcg = idcg_table[np.minimum(n_truth[:, None], np.asarray(ks)[None, :]).astype(np.int64)]
+            ndcg = np.cumsum(hits_np * discounts, axis=2)[:, :, k_index] / idcg[None]
+            sums[:, 0] += recall.sum(axis=1)
+            sums[:, 1] += ndcg.sum(axis=1)
     count = len(candidates)
-    result = {key: (value / count if count else 0.0) for key, value in sums.items()}
-    result["users"] = float(count)
-    return result
+    results = []
+    for model_sums in sums:
+        result = {f"{name}@{k}": (float(model_sums[m, j]) / count if count else 0.0)
+                  for j, k in enumerate(ks) for m, name in enumerate(("recall", "ndcg"))}
+        result["users"] = float(count)
+        results.append(result)
+    return results
 
 
 def fitness_quality(metrics: Mapping[str, float]) -> float:

@@ -23,9 +23,34 @@ from recsys.data.sampler import SAMPLING
 from recsys.metrics import ranking_metrics
 from recsys.models import Backbone
 
-__all__ = ["TrainConfig", "TrainResult", "evaluate", "train_bpr", "user_subset"]
+__all__ = ["StepLoss", "TrainConfig", "TrainHooks", "TrainResult", "evaluate", "train_bpr", "user_subset"]
 
 OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
+#: ``loss(model, users, pos, neg, reg) -> scalar``: the loss of one batch (default ``model.bpr_loss``).
+StepLoss = Callable[[Backbone, torch.Tensor, torch.Tensor, torch.Tensor, float], torch.Tensor]
+
+
+@dataclass
+class TrainHooks:
+    """Ways into the training loop for callers that train something more than a plain model.
+
+    Attributes:
+        loss: replaces ``model.bpr_loss`` for every batch (a supernet averages the loss
+            of several masked variants of the model, for example).
+        on_epoch_start: called with the epoch number (from 1) before its first batch; a
+            caller that draws random state per epoch seeds it from the epoch so that a
+            resumed run draws the same.
+        on_epoch_end: called with the complete training state after each epoch (see
+            ``resume``): the caller writes it somewhere safe to survive a crash.
+        resume: a state given to ``on_epoch_end`` earlier; training continues after that
+            epoch exactly as if it had never stopped (same batches, same optimiser moments,
+            same best state and patience count).
+    """
+
+    loss: StepLoss | None = None
+    on_epoch_start: Callable[[int], None] | None = None
+    on_epoch_end: Callable[[dict[str, Any]], None] | None = None
+    resume: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -146,6 +171,7 @@ def train_bpr(
     *,
     progress: bool = True,
     optimizer_factory: OptimizerFactory | None = None,
+    hooks: TrainHooks | None = None,
 ) -> TrainResult:
     """Train ``model`` with BPR, validating and early-stopping on ``data.valid``.
 
@@ -165,6 +191,7 @@ def train_bpr(
         progress: show a tqdm bar over epochs (loss and metric in the postfix).
         optimizer_factory: builds the optimiser from the parameters, replacing
             Adam(lr=config.lr) (e.g. ``SparseAdam`` with a sparse-gradient provider).
+        hooks: a custom loss, per-epoch callbacks and the state to resume from.
 
     Returns:
         A :class:`TrainResult`; the model holds the returned best state.
@@ -174,7 +201,7 @@ def train_bpr(
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     try:
-        return _train(model, data, config, progress, optimizer_factory, start)
+        return _train(model, data, config, progress, optimizer_factory, hooks or TrainHooks(), start)
     finally:
         torch.set_num_threads(previous_threads)
 
@@ -185,6 +212,7 @@ def _train(
     config: TrainConfig,
     progress: bool,
     optimizer_factory: OptimizerFactory | None,
+    hooks: TrainHooks,
     start: float,
 ) -> TrainResult:
     torch.manual_seed(config.seed)
@@ -197,25 +225,39 @@ def _train(
     validate = data.valid.nnz > 0
     eval_users = _eval_users(data, config) if validate else None
 
-    epochs: Iterable[int] = range(1, config.epochs + 1)
+    history: list[dict[str, Any]] = []
+    best_value, best_epoch, best_valid, best_state = -np.inf, 0, {}, None
+    since_best, first_epoch, stopped = 0, 1, False
+    if hooks.resume is not None:
+        state = hooks.resume
+        model.load_state_dict(state["model"])  # type: ignore[attr-defined]
+        optimizer.load_state_dict(state["optimizer"])
+        sampler.load_state_dict(state["sampler"])
+        torch.set_rng_state(state["torch_rng"])
+        history = list(state["history"])
+        best_value, best_epoch, best_valid = state["best_value"], state["best_epoch"], dict(state["best_valid"])
+        best_state = state["best_state"]
+        since_best, first_epoch, stopped = state["since_best"], state["epoch"] + 1, state["stopped"]
+    step_loss = hooks.loss or (lambda m, u, p, n, reg: m.bpr_loss(u, p, n, reg))
+
+    epochs: Iterable[int] = range(first_epoch, config.epochs + 1) if not stopped else range(0)
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(epochs, desc="train", unit="epoch")
+        bar = tqdm(epochs, desc="train", unit="epoch", initial=first_epoch - 1, total=config.epochs)
         epochs = bar
-    history: list[dict[str, Any]] = []
-    best_value, best_epoch, best_valid, best_state = -np.inf, 0, {}, None
-    since_best = 0
     postfix: dict[str, str] = {}
     for epoch in epochs:
         model.train()  # type: ignore[attr-defined]
+        if hooks.on_epoch_start is not None:
+            hooks.on_epoch_start(epoch)
         tic = time.perf_counter()
         total, count = torch.zeros((), device=device), 0
         for users, pos, neg in sampler.epoch(config.batch_size):
             if device.type != "cpu":
                 users, pos, neg = (t.to(device, non_blocking=True) for t in (users, pos, neg))
-            loss = model.bpr_loss(users, pos, neg, config.reg)
+            loss = step_loss(model, users, pos, neg, config.reg)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -244,6 +286,14 @@ def _train(
         history.append(record)
         if bar is not None:
             bar.set_postfix(postfix)
+        if hooks.on_epoch_end is not None:
+            hooks.on_epoch_end({
+                "epoch": epoch, "stopped": stop, "model": model.state_dict(),  # type: ignore[attr-defined]
+                "optimizer": optimizer.state_dict(), "sampler": sampler.state_dict(),
+                "torch_rng": torch.get_rng_state(), "history": history, "best_value": best_value,
+                "best_epoch": best_epoch, "best_valid": best_valid, "best_state": best_state,
+                "since_best": since_best,
+            })
         if stop:
             break
     if bar is not None:

@@ -3,6 +3,7 @@
 from nas.core.allocation import Allocation
 from nas.core.budget import Budget
 from nas.core.errors import ArtifactError, BudgetError, ConfigError, DataError, EmbnasError, ResumeError
+from nas.core.evaluator import Evaluator
 from nas.core.tables import TableSpec, table_specs
 
 __all__ = [
@@ -13,6 +14,7 @@ __all__ = [
     "ConfigError",
     "DataError",
     "EmbnasError",
+    "Evaluator",
     "ResumeError",
     "TableSpec",
     "table_specs",

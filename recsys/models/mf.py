@@ -61,7 +61,7 @@ class MF(nn.Module):
         u = self.embedding.lookup("user", users)
         # One gather for positives and negatives: fewer kernel calls per step.
         items = self.embedding.lookup("item", torch.cat([pos, neg]))
-        p, n = items.split(len(pos))
+        p, n = items.split(len(pos), dim=-2)  # dim -2: also right for stacked variants (A, 2·batch, dim)
         loss = nn.functional.softplus(-(u * (p - n)).sum(dim=-1)).mean()  # softplus(-x) = -log σ(x)
         if reg:
             loss = loss + reg * 0.5 * (u.square().sum() + items.square().sum()) / len(users)
@@ -69,4 +69,6 @@ class MF(nn.Module):
 
     def all_scores(self, users: torch.Tensor) -> torch.Tensor:
         """Scores of ``users`` against every item, ``(len(users), n_items)``, for full ranking."""
-        return self.embedding.lookup("user", users) @ self.embedding.table("item").T
+        # transpose(-2, -1), not .T: a masked embedding serving several variants returns
+        # stacked (A, rows, dim) tables, and the scores are then (A, len(users), n_items).
+        return self.embedding.lookup("user", users) @ self.embedding.table("item").transpose(-2, -1)

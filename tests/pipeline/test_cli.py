@@ -24,7 +24,7 @@ def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_search_writes_every_artifact(finished_run: Path):
     for name in ("config.json", "events.jsonl", "allocation.npz", "metrics.json", "export/manifest.json",
-                 "checkpoints/full.safetensors", "checkpoints/allocated.safetensors"):
+                 "checkpoints/supernet.safetensors", "checkpoints/allocated.safetensors"):
         assert (finished_run / name).is_file(), name
     events = [json.loads(line) for line in (finished_run / "events.jsonl").read_text().splitlines()]
     assert [e["event"] for e in events][0] == "start"

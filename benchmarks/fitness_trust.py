@@ -1,0 +1,250 @@
+"""How far can the cheap fitness be trusted?  Kendall τ between each evaluator and retraining.
+
+    python benchmarks/fitness_trust.py --dataset lastfm --threads 1
+    python benchmarks/fitness_trust.py --dataset gowalla --threads 1
+
+For 24 allocations spanning sparsity 0.5-0.95, from the equal-size, frequency-rule and
+random baselines on the per-feature and block 8×4 spaces, the script
+
+1. *retrains* MF (d = 64, BPR, early stopping on validation) with each allocation applied
+   from scratch and records its validation quality (BET eq. 13 on every validation user):
+   the ground truth the cheap fitness tries to predict.  Results are appended to a cache
+   (``--cache``), so an interrupted run continues where it stopped;
+2. *evaluates* the same allocations with every evaluator: the masked full model
+   (``masked``: plain pre-training, BET's starting point), the sandwich-trained supernet
+   (``supernet``) and BET's fine-tune protocol (``finetune``: 200 SGD steps from the
+   pre-trained weights), on a fixed sample of validation users as in a search;
+3. prints Kendall τ (and Spearman ρ) of each evaluator's fitness against the retrained
+   quality, over all allocations and within each sparsity, with the wall time of each part
+   as a ratio to one full-model training.
+
+Data: ``../shared/data/lastfm_lightgcnpp_cf`` (train / valid / test) or
+``../shared/data/gowalla_lightgcn`` (``lightgcnpp_train`` / ``lightgcnpp_valid`` / ``test``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy.stats import kendalltau, spearmanr
+
+from controllers import CONTROLLERS
+from nas.core import Allocation, Budget, table_specs
+from nas.embedding import MaskableEmbedding
+from recsys.data import InteractionData, load_lightgcn
+from recsys.metrics import FITNESS_KS, fitness_quality
+from recsys.models import MF
+from recsys.train import TrainConfig, evaluate, train_bpr
+from search_spaces import SPACES
+
+DATASETS = {
+    "lastfm": ("lastfm_lightgcnpp_cf", "train.txt.gz", "valid.txt.gz", "test.txt.gz"),
+    "gowalla": ("gowalla_lightgcn", "lightgcnpp_train.txt.gz", "lightgcnpp_valid.txt.gz", "test.txt.gz"),
+}
+#: Training protocol per dataset: (max epochs, lr, L2, eval every, patience).
+PROTOCOL = {"lastfm": (200, 2e-3, 1e-4, 5, 3), "gowalla": (50, 1e-3, 1e-4, 5, 3)}
+D_MAX = 64
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One allocation of the benchmark, named by how it was made."""
+
+    space: str
+    controller: str
+    sparsity: float
+    seed: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.space}/{self.controller}#{self.seed}@{self.sparsity:g}"
+
+
+def candidates() -> list[Candidate]:
+    """The 24 allocations: 20 per-feature and 4 block ones, sparsity 0.5 to 0.95."""
+    result = [
+        Candidate("per-feature", controller, sparsity, seed)
+        for sparsity in (0.5, 0.7, 0.8, 0.9, 0.95)
+        for controller, seed in (("equal", 0), ("frequency", 0), ("random", 0), ("random", 1))
+    ]
+    result += [Candidate("block", "frequency", s, 0) for s in (0.7, 0.9)]
+    result += [Candidate("block", "random", s, 0) for s in (0.8, 0.95)]
+    return result
+
+
+def load(dataset: str, root: Path) -> InteractionData:
+    folder, train, valid, test = DATASETS[dataset]
+    d = root / folder
+    if not d.exists():
+        sys.exit(f"{d} not found: pass --data-root pointing at the shared data folder")
+    return load_lightgcn(d / train, d / valid, d / test)
+
+
+def build_allocation(candidate: Candidate, data: InteractionData) -> tuple[Allocation, Budget]:
+    rows = data.rows()
+    options = {"groups": 8, "blocks": 4} if candidate.space == "block" else {}
+    space = SPACES.get(candidate.space)(table_specs(rows), data.frequencies(), 1, D_MAX, **options)
+    budget = Budget.from_sparsity(candidate.sparsity, rows, D_MAX)
+    controller = CONTROLLERS.get(candidate.controller)(space, budget, seed=candidate.seed)
+    allocation = space.to_allocation(controller.ask(1)[0])
+    allocation.validate(budget)
+    return allocation, budget
+
+
+def train_config(dataset: str, seed: int, threads: int) -> TrainConfig:
+    epochs, lr, reg, every, patience = PROTOCOL[dataset]
+    return TrainConfig(epochs=epochs, batch_size=2048, lr=lr, reg=reg, eval_every=every, patience=patience,
+                       seed=seed, threads=threads)
+
+
+def retrain(data: InteractionData, allocation: Allocation | None, config: TrainConfig) -> dict[str, float]:
+    """Validation quality (all users) of MF retrained from scratch under ``allocation``."""
+    tic = time.perf_counter()
+    embedding = MaskableEmbedding(data.rows(), D_MAX, seed=config.seed)
+    embedding.set_allocation(allocation)
+    model = MF(embedding)
+    result = train_bpr(model, data, config, progress=False)
+    quality = fitness_quality(evaluate(model, data, "valid", FITNESS_KS))
+    return {"quality": quality, "epochs": result.best_epoch, "seconds": time.perf_counter() - tic}
+
+
+def read_cache(path: Path) -> dict[str, dict]:
+    if not path.exists():
+        return {}
+    records = {}
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        records[record["label"]] = record
+    return records
+
+
+def retrain_phase(args: argparse.Namespace, data: InteractionData) -> dict[str, dict]:
+    cache = read_cache(args.cache)
+    config = train_config(args.dataset, args.seed, args.threads)
+    todo = [("full", None, None)] + [(c.label, c, None) for c in candidates()]
+    for label, candidate, _ in todo:
+        if label in cache:
+            continue
+        allocation, budget = (None, None) if candidate is None else build_allocation(candidate, data)
+        record = {"label": label, **retrain(data, allocation, config)}
+        if allocation is not None:
+            record.update(fingerprint=allocation.fingerprint(), retain_ratio=budget.retain_ratio(allocation.cost),
+                          sparsity=candidate.sparsity)
+        cache[label] = record
+        with open(args.cache, "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        print(json.dumps(record), file=sys.stderr, flush=True)
+    return cache
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", choices=sorted(DATASETS), required=True)
+    parser.add_argument("--data-root", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
+    parser.add_argument("--phase", choices=("retrain", "evaluate", "all"), default="all")
+    parser.add_argument("--cache", type=Path, default=None, help="retrain results (JSON lines); default runs/fitness_trust_<dataset>.jsonl")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--fitness-users", type=int, default=2000, help="validation users sampled for fitness (0: all)")
+    parser.add_argument("--skip-finetune-timing", action="store_true", help="do not time the fine-tune evaluator on 100 allocations")
+    args = parser.parse_args()
+    args.cache = args.cache or Path("runs") / f"fitness_trust_{args.dataset}.jsonl"
+    args.cache.parent.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(args.threads)
+    data = load(args.dataset, args.data_root)
+    truth = retrain_phase(args, data)
+    if args.phase == "retrain":
+        return
+    evaluate_phase(args, data, truth)
+
+
+def evaluate_phase(args: argparse.Namespace, data: InteractionData, truth: dict[str, dict]) -> None:
+    from nas.evaluate import FineTuneConfig, FineTuneEvaluator, SupernetEvaluator
+    from nas.supernet import SupernetOptions, train_supernet
+    from recsys.train import user_subset
+
+    config = train_config(args.dataset, args.seed, args.threads)
+    users = user_subset(data.valid, args.fitness_users, args.seed)
+    rows = data.rows()
+    space = SPACES.get("per-feature")(table_specs(rows), data.frequencies(), 1, D_MAX)
+    made = [(c, *build_allocation(c, data)) for c in candidates()]
+    allocations = [allocation for _, allocation, _ in made]
+    quality = np.array([truth[c.label]["quality"] for c, _, _ in made])
+    sparsity = np.array([c.sparsity for c, _, _ in made])
+    timing: dict[str, float] = {}
+
+    def timed(label: str, fn):  # noqa: ANN001, ANN202
+        tic = time.perf_counter()
+        value = fn()
+        timing[label] = time.perf_counter() - tic
+        print(f"{label}: {timing[label]:.1f} s", file=sys.stderr, flush=True)
+        return value
+
+    pretrained = MF(MaskableEmbedding(rows, D_MAX, seed=args.seed))
+    timed("full training", lambda: train_bpr(pretrained, data, config, progress=False))
+    supernet = MF(MaskableEmbedding(rows, D_MAX, seed=args.seed))
+    # One supernet for the benchmark's whole range of budgets (a search trains it for its one budget).
+    budgets = [Budget.from_sparsity(s, rows, D_MAX) for s in sorted(set(sparsity))]
+    timed("supernet training", lambda: train_supernet(
+        supernet, data, space, budgets, config, SupernetOptions(mode="sandwich"), progress=False))
+
+    evaluators = {
+        "masked pre-trained": SupernetEvaluator(pretrained, data, users),
+        "supernet (sandwich)": SupernetEvaluator(supernet, data, users),
+        "fine-tune 200 steps": FineTuneEvaluator(pretrained, data, users, FineTuneConfig(reg=config.reg), seed=args.seed),
+    }
+    fitness = {name: timed(f"fitness of {len(allocations)} allocations: {name}", lambda e=e: e.fitness(allocations))
+               for name, e in evaluators.items()}
+    # Cost of 100 allocations per evaluator, on fresh random feasible allocations.
+    rng = np.random.default_rng(args.seed + 1)
+    hundred = [space.to_allocation(space.sample(rng, budgets[i % len(budgets)])) for i in range(100)]
+    for name, factory in (
+        ("supernet", lambda: SupernetEvaluator(supernet, data, users)),
+        ("supernet, unbatched", lambda: SupernetEvaluator(supernet, data, users, batch=1)),
+        ("fine-tune", lambda: FineTuneEvaluator(pretrained, data, users, FineTuneConfig(reg=config.reg), seed=args.seed)),
+    ):
+        if name == "fine-tune" and args.skip_finetune_timing:
+            continue
+        evaluator = factory()
+        evaluator.reference  # noqa: B018 - measured apart from the 100 allocations
+        timed(f"100 allocations: {name}", lambda e=evaluator: e.fitness(hundred))
+
+    rows_out = []
+    for name, values in fitness.items():
+        tau = kendalltau(values, quality).statistic
+        rho = spearmanr(values, quality).statistic
+        within = [kendalltau(values[sparsity == s], quality[sparsity == s]).statistic for s in sorted(set(sparsity))]
+        rows_out.append({"evaluator": name, "kendall_tau": tau, "spearman": rho,
+                         "tau_within_sparsity_mean": float(np.nanmean(within)),
+                         "tau_within": dict(zip(map(str, sorted(set(sparsity))), within))})
+    full_seconds = timing["full training"]
+    print(f"\n{args.dataset}: {len(allocations)} allocations, sparsity {sparsity.min():g}-{sparsity.max():g}, "
+          f"fitness on {'all' if users is None else len(users)} validation users")
+    print("| evaluator | Kendall τ | Spearman ρ | mean τ within a sparsity |")
+    print("|---|---|---|---|")
+    for r in rows_out:
+        print(f"| {r['evaluator']} | {r['kendall_tau']:.3f} | {r['spearman']:.3f} | {r['tau_within_sparsity_mean']:.3f} |")
+    retrain_seconds = float(np.mean([truth[c.label]["seconds"] for c, _, _ in made]))
+    timing["retrain top 5 (mean retrain × 5)"] = 5 * retrain_seconds
+    print("\n| step | seconds | × one full training |")
+    print("|---|---|---|")
+    for label, seconds in timing.items():
+        print(f"| {label} | {seconds:.1f} | {seconds / full_seconds:.2f} |")
+    print(json.dumps({"dataset": args.dataset, "trust": rows_out, "timing": timing,
+                      "allocations": [{"label": c.label, "quality": float(q),
+                                       **{name: float(v[i]) for name, v in fitness.items()}}
+                                      for i, ((c, _, _), q) in enumerate(zip(made, quality))]}))
+
+
+if __name__ == "__main__":
+    main()
