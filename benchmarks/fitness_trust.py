@@ -156,6 +156,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--fitness-users", type=int, default=2000, help="validation users sampled for fitness (0: all)")
+    parser.add_argument("--supernet-random", type=int, nargs="+", default=[2, 0],
+                        help="sandwich supernets to train, by random allocations per step (the first is timed in the pipeline)")
     parser.add_argument("--skip-finetune-timing", action="store_true", help="do not time the fine-tune evaluator on 100 allocations")
     args = parser.parse_args()
     args.cache = args.cache or Path("runs") / f"fitness_trust_{args.dataset}.jsonl"
@@ -192,16 +194,22 @@ def evaluate_phase(args: argparse.Namespace, data: InteractionData, truth: dict[
 
     pretrained = MF(MaskableEmbedding(rows, D_MAX, seed=args.seed))
     timed("full training", lambda: train_bpr(pretrained, data, config, progress=False))
-    supernet = MF(MaskableEmbedding(rows, D_MAX, seed=args.seed))
     # One supernet for the benchmark's whole range of budgets (a search trains it for its one budget).
     budgets = [Budget.from_sparsity(s, rows, D_MAX) for s in sorted(set(sparsity))]
-    timed("supernet training", lambda: train_supernet(
-        supernet, data, space, budgets, config, SupernetOptions(mode="sandwich"), progress=False))
+    supernets = {}
+    for random in args.supernet_random:
+        model = MF(MaskableEmbedding(rows, D_MAX, seed=args.seed))
+        timed(f"supernet training (sandwich, {random} random)", lambda m=model, r=random: train_supernet(
+            m, data, space, budgets, config, SupernetOptions(mode="sandwich", random=r), progress=False))
+        supernets[random] = model
+    supernet = supernets[args.supernet_random[0]]
 
     evaluators = {
         "masked pre-trained": SupernetEvaluator(pretrained, data, users),
-        "supernet (sandwich)": SupernetEvaluator(supernet, data, users),
-        "fine-tune 200 steps": FineTuneEvaluator(pretrained, data, users, FineTuneConfig(reg=config.reg), seed=args.seed),
+        **{f"supernet (sandwich, {r} random)": SupernetEvaluator(m, data, users) for r, m in supernets.items()},
+        "fine-tune 200 SGD steps": FineTuneEvaluator(pretrained, data, users, FineTuneConfig(reg=config.reg), seed=args.seed),
+        "fine-tune 200 Adam steps": FineTuneEvaluator(
+            pretrained, data, users, FineTuneConfig(reg=config.reg, optimizer="adam", lr=config.lr, gamma=1.0), seed=args.seed),
     }
     fitness = {name: timed(f"fitness of {len(allocations)} allocations: {name}", lambda e=e: e.fitness(allocations))
                for name, e in evaluators.items()}
@@ -209,8 +217,8 @@ def evaluate_phase(args: argparse.Namespace, data: InteractionData, truth: dict[
     rng = np.random.default_rng(args.seed + 1)
     hundred = [space.to_allocation(space.sample(rng, budgets[i % len(budgets)])) for i in range(100)]
     for name, factory in (
-        ("supernet", lambda: SupernetEvaluator(supernet, data, users)),
-        ("supernet, unbatched", lambda: SupernetEvaluator(supernet, data, users, batch=1)),
+        ("supernet", lambda: SupernetEvaluator(supernet, data, users, batch=1)),
+        ("supernet, 8 per pass", lambda: SupernetEvaluator(supernet, data, users, batch=8)),
         ("fine-tune", lambda: FineTuneEvaluator(pretrained, data, users, FineTuneConfig(reg=config.reg), seed=args.seed)),
     ):
         if name == "fine-tune" and args.skip_finetune_timing:
@@ -236,6 +244,10 @@ def evaluate_phase(args: argparse.Namespace, data: InteractionData, truth: dict[
         print(f"| {r['evaluator']} | {r['kendall_tau']:.3f} | {r['spearman']:.3f} | {r['tau_within_sparsity_mean']:.3f} |")
     retrain_seconds = float(np.mean([truth[c.label]["seconds"] for c, _, _ in made]))
     timing["retrain top 5 (mean retrain × 5)"] = 5 * retrain_seconds
+    first = f"supernet training (sandwich, {args.supernet_random[0]} random)"
+    search = timing[first] + timing["100 allocations: supernet"]
+    timing["pipeline: supernet + 100 evaluations + retrain top 5"] = search + 5 * retrain_seconds
+    timing["pipeline: supernet + 100 evaluations + retrain top 1"] = search + retrain_seconds
     print("\n| step | seconds | × one full training |")
     print("|---|---|---|")
     for label, seconds in timing.items():

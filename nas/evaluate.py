@@ -80,13 +80,19 @@ class SupernetEvaluator(_ValidationEvaluator):
         data: interactions; the validation split is ranked against all items, train items excluded.
         users: a fixed subset of validation users, or ``None`` for all.
         batch: allocations scored together in one pass (prefix allocations only; element
-            masks are scored one at a time).  1 turns batching off.
+            masks are scored one at a time).  ``None``: 8 on a GPU, 1 on a CPU, where the
+            score products dominate and a shared pass measured no faster
+            (``benchmarks/fitness_trust.py``).
     """
 
     name = "supernet"
 
-    def __init__(self, model: Backbone, data: InteractionData, users: np.ndarray | None = None, batch: int = 8) -> None:
+    def __init__(
+        self, model: Backbone, data: InteractionData, users: np.ndarray | None = None, batch: int | None = None
+    ) -> None:
         super().__init__(model, data, users)
+        if batch is None:
+            batch = 8 if self.embedding.columns.device.type == "cuda" else 1
         if batch < 1:
             raise ConfigError(f"evaluation batch must be at least 1, got {batch}")
         self.batch = batch
@@ -141,6 +147,7 @@ class FineTuneConfig:
         decay_every: steps between decays.
         batch_size: BPR triples per step.
         reg: L2 weight of the BPR loss (as in training).
+        optimizer: ``"sgd"`` (the protocol's) or ``"adam"``.
     """
 
     steps: int = 200
@@ -150,8 +157,11 @@ class FineTuneConfig:
     decay_every: int = 1
     batch_size: int = 2048
     reg: float = 1e-4
+    optimizer: str = "sgd"
 
     def __post_init__(self) -> None:
+        if self.optimizer not in ("sgd", "adam"):
+            raise ConfigError(f"fine-tuning optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
         if self.steps < 1 or (self.epochs is not None and self.epochs < 1):
             raise ConfigError(f"fine-tuning needs at least one step, got steps={self.steps}, epochs={self.epochs}")
         if self.lr <= 0 or not 0 < self.gamma <= 1 or self.decay_every < 1 or self.batch_size < 1:
@@ -205,7 +215,7 @@ class FineTuneEvaluator(_ValidationEvaluator):
         self.model.load_state_dict(self._pretrained)  # type: ignore[attr-defined]
         params = [p for p in self.model.parameters() if p.requires_grad]  # type: ignore[attr-defined]
         device = params[0].device
-        optimizer = torch.optim.SGD(params, lr=config.lr)
+        optimizer = (torch.optim.SGD if config.optimizer == "sgd" else torch.optim.Adam)(params, lr=config.lr)
         schedule = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.decay_every, gamma=config.gamma)
         sampler = BPRSampler(self.data.train, seed=self.seed)
         if config.epochs is not None:

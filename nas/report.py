@@ -3,6 +3,8 @@
 ``embnas report <run>`` writes ``<run>/report/allocation.png``: for every table, each
 row's kept dimensions against its log training frequency (the block space adds its
 group boundaries), so a user sees at a glance whether frequent rows got the room.
+A search that measured fitness adds ``fitness.png``: every candidate's fitness by
+trial and the best so far, which shows whether more trials would still pay.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from nas.data_source import load_data
 from nas.runs import Run
 from nas.search import SearchConfig, build_search
 
-__all__ = ["plot_allocation", "write_report"]
+__all__ = ["plot_allocation", "plot_fitness", "write_report"]
 
 _MAX_POINTS = 20_000
 
@@ -71,6 +73,40 @@ def plot_allocation(
     return target
 
 
+def plot_fitness(trials: list[dict], path: str | Path, *, title: str = "") -> Path:
+    """Write a PNG of each candidate's fitness against its trial number, with the best so far.
+
+    Args:
+        trials: the run's ``trial`` events (``trial`` and ``fitness`` fields).
+        path: the PNG to write (atomically).
+        title: the figure's title.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    order = np.argsort([t["trial"] for t in trials], kind="stable")
+    trial = np.asarray([trials[i]["trial"] for i in order])
+    fitness = np.asarray([trials[i]["fitness"] for i in order], dtype=np.float64)
+    figure, axis = plt.subplots(figsize=(6.0, 4.0))
+    axis.scatter(trial, fitness, s=12, alpha=0.6, label="candidate")
+    axis.step(trial, np.maximum.accumulate(fitness), where="post", color="black", linewidth=1.2, label="best so far")
+    axis.set_xlabel("trial")
+    axis.set_ylabel("fitness (quality / full model's)")
+    axis.legend(loc="lower right")
+    if title:
+        axis.set_title(title)
+    figure.tight_layout()
+    target = Path(path)
+    try:
+        with atomic_write(target, "wb") as handle:
+            figure.savefig(handle, format="png", dpi=110)
+    finally:
+        plt.close(figure)
+    return target
+
+
 def write_report(folder: str | Path) -> list[Path]:
     """Write the report pictures of a finished run into ``<run>/report/``; returns their paths."""
     run = Run(folder)
@@ -91,4 +127,8 @@ def write_report(folder: str | Path) -> list[Path]:
             inner = np.asarray(cuts)[1:-1]
             boundaries[name] = data.frequencies()[name][order[inner - 1]] if inner.size else np.array([])
     title = f"{config.controller} on the {space.describe()} space, budget {config.budget}"
-    return [plot_allocation(allocation, data.frequencies(), run.path("report", "allocation.png"), boundaries=boundaries, title=title)]
+    written = [plot_allocation(allocation, data.frequencies(), run.path("report", "allocation.png"), boundaries=boundaries, title=title)]
+    trials = list(run.events("trial"))
+    if len(trials) > 1:
+        written.append(plot_fitness(trials, run.path("report", "fitness.png"), title=title))
+    return written

@@ -7,7 +7,9 @@ Two ways to train it:
   size) and a few *random feasible* allocations of the active space under the budget.
   The leading dimensions of every row thus learn to work on their own, which is
   what masking assumes.  The variants share one gather of the batch's rows
-  (:meth:`MaskableEmbedding.set_variants`), so a step costs little more than a plain one.
+  (:meth:`MaskableEmbedding.set_variants`); a dot-product backbone that offers
+  ``prefix_bpr_loss`` (MF) computes all of them from prefix sums instead, so a step
+  costs little more than a plain one whatever the number of variants.
 * ``"full"``: plain full-size training (BET's pre-trained backbone).
 
 Random allocations are drawn per epoch into a small pool, seeded by the run's seed and
@@ -94,7 +96,12 @@ class SandwichLoss:
         picks = torch.randperm(self.options.pool, generator=self._picks)[: self.options.random] + len(self._ends)
         index = torch.cat([torch.arange(len(self._ends)), picks])
         device = embedding.columns.device
-        embedding.set_variants({name: dims[index].to(device) for name, dims in self._stack.items()})
+        chosen = {name: dims[index].to(device) for name, dims in self._stack.items()}
+        prefix_loss = getattr(model, "prefix_bpr_loss", None)
+        if prefix_loss is not None and embedding.allocation is None:
+            # A dot-product backbone computes every variant's loss from prefix sums.
+            return prefix_loss(users, pos, neg, reg, lambda table, ids: chosen[table][:, ids].long())
+        embedding.set_variants(chosen)
         try:
             # The BPR term is a mean over variants and triples; the L2 term sums over the
             # stacked vectors, so its weight is shared out to keep one triple's weight ``reg``.

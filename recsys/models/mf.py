@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -67,8 +69,48 @@ class MF(nn.Module):
             loss = loss + reg * 0.5 * (u.square().sum() + items.square().sum()) / len(users)
         return loss
 
+    def prefix_bpr_loss(
+        self,
+        users: torch.Tensor,
+        pos: torch.Tensor,
+        neg: torch.Tensor,
+        reg: float,
+        sizes: Callable[[str, torch.Tensor], torch.Tensor],
+    ) -> torch.Tensor:
+        """Mean of :meth:`bpr_loss` over ``A`` prefix-masked variants of the tables, without building them.
+
+        Variant ``a`` keeps the leading ``sizes(table, ids)[a, k]`` values of row ``ids[k]``.
+        A dot product of two prefix-masked vectors is a prefix sum of the unmasked
+        product, up to the smaller of the two sizes, and a masked squared norm is a
+        prefix sum of squares; so one cumulative sum per term serves every variant,
+        and ``A`` variants cost about one plain step instead of ``A``.  The provider must
+        serve unmasked vectors.  Used by supernet training.
+
+        Args:
+            users, pos, neg: int64 ids of shape ``(batch,)``.
+            reg: L2 weight of each variant's loss, as in :meth:`bpr_loss`.
+            sizes: maps a table name and ids ``(batch,)`` to int64 sizes ``(A, batch)`` in ``[0, dim]``.
+        """
+        u = self.embedding.lookup("user", users)
+        items = self.embedding.lookup("item", torch.cat([pos, neg]))
+        p, n = items.split(len(pos))
+        size_u, size_p, size_n = sizes("user", users), sizes("item", pos), sizes("item", neg)
+        x = _prefix_sums(u * p, torch.minimum(size_u, size_p)) - _prefix_sums(u * n, torch.minimum(size_u, size_n))
+        loss = nn.functional.softplus(-x).mean()
+        if reg:
+            norms = _prefix_sums(u * u, size_u) + _prefix_sums(p * p, size_p) + _prefix_sums(n * n, size_n)
+            loss = loss + reg * 0.5 * norms.sum() / x.numel()
+        return loss
+
     def all_scores(self, users: torch.Tensor) -> torch.Tensor:
         """Scores of ``users`` against every item, ``(len(users), n_items)``, for full ranking."""
         # transpose(-2, -1), not .T: a masked embedding serving several variants returns
         # stacked (A, rows, dim) tables, and the scores are then (A, len(users), n_items).
         return self.embedding.lookup("user", users) @ self.embedding.table("item").transpose(-2, -1)
+
+
+def _prefix_sums(values: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """``out[a, b] = values[b, :lengths[a, b]].sum()`` for ``values (batch, dim)``, ``lengths (A, batch)``."""
+    batch, dim = values.shape
+    sums = nn.functional.pad(values.cumsum(dim=1), (1, 0)).reshape(-1)  # a leading 0 for length 0
+    return sums[torch.arange(batch, device=values.device) * (dim + 1) + lengths]

@@ -87,3 +87,36 @@ def test_allocation_files_round_trip_without_pickle(tmp_path: Path):
     (tmp_path / "bad.npz").write_bytes(b"not an npz")
     with pytest.raises(ArtifactError, match="cannot read the allocation"):
         Allocation.load(tmp_path / "bad.npz")
+
+
+def test_states_round_trip_through_one_safetensors_file(tmp_path: Path):
+    """Nested training/controller states: int keys, tuples, inf, big ints, tensors and arrays, no pickle."""
+    run = Run.create(tmp_path, {}, name="r")
+    rng = np.random.default_rng(5)
+    state = {
+        "epoch": 3, "best": -float("inf"), "ints": {0: {"step": torch.tensor(2.0)}, 1: [1, 2]},
+        "rng": rng.bit_generator.state, "weights": torch.arange(6, dtype=torch.float32).view(2, 3),
+        "best_decisions": np.array([1, 4, 2]), "none": None, "pair": (0.9, 0.999),
+    }
+    run.save_state("s.safetensors", state)
+    back = run.load_state("s.safetensors")
+    assert back["epoch"] == 3 and back["best"] == -float("inf") and back["none"] is None
+    assert list(back["ints"]) == [0, 1] and torch.equal(back["ints"][0]["step"], torch.tensor(2.0))
+    assert back["rng"] == rng.bit_generator.state
+    assert torch.equal(back["weights"], state["weights"])
+    np.testing.assert_array_equal(back["best_decisions"], state["best_decisions"])
+    assert back["pair"] == [0.9, 0.999]
+    run.path("checkpoints", "s.safetensors").write_bytes(b"not a state")
+    with pytest.raises(ArtifactError, match="damaged state"):
+        run.load_state("s.safetensors")
+
+
+def test_reopening_a_run_removes_temporaries_of_interrupted_writes(tmp_path: Path):
+    run = Run.create(tmp_path, {"a": 1}, name="r")
+    stale = run.path("checkpoints", ".supernet.safetensors.abc123.tmp")
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"half")
+    keep = run.path("checkpoints", "supernet.safetensors")
+    keep.write_bytes(b"whole")
+    Run.create(tmp_path, {"a": 1}, name="r")
+    assert not stale.exists() and keep.exists()

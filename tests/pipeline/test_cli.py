@@ -107,7 +107,7 @@ def test_a_run_name_reused_with_another_config_is_refused(finished_run: Path, ca
     assert "different configuration" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("command", [[], ["search"], ["evaluate"], ["export"], ["report"], ["controllers"]])
+@pytest.mark.parametrize("command", [[], ["search"], ["resume"], ["evaluate"], ["export"], ["report"], ["controllers"]])
 def test_help_on_every_command(command: list[str], capsys: pytest.CaptureFixture[str]):
     with pytest.raises(SystemExit) as stopped:
         main([*command, "--help"])
@@ -174,3 +174,25 @@ def test_search_on_movielens_ratings_as_clicks(shared_data: Path, tmp_path: Path
 def test_rating_options_come_together(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     assert main(["search", "--runs", str(tmp_path), "--rating-col", "rating", *FAST]) == 2
     assert "--rating-col and --min-rating together" in capsys.readouterr().err
+
+
+def test_fitness_search_retrains_the_top_and_draws_fitness(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    args = ["search", "--runs", str(tmp_path), "--name", "rand", "--controller", "random", "--trials", "4",
+            "--ask-batch", "2", "--evaluator", "finetune", "--finetune-steps", "5", "--retrain-top", "2", *FAST]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "4 allocations evaluated by the finetune evaluator" in out
+    run = tmp_path / "rand"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert len(metrics["retrained"]) == 2 and metrics["trials"] == 4
+    best = max(metrics["retrained"], key=lambda r: r["valid_quality"])
+    assert metrics["allocation"]["fingerprint"] == best["fingerprint"], "the best retrained on validation wins"
+    assert metrics["allocation"]["values"] <= metrics["budget"]["max_values"]
+    assert main(["report", str(run)]) == 0
+    assert (run / "report" / "fitness.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Rerunning the finished run reloads every stage: same answer, nothing retrained.
+    assert main(["resume", str(run), "--quiet"]) == 0
+    again = json.loads((run / "metrics.json").read_text())
+    assert again["allocation"] == metrics["allocation"] and again["allocated"]["test"] == metrics["allocated"]["test"]
+    trained = [line for line in (run / "events.jsonl").read_text().splitlines() if '"trained"' in line]
+    assert len(trained) == 3, "one supernet and two retrains, none repeated"

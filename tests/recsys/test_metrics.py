@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.sparse import csr_matrix
 
-from recsys.metrics import fitness_quality, ranking_metrics
+from recsys.metrics import fitness_quality, ranking_metrics, ranking_metrics_many
 
 
 def _reference(scores: np.ndarray, truth: csr_matrix, excludes: list[csr_matrix], ks, users=None) -> dict[str, float]:
@@ -119,3 +119,18 @@ def test_rejects_bad_arguments():
         ranking_metrics(lambda u: torch.zeros(len(u), 2), truth, None, (1,))
     with pytest.raises(ValueError, match="exclude"):
         ranking_metrics(lambda u: torch.zeros(len(u), 3), truth, csr_matrix((2, 3)), (1,))
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), n_models=st.integers(1, 4), chunk=st.integers(1, 5), levels=st.sampled_from([2, 1000]))
+def test_many_models_at_once_equal_one_at_a_time(seed, n_models, chunk, levels):
+    """The shared pass gives each model exactly what its own pass gives (ties and exclusions included)."""
+    rng = np.random.default_rng(seed)
+    n_users, n_items = 9, 13
+    scores = torch.from_numpy(rng.integers(0, levels, size=(n_models, n_users, n_items)).astype(np.float32))
+    truth = _random_csr(rng, (n_users, n_items), 0.3)
+    excludes = [_random_csr(rng, (n_users, n_items), 0.3)]
+    together = ranking_metrics_many(lambda u: scores[:, u].clone(), n_models, truth, excludes, (1, 5, 20), chunk_size=chunk)
+    for model in range(n_models):
+        alone = ranking_metrics(lambda u: scores[model, u].clone(), truth, excludes, (1, 5, 20), chunk_size=chunk)
+        assert together[model] == pytest.approx(alone, abs=1e-12)

@@ -200,3 +200,41 @@ def test_gowalla_mf_epoch_time_and_full_eval():
     assert result.history[0]["seconds"] < 10.0
     metrics = evaluate(model, data, "test")
     assert metrics["users"] == 29858 and 0.0 < metrics["recall@20"] < 0.2
+
+
+def test_resuming_from_an_epoch_state_continues_exactly():
+    """Stopping after epoch 3 and resuming from its state gives the uninterrupted run, bit for bit."""
+    config = TrainConfig(epochs=8, batch_size=64, lr=0.05, reg=1e-4, eval_every=2, patience=100, seed=3)
+    whole = _model()
+    states: dict[int, dict] = {}
+    from recsys.train import TrainHooks
+
+    def keep(state: dict) -> None:
+        import copy
+
+        states[state["epoch"]] = copy.deepcopy(state)
+
+    want = train_bpr(whole, _planted(), config, progress=False, hooks=TrainHooks(on_epoch_end=keep))
+    assert sorted(states) == list(range(1, 9))
+    resumed = _model(seed=99)  # other initial weights: the state must overwrite them all
+    got = train_bpr(resumed, _planted(), config, progress=False, hooks=TrainHooks(resume=states[3]))
+    assert got.best_epoch == want.best_epoch and got.best_valid == want.best_valid
+    assert [h["loss"] for h in got.history] == [h["loss"] for h in want.history]
+    for key, value in whole.state_dict().items():
+        assert torch.equal(resumed.state_dict()[key], value), key
+
+
+def test_custom_step_loss_and_epoch_callback_are_used():
+    seen: list[int] = []
+    from recsys.train import TrainHooks
+
+    def zero_loss(model, users, pos, neg, reg):  # noqa: ANN001, ANN202
+        return model.bpr_loss(users, pos, neg, reg) * 0.0
+
+    model = _model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    config = TrainConfig(epochs=3, batch_size=64, lr=0.05, reg=0.0, seed=3)
+    train_bpr(model, _planted(valid="none"), config, progress=False, hooks=TrainHooks(loss=zero_loss, on_epoch_start=seen.append))
+    assert seen == [1, 2, 3]
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), "a zero loss leaves the weights where they were"
