@@ -129,11 +129,12 @@ def read_cache(path: Path) -> dict[str, dict]:
 
 
 def retrain_phase(args: argparse.Namespace, data: InteractionData) -> dict[str, dict]:
-    cache = read_cache(args.cache)
     config = train_config(args.dataset, args.seed, args.threads)
-    todo = [("full", None, None)] + [(c.label, c, None) for c in candidates()]
-    for label, candidate, _ in todo:
-        if label in cache:
+    todo = [("full", None)] + [(c.label, c) for c in candidates()]
+    shard, shards = (int(v) for v in args.shard.split("/"))
+    for position, (label, candidate) in enumerate(todo):
+        cache = read_cache(args.cache)  # re-read: other shards append to the same cache
+        if label in cache or position % shards != shard:
             continue
         allocation, budget = (None, None) if candidate is None else build_allocation(candidate, data)
         record = {"label": label, **retrain(data, allocation, config)}
@@ -144,7 +145,7 @@ def retrain_phase(args: argparse.Namespace, data: InteractionData) -> dict[str, 
         with open(args.cache, "a") as handle:
             handle.write(json.dumps(record) + "\n")
         print(json.dumps(record), file=sys.stderr, flush=True)
-    return cache
+    return read_cache(args.cache)
 
 
 def main() -> None:
@@ -154,19 +155,25 @@ def main() -> None:
     parser.add_argument("--phase", choices=("retrain", "evaluate", "all"), default="all")
     parser.add_argument("--cache", type=Path, default=None, help="retrain results (JSON lines); default runs/fitness_trust_<dataset>.jsonl")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--shard", default="0/1", help="retrain only the allocations k, k+n, ... (k/n), to run n processes side by side")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--fitness-users", type=int, default=2000, help="validation users sampled for fitness (0: all)")
     parser.add_argument("--supernet-random", type=int, nargs="+", default=[2, 0],
                         help="sandwich supernets to train, by random allocations per step (the first is timed in the pipeline)")
+    parser.add_argument("--partial", action="store_true",
+                        help="evaluate while retrains still run; tau uses the allocations retrained by the end")
     parser.add_argument("--skip-finetune-timing", action="store_true", help="do not time the fine-tune evaluator on 100 allocations")
     args = parser.parse_args()
     args.cache = args.cache or Path("runs") / f"fitness_trust_{args.dataset}.jsonl"
     args.cache.parent.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)
     data = load(args.dataset, args.data_root)
-    truth = retrain_phase(args, data)
+    truth = read_cache(args.cache) if args.phase == "evaluate" else retrain_phase(args, data)
     if args.phase == "retrain":
         return
+    missing = [c.label for c in candidates() if c.label not in truth] + ([] if "full" in truth else ["full"])
+    if missing and not args.partial:
+        sys.exit(f"{len(missing)} retrains are not in {args.cache} yet (other shards still running?): {missing[:3]} ...")
     evaluate_phase(args, data, truth)
 
 
@@ -181,8 +188,6 @@ def evaluate_phase(args: argparse.Namespace, data: InteractionData, truth: dict[
     space = SPACES.get("per-feature")(table_specs(rows), data.frequencies(), 1, D_MAX)
     made = [(c, *build_allocation(c, data)) for c in candidates()]
     allocations = [allocation for _, allocation, _ in made]
-    quality = np.array([truth[c.label]["quality"] for c, _, _ in made])
-    sparsity = np.array([c.sparsity for c, _, _ in made])
     timing: dict[str, float] = {}
 
     def timed(label: str, fn):  # noqa: ANN001, ANN202
@@ -195,7 +200,7 @@ def evaluate_phase(args: argparse.Namespace, data: InteractionData, truth: dict[
     pretrained = MF(MaskableEmbedding(rows, D_MAX, seed=args.seed))
     timed("full training", lambda: train_bpr(pretrained, data, config, progress=False))
     # One supernet for the benchmark's whole range of budgets (a search trains it for its one budget).
-    budgets = [Budget.from_sparsity(s, rows, D_MAX) for s in sorted(set(sparsity))]
+    budgets = [Budget.from_sparsity(s, rows, D_MAX) for s in sorted({c.sparsity for c in candidates()})]
     supernets = {}
     for random in args.supernet_random:
         model = MF(MaskableEmbedding(rows, D_MAX, seed=args.seed))
@@ -227,6 +232,13 @@ def evaluate_phase(args: argparse.Namespace, data: InteractionData, truth: dict[
         evaluator.reference  # noqa: B018 - measured apart from the 100 allocations
         timed(f"100 allocations: {name}", lambda e=evaluator: e.fitness(hundred))
 
+    truth = read_cache(args.cache)  # retrains finished meanwhile (with --partial)
+    kept = [i for i, (c, _, _) in enumerate(made) if c.label in truth]
+    made = [made[i] for i in kept]
+    fitness = {name: values[kept] for name, values in fitness.items()}
+    allocations = [allocations[i] for i in kept]
+    quality = np.array([truth[c.label]["quality"] for c, _, _ in made])
+    sparsity = np.array([c.sparsity for c, _, _ in made])
     rows_out = []
     for name, values in fitness.items():
         tau = kendalltau(values, quality).statistic

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,6 @@ from tqdm.auto import tqdm
 from controllers import CONTROLLERS
 from nas.backbones import BACKBONES
 from nas.config import KS, SearchConfig, TrainingOptions
-from nas.core.allocation import Allocation
 from nas.core.budget import Budget
 from nas.core.controller import Controller
 from nas.core.errors import ArtifactError, ConfigError
@@ -43,7 +43,7 @@ from nas.trials import Candidate, ranked_candidates, run_trials
 from recsys.data import InteractionData
 from recsys.metrics import fitness_quality
 from recsys.models import Backbone
-from recsys.train import TrainConfig, TrainHooks, TrainResult, evaluate, train_bpr, user_subset
+from recsys.train import TrainHooks, TrainResult, evaluate, train_bpr, user_subset
 from search_spaces import SPACES
 
 __all__ = [
@@ -202,7 +202,7 @@ def _train_stage(
     key: str | None,
     model: Backbone,
     checkpoint_every: int,
-    train: Any,
+    train: Callable[[Backbone, TrainHooks], TrainResult],
 ) -> dict[str, Any]:
     """Train ``model`` with ``train(model, hooks)``, or reload it when the run already finished this stage.
 
@@ -222,7 +222,7 @@ def _train_stage(
         if state["epoch"] % checkpoint_every == 0 or state["stopped"]:
             run.save_state(partial, state)
 
-    result: TrainResult = train(model, TrainHooks(on_epoch_end=save, resume=resume))
+    result = train(model, TrainHooks(on_epoch_end=save, resume=resume))
     run.save_tensors(checkpoint, dict(model.state_dict()))  # type: ignore[attr-defined]
     stats = {"stage": stage, "allocation": key, "valid": result.best_valid, "seconds": result.seconds,
              "best_epoch": result.best_epoch, "epochs_run": result.epochs_run}

@@ -132,5 +132,5 @@ def test_many_models_at_once_equal_one_at_a_time(seed, n_models, chunk, levels):
     excludes = [_random_csr(rng, (n_users, n_items), 0.3)]
     together = ranking_metrics_many(lambda u: scores[:, u].clone(), n_models, truth, excludes, (1, 5, 20), chunk_size=chunk)
     for model in range(n_models):
-        alone = ranking_metrics(lambda u: scores[model, u].clone(), truth, excludes, (1, 5, 20), chunk_size=chunk)
+        alone = ranking_metrics(lambda u, m=model: scores[m, u].clone(), truth, excludes, (1, 5, 20), chunk_size=chunk)
         assert together[model] == pytest.approx(alone, abs=1e-12)
