@@ -168,7 +168,8 @@ def run_search(config: SearchConfig, runs_root: str | Path = "runs", name: str |
         "data": data.summary(),
         "space": space.describe(),
         "controller": config.controller,
-        "evaluator": config.evaluator if controller.needs_fitness else None,
+        "evaluator": config.evaluator if data.valid.nnz else None,
+        "fitness_driven": controller.needs_fitness,
         "budget": {**budget.to_dict(), "description": budget.describe(), "max_bytes": budget.max_bytes},
         "allocation": {
             "values": allocation.cost,

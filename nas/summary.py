@@ -48,11 +48,14 @@ def _search_facts(metrics: Mapping[str, Any]) -> list[tuple[str, str]]:
     if not metrics.get("trials"):
         return []
     chosen = metrics["allocation"]
-    return [
-        ("trials", f"{metrics['trials']} allocations evaluated by the {metrics.get('evaluator')} evaluator"),
-        ("retrained", f"top {len(retrained)} by fitness; chosen on validation: fitness {chosen['fitness']:.4f}, "
-                      f"fingerprint {chosen['fingerprint']}"),
-    ]
+    trials = metrics["trials"]
+    facts = [("trials", f"{trials} allocation{'s' if trials != 1 else ''} evaluated by the {metrics.get('evaluator')} evaluator")]
+    if metrics.get("fitness_driven", True):
+        facts.append(("retrained", f"top {len(retrained)} by fitness; chosen on validation: fitness {chosen['fitness']:.4f}, "
+                                   f"fingerprint {chosen['fingerprint']}"))
+    else:
+        facts.append(("fitness", f"{chosen['fitness']:.4f} (the controller's proposal, retrained)"))
+    return facts
 
 
 def _time_text(metrics: Mapping[str, Any]) -> str:
