@@ -63,14 +63,7 @@ def plot_allocation(
         axis.set_ylabel("kept dimensions")
     if title:
         figure.suptitle(title)
-    figure.tight_layout()
-    target = Path(path)
-    try:
-        with atomic_write(target, "wb") as handle:
-            figure.savefig(handle, format="png", dpi=110)
-    finally:
-        plt.close(figure)
-    return target
+    return _save_png(figure, path)
 
 
 def plot_fitness(trials: list[dict], path: str | Path, *, title: str = "") -> Path:
@@ -97,6 +90,13 @@ def plot_fitness(trials: list[dict], path: str | Path, *, title: str = "") -> Pa
     axis.legend(loc="lower right")
     if title:
         axis.set_title(title)
+    return _save_png(figure, path)
+
+
+def _save_png(figure, path: str | Path) -> Path:  # noqa: ANN001 - a matplotlib Figure
+    """Lay out ``figure``, write it as a PNG atomically, and free it."""
+    import matplotlib.pyplot as plt
+
     figure.tight_layout()
     target = Path(path)
     try:

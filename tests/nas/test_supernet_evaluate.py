@@ -22,11 +22,8 @@ D = 16
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+def _one_thread(one_thread):  # noqa: ANN001 - the shared fixture of tests/conftest.py
+    """Every test here runs on one thread."""
 
 
 @pytest.fixture(scope="module")

@@ -50,12 +50,8 @@ def _model(seed: int = 0, dim: int = 16) -> MF:
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread avoids thread-pool overhead (and contention on shared CI cores)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+def _one_thread(one_thread):  # noqa: ANN001 - the shared fixture of tests/conftest.py
+    """Every test here runs on one thread."""
 
 
 CONFIG = TrainConfig(epochs=40, batch_size=64, lr=0.05, reg=1e-4, eval_every=5, patience=100, ks=(5, 10, 20), seed=3)
