@@ -49,6 +49,11 @@ def _add_search_options(parser: argparse.ArgumentParser) -> None:
                         help="block space: groups of equal row counts or of equal interaction mass (default: count)")
     search.add_argument("--grid", help="per-feature/per-field spaces: candidate sizes, 'pow2' or a list like 4,8,16,32,64 (default: every size)")
     search.add_argument("--controller", default=defaults.controller, help="controller; `embnas controllers` lists them (default: %(default)s)")
+    search.add_argument("--controller-option", action="append", default=[], metavar="KEY=VALUE",
+                        help="a keyword option of the controller, repeatable; values are JSON or text (e.g. candidates=100, predictor=sizes)")
+    search.add_argument("--faithful", action="store_true",
+                        help="BET as in paper 003: plain pre-training, each pick fine-tuned for 10 epochs (lr 0.03, x0.98 every 200 steps), "
+                             "the top 5 fully retrained; overrides --supernet, --evaluator, --finetune-steps and --retrain")
     search.add_argument("--trials", type=int, default=defaults.trials, help="allocations evaluated by fitness-driven controllers (default: %(default)s)")
     search.add_argument("--ask-batch", type=int, default=defaults.ask_batch, help="candidates asked of the controller at once and evaluated together (default: %(default)s)")
     search.add_argument("--fitness-users", type=int, default=defaults.fitness_users, help="validation users sampled for fitness, 0 for all (default: %(default)s)")
@@ -58,6 +63,8 @@ def _add_search_options(parser: argparse.ArgumentParser) -> None:
     search.add_argument("--supernet", choices=("sandwich", "full"), default=defaults.supernet.mode,
                         help="supernet training: sandwich (largest, smallest and random allocations per step) or plain full-size (default: %(default)s)")
     search.add_argument("--retrain-top", type=int, default=defaults.retrain_top, help="fittest allocations retrained from scratch; the best on validation wins (default: %(default)s)")
+    search.add_argument("--retrain", choices=("full", "halving"), default=defaults.retrain,
+                        help="retrain every one of the top to the end, or by successive halving (a third continue at each rung) (default: %(default)s)")
     model = parser.add_argument_group("model and training")
     model.add_argument("--model", default=defaults.model, help="backbone (default: %(default)s)")
     model.add_argument("--epochs", type=int, default=train.epochs, help="most training epochs (default: %(default)s)")
@@ -100,13 +107,35 @@ def _config_from_args(args: argparse.Namespace):  # noqa: ANN202
     space_options = _space_options(args)
     train = TrainingOptions(args.epochs, args.batch_size, args.lr, args.reg, args.eval_every, args.patience, args.sampling,
                             args.checkpoint_every)
+    protocol = {
+        "supernet": SupernetOptions(mode=args.supernet), "evaluator": args.evaluator,
+        "finetune": FineTuneConfig(steps=args.finetune_steps, reg=args.reg), "retrain": args.retrain,
+    }
+    if args.faithful:
+        protocol = {"supernet": SupernetOptions(mode="full"), "evaluator": "finetune",
+                    "finetune": FineTuneConfig.paper(reg=args.reg), "retrain": "full"}
     return SearchConfig(
         data=spec, model=args.model, d_max=args.d_max, d_min=args.d_min, budget=args.budget, space=args.space,
-        space_options=space_options, controller=args.controller, trials=args.trials, ask_batch=args.ask_batch,
-        fitness_users=args.fitness_users, supernet=SupernetOptions(mode=args.supernet), evaluator=args.evaluator,
-        finetune=FineTuneConfig(steps=args.finetune_steps, reg=args.reg), retrain_top=args.retrain_top, seed=args.seed,
-        train=train, device=args.device, threads=args.threads,
+        space_options=space_options, controller=args.controller, controller_options=_controller_options(args.controller_option),
+        trials=args.trials, ask_batch=args.ask_batch, fitness_users=args.fitness_users, retrain_top=args.retrain_top,
+        seed=args.seed, train=train, device=args.device, threads=args.threads, **protocol,
     )
+
+
+def _controller_options(pairs: Sequence[str]) -> dict[str, object]:
+    """``KEY=VALUE`` pairs as keyword options; a value is read as JSON when it is JSON, else kept as text."""
+    from nas.core.errors import ConfigError
+
+    options: dict[str, object] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.isidentifier():
+            raise ConfigError(f"--controller-option takes KEY=VALUE with a Python name as KEY, got {pair!r}")
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value
+    return options
 
 
 def _space_options(args: argparse.Namespace) -> dict[str, object]:

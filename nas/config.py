@@ -17,10 +17,13 @@ from nas.evaluate import EVALUATORS, FineTuneConfig
 from nas.supernet import SupernetOptions
 from recsys.train import TrainConfig
 
-__all__ = ["KS", "SearchConfig", "TrainingOptions"]
+__all__ = ["KS", "RETRAIN_MODES", "SearchConfig", "TrainingOptions"]
 
 #: Cut-offs of every evaluation of a run (those of BET's fitness, eq. 13).
 KS = (5, 10, 20)
+
+#: How the fittest allocations are retrained (see :func:`nas.search.halving_rungs`).
+RETRAIN_MODES = ("full", "halving")
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,8 @@ class SearchConfig:
         space_options: keyword options of the space (``groups``, ``blocks``, ``grouping`` for
             the block space; ``grid`` for the per-feature and per-field spaces).
         controller: controller name.
+        controller_options: keyword options of the controller (``candidates``, ``predictor``
+            for BET, for example).
         trials: allocations evaluated by controllers that learn from fitness.
         ask_batch: candidates asked of the controller at once and evaluated together.
         fitness_users: validation users sampled (with the seed) for fitness during the search; 0 for all.
@@ -78,6 +83,8 @@ class SearchConfig:
         finetune: the fine-tuning protocol of the ``finetune`` evaluator.
         retrain_top: the best allocations by fitness retrained from scratch; the best of
             them on validation is the run's answer.
+        retrain: ``"full"`` (every one trained to the end) or ``"halving"`` (successive
+            halving: all briefly, the best longer, one to the end).
         seed: fixes the data split, initialisations, sampling and the controller.
         train: how the full model and the retrained allocation are trained.
         device: torch device.
@@ -92,6 +99,7 @@ class SearchConfig:
     space: str = "per-feature"
     space_options: dict[str, Any] = field(default_factory=dict)
     controller: str = "frequency"
+    controller_options: dict[str, Any] = field(default_factory=dict)
     trials: int = 16
     ask_batch: int = 1
     fitness_users: int = 2000
@@ -99,6 +107,7 @@ class SearchConfig:
     evaluator: str = "supernet"
     finetune: FineTuneConfig = field(default_factory=FineTuneConfig)
     retrain_top: int = 5
+    retrain: str = "full"
     seed: int = 0
     train: TrainingOptions = field(default_factory=TrainingOptions)
     device: str = "cpu"
@@ -109,6 +118,7 @@ class SearchConfig:
             (self.trials >= 1, f"--trials must be at least 1, got {self.trials}"),
             (self.ask_batch >= 1, f"--ask-batch must be at least 1, got {self.ask_batch}"),
             (self.retrain_top >= 1, f"--retrain-top must be at least 1, got {self.retrain_top}"),
+            (self.retrain in RETRAIN_MODES, f"--retrain must be one of {RETRAIN_MODES}, got {self.retrain!r}"),
             (self.evaluator in EVALUATORS, f"--evaluator must be one of {EVALUATORS}, got {self.evaluator!r}"),
             (self.seed >= 0, f"--seed must be non-negative, got {self.seed}"),
             (self.threads is None or self.threads >= 1, f"--threads must be at least 1, got {self.threads}"),

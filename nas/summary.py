@@ -51,7 +51,8 @@ def _search_facts(metrics: Mapping[str, Any]) -> list[tuple[str, str]]:
     trials = metrics["trials"]
     facts = [("trials", f"{trials} allocation{'s' if trials != 1 else ''} evaluated by the {metrics.get('evaluator')} evaluator")]
     if metrics.get("fitness_driven", True):
-        facts.append(("retrained", f"top {len(retrained)} by fitness; chosen on validation: fitness {chosen['fitness']:.4f}, "
+        how = "by successive halving" if metrics.get("retrain") == "halving" and len(retrained) > 1 else "by fitness"
+        facts.append(("retrained", f"top {len(retrained)} {how}; chosen on validation: fitness {chosen['fitness']:.4f}, "
                                    f"fingerprint {chosen['fingerprint']}"))
     else:
         facts.append(("fitness", f"{chosen['fitness']:.4f} (the controller's proposal, retrained)"))

@@ -2,7 +2,8 @@
 
 Every evaluated candidate leaves, in this order, its allocation in
 ``candidates/<fingerprint>.npz`` and one ``trial`` line in ``events.jsonl``
-(round, index in the round, fingerprint, cost, fitness, seconds); the controller is
+(round, index in the round, fingerprint, cost, fitness, seconds, and the controller's
+note on how it picked the candidate, if it keeps one); the controller is
 then told, and its whole state is saved after each round
 (``checkpoints/controller.safetensors``).
 
@@ -82,6 +83,7 @@ def run_trials(
     for round_ in range(first_round, rounds):
         n = min(ask_batch, trials - round_ * ask_batch)
         decisions = controller.ask(n)
+        notes = controller.notes()
         allocations = [space.to_allocation(row) for row in decisions]
         fitness = np.empty(n)
         previous = logged.get(round_, {})
@@ -102,7 +104,8 @@ def run_trials(
             seconds = (time.perf_counter() - tic) / len(missing)
             for i, value in zip(missing, values):
                 fitness[i] = float(value)
-                _record(run, allocations[i], round_, i, round_ * ask_batch + i, float(value), seconds)
+                note = notes[i] if i < len(notes) else {}
+                _record(run, allocations[i], round_, i, round_ * ask_batch + i, float(value), seconds, note)
         controller.tell(decisions, fitness)
         run.save_state(_STATE, {"rounds": round_ + 1, "controller": controller.state_dict()})
         bar.update(n)
@@ -110,14 +113,17 @@ def run_trials(
     bar.close()
 
 
-def _record(run: Run, allocation: Allocation, round_: int, index: int, trial: int, fitness: float, seconds: float) -> None:
+def _record(
+    run: Run, allocation: Allocation, round_: int, index: int, trial: int, fitness: float, seconds: float,
+    note: dict[str, Any],
+) -> None:
     """Keep the candidate's allocation, then log it: a logged trial always has its allocation."""
     path = run.path("candidates", f"{allocation.fingerprint()}.npz")
     if not path.exists():
         allocation.save(path)
     run.log_event(
         "trial", round=round_, index=index, trial=trial, fingerprint=allocation.fingerprint(),
-        cost=allocation.cost, fitness=fitness, seconds=round(seconds, 4),
+        cost=allocation.cost, fitness=fitness, seconds=round(seconds, 4), **({"note": note} if note else {}),
     )
 
 

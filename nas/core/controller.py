@@ -20,7 +20,7 @@ from nas.core.space import SearchSpace
 
 __all__ = ["Controller", "ControllerState"]
 
-#: A controller's state: JSON-able values and numpy arrays (saved to JSON and safetensors).
+#: A controller's state: JSON-able values, numpy arrays and torch tensors (saved as one safetensors file).
 ControllerState = dict[str, Any]
 
 
@@ -90,6 +90,14 @@ class Controller(ABC):
         if self.best_decisions is not None:
             return self.best_decisions.copy()
         return self.ask(1)[0]
+
+    def notes(self) -> list[dict[str, Any]]:
+        """What the controller wants logged with each candidate of its last ask (default: nothing).
+
+        One JSON-able dict per candidate, in ask order; the search loop stores it in the
+        candidate's ``trial`` event (BET logs its strategy and predicted fitness).
+        """
+        return []
 
     def state_dict(self) -> ControllerState:
         """Everything needed to continue exactly where the controller stands."""

@@ -1,6 +1,6 @@
 """Run a small search in this process and, on request, die by SIGKILL at a chosen point.
 
-    python crash_runner.py RUNS NAME [--die-at-rename N | --die-mid-write N | --die-mid-event N]
+    python crash_runner.py RUNS NAME [--bet] [--die-at-rename N | --die-mid-write N | --die-mid-event N]
 
 * ``--die-at-rename N``: during the N-th atomic file write, after the temporary file is
   complete and before it is renamed over the target;
@@ -8,7 +8,8 @@
 * ``--die-mid-event N``: while appending the N-th event line, after half of it.
 
 Without an option it runs to the end.  Used by ``test_resume.py``; the configuration is
-``CONFIG`` below, shared with the test.
+``CONFIG`` below (``BET_CONFIG`` with ``--bet``: BET and successive-halving retraining),
+shared with the test.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import argparse
 import os
 import signal
 import types
+from dataclasses import replace
 
 from nas.config import SearchConfig, TrainingOptions
 from nas.data_source import DataSpec
@@ -31,6 +33,11 @@ CONFIG = SearchConfig(
     fitness_users=0,
     threads=1,
     train=TrainingOptions(epochs=4, batch_size=512, eval_every=1, patience=10),
+)
+
+BET_CONFIG = replace(
+    CONFIG, controller="bet", controller_options={"candidates": 8}, retrain_top=3, retrain="halving",
+    train=replace(CONFIG.train, epochs=6),
 )
 
 
@@ -99,6 +106,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("runs")
     parser.add_argument("name")
+    parser.add_argument("--bet", action="store_true")
     parser.add_argument("--die-at-rename", type=int)
     parser.add_argument("--die-mid-write", type=int)
     parser.add_argument("--die-mid-event", type=int)
@@ -106,7 +114,7 @@ def main() -> None:
     arm(args.die_at_rename, args.die_mid_write, args.die_mid_event)
     from nas.search import run_search
 
-    run_search(CONFIG, args.runs, args.name, progress=False)
+    run_search(BET_CONFIG if args.bet else CONFIG, args.runs, args.name, progress=False)
 
 
 if __name__ == "__main__":

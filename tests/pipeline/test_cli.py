@@ -196,3 +196,33 @@ def test_fitness_search_retrains_the_top_and_draws_fitness(tmp_path: Path, capsy
     assert again["allocation"] == metrics["allocation"] and again["allocated"]["test"] == metrics["allocated"]["test"]
     trained = [line for line in (run / "events.jsonl").read_text().splitlines() if '"trained"' in line]
     assert len(trained) == 3, "one supernet and two retrains, none repeated"
+
+
+def test_bet_search_with_options_and_successive_halving(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    args = ["search", "--runs", str(tmp_path), "--name", "bet", "--controller", "bet", "--trials", "5",
+            "--controller-option", "candidates=12", "--controller-option", "predictor=sizes",
+            "--retrain-top", "3", "--retrain", "halving", *FAST]
+    assert main(args) == 0
+    assert "top 3 by successive halving" in capsys.readouterr().out
+    run = tmp_path / "bet"
+    config = json.loads((run / "config.json").read_text())["config"]
+    assert config["controller_options"] == {"candidates": 12, "predictor": "sizes"}
+    trials = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines() if '"trial"' in line]
+    assert [t["note"]["strategy"] for t in trials] == ["greedy", "greedy", "random", "nearest", "greedy"]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["retrain"] == "halving" and [r["final"] for r in metrics["retrained"]].count(True) == 1
+    final = next(r for r in metrics["retrained"] if r["final"])
+    assert metrics["allocation"]["fingerprint"] == final["fingerprint"]
+    assert metrics["allocation"]["values"] <= metrics["budget"]["max_values"]
+
+
+def test_faithful_sets_the_papers_protocol_and_bad_controller_options_are_refused(capsys: pytest.CaptureFixture[str]):
+    from nas.cli import _config_from_args, build_parser
+
+    config = _config_from_args(build_parser().parse_args(["search", "--controller", "bet", "--faithful", "--evaluator", "supernet"]))
+    assert (config.evaluator, config.supernet.mode, config.retrain) == ("finetune", "full", "full")
+    assert (config.finetune.epochs, config.finetune.decay_every, config.finetune.lr) == (10, 200, 0.03)
+    assert main(["search", "--controller", "bet", "--controller-option", "oops", *FAST]) == 2
+    assert "KEY=VALUE" in capsys.readouterr().err
+    assert main(["search", "--controller", "equal", "--controller-option", "candidates=3", *FAST]) == 2
+    assert "does not take the options ['candidates']" in capsys.readouterr().err

@@ -132,3 +132,35 @@ def test_killed_at_random_moments_resumes_to_the_same_result(tmp_path: Path, ref
 def test_resume_refuses_a_folder_that_is_not_a_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     assert main(["resume", str(tmp_path), "--quiet"]) == 2
     assert "not a run folder" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def bet_reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    runs = tmp_path_factory.mktemp("runs")
+    process = _start(runs, "reference", "--bet")
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == 0, err.decode()
+    return runs / "reference"
+
+
+@pytest.mark.parametrize(
+    "flag, n",
+    [
+        ("--die-mid-write", 14),  # BET's controller state after the second round (population, predictor, Adam)
+        ("--die-mid-write", 21),  # successive halving, first rung, the second candidate's last state
+        ("--die-at-rename", 25),  # the survivor's training in the last rung
+        ("--die-mid-event", 11),  # the first rung's line of the second candidate
+    ],
+)
+def test_a_killed_bet_search_with_halving_resumes_to_the_same_result(
+    tmp_path: Path, bet_reference: Path, flag: str, n: int
+):
+    process = _start(tmp_path, "run", "--bet", flag, str(n))
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == -9, f"the runner should have died at {flag} {n}: {err.decode()}"
+    folder = tmp_path / "run"
+    assert_intact(folder)
+    assert main(["resume", str(folder), "--quiet"]) == 0
+    assert_same_result(folder, bet_reference)
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert [r["final"] for r in metrics["retrained"]].count(True) == 1 and len(metrics["retrained"]) == 3

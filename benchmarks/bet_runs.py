@@ -1,0 +1,131 @@
+"""BET against equal sizes and the frequency rule, its Table 2 ablation, and faithful vs fast mode.
+
+    python benchmarks/bet_runs.py --dataset gowalla --plan main --shard 1/2 --threads 1   # and --shard 2/2 beside it
+    python benchmarks/bet_runs.py --dataset gowalla --plan ablation --shard 1/2 --threads 1
+    python benchmarks/bet_runs.py --dataset lastfm --plan main ablation faithful --threads 1
+    python benchmarks/bet_runs.py --dataset gowalla --report        # the tables, from the finished runs
+
+Every job is one ``embnas search`` run (``nas.search.run_search``) in
+``runs/bet_<dataset>/<name>``, so an interrupted benchmark continues where it stopped and
+a finished job is not run again.  Jobs, per sparsity (0.8, 0.9, 0.95 by default):
+
+* ``main``: ``equal`` and ``frequency`` (their one proposal, retrained), and ``bet`` in the
+  fast mode (sandwich supernet, fitness by masks on it, successive-halving retraining of
+  the top 5);
+* ``ablation``: BET with random selection only (``predictor=none``) and with the size-only
+  predictor (``predictor=sizes``), both in the fast mode; the DeepSets row is ``main``'s;
+* ``faithful``: BET as in the paper (plain pre-training, each pick fine-tuned for 10
+  epochs, the top 5 fully retrained).
+
+Data and training protocol (per dataset, as in ``fitness_trust.py``): MF, d_max 64, d_min 1,
+trained on the dataset's train split, validated (early stopping, fitness) on its validation
+split, tested once on test.  ``--report`` prints test Recall@20 / NDCG@20, bytes stored, and
+wall time as a multiple of one full training (the plain full-model training of the
+``equal`` run at the same sparsity, on the same machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from nas.config import SearchConfig, TrainingOptions
+from nas.data_source import DataSpec
+from nas.evaluate import FineTuneConfig
+from nas.search import run_search
+from nas.supernet import SupernetOptions
+
+DATASETS = {
+    "lastfm": ("lastfm_lightgcnpp_cf", "train.txt.gz", "valid.txt.gz", "test.txt.gz"),
+    "gowalla": ("gowalla_lightgcn", "lightgcnpp_train.txt.gz", "lightgcnpp_valid.txt.gz", "test.txt.gz"),
+}
+#: epochs, Adam lr, L2, epochs between validations, patience (validations).
+PROTOCOL = {"lastfm": (200, 2e-3, 1e-4, 5, 3), "gowalla": (50, 1e-3, 1e-4, 5, 3)}
+PLANS = ("main", "ablation", "faithful")
+
+
+def jobs(dataset: str, plans: list[str], sparsities: list[float]) -> list[tuple[str, dict]]:
+    """``(name, config overrides)`` of every job of the plans, in a fixed order."""
+    fast = {"controller": "bet", "retrain": "halving"}
+    faithful = {"controller": "bet", "retrain": "full", "evaluator": "finetune",
+                "supernet": SupernetOptions(mode="full"), "finetune": FineTuneConfig.paper(reg=PROTOCOL[dataset][2])}
+    out = []
+    for plan in PLANS:
+        for sparsity in sparsities if plan in plans else []:
+            if plan == "main":
+                out += [(f"equal-{sparsity}", {"controller": "equal"}), (f"frequency-{sparsity}", {"controller": "frequency"}),
+                        (f"bet-{sparsity}", fast)]
+            elif plan == "ablation":
+                out += [(f"bet-random-{sparsity}", {**fast, "controller_options": {"predictor": "none"}}),
+                        (f"bet-sizes-{sparsity}", {**fast, "controller_options": {"predictor": "sizes"}})]
+            else:
+                out += [(f"bet-faithful-{sparsity}", faithful)]
+    return [(name, {**overrides, "budget": name.rsplit("-", 1)[1]}) for name, overrides in out]
+
+
+def config_for(dataset: str, data_dir: Path, overrides: dict, threads: int) -> SearchConfig:
+    folder, train, valid, test = DATASETS[dataset]
+    root = data_dir / folder
+    epochs, lr, reg, eval_every, patience = PROTOCOL[dataset]
+    data = DataSpec("lightgcn", (str(root / train),), (str(root / valid),), (str(root / test),))
+    train_options = TrainingOptions(epochs=epochs, lr=lr, reg=reg, eval_every=eval_every, patience=patience)
+    return SearchConfig(data=data, d_max=64, d_min=1, trials=50, train=train_options, threads=threads, **overrides)
+
+
+def report(folder: Path, names: list[str]) -> list[dict]:
+    """One row per finished job, with wall time relative to the plain training of the same sparsity's equal run."""
+    rows = []
+    for name in names:
+        path = folder / name / "metrics.json"
+        if not path.exists():
+            continue
+        metrics = json.loads(path.read_text())
+        sparsity = name.rsplit("-", 1)[1]
+        reference = folder / f"equal-{sparsity}" / "metrics.json"
+        one_training = json.loads(reference.read_text())["full"]["train_seconds"] if reference.exists() else float("nan")
+        test = metrics["allocated"]["test"]
+        rows.append({
+            "job": name, "sparsity": float(sparsity), "recall@20": test["recall@20"], "ndcg@20": test["ndcg@20"],
+            "bytes": metrics["export"]["bytes_stored"], "values": metrics["allocation"]["values"],
+            "seconds": metrics["seconds"], "x_training": metrics["seconds"] / one_training,
+            "timing": metrics["timing"], "one_training": one_training,
+        })
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", choices=sorted(DATASETS), required=True)
+    parser.add_argument("--data-dir", type=Path, default=Path("../shared/data"))
+    parser.add_argument("--plan", nargs="+", choices=PLANS, default=["main"])
+    parser.add_argument("--sparsities", type=float, nargs="+", default=[0.8, 0.9, 0.95])
+    parser.add_argument("--shard", default="1/1", help="k/n: run every n-th job from the k-th (run n shards side by side)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--runs", type=Path, default=Path("runs"))
+    parser.add_argument("--report", action="store_true", help="print the tables of the finished jobs, run nothing")
+    args = parser.parse_args()
+    folder = args.runs / f"bet_{args.dataset}"
+    planned = jobs(args.dataset, list(PLANS) if args.report else args.plan, args.sparsities)
+    if args.report:
+        rows = report(folder, [name for name, _ in planned])
+        print("| job | sparsity | Recall@20 | NDCG@20 | bytes stored | wall time | x one training |\n|---|---|---|---|---|---|---|")
+        for r in rows:
+            print(f"| {r['job']} | {r['sparsity']} | {r['recall@20']:.4f} | {r['ndcg@20']:.4f} | {r['bytes']:,} | "
+                  f"{r['seconds']:.0f} s | {r['x_training']:.2f} |")
+        print(json.dumps(rows))
+        return
+    k, n = (int(x) for x in args.shard.split("/"))
+    if not 1 <= k <= n:
+        sys.exit(f"--shard must be k/n with 1 <= k <= n, got {args.shard}")
+    for name, overrides in planned[k - 1 :: n]:
+        config = config_for(args.dataset, args.data_dir, overrides, args.threads)
+        print(f"== {name}", flush=True)
+        metrics = run_search(config, folder, name, progress=False)
+        test = metrics["allocated"]["test"]
+        print(f"   recall@20 {test['recall@20']:.4f} ndcg@20 {test['ndcg@20']:.4f} in {metrics['seconds']:.0f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()

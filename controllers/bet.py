@@ -1,0 +1,204 @@
+"""BET (paper 003, Algorithm 1): budgeted actions, a DeepSets fitness predictor, three selection strategies.
+
+Each round (an *iteration* ``t`` of Algorithm 1, counted from 1) the controller draws
+``candidates`` whole actions with :class:`~controllers.bet_sampler.BudgetedSampler` and
+picks the ones to evaluate by the strategy of ``t mod 5``:
+
+* 0, 1, 2 — **I, greedy**: the highest predicted fitness;
+* 3 — **II, random**: uniformly among the candidates, so the predictor sees more than
+  its own favourites;
+* 4 — **III, nearest neighbour**: the candidate whose embedding ``h_a`` (eq. 9) is
+  closest, in Euclidean distance, to that of the fittest action evaluated so far.
+
+Told fitness joins the *population*; after each told action the predictor takes
+``updates`` (N = 2) Adam steps on the squared error (eq. 11) of a member drawn at
+random.  The search loop evaluates the picks (fine-tuning as in the paper, or masks on
+a supernet) and retrains the top five (eq. 14); the controller's whole state
+(population, predictor, optimiser, generator) is saved every round, so a killed
+search resumes where it stopped.
+
+Asked for several candidates at once (``--ask-batch``), one iteration yields the top
+``n`` of its strategy instead of one: cheap evaluators can then score them together.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from controllers.bet_sampler import FAMILIES, BudgetedSampler
+from controllers.fitness_predictor import (
+    PREDICTORS,
+    DeepSetsPredictor,
+    FitnessPredictor,
+    SizeOnlyPredictor,
+)
+from controllers.registry import register_controller
+from nas.core.budget import Budget
+from nas.core.controller import Controller, ControllerState
+from nas.core.errors import ConfigError
+from nas.core.space import SearchSpace
+
+__all__ = ["BET", "STRATEGIES", "strategy_of"]
+
+#: The three selection strategies of section 3.5.1.
+STRATEGIES = ("greedy", "random", "nearest")
+
+
+def strategy_of(iteration: int) -> str:
+    """The strategy Algorithm 1 uses at ``iteration`` (counted from 1): by ``iteration mod 5``."""
+    rest = iteration % 5
+    return "greedy" if rest <= 2 else ("random" if rest == 3 else "nearest")
+
+
+@register_controller("bet")
+class BET(Controller):
+    """BET's controller: budgeted table-level sampling with predictor-guided selection.
+
+    Args:
+        space: any search space (per-feature is the paper's; per-field and block work too).
+        budget: the hard budget.
+        seed: fixes the sampled actions, the predictor's initialisation and its training draws.
+        candidates: actions sampled per iteration (``m``, 100 in the paper).
+        predictor: ``"deepsets"`` (the paper's), ``"sizes"`` (Table 2's size-only MLP) or
+            ``"none"`` (random selection only, Table 2's first row).
+        updates: predictor updates per evaluated action (``N``, 2 in the paper).
+        lr: Adam learning rate of the predictor.
+        user_share: the first table's share of the budget, or ``None`` to draw it per action.
+    """
+
+    def __init__(
+        self,
+        space: SearchSpace,
+        budget: Budget,
+        seed: int = 0,
+        *,
+        candidates: int = 100,
+        predictor: str = "deepsets",
+        updates: int = 2,
+        lr: float = 1e-3,
+        user_share: float | None = None,
+    ) -> None:
+        super().__init__(space, budget, seed)
+        if candidates < 1 or updates < 0 or lr <= 0:
+            raise ConfigError(f"BET needs candidates >= 1, updates >= 0 and lr > 0; got {candidates}, {updates}, {lr}")
+        if predictor not in PREDICTORS:
+            raise ConfigError(f"BET predictor must be one of {PREDICTORS}, got {predictor!r}")
+        self.candidates = int(candidates)
+        self.predictor_name = predictor
+        self.updates = int(updates)
+        self.sampler = BudgetedSampler(space, budget, user_share=user_share)
+        self.iteration = 0
+        self.population = np.empty((0, space.n_decisions), dtype=_index_dtype(len(space.grid)))
+        self.population_fitness = np.empty(0)
+        self.losses: list[float] = []
+        self.picks: list[dict[str, Any]] = []
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.predictor = _build_predictor(predictor, space)
+        self.optimizer = torch.optim.Adam(self.predictor.parameters(), lr=lr) if self.predictor is not None else None
+
+    # -- Algorithm 1 -------------------------------------------------------------------------------
+    def _ask(self, n: int) -> np.ndarray:
+        if n > self.candidates:
+            raise ConfigError(f"BET picks at most its {self.candidates} candidates per iteration; asked for {n}")
+        iteration = self.iteration + 1
+        actions = self.sampler.sample(self.rng, self.candidates)
+        strategy = strategy_of(iteration) if self.predictor is not None else "random"
+        if strategy == "nearest" and not len(self.population):
+            strategy = "random"
+        predicted = np.full(self.candidates, np.nan)
+        if strategy == "random":
+            chosen = self.rng.choice(self.candidates, size=n, replace=False)
+        else:
+            indices = self._indices(actions.decisions)
+            with torch.no_grad():
+                embedding = self.predictor.embed(indices)
+                predicted = self.predictor.decoder(embedding).squeeze(-1).numpy().astype(np.float64)
+                if strategy == "greedy":
+                    chosen = np.argsort(-predicted, kind="stable")[:n]
+                else:
+                    best = self.population[int(np.argmax(self.population_fitness))]
+                    target = self.predictor.embed(torch.as_tensor(best, dtype=torch.int64).unsqueeze(0))
+                    distance = torch.cdist(embedding, target).squeeze(1).numpy()
+                    chosen = np.argsort(distance, kind="stable")[:n]
+        self.picks = [
+            {
+                "iteration": iteration, "strategy": strategy,
+                "predicted": None if np.isnan(predicted[i]) else float(predicted[i]),
+                "families": [FAMILIES[f] for f in actions.family[i]],
+                "beta": [round(float(b), 6) for b in actions.beta[i]],
+                "share": [round(float(s), 6) for s in actions.share[i]],
+            }
+            for i in chosen
+        ]
+        return actions.decisions[chosen].astype(np.float64)
+
+    def _tell(self, decisions: np.ndarray, fitness: np.ndarray) -> None:
+        self.iteration += 1
+        indices = np.searchsorted(self.space.grid, decisions).astype(self.population.dtype)
+        self.population = np.concatenate([self.population, indices])
+        self.population_fitness = np.concatenate([self.population_fitness, fitness])
+        if self.predictor is None:
+            return
+        for _ in range(self.updates * len(decisions)):
+            member = int(self.rng.integers(len(self.population)))
+            sizes = torch.as_tensor(self.population[member : member + 1].astype(np.int64))
+            target = torch.tensor([self.population_fitness[member]], dtype=torch.float32)
+            loss = torch.nn.functional.mse_loss(self.predictor(sizes), target)
+            self.optimizer.zero_grad()
+            loss.backward()
+            self.optimizer.step()
+            self.losses.append(float(loss.detach()))
+
+    def predict(self, decisions: np.ndarray) -> np.ndarray:
+        """Predicted fitness of decision vectors (grid values), shape ``(m,)``."""
+        if self.predictor is None:
+            raise ConfigError("this BET controller has no predictor (predictor='none')")
+        with torch.no_grad():
+            return self.predictor(self._indices(np.atleast_2d(decisions))).numpy().astype(np.float64)
+
+    def notes(self) -> list[dict[str, Any]]:
+        """How each candidate of the last ask was picked: iteration, strategy, predicted fitness, draw."""
+        return [dict(pick) for pick in self.picks]
+
+    # -- state -------------------------------------------------------------------------------------
+    def _state(self) -> ControllerState:
+        state: ControllerState = {
+            "iteration": self.iteration,
+            "population": self.population,
+            "population_fitness": self.population_fitness,
+            "losses": np.asarray(self.losses, dtype=np.float64),
+        }
+        if self.predictor is not None:
+            state["predictor"] = dict(self.predictor.state_dict())
+            state["optimizer"] = self.optimizer.state_dict()
+        return state
+
+    def _load_state(self, state: ControllerState) -> None:
+        self.iteration = int(state["iteration"])
+        self.population = np.asarray(state["population"]).astype(self.population.dtype)
+        self.population_fitness = np.asarray(state["population_fitness"], dtype=np.float64)
+        self.losses = [float(x) for x in np.asarray(state["losses"])]
+        if self.predictor is not None:
+            self.predictor.load_state_dict(state["predictor"])
+            self.optimizer.load_state_dict(state["optimizer"])
+
+    def _indices(self, decisions: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(np.searchsorted(self.space.grid, decisions), dtype=torch.int64)
+
+
+def _build_predictor(name: str, space: SearchSpace) -> FitnessPredictor | None:
+    if name == "none":
+        return None
+    if name == "sizes":
+        return SizeOnlyPredictor(space.n_decisions, space.grid)
+    context = space.context()
+    return DeepSetsPredictor(context["table"], np.expm1(context["log_frequency"]), space.weights, space.grid)
+
+
+def _index_dtype(n_grid: int) -> np.dtype:
+    """The smallest dtype that stores a grid index (the population of 50 × 70,000 rows stays small)."""
+    return np.dtype(np.uint8 if n_grid <= 256 else np.int32)
