@@ -15,7 +15,10 @@ a finished job is not run again.  Jobs, per sparsity (0.8, 0.9, 0.95 by default)
 * ``ablation``: BET with random selection only (``predictor=none``) and with the size-only
   predictor (``predictor=sizes``), both in the fast mode; the DeepSets row is ``main``'s;
 * ``faithful``: BET as in the paper (plain pre-training, each pick fine-tuned for 10
-  epochs, the top 5 fully retrained).
+  epochs, the top 5 fully retrained);
+* ``options``: the fast mode with each option beyond the paper changed alone: every one
+  of the top 5 fully retrained (``fullretrain``), four picks per iteration scored together
+  (``batch4``), the block space (8 frequency groups × 4 column blocks) and the per-field space.
 
 Data and training protocol (per dataset, as in ``fitness_trust.py``): MF, d_max 64, d_min 1,
 trained on the dataset's train split, validated (early stopping, fitness) on its validation
@@ -43,7 +46,7 @@ DATASETS = {
 }
 #: epochs, Adam lr, L2, epochs between validations, patience (validations).
 PROTOCOL = {"lastfm": (200, 2e-3, 1e-4, 5, 3), "gowalla": (50, 1e-3, 1e-4, 5, 3)}
-PLANS = ("main", "ablation", "faithful")
+PLANS = ("main", "ablation", "faithful", "options")
 
 
 def jobs(dataset: str, plans: list[str], sparsities: list[float]) -> list[tuple[str, dict]]:
@@ -60,8 +63,13 @@ def jobs(dataset: str, plans: list[str], sparsities: list[float]) -> list[tuple[
             elif plan == "ablation":
                 out += [(f"bet-random-{sparsity}", {**fast, "controller_options": {"predictor": "none"}}),
                         (f"bet-sizes-{sparsity}", {**fast, "controller_options": {"predictor": "sizes"}})]
-            else:
+            elif plan == "faithful":
                 out += [(f"bet-faithful-{sparsity}", faithful)]
+            else:
+                out += [(f"bet-fullretrain-{sparsity}", {**fast, "retrain": "full"}),
+                        (f"bet-batch4-{sparsity}", {**fast, "ask_batch": 4}),
+                        (f"bet-block-{sparsity}", {**fast, "space": "block", "space_options": {"groups": 8, "blocks": 4}}),
+                        (f"bet-perfield-{sparsity}", {**fast, "space": "per-field"})]
     return [(name, {**overrides, "budget": name.rsplit("-", 1)[1]}) for name, overrides in out]
 
 

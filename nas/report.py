@@ -69,8 +69,13 @@ def plot_allocation(
 def plot_fitness(trials: list[dict], path: str | Path, *, title: str = "") -> Path:
     """Write a PNG of each candidate's fitness against its trial number, with the best so far.
 
+    When the controller logged a predicted fitness with its candidates (BET's note), the
+    predictions are drawn beside the measurements: the predictor's learning shows as the
+    two converging.
+
     Args:
-        trials: the run's ``trial`` events (``trial`` and ``fitness`` fields).
+        trials: the run's ``trial`` events (``trial`` and ``fitness`` fields, optionally
+            ``note.predicted``).
         path: the PNG to write (atomically).
         title: the figure's title.
     """
@@ -85,6 +90,9 @@ def plot_fitness(trials: list[dict], path: str | Path, *, title: str = "") -> Pa
     figure, axis = plt.subplots(figsize=(6.0, 4.0))
     axis.scatter(trial, fitness, s=12, alpha=0.6, label="candidate")
     axis.step(trial, np.maximum.accumulate(fitness), where="post", color="black", linewidth=1.2, label="best so far")
+    predicted = np.asarray([(trials[i].get("note") or {}).get("predicted") for i in order], dtype=np.float64)
+    if np.isfinite(predicted).any():
+        axis.scatter(trial, predicted, s=12, marker="x", color="tab:orange", alpha=0.8, label="predicted before measuring")
     axis.set_xlabel("trial")
     axis.set_ylabel("fitness (quality / full model's)")
     axis.legend(loc="lower right")

@@ -214,6 +214,8 @@ def test_bet_search_with_options_and_successive_halving(tmp_path: Path, capsys: 
     final = next(r for r in metrics["retrained"] if r["final"])
     assert metrics["allocation"]["fingerprint"] == final["fingerprint"]
     assert metrics["allocation"]["values"] <= metrics["budget"]["max_values"]
+    assert main(["report", str(run)]) == 0  # fitness.png with BET's predictions beside the measurements
+    assert (run / "report" / "fitness.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_faithful_sets_the_papers_protocol_and_bad_controller_options_are_refused(capsys: pytest.CaptureFixture[str]):
