@@ -144,7 +144,8 @@ def test_the_predictor_learns_a_synthetic_fitness_through_tell(one_thread):
     def fitness(decisions: np.ndarray) -> np.ndarray:
         return decisions[:, top].sum(axis=1) / decisions.sum(axis=1)
 
-    controller = BET(space, budget, seed=0, candidates=10)
+    # A small step size: 1,600 single-action updates (the search's default is tuned for its ~100).
+    controller = BET(space, budget, seed=0, candidates=10, lr=1e-3)
     train = controller.sampler.sample(np.random.default_rng(1), 100).decisions
     held_out = controller.sampler.sample(np.random.default_rng(2), 200).decisions
     before = stats.spearmanr(controller.predict(held_out), fitness(held_out))[0]
