@@ -7,7 +7,10 @@
 
 Every job is one ``embnas search`` run (``nas.search.run_search``) in
 ``runs/bet_<dataset>/<name>``, so an interrupted benchmark continues where it stopped and
-a finished job is not run again.  Jobs, per sparsity (0.8, 0.9, 0.95 by default):
+a finished job is not run again.  Jobs whose supernet settings are identical share one
+supernet (the first job's, copied in: training is deterministic under the seed), so the
+wall time of a job that got its supernet this way leaves the supernet out; ``--report``
+adds the supernet's own training time back for the ``x one training`` column.  Jobs, per sparsity (0.8, 0.9, 0.95 by default):
 
 * ``main``: ``equal`` and ``frequency`` (their one proposal, retrained), and ``bet`` in the
   fast mode (sandwich supernet, fitness by masks on it, successive-halving retraining of
@@ -31,12 +34,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import sys
 from pathlib import Path
 
 from nas.config import SearchConfig, TrainingOptions
-from nas.data_source import DataSpec
+from nas.data_source import DataSpec, load_data
 from nas.evaluate import FineTuneConfig
+from nas.runs import Run
 from nas.search import run_search
 from nas.supernet import SupernetOptions
 
@@ -82,6 +88,43 @@ def config_for(dataset: str, data_dir: Path, overrides: dict, threads: int) -> S
     return SearchConfig(data=data, d_max=64, d_min=1, trials=50, train=train_options, threads=threads, **overrides)
 
 
+#: Settings that do not change how the supernet is trained.
+_SEARCH_ONLY = ("controller", "controller_options", "trials", "ask_batch", "fitness_users", "evaluator", "finetune",
+                "retrain", "retrain_top")
+
+
+def _supernet_key(config: dict) -> str:
+    """What fixes a run's supernet: plain training ignores the budget and the space; sandwich training does not."""
+    mode = "full" if config["controller"] in ("equal", "frequency") else config["supernet"]["mode"]
+    ignored = _SEARCH_ONLY + (("budget", "space", "space_options", "supernet") if mode == "full" else ())
+    return json.dumps({**{k: v for k, v in config.items() if k not in ignored}, "mode": mode}, sort_keys=True)
+
+
+def share_supernet(folder: Path, name: str, config: SearchConfig, fingerprint: str) -> str | None:
+    """Seed job ``name`` with the supernet a finished job of identical supernet settings trained.
+
+    The supernet is deterministic under the seed, so this saves retraining the same weights
+    (the plain full model of every equal, frequency and faithful job; the sandwich supernet of
+    every fast BET job at one sparsity).  Returns the job it came from.
+    """
+    target = folder / name / "checkpoints" / "supernet.safetensors"
+    if target.exists() or not folder.is_dir():
+        return None
+    key = _supernet_key(config.to_dict())
+    for other in sorted(p for p in folder.iterdir() if p.name != name and (p / "config.json").exists()):
+        source = Run(other)
+        trained = [e for e in source.events("trained") if e["stage"] == "supernet"]
+        if not trained or not source.has("checkpoints/supernet.safetensors") or _supernet_key(source.config()) != key:
+            continue
+        run = Run.create(folder, {**config.to_dict(), "data_fingerprint": fingerprint}, name)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source.path("checkpoints", "supernet.safetensors"), target.with_suffix(".tmp"))
+        os.replace(target.with_suffix(".tmp"), target)
+        run.log_event("trained", **{k: v for k, v in trained[-1].items() if k not in ("event", "time")})
+        return other.name
+    return None
+
+
 def report(folder: Path, names: list[str]) -> list[dict]:
     """One row per finished job, with wall time relative to the plain training of the same sparsity's equal run."""
     rows = []
@@ -94,10 +137,12 @@ def report(folder: Path, names: list[str]) -> list[dict]:
         reference = folder / f"equal-{sparsity}" / "metrics.json"
         one_training = json.loads(reference.read_text())["full"]["train_seconds"] if reference.exists() else float("nan")
         test = metrics["allocated"]["test"]
+        # A shared supernet was not trained in this job: count its training as if it had been.
+        seconds = metrics["timing"]["total"] - metrics["timing"]["supernet"] + metrics["full"]["train_seconds"]
         rows.append({
             "job": name, "sparsity": float(sparsity), "recall@20": test["recall@20"], "ndcg@20": test["ndcg@20"],
             "bytes": metrics["export"]["bytes_stored"], "values": metrics["allocation"]["values"],
-            "seconds": metrics["seconds"], "x_training": metrics["seconds"] / one_training,
+            "seconds": seconds, "x_training": seconds / one_training,
             "timing": metrics["timing"], "one_training": one_training,
         })
     return rows
@@ -127,9 +172,12 @@ def main() -> None:
     k, n = (int(x) for x in args.shard.split("/"))
     if not 1 <= k <= n:
         sys.exit(f"--shard must be k/n with 1 <= k <= n, got {args.shard}")
+    fingerprint = None
     for name, overrides in planned[k - 1 :: n]:
         config = config_for(args.dataset, args.data_dir, overrides, args.threads)
-        print(f"== {name}", flush=True)
+        fingerprint = fingerprint or load_data(config.data).fingerprint()
+        shared = share_supernet(folder, name, config, fingerprint)
+        print(f"== {name}" + (f" (supernet of {shared})" if shared else ""), flush=True)
         metrics = run_search(config, folder, name, progress=False)
         test = metrics["allocated"]["test"]
         print(f"   recall@20 {test['recall@20']:.4f} ndcg@20 {test['ndcg@20']:.4f} in {metrics['seconds']:.0f} s", flush=True)

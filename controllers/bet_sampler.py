@@ -57,7 +57,8 @@ class Actions:
     """A batch of sampled actions and how each was drawn.
 
     Attributes:
-        decisions: projected decisions, shape ``(m, n_decisions)`` (int64, grid values).
+        decisions: projected decisions, shape ``(m, n_decisions)`` (int64, grid values), or
+            the desired real-valued sizes of actions just drawn (:meth:`BudgetedSampler.draw`).
         family: family index (into :data:`FAMILIES`) per action and table, shape ``(m, n_tables)``.
         beta: the family parameter per action and table.
         share: budget share per action and table (rows add up to one).
@@ -115,6 +116,14 @@ class BudgetedSampler:
 
     def sample(self, rng: np.random.Generator, m: int) -> Actions:
         """``m`` projected actions; the same generator state gives the same actions."""
+        return self.project(self.draw(rng, m))
+
+    def draw(self, rng: np.random.Generator, m: int) -> Actions:
+        """``m`` actions before projection: their ``decisions`` are the desired, real-valued sizes.
+
+        Drawing and projecting apart lets a caller that needs only a few of the actions
+        (BET's random strategy) project only those; the draws are the same either way.
+        """
         n_tables = len(self._ranked)
         family = self.families[rng.integers(0, len(self.families), size=(m, n_tables))]
         beta = np.maximum(rng.uniform(0.0, 1.0, size=(m, n_tables)) * self.beta_max[family], _BETA_FLOOR)
@@ -128,8 +137,13 @@ class BudgetedSampler:
                 continue
             fractions = _fractions(rng, family[:, t], beta[:, t], len(ranked))
             raw[:, ranked] = fractions * share[:, t : t + 1] * self.budget.max_values / self._weights[ranked]
-        decisions = np.stack([self.space.project(row, self.budget, monotone=True) for row in raw])
-        return Actions(decisions, family, beta, share)
+        return Actions(raw, family, beta, share)
+
+    def project(self, actions: Actions, which: np.ndarray | None = None) -> Actions:
+        """The drawn ``actions`` (or those at indices ``which``, in that order) projected onto the budget."""
+        which = np.arange(len(actions.decisions)) if which is None else np.asarray(which)
+        decisions = np.stack([self.space.project(actions.decisions[i], self.budget, monotone=True) for i in which])
+        return Actions(decisions, actions.family[which], actions.beta[which], actions.share[which])
 
 
 def _fractions(rng: np.random.Generator, family: np.ndarray, beta: np.ndarray, n: int) -> np.ndarray:
