@@ -10,6 +10,6 @@ __all__ = ["CONTROLLERS", "register_controller"]
 CONTROLLERS: Registry[type[Controller]] = Registry("controller", entry_point_group="embnas.controllers")
 
 
-def register_controller(name: str):  # noqa: ANN201 - returns the class decorator
+def register_controller(name: str):
     """Class decorator: register a :class:`~nas.core.controller.Controller` subclass under ``name``."""
     return CONTROLLERS.register(name)
