@@ -96,7 +96,7 @@ _SEARCH_ONLY = ("controller", "controller_options", "trials", "ask_batch", "fitn
 def _supernet_key(config: dict) -> str:
     """What fixes a run's supernet: plain training ignores the budget and the space; sandwich training does not."""
     mode = "full" if config["controller"] in ("equal", "frequency") else config["supernet"]["mode"]
-    ignored = _SEARCH_ONLY + (("budget", "space", "space_options", "supernet") if mode == "full" else ())
+    ignored = (*_SEARCH_ONLY, "data_fingerprint") + (("budget", "space", "space_options", "supernet") if mode == "full" else ())
     return json.dumps({**{k: v for k, v in config.items() if k not in ignored}, "mode": mode}, sort_keys=True)
 
 
@@ -114,7 +114,8 @@ def share_supernet(folder: Path, name: str, config: SearchConfig, fingerprint: s
     for other in sorted(p for p in folder.iterdir() if p.name != name and (p / "config.json").exists()):
         source = Run(other)
         trained = [e for e in source.events("trained") if e["stage"] == "supernet"]
-        if not trained or not source.has("checkpoints/supernet.safetensors") or _supernet_key(source.config()) != key:
+        same = _supernet_key(source.config()) == key and source.config().get("data_fingerprint") == fingerprint
+        if not trained or not source.has("checkpoints/supernet.safetensors") or not same:
             continue
         run = Run.create(folder, {**config.to_dict(), "data_fingerprint": fingerprint}, name)
         target.parent.mkdir(parents=True, exist_ok=True)
