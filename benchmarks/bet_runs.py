@@ -21,7 +21,8 @@ adds the supernet's own training time back for the ``x one training`` column.  J
   epochs, the top 5 fully retrained);
 * ``options``: the fast mode with each option beyond the paper changed alone: every one
   of the top 5 fully retrained (``fullretrain``), four picks per iteration scored together
-  (``batch4``), the block space (8 frequency groups × 4 column blocks) and the per-field space.
+  (``batch4``), the block space (8 frequency groups × 4 column blocks), the per-field space,
+  and the rule-based allocations evaluated before Algorithm 1 starts (``anchors``).
 
 Data and training protocol (per dataset, as in ``fitness_trust.py``): MF, d_max 64, d_min 1,
 trained on the dataset's train split, validated (early stopping, fitness) on its validation
@@ -75,7 +76,8 @@ def jobs(dataset: str, plans: list[str], sparsities: list[float]) -> list[tuple[
                 out += [(f"bet-fullretrain-{sparsity}", {**fast, "retrain": "full"}),
                         (f"bet-batch4-{sparsity}", {**fast, "ask_batch": 4}),
                         (f"bet-block-{sparsity}", {**fast, "space": "block", "space_options": {"groups": 8, "blocks": 4}}),
-                        (f"bet-perfield-{sparsity}", {**fast, "space": "per-field"})]
+                        (f"bet-perfield-{sparsity}", {**fast, "space": "per-field"}),
+                        (f"bet-anchors-{sparsity}", {**fast, "controller_options": {"anchors": True}})]
     return [(name, {**overrides, "budget": name.rsplit("-", 1)[1]}) for name, overrides in out]
 
 

@@ -70,6 +70,10 @@ class BET(Controller):
             search's later picks far better than 1e-3 (online rank correlation 0.38 against
             0.02, three seeds), which barely moves the predictor off its initial output.
         user_share: the first table's share of the budget, or ``None`` to draw it per action.
+        anchors: beyond the paper: before Algorithm 1, evaluate the two rule-based
+            allocations (equal sizes, and sizes growing with log-frequency) so they join the
+            population, train the predictor and compete for retraining.  BET's sampler
+            cannot draw the log-frequency rule, which is a strong allocation on real data.
     """
 
     def __init__(
@@ -83,6 +87,7 @@ class BET(Controller):
         updates: int = 2,
         lr: float = 1e-2,
         user_share: float | None = None,
+        anchors: bool = False,
     ) -> None:
         super().__init__(space, budget, seed)
         if candidates < 1 or updates < 0 or lr <= 0:
@@ -94,6 +99,9 @@ class BET(Controller):
         self.updates = int(updates)
         self.sampler = BudgetedSampler(space, budget, user_share=user_share)
         self.iteration = 0
+        self.anchors = _anchors(space, budget) if anchors else {}
+        self.anchored = 0
+        self._asked_anchors = 0
         self.population = np.empty((0, space.n_decisions), dtype=_index_dtype(len(space.grid)))
         self.population_fitness = np.empty(0)
         self.losses: list[float] = []
@@ -107,6 +115,20 @@ class BET(Controller):
     def _ask(self, n: int) -> np.ndarray:
         if n > self.candidates:
             raise ConfigError(f"BET picks at most its {self.candidates} candidates per iteration; asked for {n}")
+        # Anchors still to evaluate come first; the rest of the round is an iteration of Algorithm 1.
+        pending = list(self.anchors.items())[self.anchored : self.anchored + n]
+        self._asked_anchors = len(pending)
+        rows = [decisions.astype(np.float64) for _, decisions in pending]
+        notes = [{"iteration": 0, "strategy": "anchor", "anchor": name, "predicted": self._predicted_or_none(decisions)}
+                 for name, decisions in pending]
+        if len(pending) < n:
+            rows.extend(self._algorithm_1(n - len(pending)))
+            notes.extend(self.picks)
+        self.picks = notes
+        return np.stack(rows)
+
+    def _algorithm_1(self, n: int) -> np.ndarray:
+        """The ``n`` picks of iteration ``t``: candidates drawn, then selected by ``t``'s strategy."""
         iteration = self.iteration + 1
         drawn = self.sampler.draw(self.rng, self.candidates)
         strategy = strategy_of(iteration) if self.predictor is not None else "random"
@@ -144,7 +166,10 @@ class BET(Controller):
         return actions.decisions[picked].astype(np.float64)
 
     def _tell(self, decisions: np.ndarray, fitness: np.ndarray) -> None:
-        self.iteration += 1
+        self.anchored += self._asked_anchors
+        if len(decisions) > self._asked_anchors:  # the round held an iteration of Algorithm 1
+            self.iteration += 1
+        self._asked_anchors = 0
         indices = np.searchsorted(self.space.grid, decisions).astype(self.population.dtype)
         self.population = np.concatenate([self.population, indices])
         self.population_fitness = np.concatenate([self.population_fitness, fitness])
@@ -167,6 +192,9 @@ class BET(Controller):
         with torch.no_grad():
             return self.predictor(self._indices(np.atleast_2d(decisions))).numpy().astype(np.float64)
 
+    def _predicted_or_none(self, decisions: np.ndarray) -> float | None:
+        return None if self.predictor is None else float(self.predict(decisions)[0])
+
     def notes(self) -> list[dict[str, Any]]:
         """How each candidate of the last ask was picked: iteration, strategy, predicted fitness, draw."""
         return [dict(pick) for pick in self.picks]
@@ -175,6 +203,7 @@ class BET(Controller):
     def _state(self) -> ControllerState:
         state: ControllerState = {
             "iteration": self.iteration,
+            "anchored": self.anchored,
             "population": self.population,
             "population_fitness": self.population_fitness,
             "losses": np.asarray(self.losses, dtype=np.float64),
@@ -186,6 +215,7 @@ class BET(Controller):
 
     def _load_state(self, state: ControllerState) -> None:
         self.iteration = int(state["iteration"])
+        self.anchored = int(state.get("anchored", 0))
         self.population = np.asarray(state["population"]).astype(self.population.dtype)
         self.population_fitness = np.asarray(state["population_fitness"], dtype=np.float64)
         self.losses = [float(x) for x in np.asarray(state["losses"])]
@@ -208,6 +238,14 @@ def _build_predictor(name: str, space: SearchSpace) -> FitnessPredictor | None:
         return SizeOnlyPredictor(space.n_decisions, space.grid)
     context = space.context()
     return DeepSetsPredictor(context["table"], np.expm1(context["log_frequency"]), space.weights, space.grid)
+
+
+def _anchors(space: SearchSpace, budget: Budget) -> dict[str, np.ndarray]:
+    """The rule-based allocations, computed here so the controller needs nothing but ``nas.core``."""
+    return {
+        "equal": space.project(np.ones(space.n_decisions), budget),
+        "frequency": space.project(space.context()["log_frequency"], budget, monotone=True),
+    }
 
 
 def _index_dtype(n_grid: int) -> np.dtype:

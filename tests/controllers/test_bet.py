@@ -281,3 +281,25 @@ def test_a_paper_sized_space_samples_and_scores_100_actions(one_thread):
     picked = controller.ask(1)
     assert picked.shape == (1, 70_839) and space.cost(picked[0]) <= budget.max_values
     assert table_specs(space.rows())[0].rows == 29_858
+
+
+def test_anchors_evaluate_the_rule_based_allocations_first_then_algorithm_1_starts():
+    space = small_space()
+    budget = Budget.from_sparsity(0.9, space.rows(), 32, 1)
+    controller = BET(space, budget, seed=0, candidates=6, anchors=True)
+    first = controller.ask(1)
+    assert controller.notes()[0]["strategy"] == "anchor" and controller.notes()[0]["anchor"] == "equal"
+    assert np.ptp(first[0]) <= 1, "equal sizes, up to the one-step top-up"
+    controller.tell(first, [0.5])
+    second = controller.ask(3)  # the frequency rule, then iteration 1's two greedy picks
+    assert [n["strategy"] for n in controller.notes()] == ["anchor", "greedy", "greedy"]
+    assert [n["iteration"] for n in controller.notes()] == [0, 1, 1]
+    frequency = np.concatenate([space.frequencies[t.name] for t in space.tables])
+    assert second[0][np.argmax(frequency)] == second[0].max()
+    controller.tell(second, [0.6, 0.4, 0.3])
+    assert controller.iteration == 1 and controller.anchored == 2 and len(controller.population) == 4
+    controller.ask(1)
+    assert controller.notes()[0]["iteration"] == 2 and controller.notes()[0]["strategy"] == "greedy"
+    restored = BET(space, budget, seed=0, candidates=6, anchors=True)
+    restored.load_state_dict(controller.state_dict())
+    assert restored.anchored == 2 and restored.iteration == 1
