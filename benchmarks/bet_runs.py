@@ -137,6 +137,8 @@ def report(folder: Path, names: list[str]) -> list[dict]:
             continue
         metrics = json.loads(path.read_text())
         sparsity = name.rsplit("-", 1)[1]
+        # A job stopped and resumed times only its last part: its wall time is not comparable.
+        resumed = sum(1 for _ in Run(folder / name).events("start")) > 1
         reference = folder / f"equal-{sparsity}" / "metrics.json"
         one_training = json.loads(reference.read_text())["full"]["train_seconds"] if reference.exists() else float("nan")
         test = metrics["allocated"]["test"]
@@ -145,7 +147,7 @@ def report(folder: Path, names: list[str]) -> list[dict]:
         rows.append({
             "job": name, "sparsity": float(sparsity), "recall@20": test["recall@20"], "ndcg@20": test["ndcg@20"],
             "bytes": metrics["export"]["bytes_stored"], "values": metrics["allocation"]["values"],
-            "seconds": seconds, "x_training": seconds / one_training,
+            "seconds": None if resumed else seconds, "x_training": None if resumed else seconds / one_training,
             "timing": metrics["timing"], "one_training": one_training,
         })
     return rows
@@ -187,8 +189,8 @@ def main() -> None:
         rows = report(folder, [name for name, _ in planned])
         print("| job | sparsity | Recall@20 | NDCG@20 | bytes stored | wall time | x one training |\n|---|---|---|---|---|---|---|")
         for r in rows:
-            print(f"| {r['job']} | {r['sparsity']} | {r['recall@20']:.4f} | {r['ndcg@20']:.4f} | {r['bytes']:,} | "
-                  f"{r['seconds']:.0f} s | {r['x_training']:.2f} |")
+            timed = "resumed | -" if r["seconds"] is None else f"{r['seconds']:.0f} s | {r['x_training']:.2f}"
+            print(f"| {r['job']} | {r['sparsity']} | {r['recall@20']:.4f} | {r['ndcg@20']:.4f} | {r['bytes']:,} | {timed} |")
         print(gains_table(rows))
         print(json.dumps(rows))
         return
