@@ -170,7 +170,7 @@ class BET(Controller):
         if len(decisions) > self._asked_anchors:  # the round held an iteration of Algorithm 1
             self.iteration += 1
         self._asked_anchors = 0
-        indices = np.searchsorted(self.space.grid, decisions).astype(self.population.dtype)
+        indices = self._indices(decisions).numpy().astype(self.population.dtype)
         self.population = np.concatenate([self.population, indices])
         self.population_fitness = np.concatenate([self.population_fitness, fitness])
         if self.predictor is None:
