@@ -81,13 +81,13 @@ def jobs(dataset: str, plans: list[str], sparsities: list[float]) -> list[tuple[
     return [(name, {**overrides, "budget": name.rsplit("-", 1)[1]}) for name, overrides in out]
 
 
-def config_for(dataset: str, data_dir: Path, overrides: dict, threads: int) -> SearchConfig:
+def config_for(dataset: str, data_dir: Path, overrides: dict, threads: int, seed: int = 0) -> SearchConfig:
     folder, train, valid, test = DATASETS[dataset]
     root = data_dir / folder
     epochs, lr, reg, eval_every, patience = PROTOCOL[dataset]
     data = DataSpec("lightgcn", (str(root / train),), (str(root / valid),), (str(root / test),))
     train_options = TrainingOptions(epochs=epochs, lr=lr, reg=reg, eval_every=eval_every, patience=patience)
-    return SearchConfig(data=data, d_max=64, d_min=1, trials=50, train=train_options, threads=threads, **overrides)
+    return SearchConfig(data=data, d_max=64, d_min=1, trials=50, train=train_options, threads=threads, seed=seed, **overrides)
 
 
 #: Settings that do not change how the supernet is trained.
@@ -180,6 +180,7 @@ def main() -> None:
     parser.add_argument("--sparsities", type=float, nargs="+", default=[0.8, 0.9, 0.95])
     parser.add_argument("--shard", default="1/1", help="k/n: run every n-th job from the k-th (run n shards side by side)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0, help="the runs' seed (use another --runs folder per seed)")
     parser.add_argument("--runs", type=Path, default=Path("runs"))
     parser.add_argument("--report", action="store_true", help="print the tables of the finished jobs, run nothing")
     args = parser.parse_args()
@@ -199,7 +200,7 @@ def main() -> None:
         sys.exit(f"--shard must be k/n with 1 <= k <= n, got {args.shard}")
     fingerprint = None
     for name, overrides in planned[k - 1 :: n]:
-        config = config_for(args.dataset, args.data_dir, overrides, args.threads)
+        config = config_for(args.dataset, args.data_dir, overrides, args.threads, args.seed)
         fingerprint = fingerprint or load_data(config.data).fingerprint()
         shared = share_supernet(folder, name, config, fingerprint)
         print(f"== {name}" + (f" (supernet of {shared})" if shared else ""), flush=True)
