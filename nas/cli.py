@@ -18,6 +18,7 @@ _EXIT_ERROR = 2
 
 
 def _add_search_options(parser: argparse.ArgumentParser) -> None:
+    from nas.config import RETRAIN_MODES
     from nas.search import SearchConfig, TrainingOptions
 
     defaults, train = SearchConfig(), TrainingOptions()
@@ -63,7 +64,7 @@ def _add_search_options(parser: argparse.ArgumentParser) -> None:
     search.add_argument("--supernet", choices=("sandwich", "full"), default=defaults.supernet.mode,
                         help="supernet training: sandwich (largest, smallest and random allocations per step) or plain full-size (default: %(default)s)")
     search.add_argument("--retrain-top", type=int, default=defaults.retrain_top, help="fittest allocations retrained from scratch; the best on validation wins (default: %(default)s)")
-    search.add_argument("--retrain", choices=("full", "halving"), default=defaults.retrain,
+    search.add_argument("--retrain", choices=RETRAIN_MODES, default=defaults.retrain,
                         help="retrain every one of the top to the end, or by successive halving (a third continue at each rung) (default: %(default)s)")
     model = parser.add_argument_group("model and training")
     model.add_argument("--model", default=defaults.model, help="backbone (default: %(default)s)")

@@ -196,7 +196,7 @@ def run_search(config: SearchConfig, runs_root: str | Path = "runs", name: str |
         "export": {"bytes_stored": manifest["bytes_stored"], "folder": str(run.path("export"))},
         "full": {"valid": supernet_stats["valid"], "test": supernet_test, "train_seconds": supernet_stats["seconds"],
                  "supernet": options.mode},
-        "allocated": {"valid": stats["valid"], "test": allocated_test, "train_seconds": stats["seconds"]},
+        "allocated": {"valid": stats["valid"], "test": allocated_test, "train_seconds": winner.seconds},
         "retrain": config.retrain,
         "retrained": [
             {"fingerprint": r.candidate.fingerprint, "fitness": r.candidate.fitness, "valid_quality": r.quality,
