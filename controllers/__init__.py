@@ -2,6 +2,21 @@
 
 from controllers.baselines import EqualSizes, FrequencyRule, RandomSearch
 from controllers.bet import BET
+from controllers.darts import DifferentiableSizes
+from controllers.evolutionary import Evolutionary
+from controllers.optuna_search import OptunaSearch
+from controllers.policy_gradient import PolicyGradient
 from controllers.registry import CONTROLLERS, register_controller
 
-__all__ = ["BET", "CONTROLLERS", "EqualSizes", "FrequencyRule", "RandomSearch", "register_controller"]
+__all__ = [
+    "BET",
+    "CONTROLLERS",
+    "DifferentiableSizes",
+    "EqualSizes",
+    "Evolutionary",
+    "FrequencyRule",
+    "OptunaSearch",
+    "PolicyGradient",
+    "RandomSearch",
+    "register_controller",
+]

@@ -17,7 +17,7 @@ random allocations in one step, and an evaluator score many allocations in one p
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -26,7 +26,10 @@ from torch import nn
 from nas.core.allocation import Allocation
 from recsys.embedding import PlainEmbedding
 
-__all__ = ["MaskableEmbedding", "stack_row_dims"]
+__all__ = ["MaskableEmbedding", "SoftMask", "stack_row_dims"]
+
+#: ``scale(table, ids)``: a multiplier per looked-up element, ``(*ids.shape, dim)``; ``ids`` is ``None`` for the whole table.
+SoftMask = Callable[[str, "torch.Tensor | None"], torch.Tensor]
 
 
 def stack_row_dims(allocations: Sequence[Allocation], device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
@@ -63,6 +66,7 @@ class MaskableEmbedding(PlainEmbedding):
         self._row_dims: dict[str, torch.Tensor] = {}
         self._masks: dict[str, torch.Tensor] = {}
         self._variants: dict[str, torch.Tensor] = {}
+        self._scale: SoftMask | None = None
         self.allocation: Allocation | None = None
 
     def set_allocation(self, allocation: Allocation | None) -> None:
@@ -103,6 +107,16 @@ class MaskableEmbedding(PlainEmbedding):
                 raise ValueError(f"variants of table {name!r} must have shape (A, {self.rows.get(name)}), got {tuple(dims.shape)}")
             self._variants[name] = dims.to(self.columns.device)
 
+    def set_soft_mask(self, scale: SoftMask | None) -> None:
+        """Multiply every looked-up vector by ``scale(table, ids)`` (``None`` stops it).
+
+        ``scale`` returns a ``(*ids.shape, dim)`` tensor (``ids`` is ``None`` for a whole
+        table); it carries gradients, which is how a one-shot controller relaxes the choice
+        of sizes into a differentiable mixture during supernet training.  Applies on top of
+        the allocation, if any.
+        """
+        self._scale = scale
+
     def _keep(self, table: str, ids: torch.Tensor | None) -> torch.Tensor | None:
         """Boolean keep-mask for the rows ``ids`` (all rows when ``None``), or ``None`` for a full table."""
         if table in self._variants:
@@ -123,12 +137,14 @@ class MaskableEmbedding(PlainEmbedding):
     def lookup(self, table: str, ids: torch.Tensor) -> torch.Tensor:
         vectors = nn.functional.embedding(ids, self.weights[table])
         keep = self._keep(table, ids)
-        return vectors if keep is None else torch.where(keep, vectors, torch.zeros((), dtype=vectors.dtype))
+        vectors = vectors if keep is None else torch.where(keep, vectors, torch.zeros((), dtype=vectors.dtype))
+        return vectors if self._scale is None else vectors * self._scale(table, ids)
 
     def table(self, table: str) -> torch.Tensor:
         weight = self.weights[table]
         keep = self._keep(table, None)
-        return weight if keep is None else torch.where(keep, weight, torch.zeros((), dtype=weight.dtype))
+        weight = weight if keep is None else torch.where(keep, weight, torch.zeros((), dtype=weight.dtype))
+        return weight if self._scale is None else weight * self._scale(table, None)
 
     def masked_tables(self) -> dict[str, torch.Tensor]:
         """Every table as served under the current allocation, detached (what an export stores)."""

@@ -20,6 +20,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ from nas.backbones import BACKBONES
 from nas.config import KS, SearchConfig, TrainingOptions
 from nas.core.allocation import Allocation
 from nas.core.budget import Budget
-from nas.core.controller import Controller
+from nas.core.controller import Controller, OneShotController
 from nas.core.errors import ArtifactError, ConfigError
 from nas.core.evaluator import Evaluator
 from nas.core.space import SearchSpace
@@ -41,8 +42,8 @@ from nas.embedding import MaskableEmbedding
 from nas.evaluate import FineTuneEvaluator, SupernetEvaluator
 from nas.export import export_tables
 from nas.runs import Run
-from nas.supernet import SupernetOptions, train_supernet
-from nas.trials import Candidate, ranked_candidates, run_trials
+from nas.supernet import SupernetOptions, train_one_shot, train_supernet
+from nas.trials import Candidate, ranked_candidates, run_trials, save_controller_state
 from recsys.data import InteractionData
 from recsys.metrics import fitness_quality
 from recsys.models import Backbone
@@ -149,10 +150,14 @@ def run_search(config: SearchConfig, runs_root: str | Path = "runs", name: str |
     supernet = build_model(config, data)
     # A controller whose proposal ignores fitness needs no supernet: plain training gives the reference.
     options = config.supernet if controller.needs_fitness else SupernetOptions(mode="full")
-    supernet_stats = _train_stage(
-        run, "supernet", None, supernet, config.train.checkpoint_every,
-        lambda model, hooks: train_supernet(model, data, space, budget, train_config, options, hooks=hooks, progress=progress),
-    )
+    supernet_mode = options.mode
+    if isinstance(controller, OneShotController):
+        supernet_mode = "one-shot"
+        train = partial(_train_one_shot, run, data, controller, train_config, progress)
+    else:
+        def train(model: Backbone, hooks: TrainHooks) -> TrainResult:
+            return train_supernet(model, data, space, budget, train_config, options, hooks=hooks, progress=progress)
+    supernet_stats = _train_stage(run, "supernet", None, supernet, config.train.checkpoint_every, train)
     supernet_test = evaluate(supernet, data, "test", KS)
     timing["supernet"] = time.perf_counter() - tic
 
@@ -195,7 +200,7 @@ def run_search(config: SearchConfig, runs_root: str | Path = "runs", name: str |
         },
         "export": {"bytes_stored": manifest["bytes_stored"], "folder": str(run.path("export"))},
         "full": {"valid": supernet_stats["valid"], "test": supernet_test, "train_seconds": supernet_stats["seconds"],
-                 "supernet": options.mode},
+                 "supernet": supernet_mode},
         "allocated": {"valid": stats["valid"], "test": allocated_test, "train_seconds": winner.seconds},
         "retrain": config.retrain,
         "retrained": [
@@ -224,6 +229,16 @@ class _Retrained:
     seconds: float
     epochs: int
     final: bool
+
+
+def _train_one_shot(
+    run: Run, data: InteractionData, controller: OneShotController, train_config: TrainConfig, progress: bool,
+    model: Backbone, hooks: TrainHooks,
+) -> TrainResult:
+    """The supernet trained with the controller; its state is left where the search loop restores it from."""
+    result = train_one_shot(model, data, controller, train_config, hooks=hooks, progress=progress)
+    save_controller_state(run, controller, rounds=0)
+    return result
 
 
 def _retrain(

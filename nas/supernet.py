@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from nas.core.budget import Budget
+from nas.core.controller import OneShotController
 from nas.core.errors import ConfigError
 from nas.core.space import SearchSpace
 from nas.embedding import MaskableEmbedding, stack_row_dims
@@ -33,7 +34,7 @@ from recsys.data import InteractionData
 from recsys.models import Backbone
 from recsys.train import TrainConfig, TrainHooks, TrainResult, train_bpr
 
-__all__ = ["SUPERNET_MODES", "SandwichLoss", "SupernetOptions", "train_supernet"]
+__all__ = ["SUPERNET_MODES", "SandwichLoss", "SupernetOptions", "train_one_shot", "train_supernet"]
 
 SUPERNET_MODES = ("sandwich", "full")
 
@@ -135,3 +136,36 @@ def train_supernet(
         hooks = TrainHooks(loss=loss, on_epoch_start=loss.on_epoch_start, on_epoch_end=hooks.on_epoch_end,
                            resume=hooks.resume)
     return train_bpr(model, data, config, progress=progress, hooks=hooks)
+
+
+def train_one_shot(
+    model: Backbone,
+    data: InteractionData,
+    controller: OneShotController,
+    config: TrainConfig,
+    *,
+    hooks: TrainHooks | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train ``model`` jointly with a one-shot controller's architecture parameters.
+
+    Every batch's loss is the controller's relaxed loss and the controller steps after the
+    weights do.  Each training state handed to ``hooks.on_epoch_end`` carries the
+    controller's state under ``"controller"``, and a resumed state restores it, so a killed
+    one-shot search continues exactly.
+    """
+    if not isinstance(model.embedding, MaskableEmbedding):
+        raise ConfigError("a one-shot search needs a model built on a MaskableEmbedding")
+    hooks = hooks or TrainHooks()
+    if hooks.resume is not None and "controller" in hooks.resume:
+        controller.load_state_dict(hooks.resume["controller"])
+    save = hooks.on_epoch_end
+
+    def on_epoch_end(state: dict) -> None:
+        if save is not None:
+            save({**state, "controller": controller.state_dict()})
+
+    return train_bpr(model, data, config, progress=progress, hooks=TrainHooks(
+        loss=controller.supernet_loss, on_epoch_start=controller.on_epoch_start, after_step=controller.after_step,
+        on_epoch_end=on_epoch_end, resume=hooks.resume,
+    ))

@@ -33,7 +33,7 @@ from nas.core.evaluator import Evaluator
 from nas.core.space import SearchSpace
 from nas.runs import Run
 
-__all__ = ["Candidate", "ranked_candidates", "run_trials"]
+__all__ = ["Candidate", "ranked_candidates", "run_trials", "save_controller_state"]
 
 _STATE = "controller.safetensors"
 
@@ -107,10 +107,15 @@ def run_trials(
                 note = notes[i] if i < len(notes) else {}
                 _record(run, allocations[i], round_, i, round_ * ask_batch + i, float(value), seconds, note)
         controller.tell(decisions, fitness)
-        run.save_state(_STATE, {"rounds": round_ + 1, "controller": controller.state_dict()})
+        save_controller_state(run, controller, rounds=round_ + 1)
         bar.update(n)
         bar.set_postfix(fitness=f"{fitness.max():.4f}", best=f"{controller.best_fitness:.4f}")
     bar.close()
+
+
+def save_controller_state(run: Run, controller: Controller, rounds: int) -> None:
+    """Save the controller's whole state after ``rounds`` told rounds (where :func:`run_trials` resumes)."""
+    run.save_state(_STATE, {"rounds": rounds, "controller": controller.state_dict()})
 
 
 def _record(

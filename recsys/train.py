@@ -42,6 +42,8 @@ class TrainHooks:
             resumed run draws the same.
         on_epoch_end: called with the complete training state after each epoch (see
             ``resume``): the caller writes it somewhere safe to survive a crash.
+        after_step: called after every optimiser step (a one-shot architecture search
+            updates its own parameters there, from the gradients of the same loss).
         resume: a state given to ``on_epoch_end`` earlier; training continues after that
             epoch exactly as if it had never stopped (same batches, same optimiser moments,
             same best state and patience count).
@@ -50,6 +52,7 @@ class TrainHooks:
     loss: StepLoss | None = None
     on_epoch_start: Callable[[int], None] | None = None
     on_epoch_end: Callable[[dict[str, Any]], None] | None = None
+    after_step: Callable[[], None] | None = None
     resume: dict[str, Any] | None = None
 
 
@@ -261,6 +264,8 @@ def _train(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if hooks.after_step is not None:
+                hooks.after_step()
             total += loss.detach() * len(users)
             count += len(users)
         record: dict[str, Any] = {

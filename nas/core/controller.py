@@ -1,10 +1,18 @@
 """The controller interface: a controller proposes decisions and learns from their fitness.
 
-Multi-trial controllers implement the ask/tell protocol of Optuna's and
-nevergrad's optimizers.  The public methods live here and do the checking and
-bookkeeping once; a controller fills the small protected hooks ``_ask``,
-``_tell`` and, when it carries learned state, ``_state`` / ``_load_state``.
-The search loop, not the controller, owns evaluation, logging and checkpoints.
+Two kinds, told apart by the ``multi_trial`` flag:
+
+* **multi-trial** controllers (:class:`Controller`) implement the ask/tell protocol of
+  Optuna's and nevergrad's optimizers: the search loop asks for candidates, measures
+  their fitness on the supernet and tells it back;
+* **one-shot** controllers (:class:`OneShotController`) learn *during* supernet
+  training: they relax the choice of sizes into something differentiable, take a
+  step per batch, and end with one discrete choice under the budget.
+
+The public methods live here and do the checking and bookkeeping once; a controller
+fills the small protected hooks ``_ask``, ``_tell`` and, when it carries learned
+state, ``_state`` / ``_load_state``.  The search loop, not the controller, owns
+evaluation, logging and checkpoints.
 """
 
 from __future__ import annotations
@@ -18,7 +26,7 @@ from nas.core.budget import Budget
 from nas.core.errors import ConfigError
 from nas.core.space import SearchSpace
 
-__all__ = ["Controller", "ControllerState"]
+__all__ = ["Controller", "ControllerState", "OneShotController"]
 
 #: A controller's state: JSON-able values, numpy arrays and torch tensors (saved as one safetensors file).
 ControllerState = dict[str, Any]
@@ -136,3 +144,37 @@ class Controller(ABC):
 
     def _load_state(self, state: ControllerState) -> None:  # noqa: B027 - optional hook
         """Restore :meth:`_state`."""
+
+
+class OneShotController(Controller):
+    """A controller trained jointly with the supernet, then asked once for its choice.
+
+    The search loop trains the supernet with :meth:`supernet_loss` as the loss of every
+    batch, calls :meth:`after_step` after each optimiser step of the weights (the
+    controller updates its own architecture parameters there) and :meth:`on_epoch_start`
+    before each epoch; the controller's :meth:`state_dict` is saved with every training
+    checkpoint.  Afterwards ``ask`` returns :meth:`choose`'s decisions, projected to the
+    budget like every proposal.
+
+    Subclasses implement :meth:`supernet_loss` and :meth:`choose` (and the state hooks).
+    """
+
+    multi_trial = False
+    needs_fitness = False
+
+    @abstractmethod
+    def supernet_loss(self, model: Any, users: Any, pos: Any, neg: Any, reg: float) -> Any:
+        """The loss of one batch under the relaxed choice (a scalar tensor with gradients to both sides)."""
+
+    def after_step(self) -> None:  # noqa: B027 - optional hook
+        """Update the architecture parameters after the weights' optimiser step (default: nothing)."""
+
+    def on_epoch_start(self, epoch: int) -> None:  # noqa: B027 - optional hook
+        """Called with the epoch number (from 1) before its first batch (default: nothing)."""
+
+    @abstractmethod
+    def choose(self) -> np.ndarray:
+        """The final discrete decisions (grid values) under the budget."""
+
+    def _ask(self, n: int) -> np.ndarray:
+        return np.tile(np.asarray(self.choose(), dtype=np.float64), (n, 1))

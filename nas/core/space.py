@@ -105,6 +105,40 @@ class SearchSpace(ABC):
             self._frequency_order = cached
         return cached
 
+    def row_decisions(self) -> dict[str, np.ndarray]:
+        """The decision whose value sets each row's size, by table (cached).
+
+        One-shot controllers relax sizes row by row and need this map.  The default reads
+        it off :meth:`to_allocation` (one call per bit of the decision index), so a space
+        whose rows each take one decision's value needs no code for it; a space where a
+        row's size mixes several decisions has no such map, and this raises.
+
+        Raises:
+            ConfigError: when a row's size is not the value of exactly one decision.
+        """
+        cached: dict[str, np.ndarray] | None = getattr(self, "_row_decisions", None)
+        if cached is not None:
+            return cached
+        low, high = int(self.grid[0]), int(self.grid[-1])
+        index = np.arange(self.n_decisions)
+        rows = {name: np.zeros(count, dtype=np.int64) for name, count in self.rows().items()}
+        if low != high:
+            for bit in range(max(int(self.n_decisions - 1).bit_length(), 0)):
+                values = np.where((index >> bit) & 1, high, low)
+                for name, dims in self.to_allocation(values).row_dims.items():
+                    rows[name] |= (dims == high).astype(np.int64) << bit
+            check = self.grid[np.random.default_rng(0).integers(0, len(self.grid), self.n_decisions)]
+            allocation = self.to_allocation(check)
+            for name, decision in rows.items():
+                if decision.size and (decision.max() >= self.n_decisions
+                                      or not np.array_equal(allocation.row_dims[name], check[decision])):
+                    raise ConfigError(f"the {self.name} space sets row sizes from several decisions; "
+                                      "it has no row-to-decision map (override row_decisions)")
+        for array in rows.values():
+            array.setflags(write=False)
+        self._row_decisions = rows
+        return rows
+
     # -- shared behaviour ----------------------------------------------------------------------------
     @property
     def n_decisions(self) -> int:

@@ -1,15 +1,15 @@
 """Run a small search in this process and, on request, die by SIGKILL at a chosen point.
 
-    python crash_runner.py RUNS NAME [--bet] [--die-at-rename N | --die-mid-write N | --die-mid-event N]
+    python crash_runner.py RUNS NAME [--config random|bet|darts] [--die-at-rename N | --die-mid-write N | --die-mid-event N]
 
 * ``--die-at-rename N``: during the N-th atomic file write, after the temporary file is
   complete and before it is renamed over the target;
 * ``--die-mid-write N``: during the N-th atomic file write, after half of its first chunk;
 * ``--die-mid-event N``: while appending the N-th event line, after half of it.
 
-Without an option it runs to the end.  Used by ``test_resume.py``; the configuration is
-``CONFIG`` below (``BET_CONFIG`` with ``--bet``: BET and successive-halving retraining),
-shared with the test.
+Without an option it runs to the end.  Used by ``test_resume.py``; the configurations
+are ``CONFIGS`` below (random search; BET with successive-halving retraining; the
+one-shot DARTS controller), shared with the test.
 """
 
 from __future__ import annotations
@@ -39,6 +39,11 @@ BET_CONFIG = replace(
     CONFIG, controller="bet", controller_options={"candidates": 8}, retrain_top=3, retrain="halving",
     train=replace(CONFIG.train, epochs=6),
 )
+
+
+DARTS_CONFIG = replace(CONFIG, controller="darts", controller_options={"warmup": 1}, trials=1, ask_batch=1, retrain_top=1)
+
+CONFIGS = {"random": CONFIG, "bet": BET_CONFIG, "darts": DARTS_CONFIG}
 
 
 def _die() -> None:
@@ -106,7 +111,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("runs")
     parser.add_argument("name")
-    parser.add_argument("--bet", action="store_true")
+    parser.add_argument("--config", choices=sorted(CONFIGS), default="random")
     parser.add_argument("--die-at-rename", type=int)
     parser.add_argument("--die-mid-write", type=int)
     parser.add_argument("--die-mid-event", type=int)
@@ -114,7 +119,7 @@ def main() -> None:
     arm(args.die_at_rename, args.die_mid_write, args.die_mid_event)
     from nas.search import run_search
 
-    run_search(BET_CONFIG if args.bet else CONFIG, args.runs, args.name, progress=False)
+    run_search(CONFIGS[args.config], args.runs, args.name, progress=False)
 
 
 if __name__ == "__main__":

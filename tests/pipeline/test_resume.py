@@ -137,7 +137,7 @@ def test_resume_refuses_a_folder_that_is_not_a_run(tmp_path: Path, capsys: pytes
 @pytest.fixture(scope="module")
 def bet_reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
     runs = tmp_path_factory.mktemp("runs")
-    process = _start(runs, "reference", "--bet")
+    process = _start(runs, "reference", "--config", "bet")
     _, err = process.communicate(timeout=300)
     assert process.returncode == 0, err.decode()
     return runs / "reference"
@@ -155,7 +155,7 @@ def bet_reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_a_killed_bet_search_with_halving_resumes_to_the_same_result(
     tmp_path: Path, bet_reference: Path, flag: str, n: int
 ):
-    process = _start(tmp_path, "run", "--bet", flag, str(n))
+    process = _start(tmp_path, "run", "--config", "bet", flag, str(n))
     _, err = process.communicate(timeout=300)
     assert process.returncode == -9, f"the runner should have died at {flag} {n}: {err.decode()}"
     folder = tmp_path / "run"
@@ -164,3 +164,33 @@ def test_a_killed_bet_search_with_halving_resumes_to_the_same_result(
     assert_same_result(folder, bet_reference)
     metrics = json.loads((folder / "metrics.json").read_text())
     assert [r["final"] for r in metrics["retrained"]].count(True) == 1 and len(metrics["retrained"]) == 3
+
+
+@pytest.fixture(scope="module")
+def darts_reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    runs = tmp_path_factory.mktemp("runs")
+    process = _start(runs, "reference", "--config", "darts")
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == 0, err.decode()
+    return runs / "reference"
+
+
+@pytest.mark.parametrize(
+    "flag, n",
+    [
+        ("--die-at-rename", 3),  # one-shot training, epoch 2: weights, architecture, multiplier, gumbel noise
+        ("--die-mid-write", 4),  # the same, epoch 3, torn
+        ("--die-at-rename", 6),  # the controller's trained state, before the supernet checkpoint
+        ("--die-at-rename", 7),  # the supernet checkpoint, after the controller's state
+        ("--die-mid-event", 3),  # the trained line of the supernet
+    ],
+)
+def test_a_killed_one_shot_search_resumes_to_the_same_result(tmp_path: Path, darts_reference: Path, flag: str, n: int):
+    process = _start(tmp_path, "run", "--config", "darts", flag, str(n))
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == -9, f"the runner should have died at {flag} {n}: {err.decode()}"
+    folder = tmp_path / "run"
+    assert_intact(folder)
+    assert main(["resume", str(folder), "--quiet"]) == 0
+    assert_same_result(folder, darts_reference)
+    assert json.loads((folder / "metrics.json").read_text())["full"]["supernet"] == "one-shot"

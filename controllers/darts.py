@@ -1,0 +1,225 @@
+"""One-shot search: sizes relaxed into a (gumbel-)softmax mixture and trained with the supernet.
+
+Every decision ``i`` has a distribution ``p_i`` over the grid's sizes.  A row of that
+decision is looked up as its full vector times the *expected prefix mask*
+``m_j = P(size > j) = Σ_k p_ik · [j < grid_k]``, so the loss is differentiable in the
+architecture parameters, and the weights learn to work at every size the distribution
+favours (as in DARTS).  With ``relaxation="gumbel"`` each looked-up row draws its own
+gumbel-softmax sample at temperature ``τ``, annealed per epoch, so training sees nearly
+discrete sizes late on.
+
+The distributions come from a small network over each decision's context
+(:func:`~controllers._context.decision_features`), so a per-feature space with
+millions of rows has a few thousand architecture parameters, not a table per row;
+spaces with at most ``free_limit`` decisions add a free logit per decision and size.
+
+The budget is a constraint, not a penalty to tune: with ``e = E[cost] / budget − 1`` the
+loss adds the augmented Lagrangian ``λ · e + ρ/2 · e²`` and ``λ`` follows dual ascent,
+``λ ← λ + η_λ · (E[cost] / budget − 1)`` after every step, so the expected cost settles
+at the budget whatever the scale of the loss.  The constraint is an equality (``λ`` may
+turn negative): a masked L2 term and the rich-get-richer dynamics of joint training
+otherwise let the sizes collapse to the smallest, far below a budget that was meant to
+be spent.  The final choice maximises the
+summed log-probabilities under the hard budget: a multiple-choice knapsack
+(:func:`nas.core.knapsack.solve_knapsack`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from controllers._context import decision_features
+from controllers.registry import register_controller
+from nas.core.budget import Budget
+from nas.core.controller import ControllerState, OneShotController
+from nas.core.errors import ConfigError
+from nas.core.knapsack import solve_knapsack
+from nas.core.space import SearchSpace
+
+__all__ = ["RELAXATIONS", "DifferentiableSizes"]
+
+RELAXATIONS = ("gumbel", "softmax")
+
+
+@register_controller("darts")
+class DifferentiableSizes(OneShotController):
+    """DARTS / gumbel-softmax over sizes, the budget held by a dual-ascent multiplier.
+
+    Args:
+        space: any search space whose rows each take one decision's size.
+        budget: the hard budget.
+        seed: fixes the architecture network's initialisation and the gumbel noise.
+        relaxation: ``"gumbel"`` (a gumbel-softmax sample per looked-up row) or
+            ``"softmax"`` (the plain mixture of DARTS).
+        lr: Adam learning rate of the architecture parameters.
+        dual_lr: step ``η_λ`` of the budget multiplier.
+        penalty: weight ``ρ`` of the augmented Lagrangian's quadratic term, which damps the
+            oscillation of plain dual ascent (0 for the plain Lagrangian).
+        tau: the gumbel temperature of the first epoch; ``tau_decay`` multiplies it per
+            epoch, down to ``tau_min``.
+        warmup: epochs in which only the weights train (the distributions stay uniform).
+        hidden: width of the architecture network.
+        free_limit: spaces with at most this many decisions also get a free logit per
+            decision and size.
+    """
+
+    def __init__(
+        self,
+        space: SearchSpace,
+        budget: Budget,
+        seed: int = 0,
+        *,
+        relaxation: str = "gumbel",
+        lr: float = 0.01,
+        dual_lr: float = 0.05,
+        penalty: float = 10.0,
+        tau: float = 1.0,
+        tau_decay: float = 0.9,
+        tau_min: float = 0.1,
+        warmup: int = 1,
+        hidden: int = 32,
+        free_limit: int = 4096,
+    ) -> None:
+        super().__init__(space, budget, seed)
+        if relaxation not in RELAXATIONS:
+            raise ConfigError(f"darts relaxation must be one of {RELAXATIONS}, got {relaxation!r}")
+        if lr <= 0 or dual_lr <= 0 or penalty < 0 or not 0 < tau_min <= tau or not 0 < tau_decay <= 1 or warmup < 0 or hidden < 1:
+            raise ConfigError("darts needs lr, dual_lr > 0, 0 < tau_min <= tau, 0 < tau_decay <= 1, warmup >= 0, hidden >= 1")
+        self.relaxation, self.dual_lr, self.penalty = relaxation, float(dual_lr), float(penalty)
+        self.tau0, self.tau_decay, self.tau_min, self.warmup = float(tau), float(tau_decay), float(tau_min), int(warmup)
+        grid = torch.as_tensor(space.grid, dtype=torch.float32)
+        self.features = torch.from_numpy(decision_features(space))
+        self.rows = {name: torch.from_numpy(np.array(d, dtype=np.int64)) for name, d in space.row_decisions().items()}
+        # prefix[k, j] = 1 when size grid[k] keeps column j: p @ prefix is the expected mask.
+        self.prefix = (torch.arange(space.d_max, dtype=torch.float32)[None, :] < grid[:, None]).float()
+        self.unit_costs = torch.as_tensor(space.weights, dtype=torch.float64)
+        self.grid = grid.double()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.network = nn.Sequential(nn.Linear(self.features.shape[1], hidden), nn.LeakyReLU(),
+                                         nn.Linear(hidden, len(space.grid)))
+            torch.nn.init.zeros_(self.network[-1].weight)
+            # Start with the expected cost at the budget: a tilt of the uniform distribution
+            # towards small sizes, so the multiplier has only to keep it there.
+            self.network[-1].bias.data.copy_(torch.as_tensor(_tilt(space.grid, budget.max_values / space.weights.sum())))
+        self.free = nn.Parameter(torch.zeros(space.n_decisions, len(space.grid))) if space.n_decisions <= free_limit else None
+        self.optimizer = torch.optim.Adam(self.parameters(), lr=lr)
+        self.noise = torch.Generator().manual_seed(seed)
+        self.multiplier = 0.0
+        self.epoch = 0
+        self.tau = self.tau0
+        self.expected_cost = float("nan")
+
+    def parameters(self) -> list[nn.Parameter]:
+        """The architecture parameters (not the supernet's weights)."""
+        return [*self.network.parameters(), *([self.free] if self.free is not None else [])]
+
+    def logits(self, decisions: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits over the grid for ``decisions`` (all when ``None``): ``(n, len(grid))``."""
+        features = self.features if decisions is None else self.features[decisions]
+        logits = self.network(features)
+        if self.free is not None:
+            logits = logits + (self.free if decisions is None else self.free[decisions])
+        return logits
+
+    # -- one-shot hooks ----------------------------------------------------------------------------
+    def on_epoch_start(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.tau = max(self.tau_min, self.tau0 * self.tau_decay ** max(epoch - 1 - self.warmup, 0))
+
+    @property
+    def searching(self) -> bool:
+        """Whether the architecture trains yet (after the warm-up epochs)."""
+        return self.epoch > self.warmup
+
+    def _mask(self, table: str, ids: torch.Tensor | None) -> torch.Tensor:
+        decisions = self.rows[table] if ids is None else self.rows[table][ids.reshape(-1)]
+        logits = self.logits(decisions)
+        if not self.searching:
+            logits = logits.detach() * 0.0  # uniform over sizes while the weights warm up
+        if self.relaxation == "gumbel":
+            uniform = torch.rand(logits.shape, generator=self.noise).clamp_(1e-10, 1.0)
+            probabilities = torch.softmax((logits - torch.log(-torch.log(uniform))) / self.tau, dim=-1)
+        else:
+            probabilities = torch.softmax(logits, dim=-1)
+        mask = probabilities @ self.prefix
+        return mask if ids is None else mask.reshape(*ids.shape, -1)
+
+    def supernet_loss(self, model: Any, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, reg: float) -> torch.Tensor:
+        embedding = model.embedding
+        embedding.set_soft_mask(self._mask)
+        try:
+            loss = model.bpr_loss(users, pos, neg, reg)
+        finally:
+            embedding.set_soft_mask(None)
+        if not self.searching:
+            return loss
+        probabilities = torch.softmax(self.logits(), dim=-1).double()
+        expected = (self.unit_costs * (probabilities @ self.grid)).sum()
+        excess = expected / self.budget.max_values - 1.0
+        self.expected_cost = float(expected.detach())
+        return loss + (self.multiplier * excess + 0.5 * self.penalty * excess.square()).float()
+
+    def after_step(self) -> None:
+        if not self.searching:
+            return
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        excess = self.expected_cost / self.budget.max_values - 1.0
+        self.multiplier += self.dual_lr * excess
+
+    def choose(self) -> np.ndarray:
+        """The sizes of highest summed log-probability within the budget (a multiple-choice knapsack)."""
+        with torch.no_grad():
+            scores = torch.log_softmax(self.logits(), dim=-1).double().numpy()
+        picks = solve_knapsack(scores, self.space.weights, self.space.grid, self.budget.max_values)
+        return self.space.grid[picks]
+
+    def notes(self) -> list[dict[str, Any]]:
+        return [{"multiplier": self.multiplier, "expected_cost": self.expected_cost, "tau": self.tau}]
+
+    # -- state ---------------------------------------------------------------------------------------
+    def _state(self) -> ControllerState:
+        state: ControllerState = {
+            "network": dict(self.network.state_dict()),
+            "optimizer": self.optimizer.state_dict(),
+            "noise": self.noise.get_state(),
+            "multiplier": self.multiplier,
+            "epoch": self.epoch,
+            "expected_cost": self.expected_cost,
+        }
+        if self.free is not None:
+            state["free"] = self.free.detach().clone()
+        return state
+
+    def _load_state(self, state: ControllerState) -> None:
+        self.network.load_state_dict(state["network"])
+        if self.free is not None:
+            with torch.no_grad():
+                self.free.copy_(torch.as_tensor(state["free"]))
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.noise.set_state(torch.as_tensor(state["noise"], dtype=torch.uint8))
+        self.multiplier = float(state["multiplier"])
+        self.on_epoch_start(int(state["epoch"]))
+        self.expected_cost = float(state["expected_cost"])
+
+
+def _tilt(grid: np.ndarray, mean: float) -> np.ndarray:
+    """Logits ``-β · grid`` whose softmax has the given mean size (``β`` by bisection; clipped to the grid's range)."""
+    values = np.asarray(grid, dtype=np.float64) / float(grid[-1])
+    target = float(np.clip(mean / float(grid[-1]), values[0], values[-1]))
+
+    def mean_of(beta: float) -> float:
+        logits = -beta * values
+        weights = np.exp(logits - logits.max())
+        return float(weights @ values / weights.sum())
+
+    low, high = -1e3, 1e3  # mean_of decreases with beta
+    for _ in range(200):
+        middle = (low + high) / 2
+        low, high = (middle, high) if mean_of(middle) > target else (low, middle)
+    return (-(low + high) / 2 * values).astype(np.float32)
