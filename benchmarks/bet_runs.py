@@ -19,6 +19,10 @@ adds the supernet's own training time back for the ``x one training`` column.  J
   predictor (``predictor=sizes``), both in the fast mode; the DeepSets row is ``main``'s;
 * ``faithful``: BET as in the paper (plain pre-training, each pick fine-tuned for 10
   epochs, the top 5 fully retrained);
+* ``controllers``: every other controller (random search, ``rl``, ``nevergrad``, ``optuna``,
+  one-shot ``darts``, the pruning baselines ``magprune`` and ``pep``), with successive-halving
+  retraining where there are several candidates; multi-trial ones share the fast BET jobs'
+  sandwich supernet, ``magprune`` the plain full model;
 * ``options``: the fast mode with each option beyond the paper changed alone: every one
   of the top 5 fully retrained (``fullretrain``), four picks per iteration scored together
   (``batch4``), the block space (8 frequency groups × 4 column blocks), the per-field space,
@@ -53,7 +57,12 @@ DATASETS = {
 }
 #: epochs, Adam lr, L2, epochs between validations, patience (validations).
 PROTOCOL = {"lastfm": (200, 2e-3, 1e-4, 5, 3), "gowalla": (50, 1e-3, 1e-4, 5, 3)}
-PLANS = ("main", "ablation", "faithful", "options")
+PLANS = ("main", "ablation", "faithful", "options", "controllers")
+#: Every other controller of the project, in the fast mode where it searches by fitness.
+OTHER_CONTROLLERS = ("random", "rl", "nevergrad", "optuna", "darts", "magprune", "pep")
+#: Controllers whose supernet is the plain full-size model (shared with equal sizes'), or one of their own.
+_PLAIN_SUPERNET = ("equal", "frequency", "magprune")
+_OWN_SUPERNET = ("darts", "pep")
 
 
 def jobs(dataset: str, plans: list[str], sparsities: list[float]) -> list[tuple[str, dict]]:
@@ -72,6 +81,8 @@ def jobs(dataset: str, plans: list[str], sparsities: list[float]) -> list[tuple[
                         (f"bet-sizes-{sparsity}", {**fast, "controller_options": {"predictor": "sizes"}})]
             elif plan == "faithful":
                 out += [(f"bet-faithful-{sparsity}", faithful)]
+            elif plan == "controllers":
+                out += [(f"{name}-{sparsity}", {"controller": name, "retrain": "halving"}) for name in OTHER_CONTROLLERS]
             else:
                 out += [(f"bet-fullretrain-{sparsity}", {**fast, "retrain": "full"}),
                         (f"bet-batch4-{sparsity}", {**fast, "ask_batch": 4}),
@@ -97,7 +108,9 @@ _SEARCH_ONLY = ("controller", "controller_options", "trials", "ask_batch", "fitn
 
 def _supernet_key(config: dict) -> str:
     """What fixes a run's supernet: plain training ignores the budget and the space; sandwich training does not."""
-    mode = "full" if config["controller"] in ("equal", "frequency") else config["supernet"]["mode"]
+    mode = "full" if config["controller"] in _PLAIN_SUPERNET else config["supernet"]["mode"]
+    if config["controller"] in _OWN_SUPERNET:  # trained jointly with the controller: never shared
+        mode = f"{config['controller']}:{json.dumps(config['controller_options'], sort_keys=True)}"
     ignored = (*_SEARCH_ONLY, "data_fingerprint") + (("budget", "space", "space_options", "supernet") if mode == "full" else ())
     return json.dumps({**{k: v for k, v in config.items() if k not in ignored}, "mode": mode}, sort_keys=True)
 
@@ -182,10 +195,16 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0, help="the runs' seed (use another --runs folder per seed)")
     parser.add_argument("--runs", type=Path, default=Path("runs"))
+    parser.add_argument("--jobs", nargs="+", metavar="NAME", help="only these jobs of the plans (e.g. rl-0.9 darts-0.9)")
     parser.add_argument("--report", action="store_true", help="print the tables of the finished jobs, run nothing")
     args = parser.parse_args()
     folder = args.runs / f"bet_{args.dataset}"
     planned = jobs(args.dataset, list(PLANS) if args.report else args.plan, args.sparsities)
+    if args.jobs:
+        unknown = set(args.jobs) - {name for name, _ in planned}
+        if unknown:
+            sys.exit(f"--jobs names jobs that are not in the plans: {sorted(unknown)}")
+        planned = [(name, overrides) for name, overrides in planned if name in args.jobs]
     if args.report:
         rows = report(folder, [name for name, _ in planned])
         print("| job | sparsity | Recall@20 | NDCG@20 | bytes stored | wall time | x one training |\n|---|---|---|---|---|---|---|")

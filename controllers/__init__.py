@@ -6,6 +6,7 @@ from controllers.darts import DifferentiableSizes
 from controllers.evolutionary import Evolutionary
 from controllers.optuna_search import OptunaSearch
 from controllers.policy_gradient import PolicyGradient
+from controllers.pruning import LearnableThresholds, MagnitudePruning
 from controllers.registry import CONTROLLERS, register_controller
 
 __all__ = [
@@ -15,6 +16,8 @@ __all__ = [
     "EqualSizes",
     "Evolutionary",
     "FrequencyRule",
+    "LearnableThresholds",
+    "MagnitudePruning",
     "OptunaSearch",
     "PolicyGradient",
     "RandomSearch",

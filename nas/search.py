@@ -43,7 +43,7 @@ from nas.evaluate import FineTuneEvaluator, SupernetEvaluator
 from nas.export import export_tables
 from nas.runs import Run
 from nas.supernet import SupernetOptions, train_one_shot, train_supernet
-from nas.trials import Candidate, ranked_candidates, run_trials, save_controller_state
+from nas.trials import Candidate, ranked_candidates, record_one_shot_choice, run_trials, save_controller_state
 from recsys.data import InteractionData
 from recsys.metrics import fitness_quality
 from recsys.models import Backbone
@@ -394,8 +394,15 @@ def _search(
     """The candidates to retrain: the controller's fittest (its one proposal when it ignores fitness).
 
     A proposal that ignores fitness is still measured once when there is validation data,
-    so every run reports the fitness of its answer.
+    so every run reports the fitness of its answer; so is a one-shot controller's choice.
     """
+    if isinstance(controller, OneShotController):
+        if not any(True for _ in run.events("searched")):
+            evaluator = build_evaluator(config, data, supernet) if data.valid.nnz else None
+            record_one_shot_choice(run, controller, supernet, budget, evaluator)
+            run.log_event("searched", top=[c.fingerprint for c in ranked_candidates(run)[:1]], evaluator=config.evaluator,
+                          measured=evaluator.measured if evaluator is not None else 0)
+        return ranked_candidates(run)[:1]
     if data.valid.nnz == 0:
         allocation = space.to_allocation(controller.recommend())
         allocation.validate(budget)

@@ -27,13 +27,13 @@ from tqdm.auto import tqdm
 
 from nas.core.allocation import Allocation
 from nas.core.budget import Budget
-from nas.core.controller import Controller
+from nas.core.controller import Controller, OneShotController
 from nas.core.errors import ResumeError
 from nas.core.evaluator import Evaluator
 from nas.core.space import SearchSpace
 from nas.runs import Run
 
-__all__ = ["Candidate", "ranked_candidates", "run_trials", "save_controller_state"]
+__all__ = ["Candidate", "ranked_candidates", "record_one_shot_choice", "run_trials", "save_controller_state"]
 
 _STATE = "controller.safetensors"
 
@@ -111,6 +111,28 @@ def run_trials(
         bar.update(n)
         bar.set_postfix(fitness=f"{fitness.max():.4f}", best=f"{controller.best_fitness:.4f}")
     bar.close()
+
+
+def record_one_shot_choice(
+    run: Run, controller: OneShotController, model: Any, budget: Budget, evaluator: Evaluator | None
+) -> None:
+    """Log a trained one-shot controller's choice as the search's only trial (measured once, when there is an evaluator).
+
+    The controller's state is the one its training left in the run folder; :meth:`finish`
+    reads the trained supernet ``model`` before the choice.  A choice already logged is
+    not measured again.
+    """
+    if run.has(f"checkpoints/{_STATE}"):
+        controller.load_state_dict(run.load_state(_STATE)["controller"])
+    controller.finish(model)
+    allocation = controller.allocation()
+    allocation.validate(budget)
+    if any(True for _ in run.events("trial")):
+        return
+    tic = time.perf_counter()
+    fitness = float(evaluator.fitness([allocation])[0]) if evaluator is not None else float("nan")
+    notes = controller.notes()
+    _record(run, allocation, 0, 0, 0, fitness, time.perf_counter() - tic, notes[0] if notes else {})
 
 
 def save_controller_state(run: Run, controller: Controller, rounds: int) -> None:

@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from nas.core.allocation import Allocation
 from nas.core.budget import Budget
 from nas.core.errors import ConfigError
 from nas.core.space import SearchSpace
@@ -156,6 +157,11 @@ class OneShotController(Controller):
     checkpoint.  Afterwards ``ask`` returns :meth:`choose`'s decisions, projected to the
     budget like every proposal.
 
+    After training (and after a resumed run reloads the trained supernet) the loop calls
+    :meth:`finish` with the model, then takes :meth:`allocation`: by default the
+    allocation of ``ask``'s decisions; controllers that keep arbitrary elements rather
+    than a prefix (pruning) return one with element masks.
+
     Subclasses implement :meth:`supernet_loss` and :meth:`choose` (and the state hooks).
     """
 
@@ -172,9 +178,16 @@ class OneShotController(Controller):
     def on_epoch_start(self, epoch: int) -> None:  # noqa: B027 - optional hook
         """Called with the epoch number (from 1) before its first batch (default: nothing)."""
 
+    def finish(self, model: Any) -> None:  # noqa: B027 - optional hook
+        """Read what the trained supernet holds before the choice (default: nothing)."""
+
     @abstractmethod
     def choose(self) -> np.ndarray:
         """The final discrete decisions (grid values) under the budget."""
+
+    def allocation(self) -> Allocation:
+        """What the controller deploys; must meet the budget (checked by the loop)."""
+        return self.space.to_allocation(self.ask(1)[0])
 
     def _ask(self, n: int) -> np.ndarray:
         return np.tile(np.asarray(self.choose(), dtype=np.float64), (n, 1))

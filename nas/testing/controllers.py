@@ -19,8 +19,9 @@ small search on a synthetic fitness and checks:
   and loaded into a fresh controller, continues with exactly the proposals of the
   uninterrupted one;
 * **one-shot** controllers are trained for a few steps on a tiny matrix factorisation
-  (``supernet_loss``, backward, ``after_step``) before the same checks, and their loss
-  must be finite with gradients reaching the weights.
+  (``supernet_loss``, backward, ``after_step``, then ``finish``) before the same checks;
+  their loss must be finite with gradients reaching the weights, and their deployed
+  ``allocation`` (element masks included) must meet the budget and survive a resume.
 
 The individual checks are public too.
 """
@@ -45,6 +46,7 @@ from recsys.models import MF
 __all__ = [
     "BUDGET_LEVELS",
     "ControllerFactory",
+    "check_allocation",
     "check_controller",
     "check_proposals",
     "check_resume",
@@ -136,6 +138,13 @@ class _TinySupernet:
             controller.after_step()
 
 
+def check_allocation(controller: OneShotController) -> None:
+    """A one-shot controller's deployed allocation meets the budget (element masks included)."""
+    allocation = controller.allocation()
+    allocation.validate(controller.budget)
+    assert allocation.cost <= controller.budget.max_values
+
+
 def _drive(controller: Controller, trials: int, fitness: Callable[[np.ndarray], float]) -> list[np.ndarray]:
     """Ask and tell ``trials`` single candidates; the proposals, checked."""
     proposals = []
@@ -155,7 +164,9 @@ def check_resume(factory: ControllerFactory, space: SearchSpace, budget: Budget,
     first = factory(space, budget, seed=seed, **options)
     one_shot = isinstance(whole, OneShotController)
     if one_shot:
-        _TinySupernet(space, seed).train(whole, 8)
+        trained = _TinySupernet(space, seed)
+        trained.train(whole, 8)
+        whole.finish(trained.model)
         supernet = _TinySupernet(space, seed)  # the weights' side resumes from the trainer's own checkpoint
         supernet.train(first, 4)
     straight = _drive(whole, trials, fitness)
@@ -169,7 +180,11 @@ def check_resume(factory: ControllerFactory, space: SearchSpace, budget: Budget,
     second.load_state_dict(state)
     if one_shot:
         supernet.train(second, 4)
+        second.finish(supernet.model)
         resumed = _drive(second, trials, fitness)
+        check_allocation(whole)
+        assert whole.allocation().fingerprint() == second.allocation().fingerprint(), \
+            f"{second.name}: after a resume, the chosen allocation differs from the uninterrupted run's"
     else:
         resumed = straight[: trials // 2] + _drive(second, trials - trials // 2, fitness)
     for i, (a, b) in enumerate(zip(straight, resumed)):
@@ -187,7 +202,10 @@ def check_controller(factory: ControllerFactory, *, trials: int = 6, seed: int =
         for _ in range(2):
             controller = factory(space, budget, seed=seed, **options)
             if isinstance(controller, OneShotController):
-                _TinySupernet(space, seed).train(controller, 8)
+                supernet = _TinySupernet(space, seed)
+                supernet.train(controller, 8)
+                controller.finish(supernet.model)
+                check_allocation(controller)
             runs.append(_drive(controller, trials, fitness))
             check_proposals(controller, controller.recommend())
         for i, (a, b) in enumerate(zip(*runs)):

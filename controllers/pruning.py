@@ -1,0 +1,265 @@
+"""Pruning baselines (paper 004): keep arbitrary elements of the trained tables, not a prefix per row.
+
+* ``magprune``: train the full-size model, keep the largest-magnitude elements up to the
+  budget (one global ranking over every table);
+* ``pep``: PEP's learnable soft thresholds (Liu et al., ICLR'21): every element is served
+  as ``sign(w) · relu(|w| - sigmoid(s))`` with ``s`` learned per table and column, and
+  the mask is frozen the moment the elements above their threshold fit the budget.  PEP
+  steers the final sparsity through the thresholds' initial value; here the budget is a
+  constraint, so an augmented Lagrangian on the (sigmoid-softened) share of kept elements
+  raises the thresholds until they get there, and training then continues on the
+  frozen mask.
+
+Both export an element mask beside the packed values.  Every row keeps at least its
+``d_min`` largest elements; the rest of the budget goes to the largest scores anywhere.
+Under a byte budget the bit masks are paid for too, so fewer values fit
+(:func:`masked_value_limit`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from controllers.registry import register_controller
+from nas.core.allocation import Allocation
+from nas.core.budget import Budget
+from nas.core.controller import ControllerState, OneShotController
+from nas.core.errors import BudgetError, ConfigError
+from nas.core.space import SearchSpace
+from nas.core.storage import fixed_bytes, value_itemsize
+
+__all__ = ["LearnableThresholds", "MagnitudePruning", "keep_largest", "masked_value_limit"]
+
+
+def masked_value_limit(budget: Budget) -> int:
+    """Most values an element-masked export may keep: a byte budget also pays for the bit masks.
+
+    Raises:
+        BudgetError: when the masks and every row's ``d_min`` values do not fit the bytes.
+    """
+    limit = budget.usable_values
+    least = sum(budget.rows.values()) * budget.d_min
+    if budget.kind == "bytes":
+        overhead = fixed_bytes(budget.rows, budget.d_max, element_mask=True)
+        limit = min(limit, (int(budget.amount) - overhead) // value_itemsize(budget.dtype))
+        if limit < least:
+            raise BudgetError(
+                f"{budget.describe()} cannot hold element masks: they need at least "
+                f"{overhead + least * value_itemsize(budget.dtype):,} bytes (masks and {budget.d_min} value(s) per row)"
+            )
+    return limit
+
+
+def keep_largest(scores: Mapping[str, np.ndarray], limit: int, d_min: int) -> Allocation:
+    """The element-masked allocation keeping every row's ``d_min`` best elements, then the best overall.
+
+    Args:
+        scores: per table, ``(rows, d_max)`` non-negative scores (magnitudes); only
+            positive scores are kept beyond the per-row floor.
+        limit: most elements kept in total (at least rows × ``d_min``).
+        d_min: elements every row keeps whatever its scores.
+    """
+    names = list(scores)
+    width = next(iter(scores.values())).shape[1]
+    masks = {name: np.zeros(scores[name].shape, dtype=bool) for name in names}
+    for name in names:
+        if d_min:
+            best = np.argsort(-scores[name], axis=1, kind="stable")[:, :d_min]
+            np.put_along_axis(masks[name], best, True, axis=1)
+    left = limit - sum(int(m.sum()) for m in masks.values())
+    if left < 0:
+        raise BudgetError(f"keeping {d_min} element(s) per row needs {limit - left:,} values; the budget allows {limit:,}")
+    flat = np.concatenate([np.where(masks[n], -np.inf, scores[n]).ravel() for n in names])
+    candidates = np.flatnonzero(flat > 0)
+    chosen = candidates[np.argsort(-flat[candidates], kind="stable")[:left]]
+    offsets = np.cumsum([0] + [scores[n].size for n in names])
+    for i, name in enumerate(names):
+        inside = chosen[(chosen >= offsets[i]) & (chosen < offsets[i + 1])] - offsets[i]
+        masks[name].ravel()[inside] = True
+    row_dims = {}
+    for name, mask in masks.items():
+        last = width - np.argmax(mask[:, ::-1], axis=1)  # one past the last kept column
+        row_dims[name] = np.maximum(np.where(mask.any(axis=1), last, 0), d_min)
+    return Allocation(row_dims, masks)
+
+
+class _ElementPruning(OneShotController):
+    """What both pruning baselines share: the choice is an element mask, the decisions its prefix."""
+
+    def __init__(self, space: SearchSpace, budget: Budget, seed: int = 0) -> None:
+        super().__init__(space, budget, seed)
+        self.limit = masked_value_limit(budget)
+        self._scores: dict[str, np.ndarray] | None = None
+
+    def _final_scores(self, model: Any) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def finish(self, model: Any) -> None:
+        self._scores = self._final_scores(model)
+
+    def allocation(self) -> Allocation:
+        if self._scores is None:
+            raise ConfigError(f"the {self.name} controller chooses from a trained model: call finish(model) first")
+        return keep_largest(self._scores, self.limit, self.space.d_min)
+
+    def choose(self) -> np.ndarray:
+        """The space's decisions nearest the mask's prefixes (the element mask itself is :meth:`allocation`)."""
+        return self.space.from_allocation(self.allocation())
+
+
+@register_controller("magprune")
+class MagnitudePruning(_ElementPruning):
+    """Keeps the largest-magnitude elements of the trained full-size tables, up to the budget (MagPrune)."""
+
+    def supernet_loss(self, model: Any, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, reg: float) -> torch.Tensor:
+        return model.bpr_loss(users, pos, neg, reg)  # plain training: the full model is what gets pruned
+
+    def _final_scores(self, model: Any) -> dict[str, np.ndarray]:
+        return {name: weight.detach().abs().cpu().numpy() for name, weight in model.embedding.weights.items()}
+
+
+@register_controller("pep")
+class LearnableThresholds(_ElementPruning):
+    """PEP: learnable soft thresholds per column, the mask frozen once what survives fits the budget.
+
+    Args:
+        space, budget, seed: as for every controller.
+        init: initial threshold logit ``s`` (``sigmoid(-8) ≈ 3e-4``: nearly nothing pruned).
+        lr: Adam learning rate of the thresholds.
+        warmup: epochs of plain training before the thresholds move (a mask frozen before
+            the weights learned anything keeps noise).
+        dual_lr: step of the multiplier on the kept share.
+        penalty: weight of the augmented Lagrangian's quadratic term.
+        sharpness: temperature of the sigmoid that softens "above the threshold" for the
+            constraint's gradient, relative to the threshold.
+        sample_rows: rows per table sampled each step to estimate the kept share.
+    """
+
+    def __init__(
+        self,
+        space: SearchSpace,
+        budget: Budget,
+        seed: int = 0,
+        *,
+        init: float = -8.0,
+        lr: float = 0.05,
+        warmup: int = 2,
+        dual_lr: float = 0.05,
+        penalty: float = 10.0,
+        sharpness: float = 0.1,
+        sample_rows: int = 4096,
+    ) -> None:
+        super().__init__(space, budget, seed)
+        if lr <= 0 or dual_lr <= 0 or penalty < 0 or sharpness <= 0 or sample_rows < 1 or warmup < 0:
+            raise ConfigError("pep needs lr, dual_lr, sharpness > 0, penalty >= 0, sample_rows >= 1 and warmup >= 0")
+        self.warmup, self.epoch = int(warmup), 0
+        self.dual_lr, self.penalty, self.sharpness, self.sample_rows = float(dual_lr), float(penalty), float(sharpness), int(sample_rows)
+        self.thresholds = nn.ParameterDict(
+            {name: nn.Parameter(torch.full((space.d_max,), float(init))) for name in space.rows()}
+        )
+        self.optimizer = torch.optim.Adam(self.thresholds.parameters(), lr=lr)
+        self.sampler = torch.Generator().manual_seed(seed)
+        self.multiplier = 0.0
+        self.kept_share = float("nan")
+        self.frozen: dict[str, torch.Tensor] | None = None
+        self._model: Any = None
+        # Aim a little under the budget: the mask freezes when the hard count crosses it.
+        self._target = 0.9 * self.limit / sum(space.rows().values()) / space.d_max
+
+    def on_epoch_start(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    @property
+    def pruning(self) -> bool:
+        """Whether the thresholds train: after the warm-up, until the mask is frozen."""
+        return self.frozen is None and self.epoch > self.warmup
+
+    def _scale(self, table: str, ids: torch.Tensor | None) -> torch.Tensor:
+        weight = self._model.embedding.weights[table]
+        rows = weight if ids is None else weight[ids]
+        if self.frozen is not None:
+            keep = self.frozen[table] if ids is None else self.frozen[table][ids]
+            return keep.to(rows.dtype)
+        magnitude = rows.abs()
+        return torch.relu(magnitude - torch.sigmoid(self.thresholds[table])) / magnitude.clamp_min(1e-12)
+
+    def supernet_loss(self, model: Any, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, reg: float) -> torch.Tensor:
+        self._model = model
+        if self.frozen is None and not self.pruning:
+            return model.bpr_loss(users, pos, neg, reg)
+        model.embedding.set_soft_mask(self._scale)
+        try:
+            loss = model.bpr_loss(users, pos, neg, reg)
+        finally:
+            model.embedding.set_soft_mask(None)
+        if self.frozen is not None:
+            return loss
+        share = 0.0
+        total = sum(self.space.rows().values())
+        for name, weight in model.embedding.weights.items():
+            sample = torch.randint(weight.shape[0], (min(self.sample_rows, weight.shape[0]),), generator=self.sampler)
+            threshold = torch.sigmoid(self.thresholds[name])
+            soft = torch.sigmoid((weight[sample].detach().abs() - threshold) / (self.sharpness * threshold))
+            share = share + soft.mean() * weight.shape[0] / total
+        excess = share / self._target - 1.0
+        self.kept_share = float(share.detach())
+        return loss + self.multiplier * excess + 0.5 * self.penalty * excess.square()
+
+    def after_step(self) -> None:
+        if not self.pruning:
+            return
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.multiplier += self.dual_lr * (self.kept_share / self._target - 1.0)
+        with torch.no_grad():
+            above = {name: weight.abs() > torch.sigmoid(self.thresholds[name])
+                     for name, weight in self._model.embedding.weights.items()}
+        if sum(int(mask.sum()) for mask in above.values()) <= self.limit:
+            self.frozen = above  # what survives fits: PEP's pruning stops, training goes on with this mask
+
+    def _final_scores(self, model: Any) -> dict[str, np.ndarray]:
+        scores = {}
+        for name, weight in model.embedding.weights.items():
+            magnitude = weight.detach().abs()
+            if self.frozen is not None:
+                scores[name] = torch.where(self.frozen[name], magnitude, torch.zeros(())).cpu().numpy()
+            else:  # never reached the budget: what is above its threshold first, by magnitude, then the rest
+                above = magnitude > torch.sigmoid(self.thresholds[name].detach())
+                scores[name] = (magnitude + above * (1.0 + magnitude.max())).cpu().numpy()
+        return scores
+
+    def notes(self) -> list[dict[str, Any]]:
+        return [{"multiplier": self.multiplier, "kept_share": self.kept_share, "frozen": self.frozen is not None}]
+
+    def _state(self) -> ControllerState:
+        state: ControllerState = {
+            "thresholds": {name: p.detach().clone() for name, p in self.thresholds.items()},
+            "optimizer": self.optimizer.state_dict(),
+            "sampler": self.sampler.get_state(),
+            "multiplier": self.multiplier,
+            "kept_share": self.kept_share,
+            "epoch": self.epoch,
+        }
+        if self.frozen is not None:
+            state["frozen"] = {name: torch.from_numpy(np.packbits(mask.numpy(), axis=1)) for name, mask in self.frozen.items()}
+        return state
+
+    def _load_state(self, state: ControllerState) -> None:
+        with torch.no_grad():
+            for name, value in state["thresholds"].items():
+                self.thresholds[name].copy_(torch.as_tensor(value))
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.sampler.set_state(torch.as_tensor(state["sampler"], dtype=torch.uint8))
+        self.multiplier = float(state["multiplier"])
+        self.kept_share = float(state["kept_share"])
+        self.epoch = int(state["epoch"])
+        self.frozen = None
+        if "frozen" in state:
+            width = self.space.d_max
+            self.frozen = {name: torch.from_numpy(np.unpackbits(np.asarray(bits), axis=1)[:, :width].astype(bool))
+                           for name, bits in state["frozen"].items()}
