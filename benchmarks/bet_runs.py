@@ -23,6 +23,8 @@ adds the supernet's own training time back for the ``x one training`` column.  J
   one-shot ``darts``, the pruning baselines ``magprune`` and ``pep``), with successive-halving
   retraining where there are several candidates; multi-trial ones share the fast BET jobs'
   sandwich supernet, ``magprune`` the plain full model;
+* ``spaces``: the best two of them on per-feature (``SPACE_CONTROLLERS``, ``--space-controllers``)
+  on the per-field space and the block space (8 frequency groups × 4 column blocks);
 * ``options``: the fast mode with each option beyond the paper changed alone: every one
   of the top 5 fully retrained (``fullretrain``), four picks per iteration scored together
   (``batch4``), the block space (8 frequency groups × 4 column blocks), the per-field space,
@@ -57,7 +59,9 @@ DATASETS = {
 }
 #: epochs, Adam lr, L2, epochs between validations, patience (validations).
 PROTOCOL = {"lastfm": (200, 2e-3, 1e-4, 5, 3), "gowalla": (50, 1e-3, 1e-4, 5, 3)}
-PLANS = ("main", "ablation", "faithful", "options", "controllers")
+PLANS = ("main", "ablation", "faithful", "options", "controllers", "spaces")
+#: Controllers run on the per-field and block spaces by the ``spaces`` plan (the best two on per-feature).
+SPACE_CONTROLLERS = ["nevergrad", "optuna"]
 #: Every other controller of the project, in the fast mode where it searches by fitness.
 OTHER_CONTROLLERS = ("random", "rl", "nevergrad", "optuna", "darts", "magprune", "pep")
 #: Controllers whose supernet is the plain full-size model (shared with equal sizes'), or one of their own.
@@ -83,6 +87,11 @@ def jobs(dataset: str, plans: list[str], sparsities: list[float]) -> list[tuple[
                 out += [(f"bet-faithful-{sparsity}", faithful)]
             elif plan == "controllers":
                 out += [(f"{name}-{sparsity}", {"controller": name, "retrain": "halving"}) for name in OTHER_CONTROLLERS]
+            elif plan == "spaces":
+                for name in SPACE_CONTROLLERS:
+                    out += [(f"{name}-perfield-{sparsity}", {"controller": name, "retrain": "halving", "space": "per-field"}),
+                            (f"{name}-block-{sparsity}", {"controller": name, "retrain": "halving", "space": "block",
+                                                          "space_options": {"groups": 8, "blocks": 4}})]
             else:
                 out += [(f"bet-fullretrain-{sparsity}", {**fast, "retrain": "full"}),
                         (f"bet-batch4-{sparsity}", {**fast, "ask_batch": 4}),
@@ -157,8 +166,10 @@ def report(folder: Path, names: list[str]) -> list[dict]:
         test = metrics["allocated"]["test"]
         # A shared supernet was not trained in this job: count its training as if it had been.
         seconds = metrics["timing"]["total"] - metrics["timing"]["supernet"] + metrics["full"]["train_seconds"]
+        full = json.loads(reference.read_text())["full"]["test"]["ndcg@20"] if reference.exists() else float("nan")
         rows.append({
             "job": name, "sparsity": float(sparsity), "recall@20": test["recall@20"], "ndcg@20": test["ndcg@20"],
+            "retain": test["ndcg@20"] / full,
             "bytes": metrics["export"]["bytes_stored"], "values": metrics["allocation"]["values"],
             "seconds": None if resumed else seconds, "x_training": None if resumed else seconds / one_training,
             "timing": metrics["timing"], "one_training": one_training,
@@ -168,6 +179,21 @@ def report(folder: Path, names: list[str]) -> list[dict]:
 
 #: Paper 003, Table 1 (Gowalla, LightGCN): NDCG@20 of BET over equal sizes at 80 / 90 / 95 % sparsity.
 PAPER_GAIN = {0.8: 0.1483 / 0.1400 - 1, 0.9: 0.1376 / 0.1217 - 1, 0.95: 0.1171 / 0.0872 - 1}
+
+
+#: Paper 004, Table 7 (Gowalla, LightGCN): NDCG retain ratio of the best method, PEP and MagPrune, by sparsity.
+PAPER_RETAIN = {0.8: {"best (DHE)": 0.8844, "PEP": 0.8735, "MagPrune": 0.8551},
+                0.95: {"best (PEP)": 0.7864, "PEP": 0.7864, "MagPrune": 0.2483}}
+
+
+def retain_table(rows: list[dict]) -> str:
+    """Every job's NDCG@20 as a share of the full model's (plain full-size training), beside paper 004's Table 7."""
+    lines = ["| job | sparsity | NDCG@20 retain ratio | paper 004 Table 7 (LightGCN, Gowalla) |", "|---|---|---|---|"]
+    for r in rows:
+        paper = PAPER_RETAIN.get(r["sparsity"])
+        cited = ", ".join(f"{k} {v:.4f}" for k, v in paper.items()) if paper else "no 90 % column"
+        lines.append(f"| {r['job']} | {r['sparsity']} | {r['retain']:.4f} | {cited} |")
+    return "\n".join(lines)
 
 
 def gains_table(rows: list[dict]) -> str:
@@ -195,9 +221,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0, help="the runs' seed (use another --runs folder per seed)")
     parser.add_argument("--runs", type=Path, default=Path("runs"))
+    parser.add_argument("--space-controllers", nargs=2, default=SPACE_CONTROLLERS, metavar="NAME",
+                        help="the two controllers of the spaces plan (default: %(default)s)")
     parser.add_argument("--jobs", nargs="+", metavar="NAME", help="only these jobs of the plans (e.g. rl-0.9 darts-0.9)")
     parser.add_argument("--report", action="store_true", help="print the tables of the finished jobs, run nothing")
     args = parser.parse_args()
+    SPACE_CONTROLLERS[:] = args.space_controllers
     folder = args.runs / f"bet_{args.dataset}"
     planned = jobs(args.dataset, list(PLANS) if args.report else args.plan, args.sparsities)
     if args.jobs:
@@ -212,6 +241,7 @@ def main() -> None:
             timed = "resumed | -" if r["seconds"] is None else f"{r['seconds']:.0f} s | {r['x_training']:.2f}"
             print(f"| {r['job']} | {r['sparsity']} | {r['recall@20']:.4f} | {r['ndcg@20']:.4f} | {r['bytes']:,} | {timed} |")
         print(gains_table(rows))
+        print(retain_table(rows))
         print(json.dumps(rows))
         return
     k, n = (int(x) for x in args.shard.split("/"))

@@ -72,3 +72,21 @@ def test_optuna_mirrors_its_trials_to_a_storage_once(tmp_path):
     stored = optuna.load_study(study_name="s", storage=storage).trials
     assert [t.value for t in stored] == pytest.approx(list(resumed.history_values))
     assert len(stored) == 5
+
+
+@pytest.mark.parametrize("space", ["per-feature", "per-field", "block"])
+@pytest.mark.parametrize("name", CONTROLLERS.names())
+def test_every_controller_completes_a_small_search_on_every_space(name, space, tmp_path):
+    from nas.config import SearchConfig, TrainingOptions
+    from nas.data_source import DataSpec
+    from nas.search import run_search
+
+    config = SearchConfig(
+        data=DataSpec("synthetic", extra={"n_users": 200, "n_items": 300, "mean_items_per_user": 10.0}),
+        controller=name, space=space, budget="0.8", d_max=16, trials=3, retrain_top=2, fitness_users=0, threads=1,
+        space_options={"groups": 4, "blocks": 4} if space == "block" else {},
+        train=TrainingOptions(epochs=1, batch_size=1024, eval_every=1, patience=5),
+    )
+    metrics = run_search(config, tmp_path, progress=False)
+    assert metrics["allocation"]["values"] <= metrics["budget"]["max_values"]
+    assert metrics["export"]["bytes_stored"] > 0 and metrics["trials"] >= 1
