@@ -95,6 +95,7 @@ class BET(Controller):
         if predictor not in PREDICTORS:
             raise ConfigError(f"BET predictor must be one of {PREDICTORS}, got {predictor!r}")
         self.candidates = int(candidates)
+        self.max_ask = self.candidates
         self.predictor_name = predictor
         self.updates = int(updates)
         self.sampler = BudgetedSampler(space, budget, user_share=user_share)

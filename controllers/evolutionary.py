@@ -53,6 +53,7 @@ class Evolutionary(GroupedBlackBox):
         if trials < 1 or workers < 1:
             raise ConfigError(f"nevergrad needs trials >= 1 and workers >= 1, got {trials}, {workers}")
         self.optimizer_name, self.trials, self.workers = optimizer, int(trials), int(workers)
+        self.max_ask = self.workers
         super().__init__(space, budget, seed, groups=groups)
 
     def _new_optimizer(self) -> Any:

@@ -171,6 +171,10 @@ class LearnableThresholds(_ElementPruning):
         # Aim a little under the budget: the mask freezes when the hard count crosses it.
         self._target = 0.9 * self.limit / sum(space.rows().values()) / space.d_max
 
+    def parameters(self) -> list[nn.Parameter]:
+        """The threshold logits, one per table and column."""
+        return list(self.thresholds.parameters())
+
     def on_epoch_start(self, epoch: int) -> None:
         self.epoch = epoch
 

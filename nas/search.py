@@ -99,6 +99,12 @@ def build_search(config: SearchConfig, data: InteractionData) -> tuple[Budget, S
         raise ConfigError(
             f"the {config.controller} controller does not take the options {sorted(config.controller_options)} ({error})"
         ) from None
+    if controller.max_ask is not None and config.ask_batch > controller.max_ask:
+        raise ConfigError(
+            f"the {config.controller} controller proposes at most {controller.max_ask} candidates at once; "
+            f"lower --ask-batch to {controller.max_ask}, or raise the limit by the controller's options "
+            f"(nevergrad: workers, bet: candidates)"
+        )
     return budget, space, controller
 
 

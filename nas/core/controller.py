@@ -53,6 +53,8 @@ class Controller(ABC):
     needs_fitness: ClassVar[bool] = True
     #: Names of the spaces it supports, or ``None`` for every space.
     spaces: ClassVar[tuple[str, ...] | None] = None
+    #: Most candidates one ``ask`` may request, or ``None`` for no limit (instances may set their own).
+    max_ask: int | None = None
 
     def __init__(self, space: SearchSpace, budget: Budget, seed: int = 0) -> None:
         space.check_budget(budget)
@@ -167,6 +169,10 @@ class OneShotController(Controller):
 
     multi_trial = False
     needs_fitness = False
+
+    def parameters(self) -> list[Any]:
+        """The architecture parameters it learns (tensors), for inspection (default: none)."""
+        return []
 
     @abstractmethod
     def supernet_loss(self, model: Any, users: Any, pos: Any, neg: Any, reg: float) -> Any:

@@ -90,3 +90,15 @@ def test_every_controller_completes_a_small_search_on_every_space(name, space, t
     metrics = run_search(config, tmp_path, progress=False)
     assert metrics["allocation"]["values"] <= metrics["budget"]["max_values"]
     assert metrics["export"]["bytes_stored"] > 0 and metrics["trials"] >= 1
+
+
+def test_a_batch_larger_than_the_controller_proposes_fails_before_training():
+    from nas.config import SearchConfig
+    from nas.core import ConfigError
+    from nas.data_source import load_data
+    from nas.search import build_search
+
+    config = SearchConfig(controller="nevergrad", ask_batch=4)
+    with pytest.raises(ConfigError, match="at most 1 candidates at once.*workers"):
+        build_search(config, load_data(config.data))
+    build_search(SearchConfig(controller="nevergrad", ask_batch=4, controller_options={"workers": 4}), load_data(config.data))
