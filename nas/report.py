@@ -51,7 +51,7 @@ def plot_allocation(
     figure, axes = plt.subplots(1, len(names), figsize=(5.0 * len(names), 4.0), squeeze=False)
     rng = np.random.default_rng(0)
     for axis, name in zip(axes[0], names):
-        dims = allocation.row_dims[name]
+        dims = allocation.kept_per_row(name)  # element masks: the values each row keeps
         log_frequency = np.log1p(frequencies[name].astype(np.float64))
         shown = np.arange(len(dims)) if len(dims) <= _MAX_POINTS else np.sort(rng.choice(len(dims), _MAX_POINTS, replace=False))
         jitter = rng.uniform(-0.15, 0.15, len(shown))

@@ -27,7 +27,7 @@ def summary_table(metrics: Mapping[str, Any]) -> str:
         ("budget", f"{budget['description']}: at most {budget['max_values']:,} values, {budget['max_bytes']:,} bytes"),
         ("used", f"{allocation['values']:,} values ({allocation['budget_used']:.1%} of the budget, "
                  f"retain ratio {allocation['retain_ratio']:.4f}), {metrics['export']['bytes_stored']:,} bytes exported"),
-        ("row sizes", sizes),
+        ("kept per row" if any(t.get("masked") for t in allocation["tables"].values()) else "row sizes", sizes),
         *([("decisions", " ".join(str(v) for v in allocation["decisions"]))] if allocation.get("decisions") else []),
         *_search_facts(metrics),
         ("time", _time_text(metrics)),
@@ -35,6 +35,8 @@ def summary_table(metrics: Mapping[str, Any]) -> str:
     header = f"  {'test metric':<12}{'full':>10}{'allocated':>11}{'ratio':>8}"
     if metrics["full"].get("supernet") == "sandwich":
         facts.append(("full", "the sandwich-trained supernet with every row at d_max"))
+    elif metrics["full"].get("supernet") == "one-shot":
+        facts.append(("full", "the supernet trained with the controller, every row at d_max and unmasked"))
     lines = [header, "  " + "-" * (len(header) - 2)]
     for key in ("recall@20", "ndcg@20", "recall@10", "ndcg@10"):
         if key in full and key in allocated:

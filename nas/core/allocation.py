@@ -6,6 +6,7 @@ import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -103,12 +104,19 @@ class Allocation:
                 digest.update(np.packbits(self.element_masks[name]).tobytes())
         return digest.hexdigest()[:16]
 
-    def summary(self) -> dict[str, dict[str, float]]:
-        """Mean, min and max row size per table, for logs and summary tables."""
-        return {
-            name: {"mean": float(d.mean()), "min": int(d.min()), "max": int(d.max()), "values": int(d.sum())}
-            for name, d in self.row_dims.items()
-        }
+    def kept_per_row(self, table: str) -> np.ndarray:
+        """Values each row of ``table`` keeps: its size, or its mask's count under element masks."""
+        masks = self.element_masks or {}
+        return masks[table].sum(axis=1).astype(np.int64) if table in masks else self.row_dims[table]
+
+    def summary(self) -> dict[str, dict[str, Any]]:
+        """Per table: mean, min and max values kept per row, their total, and whether elements are masked."""
+        out = {}
+        for name in self.row_dims:
+            kept = self.kept_per_row(name)
+            out[name] = {"mean": float(kept.mean()), "min": int(kept.min()), "max": int(kept.max()),
+                         "values": int(kept.sum()), "masked": bool(self.element_masks and name in self.element_masks)}
+        return out
 
     # -- files: npz with allow_pickle=False, never pickle ----------------------------------------
     def save(self, path: str | Path) -> None:
