@@ -39,6 +39,8 @@ class GroupedBlackBox(Controller):
             the space has no more decisions than this).
     """
 
+    needs_context = True
+
     def __init__(self, space: SearchSpace, budget: Budget, seed: int = 0, *, groups: int = 32) -> None:
         super().__init__(space, budget, seed)
         if groups < 1:

@@ -42,6 +42,7 @@ class FrequencyRule(Controller):
     largest the budget allows.
     """
 
+    needs_context = True
     needs_fitness = False
 
     def _ask(self, n: int) -> np.ndarray:

@@ -76,6 +76,8 @@ class BET(Controller):
             cannot draw the log-frequency rule, which is a strong allocation on real data.
     """
 
+    needs_context = True
+
     def __init__(
         self,
         space: SearchSpace,

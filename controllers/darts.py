@@ -67,6 +67,8 @@ class DifferentiableSizes(OneShotController):
             decision and size.
     """
 
+    needs_context = True
+
     def __init__(
         self,
         space: SearchSpace,

@@ -52,6 +52,8 @@ class PolicyGradient(Controller):
             worse than equal sizes on real data; ``None`` for a flat prior.
     """
 
+    needs_context = True
+
     def __init__(
         self,
         space: SearchSpace,

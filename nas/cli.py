@@ -206,17 +206,18 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def _cmd_controllers(args: argparse.Namespace) -> int:
     from controllers import CONTROLLERS
 
-    rows = [("name", "kind", "learns from", "spaces", "what it does")]
+    rows = [("name", "kind", "learns from", "spaces", "context", "what it does")]
     for name in CONTROLLERS.names():
         cls = CONTROLLERS.get(name)
         kind = "multi-trial" if cls.multi_trial else "one-shot"
         learns = "fitness" if cls.needs_fitness else ("training" if not cls.multi_trial else "nothing")
         spaces = ",".join(cls.spaces) if cls.spaces else "all"
         doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
-        rows.append((name, kind, learns, spaces, doc))
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+        context = "frequency" if cls.needs_context else "-"
+        rows.append((name, kind, learns, spaces, context, doc))
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
     for row in rows:
-        print("  ".join(value.ljust(width) for value, width in zip(row, widths)) + "  " + row[4])
+        print("  ".join(value.ljust(width) for value, width in zip(row, widths)) + "  " + row[5])
     for name, reason in sorted(CONTROLLERS.broken.items()):
         print(f"{name}: not available ({reason})", file=sys.stderr)
     return 0

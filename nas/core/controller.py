@@ -53,6 +53,9 @@ class Controller(ABC):
     needs_fitness: ClassVar[bool] = True
     #: Names of the spaces it supports, or ``None`` for every space.
     spaces: ClassVar[tuple[str, ...] | None] = None
+    #: ``True`` when it reads the space's per-decision context (table, frequency): a space
+    #: must then give ``table`` and ``log_frequency`` for every decision.
+    needs_context: ClassVar[bool] = False
     #: Most candidates one ``ask`` may request, or ``None`` for no limit (instances may set their own).
     max_ask: int | None = None
 
@@ -60,6 +63,12 @@ class Controller(ABC):
         space.check_budget(budget)
         if self.spaces is not None and space.name not in self.spaces:
             raise ConfigError(f"controller {self.name!r} supports the spaces {self.spaces}, not {space.name!r}")
+        if self.needs_context:
+            context = space.context()
+            missing = [k for k in ("table", "log_frequency") if len(np.asarray(context.get(k, ()))) != space.n_decisions]
+            if missing:
+                raise ConfigError(f"controller {self.name!r} reads the context {missing} per decision, "
+                                  f"which the {space.name!r} space does not give")
         self.space = space
         self.budget = budget
         self.seed = int(seed)

@@ -102,3 +102,19 @@ def test_a_batch_larger_than_the_controller_proposes_fails_before_training():
     with pytest.raises(ConfigError, match="at most 1 candidates at once.*workers"):
         build_search(config, load_data(config.data))
     build_search(SearchConfig(controller="nevergrad", ask_batch=4, controller_options={"workers": 4}), load_data(config.data))
+
+
+def test_a_controller_that_reads_frequencies_refuses_a_space_without_them():
+    from nas.core import ConfigError
+
+    fields = synthetic_fields({"user": 20, "item": 30}, exponent=1.1, seed=0)
+
+    class Contextless(PerFeatureSpace):
+        def context(self):
+            return {"table": super().context()["table"]}
+
+    space = Contextless(fields.tables, fields.frequencies, 1, 8)
+    budget = Budget.parse("0.5", space.rows(), 8, 1)
+    with pytest.raises(ConfigError, match="log_frequency"):
+        CONTROLLERS.get("frequency")(space, budget)
+    CONTROLLERS.get("equal")(space, budget)  # needs no context

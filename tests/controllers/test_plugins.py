@@ -77,7 +77,7 @@ def test_an_installed_package_adds_a_controller_by_entry_point(tmp_path: Path):
     listing = subprocess.run([sys.executable, "-m", "nas.cli", "controllers"], capture_output=True, text=True, env=env,
                              timeout=120)
     assert listing.returncode == 0, listing.stderr
-    assert re.search(r"^hill-climb\s+multi-trial\s+fitness\s+all\s+Moves a few decisions", listing.stdout, re.M), listing.stdout
+    assert re.search(r"^hill-climb\s+multi-trial\s+fitness\s+all\s+-\s+Moves a few decisions", listing.stdout, re.M), listing.stdout
     search = subprocess.run(
         [sys.executable, "-m", "nas.cli", "search", "--controller", "hill-climb", "--controller-option", "moves=0.1",
          "--trials", "3", "--epochs", "2", "--retrain-top", "1", "--runs", str(tmp_path / "runs"), "--name", "plugged",
