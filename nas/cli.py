@@ -67,7 +67,8 @@ def _add_search_options(parser: argparse.ArgumentParser) -> None:
     search.add_argument("--retrain", choices=RETRAIN_MODES, default=defaults.retrain,
                         help="retrain every one of the top to the end, or by successive halving (a third continue at each rung) (default: %(default)s)")
     model = parser.add_argument_group("model and training")
-    model.add_argument("--model", default=defaults.model, help="backbone (default: %(default)s)")
+    model.add_argument("--model", default=defaults.model,
+                       help="backbone: mf, or lightgcn (3 propagation rounds; masks apply before propagation) (default: %(default)s)")
     model.add_argument("--epochs", type=int, default=train.epochs, help="most training epochs (default: %(default)s)")
     model.add_argument("--batch-size", type=int, default=train.batch_size, help="BPR triples per step (default: %(default)s)")
     model.add_argument("--lr", type=float, default=train.lr, help="Adam learning rate (default: %(default)s)")

@@ -80,7 +80,7 @@ _LISTED_DECISIONS = 64
 def build_model(config: SearchConfig, data: InteractionData) -> Backbone:
     """The configured backbone on a fresh maskable embedding, seeded by the run's seed."""
     embedding = MaskableEmbedding(data.rows(), config.d_max, seed=config.seed)
-    return BACKBONES.get(config.model)(embedding).to(config.device)  # type: ignore[attr-defined]
+    return BACKBONES.get(config.model)(embedding, data).to(config.device)  # type: ignore[attr-defined]
 
 
 def build_search(config: SearchConfig, data: InteractionData) -> tuple[Budget, SearchSpace, Controller]:

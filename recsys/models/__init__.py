@@ -13,7 +13,7 @@ import torch
 
 from recsys.embedding import EmbeddingProvider
 
-__all__ = ["Backbone", "MF"]
+__all__ = ["MF", "Backbone", "LightGCN"]
 
 
 @runtime_checkable
@@ -37,4 +37,5 @@ class Backbone(Protocol):
         ...
 
 
-from recsys.models.mf import MF  # noqa: E402  (the protocol is defined first)
+from recsys.models.lightgcn import LightGCN  # noqa: E402  (the protocol is defined first)
+from recsys.models.mf import MF  # noqa: E402

@@ -118,3 +118,21 @@ def test_a_controller_that_reads_frequencies_refuses_a_space_without_them():
     with pytest.raises(ConfigError, match="log_frequency"):
         CONTROLLERS.get("frequency")(space, budget)
     CONTROLLERS.get("equal")(space, budget)  # needs no context
+
+
+@pytest.mark.parametrize("name", ["bet", "darts", "pep"])
+def test_lightgcn_runs_with_sandwich_one_shot_and_pruning_controllers(name, tmp_path):
+    """Graph propagation sees the masks (stacked variants, soft masks, element masks) through the provider."""
+    from nas.config import SearchConfig, TrainingOptions
+    from nas.data_source import DataSpec
+    from nas.search import run_search
+
+    config = SearchConfig(
+        data=DataSpec("synthetic", extra={"n_users": 200, "n_items": 300, "mean_items_per_user": 10.0}),
+        model="lightgcn", controller=name, budget="0.8", d_max=16, trials=3, retrain_top=1, fitness_users=0, threads=1,
+        controller_options={"warmup": 0} if name in ("darts", "pep") else {},
+        train=TrainingOptions(epochs=2, batch_size=1024, eval_every=1, patience=5),
+    )
+    metrics = run_search(config, tmp_path, progress=False)
+    assert metrics["allocation"]["values"] <= metrics["budget"]["max_values"]
+    assert metrics["allocated"]["test"]["recall@20"] > 0

@@ -1,0 +1,133 @@
+"""LightGCN (He et al., SIGIR'20): item and user vectors averaged over K rounds of graph propagation.
+
+The layer-0 vectors are the provider's tables, so a masked provider masks *before*
+propagation (paper 003's and 004's convention: the budget counts the stored table).
+Each round multiplies by the symmetrically normalised user-item adjacency
+``Â = D^-1/2 A D^-1/2``, held as two CSR blocks (users × items and its transpose), so a
+round is two sparse-dense products over the 2·|train| edges, never a dense
+``(n_users + n_items)²`` matrix.  The final vectors are the mean of rounds 0..K.
+
+Training computes the propagation once per batch, as LightGCN does (every weight
+reaches every score); the L2 term is on the layer-0 vectors of the batch, with
+``reg`` per triple as in :class:`~recsys.models.MF`.  Out of training mode the result
+is kept with the layer-0 tables it came from and reused while they are unchanged
+(compared exactly, which costs far less than a propagation), so ranking all users
+costs one propagation, and a new allocation or new weights are never served stale.
+
+A provider serving several masked variants at once (a supernet's sandwich step) returns
+stacked ``(A, rows, dim)`` tables; the variants are propagated together as one
+``(rows, A·dim)`` matrix.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from torch import nn
+
+from recsys.embedding import EmbeddingProvider
+
+__all__ = ["LightGCN", "normalized_blocks"]
+
+
+def normalized_blocks(train: sp.csr_matrix) -> tuple[torch.Tensor, torch.Tensor]:
+    """``D_u^-1/2 R D_i^-1/2`` and its transpose as torch CSR tensors (float32).
+
+    ``R`` is the binary ``(n_users, n_items)`` training matrix; rows or columns without
+    any interaction stay zero (no division by zero).
+    """
+    matrix = sp.csr_matrix(train, dtype=np.float32)
+    matrix.data[:] = 1.0
+    user_degree = np.asarray(matrix.sum(axis=1)).ravel()
+    item_degree = np.asarray(matrix.sum(axis=0)).ravel()
+    scale_u = np.divide(1.0, np.sqrt(user_degree), out=np.zeros_like(user_degree), where=user_degree > 0)
+    scale_i = np.divide(1.0, np.sqrt(item_degree), out=np.zeros_like(item_degree), where=item_degree > 0)
+    normalized = sp.diags(scale_u.astype(np.float32)) @ matrix @ sp.diags(scale_i.astype(np.float32))
+    return _to_torch(sp.csr_matrix(normalized)), _to_torch(sp.csr_matrix(normalized.T))
+
+
+def _to_torch(matrix: sp.csr_matrix) -> torch.Tensor:
+    matrix.sort_indices()
+    with warnings.catch_warnings():  # torch announces that CSR support is in beta
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(
+            torch.from_numpy(matrix.indptr.astype(np.int64)), torch.from_numpy(matrix.indices.astype(np.int64)),
+            torch.from_numpy(matrix.data.astype(np.float32)), size=matrix.shape, check_invariants=False,
+        )
+
+
+class LightGCN(nn.Module):
+    """LightGCN over the ``"user"`` and ``"item"`` tables of a provider.
+
+    Args:
+        embedding: provides ``"user"`` and ``"item"`` tables (the layer-0 vectors).
+        train: the ``(n_users, n_items)`` training interactions (the graph).
+        layers: propagation rounds K (3 in the paper).
+    """
+
+    def __init__(self, embedding: EmbeddingProvider, train: sp.csr_matrix, layers: int = 3) -> None:
+        super().__init__()
+        if not isinstance(embedding, EmbeddingProvider):
+            raise TypeError(f"LightGCN needs an EmbeddingProvider, got {type(embedding).__name__}")
+        rows = dict(embedding.rows)
+        if train.shape != (rows.get("user"), rows.get("item")):
+            raise ValueError(f"the graph is {train.shape} but the tables are user {rows.get('user')} x item {rows.get('item')}")
+        if layers < 0:
+            raise ValueError(f"layers must be >= 0, got {layers}")
+        self.embedding = embedding
+        self.layers = int(layers)
+        self.user_item, self.item_user = normalized_blocks(train)
+        self._cache: tuple[torch.Tensor, ...] | None = None
+
+    @property
+    def n_items(self) -> int:
+        return int(self.embedding.rows["item"])
+
+    def propagate(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Final user and item vectors: the mean of the layer-0 tables and their K propagations."""
+        users, items = self.embedding.table("user"), self.embedding.table("item")
+        if not self.training and self._cache is not None:
+            ego_u, ego_i, final_u, final_i = self._cache
+            if ego_u.shape == users.shape and ego_i.shape == items.shape and torch.equal(ego_u, users) \
+                    and torch.equal(ego_i, items):
+                return final_u, final_i
+        ego = (users.detach().clone(), items.detach().clone())
+        stacked = users.dim() == 3
+        if stacked:  # (A, rows, dim) -> (rows, A * dim): the variants travel together
+            variants = users.shape[0]
+            users = users.permute(1, 0, 2).reshape(users.shape[1], -1)
+            items = items.permute(1, 0, 2).reshape(items.shape[1], -1)
+        device = users.device
+        user_item, item_user = self.user_item.to(device), self.item_user.to(device)
+        total_u, total_i = users, items
+        for _ in range(self.layers):
+            users, items = user_item @ items, item_user @ users
+            total_u, total_i = total_u + users, total_i + items
+        scale = 1.0 / (self.layers + 1)
+        final_u, final_i = total_u * scale, total_i * scale
+        if stacked:
+            final_u = final_u.reshape(final_u.shape[0], variants, -1).permute(1, 0, 2)
+            final_i = final_i.reshape(final_i.shape[0], variants, -1).permute(1, 0, 2)
+        self._cache = None if self.training else (*ego, final_u.detach(), final_i.detach())
+        return final_u, final_i
+
+    def bpr_loss(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, reg: float) -> torch.Tensor:
+        """BPR loss on the propagated vectors; L2 on the batch's layer-0 vectors (``reg`` per triple)."""
+        final_u, final_i = self.propagate()
+        u = final_u[..., users, :]
+        p, n = final_i[..., pos, :], final_i[..., neg, :]
+        loss = nn.functional.softplus(-(u * (p - n)).sum(dim=-1)).mean()
+        if reg:
+            ego_u = self.embedding.lookup("user", users)
+            ego_items = self.embedding.lookup("item", torch.cat([pos, neg]))
+            # Summed over stacked variants, as MF does: the caller shares ``reg`` out between them.
+            loss = loss + reg * 0.5 * (ego_u.square().sum() + ego_items.square().sum()) / len(users)
+        return loss
+
+    def all_scores(self, users: torch.Tensor) -> torch.Tensor:
+        """Scores of ``users`` against every item, ``(len(users), n_items)`` (stacked for variants)."""
+        final_u, final_i = self.propagate()
+        return final_u[..., users, :] @ final_i.transpose(-2, -1)
