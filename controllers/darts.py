@@ -65,6 +65,9 @@ class DifferentiableSizes(OneShotController):
         hidden: width of the architecture network.
         free_limit: spaces with at most this many decisions also get a free logit per
             decision and size.
+        cost_sample: decisions drawn per step to estimate the expected cost (unbiased);
+            spaces with at most this many use all of them.  On Gowalla's 70,839 rows the
+            exact sum took 84 ms a step, five times the rest of the step.
     """
 
     needs_context = True
@@ -85,10 +88,14 @@ class DifferentiableSizes(OneShotController):
         warmup: int = 1,
         hidden: int = 32,
         free_limit: int = 4096,
+        cost_sample: int = 8192,
     ) -> None:
         super().__init__(space, budget, seed)
         if relaxation not in RELAXATIONS:
             raise ConfigError(f"darts relaxation must be one of {RELAXATIONS}, got {relaxation!r}")
+        if cost_sample < 1:
+            raise ConfigError(f"darts needs cost_sample >= 1, got {cost_sample}")
+        self.cost_sample = int(cost_sample)
         if lr <= 0 or dual_lr <= 0 or penalty < 0 or not 0 < tau_min <= tau or not 0 < tau_decay <= 1 or warmup < 0 or hidden < 1:
             raise ConfigError("darts needs lr, dual_lr > 0, 0 < tau_min <= tau, 0 < tau_decay <= 1, warmup >= 0, hidden >= 1")
         self.relaxation, self.dual_lr, self.penalty = relaxation, float(dual_lr), float(penalty)
@@ -160,11 +167,20 @@ class DifferentiableSizes(OneShotController):
             embedding.set_soft_mask(None)
         if not self.searching:
             return loss
-        probabilities = torch.softmax(self.logits(), dim=-1).double()
-        expected = (self.unit_costs * (probabilities @ self.grid)).sum()
+        expected = self._expected_cost()
         excess = expected / self.budget.max_values - 1.0
         self.expected_cost = float(expected.detach())
         return loss + (self.multiplier * excess + 0.5 * self.penalty * excess.square()).float()
+
+    def _expected_cost(self) -> torch.Tensor:
+        """``E[cost]`` under the current distributions: exact, or estimated from a uniform sample of decisions."""
+        n = self.space.n_decisions
+        if n <= self.cost_sample:
+            probabilities = torch.softmax(self.logits(), dim=-1)
+            return (self.unit_costs * (probabilities @ self.grid.float()).double()).sum()
+        sample = torch.randint(n, (self.cost_sample,), generator=self.noise)
+        probabilities = torch.softmax(self.logits(sample), dim=-1)
+        return (self.unit_costs[sample] * (probabilities @ self.grid.float()).double()).sum() * (n / self.cost_sample)
 
     def after_step(self) -> None:
         if not self.searching:
