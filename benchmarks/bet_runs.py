@@ -23,6 +23,8 @@ adds the supernet's own training time back for the ``x one training`` column.  J
   one-shot ``darts``, the pruning baselines ``magprune`` and ``pep``), with successive-halving
   retraining where there are several candidates; multi-trial ones share the fast BET jobs'
   sandwich supernet, ``magprune`` the plain full model;
+* ``proposals``: fast BET whose sandwich supernet trains on BET's own sampler instead of
+  uniform sizes (``--supernet-proposals controller``);
 * ``spaces``: the best two of them on per-feature (``SPACE_CONTROLLERS``, ``--space-controllers``)
   on the per-field space and the block space (8 frequency groups × 4 column blocks);
 * ``options``: the fast mode with each option beyond the paper changed alone: every one
@@ -59,7 +61,7 @@ DATASETS = {
 }
 #: epochs, Adam lr, L2, epochs between validations, patience (validations).
 PROTOCOL = {"lastfm": (200, 2e-3, 1e-4, 5, 3), "gowalla": (50, 1e-3, 1e-4, 5, 3)}
-PLANS = ("main", "ablation", "faithful", "options", "controllers", "spaces")
+PLANS = ("main", "ablation", "faithful", "options", "controllers", "spaces", "proposals")
 #: Controllers run on the per-field and block spaces by the ``spaces`` plan (the best two on per-feature).
 SPACE_CONTROLLERS = ["nevergrad", "optuna"]
 #: Every other controller of the project, in the fast mode where it searches by fitness.
@@ -87,6 +89,8 @@ def jobs(dataset: str, plans: list[str], sparsities: list[float]) -> list[tuple[
                 out += [(f"bet-faithful-{sparsity}", faithful)]
             elif plan == "controllers":
                 out += [(f"{name}-{sparsity}", {"controller": name, "retrain": "halving"}) for name in OTHER_CONTROLLERS]
+            elif plan == "proposals":
+                out += [(f"bet-own-{sparsity}", {**fast, "supernet": SupernetOptions(proposals="controller")})]
             elif plan == "spaces":
                 for name in SPACE_CONTROLLERS:
                     out += [(f"{name}-perfield-{sparsity}", {"controller": name, "retrain": "halving", "space": "per-field"}),
@@ -138,7 +142,8 @@ def share_supernet(folder: Path, name: str, config: SearchConfig, fingerprint: s
     for other in sorted(p for p in folder.iterdir() if p.name != name and (p / "config.json").exists()):
         source = Run(other)
         trained = [e for e in source.events("trained") if e["stage"] == "supernet"]
-        same = _supernet_key(source.config()) == key and source.config().get("data_fingerprint") == fingerprint
+        recorded = SearchConfig.upgrade(source.config())
+        same = _supernet_key(recorded) == key and recorded.get("data_fingerprint") == fingerprint
         if not trained or not source.has("checkpoints/supernet.safetensors") or not same:
             continue
         run = Run.create(folder, {**config.to_dict(), "data_fingerprint": fingerprint}, name)

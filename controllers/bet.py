@@ -188,6 +188,10 @@ class BET(Controller):
             self.optimizer.step()
             self.losses.append(float(loss.detach()))
 
+    def supernet_proposals(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        """Actions of BET's budgeted sampler, so the supernet trains on the shapes BET will score."""
+        return self.sampler.sample(rng, n).decisions
+
     def predict(self, decisions: np.ndarray) -> np.ndarray:
         """Predicted fitness of decision vectors (grid values), shape ``(m,)``."""
         if self.predictor is None:

@@ -63,6 +63,9 @@ def _add_search_options(parser: argparse.ArgumentParser) -> None:
     search.add_argument("--finetune-steps", type=int, default=defaults.finetune.steps, help="finetune evaluator: SGD steps per allocation (default: %(default)s)")
     search.add_argument("--supernet", choices=("sandwich", "full"), default=defaults.supernet.mode,
                         help="supernet training: sandwich (largest, smallest and random allocations per step) or plain full-size (default: %(default)s)")
+    search.add_argument("--supernet-proposals", choices=("space", "controller"), default=defaults.supernet.proposals,
+                        help="the sandwich's random allocations: uniform sizes from the space, or the controller's own "
+                             "proposal distribution (bet) (default: %(default)s)")
     search.add_argument("--retrain-top", type=int, default=defaults.retrain_top, help="fittest allocations retrained from scratch; the best on validation wins (default: %(default)s)")
     search.add_argument("--retrain", choices=RETRAIN_MODES, default=defaults.retrain,
                         help="retrain every one of the top to the end, or by successive halving (a third continue at each rung) (default: %(default)s)")
@@ -110,7 +113,7 @@ def _config_from_args(args: argparse.Namespace):  # noqa: ANN202
     train = TrainingOptions(args.epochs, args.batch_size, args.lr, args.reg, args.eval_every, args.patience, args.sampling,
                             args.checkpoint_every)
     protocol = {
-        "supernet": SupernetOptions(mode=args.supernet), "evaluator": args.evaluator,
+        "supernet": SupernetOptions(mode=args.supernet, proposals=args.supernet_proposals), "evaluator": args.evaluator,
         "finetune": FineTuneConfig(steps=args.finetune_steps, reg=args.reg), "retrain": args.retrain,
     }
     if args.faithful:

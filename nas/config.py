@@ -141,6 +141,14 @@ class SearchConfig:
         return data
 
     @classmethod
+    def upgrade(cls, recorded: dict[str, Any]) -> dict[str, Any]:
+        """A configuration written by an earlier version, with the options added since at their defaults."""
+        upgraded = cls.from_dict(recorded).to_dict()
+        if "data_fingerprint" in recorded:
+            upgraded["data_fingerprint"] = recorded["data_fingerprint"]
+        return upgraded
+
+    @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SearchConfig:
         """Inverse of :meth:`to_dict`."""
         fields = {k: v for k, v in data.items() if k != "data_fingerprint"}

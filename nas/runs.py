@@ -14,7 +14,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -45,13 +45,23 @@ class Run:
         self.folder = Path(folder)
 
     @classmethod
-    def create(cls, root: str | Path, config: Mapping[str, Any], name: str | None = None) -> Run:
+    def create(
+        cls,
+        root: str | Path,
+        config: Mapping[str, Any],
+        name: str | None = None,
+        *,
+        upgrade: Callable[[dict[str, Any]], Mapping[str, Any]] | None = None,
+    ) -> Run:
         """Make a new run folder under ``root`` and write its ``config.json``.
 
         Args:
             root: the folder holding runs (``runs/``).
             config: the JSON-able configuration of the run.
             name: folder name; default ``<UTC time>-<config hash>``.
+            upgrade: brings a configuration recorded by an earlier version up to date
+                (options added since take their defaults) before it is compared with
+                ``config``; the recorded file is left as it is.
 
         Raises:
             ResumeError: when a folder of that name exists for another configuration.
@@ -62,7 +72,7 @@ class Run:
             raise ConfigError(f"run name {name!r} must be a plain folder name (no path separators)")
         run = cls(Path(root) / name)
         if (run.folder / "config.json").exists():
-            run.check_config(config)
+            run.check_config(config, upgrade=upgrade)
             run._remove_stale_temporaries()
             return run
         run.folder.mkdir(parents=True, exist_ok=True)
@@ -84,9 +94,13 @@ class Run:
         """The hash recorded in ``config.json``."""
         return str(self.read_json("config.json")["config_hash"])
 
-    def check_config(self, config: Mapping[str, Any]) -> None:
+    def check_config(
+        self, config: Mapping[str, Any], *, upgrade: Callable[[dict[str, Any]], Mapping[str, Any]] | None = None
+    ) -> None:
         """Refuse to continue this folder with a different configuration, naming what differs."""
         recorded = self.config()
+        if upgrade is not None:
+            recorded = dict(upgrade(recorded))
         if config_hash(recorded) == config_hash(config):
             return
         keys = sorted(k for k in set(recorded) | set(config) if recorded.get(k) != config.get(k))

@@ -99,6 +99,10 @@ def build_search(config: SearchConfig, data: InteractionData) -> tuple[Budget, S
         raise ConfigError(
             f"the {config.controller} controller does not take the options {sorted(config.controller_options)} ({error})"
         ) from None
+    if config.supernet.proposals == "controller" and controller.needs_fitness and not isinstance(controller, OneShotController):
+        if controller.supernet_proposals(np.random.default_rng(0), 1) is None:
+            raise ConfigError(f"the {config.controller} controller has no proposal distribution of its own for the "
+                              "supernet to train on; use --supernet-proposals space")
     if controller.max_ask is not None and config.ask_batch > controller.max_ask:
         raise ConfigError(
             f"the {config.controller} controller proposes at most {controller.max_ask} candidates at once; "
@@ -147,7 +151,8 @@ def run_search(config: SearchConfig, runs_root: str | Path = "runs", name: str |
         )
     # The run is tied to its configuration and to the data's content: a folder made from
     # other files refuses to continue. It is made only once data and budget are known good.
-    run = Run.create(runs_root, {**config.to_dict(), "data_fingerprint": data.fingerprint()}, name)
+    run = Run.create(runs_root, {**config.to_dict(), "data_fingerprint": data.fingerprint()}, name,
+                     upgrade=SearchConfig.upgrade)
     run.log_event("start", data=data.summary(), budget=budget.to_dict())
     train_config = config.train.to_train_config(config.seed, config.threads)
     timing: dict[str, float] = {}
@@ -162,7 +167,8 @@ def run_search(config: SearchConfig, runs_root: str | Path = "runs", name: str |
         train = partial(_train_one_shot, run, data, controller, train_config, progress)
     else:
         def train(model: Backbone, hooks: TrainHooks) -> TrainResult:
-            return train_supernet(model, data, space, budget, train_config, options, hooks=hooks, progress=progress)
+            return train_supernet(model, data, space, budget, train_config, options, hooks=hooks, progress=progress,
+                                  proposals=_proposals(controller, options))
     supernet_stats = _train_stage(run, "supernet", None, supernet, config.train.checkpoint_every, train)
     supernet_test = evaluate(supernet, data, "test", KS)
     timing["supernet"] = time.perf_counter() - tic
@@ -235,6 +241,13 @@ class _Retrained:
     seconds: float
     epochs: int
     final: bool
+
+
+def _proposals(controller: Controller, options: SupernetOptions) -> Callable[[np.random.Generator, int], np.ndarray] | None:
+    """The controller's proposal distribution for the sandwich, when asked for and it has one."""
+    if options.proposals != "controller":
+        return None
+    return controller.supernet_proposals  # type: ignore[return-value]  (checked by build_search)
 
 
 def _train_one_shot(

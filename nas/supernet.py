@@ -14,12 +14,15 @@ Two ways to train it:
 
 Random allocations are drawn per epoch into a small pool, seeded by the run's seed and
 the epoch number; each step picks from the pool.  A run resumed at an epoch boundary
-therefore draws exactly what the uninterrupted run drew.
+therefore draws exactly what the uninterrupted run drew.  They come from the space
+(uniform sizes, projected) or, with ``proposals="controller"``, from the controller's own
+proposal distribution (:meth:`~nas.core.controller.Controller.supernet_proposals`), so the
+weights learn most about the allocations that will be scored on them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,6 +40,8 @@ from recsys.train import TrainConfig, TrainHooks, TrainResult, train_bpr
 __all__ = ["SUPERNET_MODES", "SandwichLoss", "SupernetOptions", "train_one_shot", "train_supernet"]
 
 SUPERNET_MODES = ("sandwich", "full")
+#: Where the sandwich's random allocations come from.
+PROPOSAL_SOURCES = ("space", "controller")
 
 
 @dataclass(frozen=True)
@@ -47,15 +52,20 @@ class SupernetOptions:
         mode: ``"sandwich"`` or ``"full"`` (see the module docstring).
         random: random feasible allocations per step beside the largest and the smallest.
         pool: random allocations drawn per epoch, among which each step picks ``random``.
+        proposals: ``"space"`` (uniform sizes, projected) or ``"controller"`` (the
+            controller's proposal distribution, when it has one).
     """
 
     mode: str = "sandwich"
     random: int = 2
     pool: int = 16
+    proposals: str = "space"
 
     def __post_init__(self) -> None:
         if self.mode not in SUPERNET_MODES:
             raise ConfigError(f"supernet mode must be one of {SUPERNET_MODES}, got {self.mode!r}")
+        if self.proposals not in PROPOSAL_SOURCES:
+            raise ConfigError(f"supernet proposals must be one of {PROPOSAL_SOURCES}, got {self.proposals!r}")
         if self.random < 0 or self.pool < max(1, self.random):
             raise ConfigError(f"supernet needs 0 <= random <= pool and pool >= 1, got random={self.random}, pool={self.pool}")
 
@@ -69,10 +79,20 @@ class SandwichLoss:
             that serves all of them, drawn in turn.
         options: how many random allocations, from how large a pool.
         seed: seeds the pool (with the epoch) and the picks.
+        proposals: draws ``n`` decision vectors from a generator (a controller's
+            :meth:`~nas.core.controller.Controller.supernet_proposals`); ``None`` samples the space.
     """
 
-    def __init__(self, space: SearchSpace, budget: Budget | Sequence[Budget], options: SupernetOptions, seed: int) -> None:
+    def __init__(
+        self,
+        space: SearchSpace,
+        budget: Budget | Sequence[Budget],
+        options: SupernetOptions,
+        seed: int,
+        proposals: Callable[[np.random.Generator, int], np.ndarray] | None = None,
+    ) -> None:
         self.space = space
+        self.proposals = proposals
         self.budgets = [budget] if isinstance(budget, Budget) else list(budget)
         self.options = options
         self.seed = seed
@@ -86,8 +106,11 @@ class SandwichLoss:
     def on_epoch_start(self, epoch: int) -> None:
         """Draw this epoch's pool of random allocations (a function of seed and epoch only)."""
         rng = np.random.default_rng([self.seed, epoch])
-        budgets = [self.budgets[i % len(self.budgets)] for i in range(self.options.pool)]
-        pool = [self.space.to_allocation(self.space.sample(rng, budget)) for budget in budgets]
+        if self.proposals is not None:
+            pool = [self.space.to_allocation(row) for row in self.proposals(rng, self.options.pool)]
+        else:
+            budgets = [self.budgets[i % len(self.budgets)] for i in range(self.options.pool)]
+            pool = [self.space.to_allocation(self.space.sample(rng, budget)) for budget in budgets]
         self._stack = stack_row_dims(self._ends + pool)
         self._picks.manual_seed(int(rng.integers(2**62)))
 
@@ -121,18 +144,22 @@ def train_supernet(
     *,
     hooks: TrainHooks | None = None,
     progress: bool = True,
+    proposals: Callable[[np.random.Generator, int], np.ndarray] | None = None,
 ) -> TrainResult:
     """Train ``model`` as a supernet for ``space`` under ``budget`` (early stopping on the full model).
 
     Args:
         hooks: checkpoint callbacks and the state to resume from (their ``loss`` and
             ``on_epoch_start`` are set here).
+        proposals: where the sandwich's random allocations come from when
+            ``options.proposals == "controller"`` (ignored otherwise).
     """
     if not isinstance(model.embedding, MaskableEmbedding):
         raise ConfigError("a supernet needs a model built on a MaskableEmbedding")
     hooks = hooks or TrainHooks()
     if options.mode == "sandwich":
-        loss = SandwichLoss(space, budget, options, config.seed)
+        loss = SandwichLoss(space, budget, options, config.seed,
+                            proposals if options.proposals == "controller" else None)
         hooks = TrainHooks(loss=loss, on_epoch_start=loss.on_epoch_start, on_epoch_end=hooks.on_epoch_end,
                            resume=hooks.resume)
     return train_bpr(model, data, config, progress=progress, hooks=hooks)

@@ -111,6 +111,15 @@ class Controller(ABC):
             return self.best_decisions.copy()
         return self.ask(1)[0]
 
+    def supernet_proposals(self, rng: np.random.Generator, n: int) -> np.ndarray | None:
+        """``n`` feasible decision vectors drawn like the controller's proposals, for the supernet to train on.
+
+        Drawn from ``rng`` only (never the controller's own generator or learned state), so
+        the supernet's training stays a function of its seed.  ``None`` (the default): the
+        controller has no proposal distribution of its own, and the space is sampled.
+        """
+        return None
+
     def notes(self) -> list[dict[str, Any]]:
         """What the controller wants logged with each candidate of its last ask (default: nothing).
 

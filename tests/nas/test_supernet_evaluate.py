@@ -172,3 +172,41 @@ def test_prefix_sum_loss_equals_the_stacked_variants_loss_and_gradients(data):
     assert prefix == pytest.approx(stacked, rel=1e-5)
     for key in stacked_grads:
         torch.testing.assert_close(prefix_grads[key], stacked_grads[key], rtol=1e-4, atol=1e-7)
+
+
+def test_the_sandwich_can_train_on_the_controllers_own_proposals():
+    from controllers import BET
+    from nas.testing import synthetic_fields
+    from search_spaces import PerFeatureSpace
+
+    fields = synthetic_fields({"user": 60, "item": 90}, exponent=1.1, seed=0)
+    space = PerFeatureSpace(fields.tables, fields.frequencies, 1, 16)
+    budget = Budget.parse("0.8", space.rows(), 16, 1)
+    bet = BET(space, budget, seed=3)
+    loss = SandwichLoss(space, budget, SupernetOptions(pool=4, proposals="controller"), seed=7, proposals=bet.supernet_proposals)
+    loss.on_epoch_start(2)
+    expected = bet.sampler.sample(np.random.default_rng([7, 2]), 4).decisions
+    # The pool after the largest and the smallest allocation is BET's draws from the epoch's generator.
+    np.testing.assert_array_equal(loss._stack["user"][2:].numpy(), expected[:, :60])
+    np.testing.assert_array_equal(loss._stack["item"][2:].numpy(), expected[:, 60:])
+
+
+def test_a_controller_without_proposals_refuses_to_feed_the_supernet_before_training():
+    from nas.config import SearchConfig
+    from nas.core import ConfigError
+    from nas.data_source import load_data
+    from nas.search import build_search
+
+    config = SearchConfig(controller="rl", supernet=SupernetOptions(proposals="controller"))
+    with pytest.raises(ConfigError, match="no proposal distribution"):
+        build_search(config, load_data(config.data))
+
+
+def test_a_run_recorded_before_an_option_existed_resumes(tmp_path):
+    from nas.config import SearchConfig
+    from nas.runs import Run
+
+    current = SearchConfig().to_dict()
+    older = {**current, "supernet": {k: v for k, v in current["supernet"].items() if k != "proposals"}}
+    Run.create(tmp_path, older, name="r")
+    Run.create(tmp_path, current, name="r", upgrade=SearchConfig.upgrade)  # no ResumeError
