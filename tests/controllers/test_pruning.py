@@ -64,9 +64,9 @@ def test_a_byte_budget_pays_for_the_masks():
 
 
 def test_pep_without_warmup_conforms_and_freezes_its_mask_at_the_budget():
-    check_controller(LearnableThresholds, warmup=0)
+    check_controller(LearnableThresholds, warmup=0, ramp=0)
     _, space, _, budget = next(case for case in conformance_cases() if case[0] == "per-feature" and case[2] == "middle")
-    controller = LearnableThresholds(space, budget, warmup=0, lr=0.2)
+    controller = LearnableThresholds(space, budget, warmup=0, ramp=2, lr=0.2)
     supernet = _TinySupernet(space, seed=0)
     for _ in range(60):
         supernet.train(controller, 5)
