@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from controllers._constraint import DualAscent
 from controllers._context import decision_features
 from controllers.registry import register_controller
 from nas.core.budget import Budget
@@ -98,7 +99,8 @@ class DifferentiableSizes(OneShotController):
         self.cost_sample = int(cost_sample)
         if lr <= 0 or dual_lr <= 0 or penalty < 0 or not 0 < tau_min <= tau or not 0 < tau_decay <= 1 or warmup < 0 or hidden < 1:
             raise ConfigError("darts needs lr, dual_lr > 0, 0 < tau_min <= tau, 0 < tau_decay <= 1, warmup >= 0, hidden >= 1")
-        self.relaxation, self.dual_lr, self.penalty = relaxation, float(dual_lr), float(penalty)
+        self.relaxation = relaxation
+        self.budget_constraint = DualAscent(dual_lr, penalty)
         self.tau0, self.tau_decay, self.tau_min, self.warmup = float(tau), float(tau_decay), float(tau_min), int(warmup)
         grid = torch.as_tensor(space.grid, dtype=torch.float32)
         self.features = torch.from_numpy(decision_features(space))
@@ -118,7 +120,6 @@ class DifferentiableSizes(OneShotController):
         self.free = nn.Parameter(torch.zeros(space.n_decisions, len(space.grid))) if space.n_decisions <= free_limit else None
         self.optimizer = torch.optim.Adam(self.parameters(), lr=lr)
         self.noise = torch.Generator().manual_seed(seed)
-        self.multiplier = 0.0
         self.epoch = 0
         self.tau = self.tau0
         self.expected_cost = float("nan")
@@ -170,7 +171,7 @@ class DifferentiableSizes(OneShotController):
         expected = self._expected_cost()
         excess = expected / self.budget.max_values - 1.0
         self.expected_cost = float(expected.detach())
-        return loss + (self.multiplier * excess + 0.5 * self.penalty * excess.square()).float()
+        return loss + self.budget_constraint.term(excess).float()
 
     def _expected_cost(self) -> torch.Tensor:
         """``E[cost]`` under the current distributions: exact, or estimated from a uniform sample of decisions."""
@@ -188,7 +189,7 @@ class DifferentiableSizes(OneShotController):
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         excess = self.expected_cost / self.budget.max_values - 1.0
-        self.multiplier += self.dual_lr * excess
+        self.budget_constraint.update(excess)
 
     def choose(self) -> np.ndarray:
         """The sizes of highest summed log-probability within the budget (a multiple-choice knapsack)."""
@@ -198,7 +199,7 @@ class DifferentiableSizes(OneShotController):
         return self.space.grid[picks]
 
     def notes(self) -> list[dict[str, Any]]:
-        return [{"multiplier": self.multiplier, "expected_cost": self.expected_cost, "tau": self.tau}]
+        return [{"multiplier": self.budget_constraint.multiplier, "expected_cost": self.expected_cost, "tau": self.tau}]
 
     # -- state ---------------------------------------------------------------------------------------
     def _state(self) -> ControllerState:
@@ -206,7 +207,7 @@ class DifferentiableSizes(OneShotController):
             "network": dict(self.network.state_dict()),
             "optimizer": self.optimizer.state_dict(),
             "noise": self.noise.get_state(),
-            "multiplier": self.multiplier,
+            "multiplier": self.budget_constraint.multiplier,
             "epoch": self.epoch,
             "expected_cost": self.expected_cost,
         }
@@ -221,7 +222,7 @@ class DifferentiableSizes(OneShotController):
                 self.free.copy_(torch.as_tensor(state["free"]))
         self.optimizer.load_state_dict(state["optimizer"])
         self.noise.set_state(torch.as_tensor(state["noise"], dtype=torch.uint8))
-        self.multiplier = float(state["multiplier"])
+        self.budget_constraint.multiplier = float(state["multiplier"])
         self.on_epoch_start(int(state["epoch"]))
         self.expected_cost = float(state["expected_cost"])
 

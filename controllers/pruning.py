@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from controllers._constraint import DualAscent
 from controllers.registry import register_controller
 from nas.core.allocation import Allocation
 from nas.core.budget import Budget
@@ -166,11 +167,11 @@ class LearnableThresholds(_ElementPruning):
         if lr <= 0 or dual_lr <= 0 or penalty < 0 or sharpness <= 0 or sample_rows < 1 or warmup < 0 or ramp < 0:
             raise ConfigError("pep needs lr, dual_lr, sharpness > 0, penalty >= 0, sample_rows >= 1, warmup >= 0, ramp >= 0")
         self.warmup, self.ramp, self.epoch = int(warmup), int(ramp), 0
-        self.dual_lr, self.penalty, self.sharpness, self.sample_rows = float(dual_lr), float(penalty), float(sharpness), int(sample_rows)
+        self.sharpness, self.sample_rows = float(sharpness), int(sample_rows)
+        self.share_constraint = DualAscent(dual_lr, penalty)
         self.threshold = nn.Parameter(torch.full((space.d_max,), float(init)))
         self.optimizer = torch.optim.Adam([self.threshold], lr=lr)
         self.sampler = torch.Generator().manual_seed(seed)
-        self.multiplier = 0.0
         self.kept_share = float("nan")
         self.frozen: dict[str, torch.Tensor] | None = None
         self._model: Any = None
@@ -228,14 +229,14 @@ class LearnableThresholds(_ElementPruning):
             share = share + soft.mean() * weight.shape[0] / total
         excess = share / self._target - 1.0
         self.kept_share = float(share.detach())
-        return loss + self.multiplier * excess + 0.5 * self.penalty * excess.square()
+        return loss + self.share_constraint.term(excess)
 
     def after_step(self) -> None:
         if not self.pruning:
             return
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        self.multiplier += self.dual_lr * (self.kept_share / self._target - 1.0)
+        self.share_constraint.update(self.kept_share / self._target - 1.0)
         with torch.no_grad():
             above = {name: weight.abs() > torch.sigmoid(self.threshold)
                      for name, weight in self._model.embedding.weights.items()}
@@ -254,14 +255,14 @@ class LearnableThresholds(_ElementPruning):
         return scores
 
     def notes(self) -> list[dict[str, Any]]:
-        return [{"multiplier": self.multiplier, "kept_share": self.kept_share, "frozen": self.frozen is not None}]
+        return [{"multiplier": self.share_constraint.multiplier, "kept_share": self.kept_share, "frozen": self.frozen is not None}]
 
     def _state(self) -> ControllerState:
         state: ControllerState = {
             "threshold": self.threshold.detach().clone(),
             "optimizer": self.optimizer.state_dict(),
             "sampler": self.sampler.get_state(),
-            "multiplier": self.multiplier,
+            "multiplier": self.share_constraint.multiplier,
             "kept_share": self.kept_share,
             "epoch": self.epoch,
         }
@@ -274,7 +275,7 @@ class LearnableThresholds(_ElementPruning):
             self.threshold.copy_(torch.as_tensor(state["threshold"]))
         self.optimizer.load_state_dict(state["optimizer"])
         self.sampler.set_state(torch.as_tensor(state["sampler"], dtype=torch.uint8))
-        self.multiplier = float(state["multiplier"])
+        self.share_constraint.multiplier = float(state["multiplier"])
         self.kept_share = float(state["kept_share"])
         self.epoch = int(state["epoch"])
         self.frozen = None

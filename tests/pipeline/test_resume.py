@@ -33,13 +33,30 @@ def _start(runs: Path, name: str, *flags: str) -> subprocess.Popen:
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def _reference_run(tmp_path_factory: pytest.TempPathFactory, config: str) -> Path:
+    """The uninterrupted run of a crash-runner configuration."""
     runs = tmp_path_factory.mktemp("runs")
-    process = _start(runs, "reference")
+    process = _start(runs, "reference", "--config", config)
     _, err = process.communicate(timeout=300)
     assert process.returncode == 0, err.decode()
     return runs / "reference"
+
+
+def _killed_then_resumed(tmp_path: Path, config: str, flag: str, n: int) -> Path:
+    """A run of ``config`` killed at ``flag n``, checked intact, then resumed to the end; its folder."""
+    process = _start(tmp_path, "run", "--config", config, flag, str(n))
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == -9, f"the runner should have died at {flag} {n}: {err.decode()}"
+    folder = tmp_path / "run"
+    assert_intact(folder)
+    assert not (folder / "metrics.json").exists()
+    assert main(["resume", str(folder), "--quiet"]) == 0
+    return folder
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _reference_run(tmp_path_factory, "random")
 
 
 def _stable(value):  # noqa: ANN001, ANN202
@@ -101,13 +118,7 @@ def assert_same_result(folder: Path, reference: Path) -> None:
     ],
 )
 def test_killed_inside_a_write_resumes_to_the_same_result(tmp_path: Path, reference: Path, flag: str, n: int):
-    process = _start(tmp_path, "run", flag, str(n))
-    _, err = process.communicate(timeout=300)
-    assert process.returncode == -9, f"the runner should have died at {flag} {n}: {err.decode()}"
-    folder = tmp_path / "run"
-    assert_intact(folder)
-    assert not (folder / "metrics.json").exists()
-    assert main(["resume", str(folder), "--quiet"]) == 0
+    folder = _killed_then_resumed(tmp_path, "random", flag, n)
     assert_same_result(folder, reference)
 
 
@@ -136,11 +147,7 @@ def test_resume_refuses_a_folder_that_is_not_a_run(tmp_path: Path, capsys: pytes
 
 @pytest.fixture(scope="module")
 def bet_reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    runs = tmp_path_factory.mktemp("runs")
-    process = _start(runs, "reference", "--config", "bet")
-    _, err = process.communicate(timeout=300)
-    assert process.returncode == 0, err.decode()
-    return runs / "reference"
+    return _reference_run(tmp_path_factory, "bet")
 
 
 @pytest.mark.parametrize(
@@ -155,12 +162,7 @@ def bet_reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_a_killed_bet_search_with_halving_resumes_to_the_same_result(
     tmp_path: Path, bet_reference: Path, flag: str, n: int
 ):
-    process = _start(tmp_path, "run", "--config", "bet", flag, str(n))
-    _, err = process.communicate(timeout=300)
-    assert process.returncode == -9, f"the runner should have died at {flag} {n}: {err.decode()}"
-    folder = tmp_path / "run"
-    assert_intact(folder)
-    assert main(["resume", str(folder), "--quiet"]) == 0
+    folder = _killed_then_resumed(tmp_path, "bet", flag, n)
     assert_same_result(folder, bet_reference)
     metrics = json.loads((folder / "metrics.json").read_text())
     assert [r["final"] for r in metrics["retrained"]].count(True) == 1 and len(metrics["retrained"]) == 3
@@ -168,11 +170,7 @@ def test_a_killed_bet_search_with_halving_resumes_to_the_same_result(
 
 @pytest.fixture(scope="module")
 def darts_reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    runs = tmp_path_factory.mktemp("runs")
-    process = _start(runs, "reference", "--config", "darts")
-    _, err = process.communicate(timeout=300)
-    assert process.returncode == 0, err.decode()
-    return runs / "reference"
+    return _reference_run(tmp_path_factory, "darts")
 
 
 @pytest.mark.parametrize(
@@ -186,11 +184,6 @@ def darts_reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ],
 )
 def test_a_killed_one_shot_search_resumes_to_the_same_result(tmp_path: Path, darts_reference: Path, flag: str, n: int):
-    process = _start(tmp_path, "run", "--config", "darts", flag, str(n))
-    _, err = process.communicate(timeout=300)
-    assert process.returncode == -9, f"the runner should have died at {flag} {n}: {err.decode()}"
-    folder = tmp_path / "run"
-    assert_intact(folder)
-    assert main(["resume", str(folder), "--quiet"]) == 0
+    folder = _killed_then_resumed(tmp_path, "darts", flag, n)
     assert_same_result(folder, darts_reference)
     assert json.loads((folder / "metrics.json").read_text())["full"]["supernet"] == "one-shot"
