@@ -8,6 +8,9 @@ minimises, so it is told the negated fitness.
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -72,10 +75,20 @@ class Evolutionary(GroupedBlackBox):
         return super()._ask(n)
 
     def _propose(self) -> tuple[Any, np.ndarray]:
-        candidate = self._optimizer.ask()
+        with _quiet_cma():
+            candidate = self._optimizer.ask()
         return candidate, np.asarray(candidate.value, dtype=np.float64).copy()
 
     def _learn(self, handle: Any, point: np.ndarray, fitness: float) -> None:
-        if handle is None:
-            handle = self._optimizer.parametrization.spawn_child(new_value=np.asarray(point, dtype=np.float64))
-        self._optimizer.tell(handle, -fitness)
+        with _quiet_cma():
+            if handle is None:
+                handle = self._optimizer.parametrization.spawn_child(new_value=np.asarray(point, dtype=np.float64))
+            self._optimizer.tell(handle, -fitness)
+
+
+@contextmanager
+def _quiet_cma() -> Iterator[None]:
+    """Silence pycma's notes about injected solutions (nevergrad hands it one candidate at a time)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", module="cma")
+        yield
