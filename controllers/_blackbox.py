@@ -78,10 +78,7 @@ class GroupedBlackBox(Controller):
 
     def _tell(self, decisions: np.ndarray, fitness: np.ndarray) -> None:
         pending, self._pending = self._pending, []
-        mine = len(pending) == len(decisions) and all(
-            np.array_equal(self.space.project(self._decisions(point), self.budget), row)
-            for (_, point), row in zip(pending, decisions)
-        )
+        mine = len(pending) == len(decisions) and all(self._asked_row(decisions, i) for i in range(len(decisions)))
         if not mine:  # decisions from elsewhere: the group means, scaled to [0, 1] of the grid's range
             grid = self.space.grid
             means = self.groups.reduce(decisions)

@@ -114,7 +114,7 @@ class PolicyGradient(Controller):
         if drawn is None or len(drawn) != len(decisions):
             return actions
         for i, row in enumerate(drawn):
-            if np.array_equal(self.space.project(self.space.grid[row], self.budget), decisions[i]):
+            if self._asked_row(decisions, i):
                 actions[i] = row
         return actions
 

@@ -83,7 +83,18 @@ class Controller(ABC):
         if n < 1:
             raise ValueError(f"ask for at least one candidate, got n={n}")
         raw = np.asarray(self._ask(n), dtype=np.float64).reshape(n, self.space.n_decisions)
-        return np.stack([self.space.project(row, self.budget) for row in raw])
+        proposals = np.stack([self.space.project(row, self.budget) for row in raw])
+        self._last_asked = proposals.copy()
+        return proposals
+
+    def _asked_row(self, decisions: np.ndarray, index: int) -> bool:
+        """Whether told row ``index`` is the ``index``-th proposal of the last ``ask`` (not decisions from elsewhere).
+
+        Controllers that learn from what they drew before projection (``rl``, the black-box
+        optimisers) use it to match told decisions to their own draws.
+        """
+        asked = getattr(self, "_last_asked", None)
+        return asked is not None and len(asked) == len(decisions) and np.array_equal(asked[index], decisions[index])
 
     def tell(self, decisions: np.ndarray, fitness: np.ndarray | list[float]) -> None:
         """Report the fitness of decision vectors the loop evaluated (higher is better)."""

@@ -94,7 +94,8 @@ class LightGCN(nn.Module):
             if ego_u.shape == users.shape and ego_i.shape == items.shape and torch.equal(ego_u, users) \
                     and torch.equal(ego_i, items):
                 return final_u, final_i
-        ego = (users.detach().clone(), items.detach().clone())
+        # Only an evaluation keeps what it propagated from: training never reuses it.
+        ego = None if self.training else (users.detach().clone(), items.detach().clone())
         stacked = users.dim() == 3
         if stacked:  # (A, rows, dim) -> (rows, A * dim): the variants travel together
             variants = users.shape[0]
@@ -111,7 +112,7 @@ class LightGCN(nn.Module):
         if stacked:
             final_u = final_u.reshape(final_u.shape[0], variants, -1).permute(1, 0, 2)
             final_i = final_i.reshape(final_i.shape[0], variants, -1).permute(1, 0, 2)
-        self._cache = None if self.training else (*ego, final_u.detach(), final_i.detach())
+        self._cache = None if ego is None else (*ego, final_u.detach(), final_i.detach())
         return final_u, final_i
 
     def bpr_loss(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, reg: float) -> torch.Tensor:
