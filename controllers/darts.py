@@ -120,6 +120,7 @@ class DifferentiableSizes(OneShotController):
         self.free = nn.Parameter(torch.zeros(space.n_decisions, len(space.grid))) if space.n_decisions <= free_limit else None
         self.optimizer = torch.optim.Adam(self.parameters(), lr=lr)
         self.noise = torch.Generator().manual_seed(seed)
+        self._device_noise: torch.Generator | None = None
         self.epoch = 0
         self.tau = self.tau0
         self.expected_cost = float("nan")
@@ -136,9 +137,39 @@ class DifferentiableSizes(OneShotController):
             logits = logits + (self.free if decisions is None else self.free[decisions])
         return logits
 
+    def _uniform(self, shape: torch.Size, device: torch.device) -> torch.Tensor:
+        """Uniform noise drawn where it is used: a CPU draw per step would cost more than a GPU step."""
+        if device.type == "cpu" or self._device_noise is None:
+            return torch.rand(shape, generator=self.noise)
+        return torch.rand(shape, generator=self._device_noise, device=device)
+
+    def _seed_device_noise(self) -> None:
+        """Seed the device's generator from the run's seed and the epoch (so a resumed epoch redraws the same)."""
+        if self._device_noise is not None:
+            self._device_noise.manual_seed(int(np.random.SeedSequence([self.seed, self.epoch]).generate_state(1)[0]))
+
+    def _follow(self, device: torch.device) -> None:
+        """Move the architecture to the supernet's device, once: its masks multiply the weights there."""
+        if self.prefix.device == device:
+            return
+        if device.type != "cpu":
+            self._device_noise = torch.Generator(device=device)
+            self._seed_device_noise()
+        self.network.to(device)
+        if self.free is not None:
+            self.free.data = self.free.data.to(device)
+        self.features, self.prefix = self.features.to(device), self.prefix.to(device)
+        self.unit_costs, self.grid = self.unit_costs.to(device), self.grid.to(device)
+        self.rows = {name: rows.to(device) for name, rows in self.rows.items()}
+        for state in self.optimizer.state.values():  # a resumed optimiser's moments
+            for key, value in state.items():
+                if torch.is_tensor(value) and key != "step":
+                    state[key] = value.to(device)
+
     # -- one-shot hooks ----------------------------------------------------------------------------
     def on_epoch_start(self, epoch: int) -> None:
         self.epoch = epoch
+        self._seed_device_noise()
         self.tau = max(self.tau_min, self.tau0 * self.tau_decay ** max(epoch - 1 - self.warmup, 0))
 
     @property
@@ -152,7 +183,7 @@ class DifferentiableSizes(OneShotController):
         if not self.searching:
             logits = logits.detach() * 0.0  # uniform over sizes while the weights warm up
         if self.relaxation == "gumbel":
-            uniform = torch.rand(logits.shape, generator=self.noise).clamp_(1e-10, 1.0)
+            uniform = self._uniform(logits.shape, logits.device).clamp_(1e-10, 1.0)
             probabilities = torch.softmax((logits - torch.log(-torch.log(uniform))) / self.tau, dim=-1)
         else:
             probabilities = torch.softmax(logits, dim=-1)
@@ -161,6 +192,7 @@ class DifferentiableSizes(OneShotController):
 
     def supernet_loss(self, model: Any, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, reg: float) -> torch.Tensor:
         embedding = model.embedding
+        self._follow(embedding.columns.device)
         embedding.set_soft_mask(self._mask)
         try:
             loss = model.bpr_loss(users, pos, neg, reg)
@@ -179,7 +211,7 @@ class DifferentiableSizes(OneShotController):
         if n <= self.cost_sample:
             probabilities = torch.softmax(self.logits(), dim=-1)
             return (self.unit_costs * (probabilities @ self.grid.float()).double()).sum()
-        sample = torch.randint(n, (self.cost_sample,), generator=self.noise)
+        sample = torch.randint(n, (self.cost_sample,), generator=self.noise).to(self.prefix.device)
         probabilities = torch.softmax(self.logits(sample), dim=-1)
         return (self.unit_costs[sample] * (probabilities @ self.grid.float()).double()).sum() * (n / self.cost_sample)
 
@@ -194,7 +226,7 @@ class DifferentiableSizes(OneShotController):
     def choose(self) -> np.ndarray:
         """The sizes of highest summed log-probability within the budget (a multiple-choice knapsack)."""
         with torch.no_grad():
-            scores = torch.log_softmax(self.logits(), dim=-1).double().numpy()
+            scores = torch.log_softmax(self.logits(), dim=-1).double().cpu().numpy()
         picks = solve_knapsack(scores, self.space.weights, self.space.grid, self.budget.max_values)
         return self.space.grid[picks]
 

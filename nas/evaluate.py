@@ -121,7 +121,7 @@ class SupernetEvaluator(_ValidationEvaluator):
         embedding.set_variants(stack_row_dims(allocations, device))
         try:
             results = ranking_metrics_many(
-                lambda users: self.model.all_scores(users.to(device)).cpu(), len(allocations),
+                lambda users: self.model.all_scores(users.to(device)), len(allocations),
                 self.data.valid, [self.data.train], FITNESS_KS, users=self.users, chunk_size=chunk,
             )
         finally:

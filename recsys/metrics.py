@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from scipy.sparse import csr_matrix
 
-__all__ = ["ranking_metrics", "ranking_metrics_many", "fitness_quality", "FITNESS_KS"]
+__all__ = ["ranking_metrics", "ranking_metrics_many", "fitness_quality", "FITNESS_KS", "ctr_metrics", "ctr_fitness"]
 
 #: The cut-offs averaged by :func:`fitness_quality` (BET paper, eq. 13).
 FITNESS_KS: tuple[int, ...] = (5, 10, 20)
@@ -54,8 +54,8 @@ def ranking_metrics(
     than the number of items is allowed.
 
     Args:
-        score_fn: maps an int64 tensor of user ids to a float tensor of shape
-            ``(len(user_ids), n_items)``; higher is better. It is called under
+        score_fn: maps an int64 (CPU) tensor of user ids to a float tensor of shape
+            ``(len(user_ids), n_items)`` on any device; higher is better. It is called under
             ``torch.no_grad()``. Scores must not be NaN. The returned tensor is
             overwritten in place (excluded items set to ``-inf``), so return a
             fresh one (a matmul does), not a view of stored state.
@@ -137,12 +137,14 @@ def ranking_metrics_many(
             if tuple(scores.shape) != expected:
                 raise ValueError(f"score_fn returned shape {tuple(scores.shape)}, expected {expected}")
             # Overwritten in place (excluded items -> -inf): score_fn must return a fresh tensor.
+            # Exclusion and top-k run where the scores are (a GPU's scores never cross to the host).
             scores = scores.detach().to(torch.float32).reshape(n_models * len(chunk), n_items)
+            device = scores.device
             excluded_keys = _chunk_keys(excludes, chunk, n_items)
             if excluded_keys.numel():
-                flat = (torch.arange(n_models).unsqueeze(1) * (len(chunk) * n_items) + excluded_keys).view(-1)
-                scores.view(-1)[flat] = -torch.inf
-            top = _top_items(scores, k_eff).view(n_models, len(chunk), k_eff)
+                offsets = torch.arange(n_models, device=device).unsqueeze(1) * (len(chunk) * n_items)
+                scores.view(-1)[(offsets + excluded_keys.to(device)).view(-1)] = -torch.inf
+            top = _top_items(scores, k_eff).view(n_models, len(chunk), k_eff).cpu()
             local = torch.arange(len(chunk)).view(1, -1, 1) * n_items
             keys = (local + top).view(-1)
             hits = torch.isin(keys, _chunk_keys([truth], chunk, n_items))
@@ -182,6 +184,45 @@ def fitness_quality(metrics: Mapping[str, float]) -> float:
     return float(np.mean([(metrics[f"recall@{k}"] + metrics[f"ndcg@{k}"]) / 2.0 for k in FITNESS_KS]))
 
 
+def ctr_metrics(labels: np.ndarray, logits: np.ndarray) -> dict[str, float]:
+    """AUC and log loss of click predictions (paper 004, section 5.2.1: AUC, then LogLoss).
+
+    Computed with scikit-learn's ``roc_auc_score`` and ``log_loss`` on
+    ``sigmoid(logits)`` in float64 (``log_loss`` clips probabilities away from 0
+    and 1).
+
+    Args:
+        labels: 0/1 clicks ``(n,)``.
+        logits: predicted logits ``(n,)``.
+
+    Returns:
+        ``{"auc": ..., "logloss": ...}``; AUC is NaN when ``labels`` hold one
+        class only (it is undefined), both are NaN when ``n == 0``.
+    """
+    from scipy.special import expit
+    from sklearn.metrics import log_loss, roc_auc_score
+
+    y = np.asarray(labels, dtype=np.float64).reshape(-1)
+    z = np.asarray(logits, dtype=np.float64).reshape(-1)
+    if y.shape != z.shape:
+        raise ValueError(f"labels {y.shape} and logits {z.shape} must have the same length")
+    if y.size == 0:
+        return {"auc": float("nan"), "logloss": float("nan")}
+    p = expit(z)
+    auc = float(roc_auc_score(y, z)) if 0 < y.sum() < y.size else float("nan")  # ranks: logits suffice
+    return {"auc": auc, "logloss": float(log_loss(y, p, labels=[0.0, 1.0]))}
+
+
+def ctr_fitness(metrics: Mapping[str, float]) -> float:
+    """Scalar quality of a click model: its AUC (the CTR fitness numerator; the ratio to the full model is the caller's).
+
+    Raises:
+        KeyError: when ``metrics`` has no ``"auc"``.
+    """
+    if "auc" not in metrics:
+        raise KeyError("ctr_fitness needs 'auc'; evaluate with recsys.train_ctr.evaluate_ctr")
+    return float(metrics["auc"])
+
 def _as_list(exclude: csr_matrix | Sequence[csr_matrix] | None) -> list[csr_matrix]:
     if exclude is None:
         return []
@@ -216,7 +257,7 @@ def _top_items(scores: torch.Tensor, k: int) -> torch.Tensor:
         ambiguous = torch.nonzero(values[:, k - 1] == values[:, k]).view(-1)
         values, items = values[:, :k].contiguous(), items[:, :k].contiguous()
     else:
-        ambiguous = torch.empty(0, dtype=torch.int64)
+        ambiguous = torch.empty(0, dtype=torch.int64, device=scores.device)
     kth = values[:, -1:]
     if ambiguous.numel():
         sub = scores[ambiguous]

@@ -325,11 +325,11 @@ def _device_of(model: Backbone) -> torch.device:
 
 
 def _on_device_of(model: Backbone) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``model.all_scores`` taking and returning CPU tensors whatever device the model is on."""
+    """``model.all_scores`` taking CPU user ids whatever device the model is on (scores stay there)."""
     device = _device_of(model)
     if device.type == "cpu":
         return model.all_scores
-    return lambda users: model.all_scores(users.to(device)).cpu()
+    return lambda users: model.all_scores(users.to(device))
 
 
 def _adam(params: list[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer:

@@ -1,0 +1,97 @@
+"""The bipartite user-item graph of graph backbones (LightGCN, NGCF), held for fast propagation on CPU.
+
+The symmetrically normalised adjacency ``Â = D^-1/2 A D^-1/2`` of the bipartite graph
+has two non-zero blocks, ``R̂ = D_u^-1/2 R D_i^-1/2`` (users × items) and its transpose.
+:class:`GraphBlocks` keeps both as torch CSR tensors, so a propagation round is two
+sparse-dense products over the 2·|train| edges and never touches a dense
+``(n_users + n_items)²`` matrix.
+
+Why both blocks: torch's autograd of ``csr @ dense`` transposes the CSR matrix on every
+backward pass (a sort of all edges), which costs more than the products themselves.
+:func:`spmm` multiplies by a block and backpropagates by the block already transposed.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from torch import nn
+
+__all__ = ["GraphBlocks", "normalized_blocks", "spmm"]
+
+
+def normalized_blocks(train: sp.spmatrix, self_loops: bool = False) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    """``D_u^-1/2 R D_i^-1/2`` and its transpose (scipy CSR, float32, sorted indices).
+
+    ``R`` is the binary ``(n_users, n_items)`` training matrix; rows or columns without any
+    interaction stay zero (no division by zero).  With ``self_loops`` the degrees count
+    each node's own loop (``Â = D^-1/2 (A + I) D^-1/2``, NGCF's normalisation), and the
+    diagonal itself is left to the caller (it is the identity scaled by ``1/degree``).
+    """
+    matrix = sp.csr_matrix(train, dtype=np.float32)
+    matrix.data[:] = 1.0
+    loop = 1.0 if self_loops else 0.0
+    user_degree = np.asarray(matrix.sum(axis=1)).ravel() + loop
+    item_degree = np.asarray(matrix.sum(axis=0)).ravel() + loop
+    scale_u = np.divide(1.0, np.sqrt(user_degree), out=np.zeros_like(user_degree), where=user_degree > 0)
+    scale_i = np.divide(1.0, np.sqrt(item_degree), out=np.zeros_like(item_degree), where=item_degree > 0)
+    normalized = sp.csr_matrix(sp.diags(scale_u.astype(np.float32)) @ matrix @ sp.diags(scale_i.astype(np.float32)))
+    transposed = sp.csr_matrix(normalized.T)
+    normalized.sort_indices()
+    transposed.sort_indices()
+    return normalized, transposed
+
+
+def _to_torch(matrix: sp.csr_matrix) -> torch.Tensor:
+    with warnings.catch_warnings():  # torch announces that CSR support is in beta
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(
+            torch.from_numpy(matrix.indptr.astype(np.int64)), torch.from_numpy(matrix.indices.astype(np.int64)),
+            torch.from_numpy(matrix.data.astype(np.float32)), size=matrix.shape, check_invariants=False,
+        )
+
+
+class _SparseTimesDense(torch.autograd.Function):
+    """``matrix @ dense`` whose gradient is ``transposed @ grad`` (no transpose computed per step)."""
+
+    @staticmethod
+    def forward(ctx, matrix: torch.Tensor, transposed: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        ctx.transposed = transposed
+        return matrix @ dense
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[None, None, torch.Tensor]:  # type: ignore[override]
+        return None, None, ctx.transposed @ grad.contiguous()
+
+
+def spmm(matrix: torch.Tensor, transposed: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+    """``matrix @ dense`` for a CSR ``matrix`` whose transpose ``transposed`` is given, differentiable in ``dense``."""
+    if dense.requires_grad and torch.is_grad_enabled():
+        return _SparseTimesDense.apply(matrix, transposed, dense)
+    return matrix @ dense
+
+
+class GraphBlocks(nn.Module):
+    """The two normalised blocks of a bipartite graph, moved with the model by ``.to(device)``.
+
+    The blocks are non-persistent buffers: they follow the model to its device but are not
+    part of its ``state_dict`` (they are rebuilt from the training data, never saved).
+
+    Args:
+        train: the binary ``(n_users, n_items)`` training interactions.
+        self_loops: count a self loop in every node's degree (NGCF).
+    """
+
+    def __init__(self, train: sp.spmatrix, self_loops: bool = False) -> None:
+        super().__init__()
+        user_item, item_user = normalized_blocks(train, self_loops)
+        self.shape = user_item.shape
+        self.register_buffer("user_item", _to_torch(user_item), persistent=False)
+        self.register_buffer("item_user", _to_torch(item_user), persistent=False)
+
+    def round(self, users: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One propagation round: (``R̂ @ items``, ``R̂ᵀ @ users``) for ``(rows, features)`` inputs."""
+        return spmm(self.user_item, self.item_user, items), spmm(self.item_user, self.user_item, users)
