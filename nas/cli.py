@@ -71,7 +71,8 @@ def _add_search_options(parser: argparse.ArgumentParser) -> None:
                         help="retrain every one of the top to the end, or by successive halving (a third continue at each rung) (default: %(default)s)")
     model = parser.add_argument_group("model and training")
     model.add_argument("--model", default=defaults.model,
-                       help="backbone: mf, or lightgcn (3 propagation rounds; masks apply before propagation) (default: %(default)s)")
+                       help="backbone: mf, neumf (GMF + MLP tower on the same tables), lightgcn or ngcf (3 propagation "
+                            "rounds; masks apply before propagation) (default: %(default)s)")
     model.add_argument("--epochs", type=int, default=train.epochs, help="most training epochs (default: %(default)s)")
     model.add_argument("--batch-size", type=int, default=train.batch_size, help="BPR triples per step (default: %(default)s)")
     model.add_argument("--lr", type=float, default=train.lr, help="Adam learning rate (default: %(default)s)")
@@ -227,6 +228,79 @@ def _cmd_controllers(args: argparse.Namespace) -> int:
     return 0
 
 
+def _size_text(sizes: Sequence[int | None]) -> str:
+    """Total download size: exact when every size is known, a lower bound when some are, ``?`` when none are."""
+    known = [s for s in sizes if s is not None]
+    if not known:
+        return "?"
+    value, unit = float(sum(known)), "B"
+    for unit in ("B", "kB", "MB", "GB"):
+        if value < 1000:
+            break
+        value /= 1000
+    text = f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+    return text if len(known) == len(sizes) else f">{text}"
+
+
+def _cmd_data_list(args: argparse.Namespace) -> int:
+    from recsys.data.catalog import CATALOG, cache_state
+    from recsys.data.download import cache_dir
+
+    rows = [("name", "files", "size", "sha256", "cached", "description")]
+    for dataset in CATALOG:
+        pinned = sum(f.pinned for f in dataset.files)
+        hashes = "pinned" if pinned == len(dataset.files) else "unpinned" if not pinned else f"{pinned}/{len(dataset.files)} pinned"
+        rows.append((dataset.name, str(len(dataset.files)), _size_text([f.size for f in dataset.files]), hashes,
+                     cache_state(dataset, args.cache), dataset.description))
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    for row in rows:
+        print("  ".join(value.ljust(width) for value, width in zip(row, widths)) + "  " + row[5])
+    if args.files:
+        print()
+        for dataset in CATALOG:
+            print(f"{dataset.name}: {dataset.source}")
+            for remote in dataset.files:
+                print(f"  {remote.name}  {_size_text([remote.size])}  {remote.sha256 or 'unpinned'}  {remote.url}")
+    print(f"\ncache: {cache_dir(args.cache)}  (`embnas data get NAME` downloads one; unpinned files are checked "
+          "against the hash their first download recorded)")
+    return 0
+
+
+def _cmd_data_get(args: argparse.Namespace) -> int:
+    import shlex
+
+    from nas.core.errors import ConfigError
+    from recsys.data.catalog import FORMATS, SUMS_FILE, fetch, get_dataset
+
+    try:
+        dataset = get_dataset(args.name)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    try:
+        got = fetch(dataset.name, args.cache, mirror=args.mirror, force=args.force, progress=not args.quiet)
+    except KeyboardInterrupt:
+        print("embnas: interrupted; run the same command again to resume the download", file=sys.stderr)
+        return 130
+    done = f"downloaded {', '.join(got.downloaded)}" if got.downloaded else "already in the cache, verified"
+    print(f"{dataset.name}: {got.folder} ({done}{'; converted' if got.converted else ''})")
+    print(f"format: {FORMATS[dataset.format]}")
+    unpinned = [f.name for f in dataset.files if not f.pinned and f.name in got.downloaded]
+    if unpinned:
+        print(f"unpinned: the sha256 of {', '.join(unpinned)} is recorded in {got.folder / SUMS_FILE}; later downloads must match it")
+    data = shlex.quote(str(got.data))
+    if dataset.format == "lightgcn":
+        splits = [str(got.folder / f"{s}.txt") if (got.folder / f"{s}.txt").exists() else None for s in ("train", "valid", "test")]
+        print(f"use it: embnas search --data {data}")
+        print(f"python: from recsys.data import load_lightgcn; data = load_lightgcn({', '.join(map(repr, splits))})")
+    elif dataset.format == "ratings-tsv":
+        print(f"use it: embnas search --data {data} --rating-col rating --min-rating 4   # ratings >= 4 as interactions")
+        print("python: from recsys.data import load_interactions_csv; "
+              f'data = load_interactions_csv({str(got.data)!r}, user_col="user_id", item_col="item_id", rating_col="rating")')
+    else:
+        print(f"file: {data}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``embnas`` argument parser."""
     parser = argparse.ArgumentParser(prog="embnas", description="Embedding-size search for recommender systems under a hard memory budget.")
@@ -261,6 +335,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     listing = commands.add_parser("controllers", help="list the available controllers", description="List registered controllers, built-in and from plug-ins.")
     listing.set_defaults(handler=_cmd_controllers)
+
+    data = commands.add_parser("data", help="list and download public datasets (Gowalla, Yelp2018, Last.fm, MovieLens, CTR samples)",
+                               description="Public datasets by name, downloaded, verified by sha256 and converted into a cache "
+                                           "folder (--cache, else $EMBNAS_CACHE, else ~/.cache/embnas).")
+    actions = data.add_subparsers(dest="action", metavar="ACTION")
+    actions.required = True
+    data_list = actions.add_parser("list", help="the datasets: files, size, whether hashes are pinned, whether cached",
+                                   description="List the catalog of public datasets.")
+    data_list.add_argument("--cache", type=Path, help="cache folder (default: $EMBNAS_CACHE, else ~/.cache/embnas)")
+    data_list.add_argument("--files", action="store_true", help="also list every file with its URL and sha256")
+    data_list.set_defaults(handler=_cmd_data_list)
+    data_get = actions.add_parser("get", help="download, verify and convert a dataset; prints how to use it",
+                                  description="Download a dataset into <cache>/NAME (resuming an interrupted download), check "
+                                              "every file's sha256, convert it to a loader's format, and print the command to use it.")
+    data_get.add_argument("name", metavar="NAME", help="a dataset name from `embnas data list`")
+    data_get.add_argument("--cache", type=Path, help="cache folder (default: $EMBNAS_CACHE, else ~/.cache/embnas)")
+    data_get.add_argument("--mirror", metavar="URL",
+                          help="fetch <URL>/NAME/<file> instead of the upstream URLs: a mirror laid out like the cache, "
+                               "or a local folder (default: $EMBNAS_MIRROR, else upstream)")
+    data_get.add_argument("--force", action="store_true", help="download and convert again even if the cache is complete")
+    data_get.add_argument("--quiet", action="store_true", help="no progress bars")
+    data_get.set_defaults(handler=_cmd_data_get)
     return parser
 
 

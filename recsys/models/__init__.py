@@ -2,7 +2,8 @@
 
 A backbone is anything that satisfies the small :class:`Backbone` protocol, so
 the BPR trainer (:func:`recsys.train.train_bpr`) and the full-ranking
-evaluation work unchanged for MF today and LightGCN or NeuMF later.
+evaluation work unchanged for MF, NeuMF, LightGCN and NGCF. Click models
+(FM, DeepFM, DCN-v2) satisfy the :class:`CTRBackbone` protocol instead.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import torch
 
 from recsys.embedding import EmbeddingProvider
 
-__all__ = ["MF", "Backbone", "LightGCN"]
+__all__ = ["MF", "NGCF", "Backbone", "LightGCN", "NeuMF", "CTRBackbone", "DCNv2", "DeepFM", "FM"]
 
 
 @runtime_checkable
@@ -39,3 +40,6 @@ class Backbone(Protocol):
 
 from recsys.models.lightgcn import LightGCN  # noqa: E402  (the protocol is defined first)
 from recsys.models.mf import MF  # noqa: E402
+from recsys.models.neumf import NeuMF  # noqa: E402
+from recsys.models.ngcf import NGCF  # noqa: E402
+from recsys.models.ctr import FM, CTRBackbone, DCNv2, DeepFM  # noqa: E402  (click models, one table per field)

@@ -74,17 +74,18 @@ def test_optuna_mirrors_its_trials_to_a_storage_once(tmp_path):
     assert len(stored) == 5
 
 
+@pytest.mark.parametrize("model", ["mf", "neumf", "ngcf"])
 @pytest.mark.parametrize("space", ["per-feature", "per-field", "block"])
 @pytest.mark.parametrize("name", CONTROLLERS.names())
-def test_every_controller_completes_a_small_search_on_every_space(name, space, tmp_path):
+def test_every_controller_completes_a_small_search_on_every_space(name, space, model, tmp_path):
     from nas.config import SearchConfig, TrainingOptions
     from nas.data_source import DataSpec
     from nas.search import run_search
 
     config = SearchConfig(
         data=DataSpec("synthetic", extra={"n_users": 200, "n_items": 300, "mean_items_per_user": 10.0}),
-        controller=name, space=space, budget="0.8", d_max=16, trials=3, retrain_top=2, fitness_users=0, threads=1,
-        space_options={"groups": 4, "blocks": 4} if space == "block" else {},
+        model=model, controller=name, space=space, budget="0.8", d_max=16, trials=3, retrain_top=2, fitness_users=0,
+        threads=1, space_options={"groups": 4, "blocks": 4} if space == "block" else {},
         train=TrainingOptions(epochs=1, batch_size=1024, eval_every=1, patience=5),
     )
     metrics = run_search(config, tmp_path, progress=False)
@@ -120,16 +121,17 @@ def test_a_controller_that_reads_frequencies_refuses_a_space_without_them():
     CONTROLLERS.get("equal")(space, budget)  # needs no context
 
 
+@pytest.mark.parametrize("model", ["lightgcn", "neumf", "ngcf"])
 @pytest.mark.parametrize("name", ["bet", "darts", "pep"])
-def test_lightgcn_runs_with_sandwich_one_shot_and_pruning_controllers(name, tmp_path):
-    """Graph propagation sees the masks (stacked variants, soft masks, element masks) through the provider."""
+def test_backbones_run_with_sandwich_one_shot_and_pruning_controllers(name, model, tmp_path):
+    """Graph propagation and NeuMF's tower see the masks (stacked variants, soft masks, element masks) through the provider."""
     from nas.config import SearchConfig, TrainingOptions
     from nas.data_source import DataSpec
     from nas.search import run_search
 
     config = SearchConfig(
         data=DataSpec("synthetic", extra={"n_users": 200, "n_items": 300, "mean_items_per_user": 10.0}),
-        model="lightgcn", controller=name, budget="0.8", d_max=16, trials=3, retrain_top=1, fitness_users=0, threads=1,
+        model=model, controller=name, budget="0.8", d_max=16, trials=3, retrain_top=1, fitness_users=0, threads=1,
         controller_options={"warmup": 0} if name in ("darts", "pep") else {},
         train=TrainingOptions(epochs=2, batch_size=1024, eval_every=1, patience=5),
     )

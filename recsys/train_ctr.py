@@ -1,0 +1,302 @@
+"""Training and evaluation of click models (:class:`~recsys.models.CTRBackbone`) on :class:`~recsys.data.CTRData`.
+
+The loop mirrors :func:`recsys.train.train_bpr` and shares its hooks and result
+types (:class:`~recsys.train.TrainHooks`, :class:`~recsys.train.TrainResult`),
+so a caller that checkpoints, resumes or replaces the loss of BPR training does
+the same here: Adam on the model's parameters, the train rows in a fresh
+shuffled order each epoch, validation AUC every ``eval_every`` epochs, the best
+state kept and restored, early stopping after ``patience`` evaluations without
+improvement. Settings follow paper 004 (batch 2,048, section 5.2.4; 15 epochs
+per trial, AUC as the target, section 5.2.1; learning rate 1e-3 as in its code).
+
+Each epoch's order is drawn from a generator seeded with ``(seed, epoch)``, so
+a run resumed after epoch ``e`` sees exactly the batches it would have seen,
+with no generator state to save beyond torch's (dropout).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+import warnings
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from recsys.data import SPLITS, CTRData
+from recsys.metrics import ctr_metrics
+from recsys.models import CTRBackbone
+from recsys.train import OptimizerFactory, TrainHooks, TrainResult, _adam
+
+__all__ = ["CTR_METRICS", "CTRStepLoss", "CTRTrainConfig", "evaluate_ctr", "evaluate_ctr_many", "predict_logits", "train_ctr"]
+
+#: ``loss(model, x, y, reg) -> scalar``: the loss of one batch (default ``model.ctr_loss``); set as ``TrainHooks.loss``.
+CTRStepLoss = Callable[[CTRBackbone, torch.Tensor, torch.Tensor, float], torch.Tensor]
+
+CTR_METRICS = ("auc", "logloss")
+"""Validation metrics that can select the best state: AUC (higher is better) or log loss (lower is better)."""
+
+
+@dataclass(frozen=True)
+class CTRTrainConfig:
+    """How to train a click model.
+
+    Attributes:
+        epochs: most passes over the train rows (paper 004: 15 per trial).
+        batch_size: rows per optimiser step (paper 004: 2,048).
+        lr: Adam learning rate (paper 004 searches [1e-5, 1e-2]; its code uses 1e-3).
+        reg: L2 weight on the looked-up vectors, per example (see
+            :meth:`~recsys.models.CTRBackbone.ctr_loss`; paper 004 searches λ in [1e-5, 1e-2]).
+        eval_every: epochs between validation evaluations.
+        patience: evaluations without improvement of ``metric`` before stopping.
+        metric: ``"auc"`` or ``"logloss"``, on the validation split.
+        seed: seeds torch (dropout) and the per-epoch shuffles.
+        threads: torch intra-op threads during training; ``None`` leaves the setting.
+        eval_batch_size: rows scored at a time when evaluating.
+    """
+
+    epochs: int = 15
+    batch_size: int = 2048
+    lr: float = 1e-3
+    reg: float = 1e-5
+    eval_every: int = 1
+    patience: int = 2
+    metric: str = "auc"
+    seed: int = 0
+    threads: int | None = None
+    eval_batch_size: int = 16384
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
+            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
+            (self.lr > 0, f"lr must be > 0, got {self.lr}"),
+            (self.reg >= 0, f"reg must be >= 0, got {self.reg}"),
+            (self.eval_every >= 1, f"eval_every must be >= 1, got {self.eval_every}"),
+            (self.patience >= 1, f"patience must be >= 1 evaluation, got {self.patience}"),
+            (self.metric in CTR_METRICS, f"metric must be one of {CTR_METRICS}, got {self.metric!r}"),
+            (self.threads is None or self.threads >= 1, f"threads must be >= 1 or None, got {self.threads}"),
+            (self.eval_batch_size >= 1, f"eval_batch_size must be >= 1, got {self.eval_batch_size}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+
+def _tensor(array: np.ndarray) -> torch.Tensor:
+    """A tensor sharing ``array``'s memory (the data's arrays are read-only; nothing writes to them)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*not writable.*")
+        return torch.from_numpy(array)
+
+
+def _device_of(model: CTRBackbone) -> torch.device:
+    parameters = getattr(model, "parameters", None)
+    first = next(iter(parameters()), None) if parameters is not None else None
+    return torch.device("cpu") if first is None else first.device
+
+
+def predict_logits(model: CTRBackbone, x: np.ndarray, *, batch_size: int = 16384) -> np.ndarray:
+    """Logits of the id rows ``x`` ``(n, n_fields)``, in eval mode and without gradients.
+
+    Returns:
+        float32 ``(n,)``, or ``(A, n)`` when the model's provider serves ``A`` variants.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    device = _device_of(model)
+    ids = _tensor(np.ascontiguousarray(x, dtype=np.int64))
+    was_training = getattr(model, "training", False)
+    if hasattr(model, "eval"):
+        model.eval()  # type: ignore[attr-defined]
+    try:
+        parts = []
+        with torch.no_grad():
+            for start in range(0, ids.shape[0], batch_size):
+                parts.append(model.logits(ids[start : start + batch_size].to(device)).float().cpu())
+    finally:
+        if was_training:
+            model.train()  # type: ignore[attr-defined]
+    if not parts:
+        return np.zeros(0, dtype=np.float32)
+    return torch.cat(parts, dim=-1).numpy()
+
+
+def evaluate_ctr_many(model: CTRBackbone, data: CTRData, split: str = "test", *, batch_size: int = 16384) -> list[dict[str, float]]:
+    """``{"auc", "logloss"}`` on ``split`` for each variant the model's provider serves (one for a plain model)."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    logits = predict_logits(model, data.x[split], batch_size=batch_size)
+    rows = logits.reshape(1, -1) if logits.ndim == 1 else logits
+    return [ctr_metrics(data.y[split], row) for row in rows]
+
+
+def evaluate_ctr(model: CTRBackbone, data: CTRData, split: str = "test", *, batch_size: int = 16384) -> dict[str, float]:
+    """AUC and log loss of ``model`` on ``split`` (``"test"``, ``"valid"`` or ``"train"``).
+
+    Scored in batches of ``batch_size`` rows under ``no_grad`` in eval mode (no
+    dropout); the metrics are :func:`recsys.metrics.ctr_metrics` (scikit-learn's).
+
+    Raises:
+        ValueError: the provider serves several variants (use :func:`evaluate_ctr_many`).
+    """
+    results = evaluate_ctr_many(model, data, split, batch_size=batch_size)
+    if len(results) != 1:
+        raise ValueError(f"the model returns {len(results)} variants' logits; use evaluate_ctr_many")
+    return results[0]
+
+
+def train_ctr(
+    model: CTRBackbone,
+    data: CTRData,
+    config: CTRTrainConfig,
+    hooks: TrainHooks | None = None,
+    *,
+    progress: bool = True,
+    optimizer_factory: OptimizerFactory | None = None,
+) -> TrainResult:
+    """Train ``model`` on ``data.x["train"]``, validating and early-stopping on ``data.x["valid"]``.
+
+    Without usable validation rows (none, or one class only when the metric is
+    AUC) the model trains for exactly ``config.epochs`` epochs and keeps its last
+    state. Otherwise the state with the best ``config.metric`` is restored at the
+    end.
+
+    Args:
+        model: the click model; its ``parameters()`` are optimised.
+        data: the encoded rows.
+        config: the hyper-parameters.
+        hooks: as for :func:`recsys.train.train_bpr`, except that ``loss`` is
+            called as ``loss(model, x, y, reg)`` (a :data:`CTRStepLoss`) with an
+            int64 ``(b, n_fields)`` id batch and float32 labels ``(b,)``. The
+            state handed to ``on_epoch_end`` (and taken by ``resume``) holds
+            ``epoch``, ``stopped``, ``model``, ``optimizer``, ``torch_rng``,
+            ``history``, ``best_value``, ``best_epoch``, ``best_valid``,
+            ``best_state`` and ``since_best``: plain data and tensors only.
+        progress: show a tqdm bar over epochs (loss and metric in the postfix).
+        optimizer_factory: builds the optimiser from the parameters, replacing Adam(lr=config.lr).
+
+    Returns:
+        A :class:`~recsys.train.TrainResult` (``history[i]["valid"]`` holds
+        ``{"auc", "logloss"}``); the model holds the best state.
+    """
+    start = time.perf_counter()
+    previous_threads = torch.get_num_threads()
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    try:
+        return _train(model, data, config, hooks or TrainHooks(), progress, optimizer_factory, start)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _train(
+    model: CTRBackbone,
+    data: CTRData,
+    config: CTRTrainConfig,
+    hooks: TrainHooks,
+    progress: bool,
+    optimizer_factory: OptimizerFactory | None,
+    start: float,
+) -> TrainResult:
+    torch.manual_seed(config.seed)
+    params = [p for p in model.parameters() if p.requires_grad]  # type: ignore[attr-defined]
+    if not params:
+        raise ValueError("the model has no trainable parameters; is its embedding provider an nn.Module?")
+    if data.size("train") == 0:
+        raise ValueError("the data has no train rows")
+    device = params[0].device
+    optimizer = optimizer_factory(params) if optimizer_factory is not None else _adam(params, config.lr)
+    x_train, y_train = _tensor(data.x["train"]), _tensor(data.y["train"])
+    valid_y = data.y["valid"]
+    validate = valid_y.size > 0 and (config.metric != "auc" or 0 < valid_y.sum() < valid_y.size)
+    sign = 1.0 if config.metric == "auc" else -1.0  # the stored best value is always "higher is better"
+
+    history: list[dict[str, Any]] = []
+    best_value, best_epoch, best_valid, best_state = -np.inf, 0, {}, None
+    since_best, first_epoch, stopped = 0, 1, False
+    if hooks.resume is not None:
+        state = hooks.resume
+        model.load_state_dict(state["model"])  # type: ignore[attr-defined]
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+        history = list(state["history"])
+        best_value, best_epoch, best_valid = state["best_value"], state["best_epoch"], dict(state["best_valid"])
+        best_state = state["best_state"]
+        since_best, first_epoch, stopped = state["since_best"], state["epoch"] + 1, state["stopped"]
+    step_loss = hooks.loss or (lambda m, x, y, reg: m.ctr_loss(x, y, reg))
+
+    epochs: Iterable[int] = range(first_epoch, config.epochs + 1) if not stopped else range(0)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(epochs, desc="train", unit="epoch", initial=first_epoch - 1, total=config.epochs)
+        epochs = bar
+    postfix: dict[str, str] = {}
+    n = x_train.shape[0]
+    for epoch in epochs:
+        model.train()  # type: ignore[attr-defined]
+        if hooks.on_epoch_start is not None:
+            hooks.on_epoch_start(epoch)
+        tic = time.perf_counter()
+        order = torch.from_numpy(np.random.default_rng([config.seed, epoch]).permutation(n))
+        total = torch.zeros((), device=device)
+        for begin in range(0, n, config.batch_size):
+            rows = order[begin : begin + config.batch_size]
+            x, y = x_train[rows], y_train[rows]
+            if device.type != "cpu":
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            loss = step_loss(model, x, y, config.reg)  # type: ignore[arg-type]
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if hooks.after_step is not None:
+                hooks.after_step()
+            total += loss.detach() * len(rows)
+        record: dict[str, Any] = {"epoch": epoch, "loss": float(total) / n, "seconds": time.perf_counter() - tic}
+        postfix["loss"] = f"{record['loss']:.4f}"
+        stop = False
+        if validate and (epoch % config.eval_every == 0 or epoch == config.epochs):
+            tic = time.perf_counter()
+            metrics = evaluate_ctr(model, data, "valid", batch_size=config.eval_batch_size)
+            record["valid"] = metrics
+            record["eval_seconds"] = time.perf_counter() - tic
+            postfix[config.metric] = f"{metrics[config.metric]:.4f}"
+            value = sign * metrics[config.metric]
+            if value > best_value:
+                best_value, best_epoch, best_valid = value, epoch, metrics
+                best_state = copy.deepcopy(model.state_dict())  # type: ignore[attr-defined]
+                since_best = 0
+            else:
+                since_best += 1
+                stop = since_best >= config.patience
+        history.append(record)
+        if bar is not None:
+            bar.set_postfix(postfix)
+        if hooks.on_epoch_end is not None:
+            hooks.on_epoch_end({
+                "epoch": epoch, "stopped": stop, "model": model.state_dict(),  # type: ignore[attr-defined]
+                "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(), "history": history,
+                "best_value": best_value, "best_epoch": best_epoch, "best_valid": best_valid,
+                "best_state": best_state, "since_best": since_best,
+            })
+        if stop:
+            break
+    if bar is not None:
+        bar.close()
+    epochs_run = len(history)
+    if best_state is not None:
+        model.load_state_dict(best_state)  # type: ignore[attr-defined]
+    else:
+        best_epoch = epochs_run
+    return TrainResult(
+        best_epoch=best_epoch,
+        best_valid=dict(best_valid),
+        history=history,
+        seconds=time.perf_counter() - start,
+        epochs_run=epochs_run,
+    )
