@@ -26,6 +26,7 @@ summed log-probabilities under the hard budget: a multiple-choice knapsack
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -190,20 +191,20 @@ class DifferentiableSizes(OneShotController):
         mask = probabilities @ self.prefix
         return mask if ids is None else mask.reshape(*ids.shape, -1)
 
-    def supernet_loss(self, model: Any, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, reg: float) -> torch.Tensor:
+    def relaxed_loss(self, model: Any, loss: Callable[[], torch.Tensor]) -> torch.Tensor:
         embedding = model.embedding
         self._follow(embedding.columns.device)
         embedding.set_soft_mask(self._mask)
         try:
-            loss = model.bpr_loss(users, pos, neg, reg)
+            value = loss()
         finally:
             embedding.set_soft_mask(None)
         if not self.searching:
-            return loss
+            return value
         expected = self._expected_cost()
         excess = expected / self.budget.max_values - 1.0
         self.expected_cost = float(expected.detach())
-        return loss + self.budget_constraint.term(excess).float()
+        return value + self.budget_constraint.term(excess).float()
 
     def _expected_cost(self) -> torch.Tensor:
         """``E[cost]`` under the current distributions: exact, or estimated from a uniform sample of decisions."""

@@ -21,7 +21,7 @@ Under a byte budget the bit masks are paid for too, so fewer values fit
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -120,8 +120,8 @@ class _ElementPruning(OneShotController):
 class MagnitudePruning(_ElementPruning):
     """Keeps the largest-magnitude elements of the trained full-size tables, up to the budget (MagPrune)."""
 
-    def supernet_loss(self, model: Any, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, reg: float) -> torch.Tensor:
-        return model.bpr_loss(users, pos, neg, reg)  # plain training: the full model is what gets pruned
+    def relaxed_loss(self, model: Any, loss: Callable[[], torch.Tensor]) -> torch.Tensor:
+        return loss()  # plain training: the full model is what gets pruned
 
     def _final_scores(self, model: Any) -> dict[str, np.ndarray]:
         return {name: weight.detach().abs().cpu().numpy() for name, weight in model.embedding.weights.items()}
@@ -209,17 +209,17 @@ class LearnableThresholds(_ElementPruning):
         magnitude = rows.abs()
         return torch.relu(magnitude - torch.sigmoid(self.threshold)) / magnitude.clamp_min(1e-12)
 
-    def supernet_loss(self, model: Any, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, reg: float) -> torch.Tensor:
+    def relaxed_loss(self, model: Any, loss: Callable[[], torch.Tensor]) -> torch.Tensor:
         self._model = model
         if self.frozen is None and not self.pruning:
-            return model.bpr_loss(users, pos, neg, reg)
+            return loss()
         model.embedding.set_soft_mask(self._scale)
         try:
-            loss = model.bpr_loss(users, pos, neg, reg)
+            value = loss()
         finally:
             model.embedding.set_soft_mask(None)
         if self.frozen is not None:
-            return loss
+            return value
         share = 0.0
         total = sum(self.space.rows().values())
         for name, weight in model.embedding.weights.items():
@@ -229,7 +229,7 @@ class LearnableThresholds(_ElementPruning):
             share = share + soft.mean() * weight.shape[0] / total
         excess = share / self._target - 1.0
         self.kept_share = float(share.detach())
-        return loss + self.share_constraint.term(excess)
+        return value + self.share_constraint.term(excess)
 
     def after_step(self) -> None:
         if not self.pruning:

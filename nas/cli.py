@@ -18,14 +18,22 @@ _EXIT_ERROR = 2
 
 
 def _add_search_options(parser: argparse.ArgumentParser) -> None:
-    from nas.config import RETRAIN_MODES
-    from nas.search import SearchConfig, TrainingOptions
+    from nas.config import D_MAX_DEFAULTS, RETRAIN_MODES, TRAINING_DEFAULTS
+    from nas.search import SearchConfig
 
-    defaults, train = SearchConfig(), TrainingOptions()
+    defaults, train, click = SearchConfig(), TRAINING_DEFAULTS["top-k"], TRAINING_DEFAULTS["click"]
+
+    def per_task(name: str) -> str:
+        return f"(default: {getattr(train, name)}; click models: {getattr(click, name)})"
+
     data = parser.add_argument_group("data")
-    data.add_argument("--data", metavar="PATH", help="a LightGCN folder (train/valid/test .txt[.gz]) or a CSV/TSV file; default: built-in synthetic data")
-    data.add_argument("--format", choices=("auto", "lightgcn", "csv"), default="auto",
-                      help="format of --data: a LightGCN folder or a CSV/TSV file; auto decides by whether it is a folder (default: %(default)s)")
+    data.add_argument("--data", metavar="PATH",
+                      help="a LightGCN folder (train/valid/test .txt[.gz]), a RecBole MovieLens folder (<name>.inter, .user, "
+                           ".item: click data with user and item features) or a CSV/TSV file (interactions, or click rows "
+                           "with --label-col); default: built-in synthetic data (click rows for a click model)")
+    data.add_argument("--format", choices=("auto", "lightgcn", "csv", "ctr-csv", "movielens-ctr"), default="auto",
+                      help="format of --data; auto: a folder is LightGCN or MovieLens by its files, a file is click rows when "
+                           "--label-col is given, else interactions (default: %(default)s)")
     data.add_argument("--train", nargs="+", metavar="FILE", help="LightGCN training files (several are concatenated)")
     data.add_argument("--valid", nargs="+", metavar="FILE", help="LightGCN validation files")
     data.add_argument("--test", nargs="+", metavar="FILE", help="LightGCN test files")
@@ -37,10 +45,21 @@ def _add_search_options(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--remap", action="store_true", help="LightGCN files: map ids to contiguous ones (gaps, huge ids)")
     data.add_argument("--cold", choices=("keep", "drop"), default="keep",
                       help="users/items absent from train: keep them in the tables and evaluation, or drop their pairs (default: %(default)s)")
+    clicks = parser.add_argument_group("click data (--model fm, deepfm or dcnv2)")
+    clicks.add_argument("--label-col", help="click CSV: the label column, 0/1 or a number compared with --label-threshold")
+    clicks.add_argument("--categorical", metavar="COLS", help="click CSV: categorical columns, comma-separated (one field each)")
+    clicks.add_argument("--numeric", metavar="COLS",
+                        help="click CSV: numeric columns, comma-separated (bucketed by floor(ln(x)^2), paper 004)")
+    clicks.add_argument("--label-threshold", type=float,
+                        help="a row clicks when its label is at least this (click CSV: default 0/1 labels; MovieLens: rating, default 4)")
+    clicks.add_argument("--oov-threshold", type=int,
+                        help="least train count of a value that keeps its own row; rarer ones share the field's OOV row "
+                             "(default: 10 for click CSV, 2 for MovieLens)")
     search = parser.add_argument_group("search")
     search.add_argument("--budget", default=defaults.budget,
                         help="sparsity (0.9 keeps 10%%), parameter count (250000) or bytes (2MB, 512KiB) (default: %(default)s)")
-    search.add_argument("--d-max", type=int, default=defaults.d_max, help="full embedding width (default: %(default)s)")
+    search.add_argument("--d-max", type=int,
+                        help=f"full embedding width (default: {D_MAX_DEFAULTS['top-k']}; click models: {D_MAX_DEFAULTS['click']})")
     search.add_argument("--d-min", type=int, default=defaults.d_min, help="fewest dimensions per row (default: %(default)s)")
     search.add_argument("--space", default=defaults.space,
                         help="search space: per-feature (a size per row), per-field (a size per table) or block (default: %(default)s)")
@@ -57,7 +76,7 @@ def _add_search_options(parser: argparse.ArgumentParser) -> None:
                              "the top 5 fully retrained; overrides --supernet, --evaluator, --finetune-steps and --retrain")
     search.add_argument("--trials", type=int, default=defaults.trials, help="allocations evaluated by fitness-driven controllers (default: %(default)s)")
     search.add_argument("--ask-batch", type=int, default=defaults.ask_batch, help="candidates asked of the controller at once and evaluated together (default: %(default)s)")
-    search.add_argument("--fitness-users", type=int, default=defaults.fitness_users, help="validation users sampled for fitness, 0 for all (default: %(default)s)")
+    search.add_argument("--fitness-users", type=int, default=defaults.fitness_users, help="validation users sampled for fitness, 0 for all; click data is scored on every validation row (default: %(default)s)")
     search.add_argument("--evaluator", choices=("supernet", "finetune"), default=defaults.evaluator,
                         help="fitness by masks on the supernet, or BET's fine-tune of each allocation (default: %(default)s)")
     search.add_argument("--finetune-steps", type=int, default=defaults.finetune.steps, help="finetune evaluator: SGD steps per allocation (default: %(default)s)")
@@ -71,14 +90,16 @@ def _add_search_options(parser: argparse.ArgumentParser) -> None:
                         help="retrain every one of the top to the end, or by successive halving (a third continue at each rung) (default: %(default)s)")
     model = parser.add_argument_group("model and training")
     model.add_argument("--model", default=defaults.model,
-                       help="backbone: mf, neumf (GMF + MLP tower on the same tables), lightgcn or ngcf (3 propagation "
-                            "rounds; masks apply before propagation) (default: %(default)s)")
-    model.add_argument("--epochs", type=int, default=train.epochs, help="most training epochs (default: %(default)s)")
-    model.add_argument("--batch-size", type=int, default=train.batch_size, help="BPR triples per step (default: %(default)s)")
-    model.add_argument("--lr", type=float, default=train.lr, help="Adam learning rate (default: %(default)s)")
-    model.add_argument("--reg", type=float, default=train.reg, help="L2 weight on looked-up vectors (default: %(default)s)")
-    model.add_argument("--eval-every", type=int, default=train.eval_every, help="epochs between validations (default: %(default)s)")
-    model.add_argument("--patience", type=int, default=train.patience, help="validations without improvement before stopping (default: %(default)s)")
+                       help="backbone: top-k models for interaction data: mf, neumf (GMF + MLP tower on the same tables), "
+                            "lightgcn or ngcf (3 propagation rounds; masks apply before propagation); click models for "
+                            "click data: fm, deepfm (MLP 400-400-400) or dcnv2 (3 cross layers, MLP 512-512) (default: %(default)s)")
+    model.add_argument("--epochs", type=int, help=f"most training epochs {per_task('epochs')}")
+    model.add_argument("--batch-size", type=int, help=f"BPR triples (click rows) per step {per_task('batch_size')}")
+    model.add_argument("--lr", type=float, help=f"Adam learning rate {per_task('lr')}")
+    model.add_argument("--reg", type=float, help=f"L2 weight on looked-up vectors {per_task('reg')}")
+    model.add_argument("--eval-every", type=int, help=f"epochs between validations {per_task('eval_every')}")
+    model.add_argument("--patience", type=int,
+                       help=f"validations without improvement (Recall@20; click models: AUC) before stopping {per_task('patience')}")
     model.add_argument("--sampling", choices=("pair", "user"), default=train.sampling,
                        help="BPR triples per epoch: each train pair once, or uniform users as LightGCN (default: %(default)s)")
     model.add_argument("--checkpoint-every", type=int, default=train.checkpoint_every, help="epochs between training checkpoints (default: %(default)s)")
@@ -92,16 +113,23 @@ def _add_search_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _config_from_args(args: argparse.Namespace):  # noqa: ANN202
+    from dataclasses import replace
+
+    from nas.backbones import backbone_task
+    from nas.config import TRAINING_DEFAULTS
     from nas.core.errors import ConfigError
     from nas.data_source import DataSpec
     from nas.evaluate import FineTuneConfig
-    from nas.search import SearchConfig, TrainingOptions
+    from nas.search import SearchConfig
     from nas.supernet import SupernetOptions
 
     options = {"user_col": args.user_col, "item_col": args.item_col, "cold": args.cold, "seed": args.seed,
-               "sep": args.sep, "rating_col": args.rating_col, "min_rating": args.min_rating, "remap": args.remap}
+               "sep": args.sep, "rating_col": args.rating_col, "min_rating": args.min_rating, "remap": args.remap,
+               "label_col": args.label_col, "categorical": _columns(args.categorical), "numeric": _columns(args.numeric),
+               "label_threshold": args.label_threshold, "oov_threshold": args.oov_threshold}
     if (args.rating_col is None) != (args.min_rating is None):
         raise ConfigError("give --rating-col and --min-rating together")
+    task = backbone_task(args.model)
     if args.train:
         if args.data:
             raise ConfigError("give either --data or --train/--valid/--test, not both")
@@ -109,23 +137,30 @@ def _config_from_args(args: argparse.Namespace):  # noqa: ANN202
     elif args.data:
         spec = DataSpec.from_path(args.data, format=args.format, **options)
     else:
-        spec = DataSpec("synthetic", **options)
+        spec = DataSpec("synthetic-ctr" if task == "click" else "synthetic", **options)
     space_options = _space_options(args)
-    train = TrainingOptions(args.epochs, args.batch_size, args.lr, args.reg, args.eval_every, args.patience, args.sampling,
-                            args.checkpoint_every)
+    given = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "reg": args.reg,
+             "eval_every": args.eval_every, "patience": args.patience}
+    train = replace(TRAINING_DEFAULTS[task], **{k: v for k, v in given.items() if v is not None},
+                    sampling=args.sampling, checkpoint_every=args.checkpoint_every)
     protocol = {
         "supernet": SupernetOptions(mode=args.supernet, proposals=args.supernet_proposals), "evaluator": args.evaluator,
-        "finetune": FineTuneConfig(steps=args.finetune_steps, reg=args.reg), "retrain": args.retrain,
+        "finetune": FineTuneConfig(steps=args.finetune_steps, reg=train.reg), "retrain": args.retrain,
     }
     if args.faithful:
         protocol = {"supernet": SupernetOptions(mode="full"), "evaluator": "finetune",
-                    "finetune": FineTuneConfig.paper(reg=args.reg), "retrain": "full"}
+                    "finetune": FineTuneConfig.paper(reg=train.reg), "retrain": "full"}
     return SearchConfig(
         data=spec, model=args.model, d_max=args.d_max, d_min=args.d_min, budget=args.budget, space=args.space,
         space_options=space_options, controller=args.controller, controller_options=_controller_options(args.controller_option),
         trials=args.trials, ask_batch=args.ask_batch, fitness_users=args.fitness_users, retrain_top=args.retrain_top,
         seed=args.seed, train=train, device=args.device, threads=args.threads, **protocol,
     )
+
+
+def _columns(text: str | None) -> tuple[str, ...]:
+    """``"a,b, c"`` -> ``("a", "b", "c")``; nothing given -> ``()``."""
+    return tuple(c.strip() for c in text.split(",") if c.strip()) if text else ()
 
 
 def _controller_options(pairs: Sequence[str]) -> dict[str, object]:

@@ -11,13 +11,14 @@ from typing import Any
 
 import torch
 
+from nas.backbones import TASKS, backbone_task, models_of_task
 from nas.core.errors import ConfigError
-from nas.data_source import DataSpec
+from nas.data_source import CLICK_FORMATS, TOP_K_FORMATS, DataSpec
 from nas.evaluate import EVALUATORS, FineTuneConfig
 from nas.supernet import SupernetOptions
 from recsys.train import TrainConfig
 
-__all__ = ["KS", "RETRAIN_MODES", "SearchConfig", "TrainingOptions"]
+__all__ = ["D_MAX_DEFAULTS", "KS", "RETRAIN_MODES", "TRAINING_DEFAULTS", "SearchConfig", "TrainingOptions"]
 
 #: Cut-offs of every evaluation of a run (those of BET's fitness, eq. 13).
 KS = (5, 10, 20)
@@ -28,10 +29,13 @@ RETRAIN_MODES = ("full", "halving")
 
 @dataclass(frozen=True)
 class TrainingOptions:
-    """BPR training of the supernet and of the retrained allocations (see :class:`recsys.train.TrainConfig`).
+    """Training of the supernet and of the retrained allocations.
 
-    ``checkpoint_every`` epochs the whole training state is saved in the run, so a run
-    killed mid-training resumes from that epoch.
+    Top-k backbones train with BPR (:class:`recsys.train.TrainConfig`), click backbones
+    with binary cross-entropy (:class:`recsys.train_ctr.CTRTrainConfig`, early stopping
+    on validation AUC; ``sampling`` does not apply).  ``checkpoint_every`` epochs the
+    whole training state is saved in the run, so a run killed mid-training resumes from
+    that epoch.  :data:`TRAINING_DEFAULTS` holds each task's defaults.
     """
 
     epochs: int = 40
@@ -59,14 +63,27 @@ class TrainingOptions:
         )
 
 
+#: Training defaults of each task: BPR as LightGCN trains for top-k; paper 004's for click
+#: models (Adam at 1e-3, batch 2,048, at most 15 epochs, validation AUC every epoch with
+#: patience 2, L2 1e-5 on the looked-up vectors; see :class:`recsys.train_ctr.CTRTrainConfig`).
+TRAINING_DEFAULTS: dict[str, TrainingOptions] = {
+    "top-k": TrainingOptions(),
+    "click": TrainingOptions(epochs=15, batch_size=2048, lr=1e-3, reg=1e-5, eval_every=1, patience=2),
+}
+
+#: Full embedding width of each task unless given: 64 for top-k; 16 for click models (paper 004, Table 4).
+D_MAX_DEFAULTS: dict[str, int] = {"top-k": 64, "click": 16}
+
+
 @dataclass(frozen=True)
 class SearchConfig:
     """Everything that defines a run; written to ``config.json`` and hashed.
 
     Attributes:
         data: the dataset.
-        model: backbone name (``embnas`` lists them in ``--help``).
-        d_max: full embedding width.
+        model: backbone name (``embnas`` lists them in ``--help``); a top-k model needs
+            interaction data, a click model click data (:mod:`nas.backbones`).
+        d_max: full embedding width (``None``: the model's task's default, :data:`D_MAX_DEFAULTS`).
         d_min: fewest dimensions any row keeps.
         budget: the budget as typed by the user: sparsity (``0.9``), parameters or bytes (``2MB``).
         space: search-space name.
@@ -77,7 +94,8 @@ class SearchConfig:
             for BET, for example).
         trials: allocations evaluated by controllers that learn from fitness.
         ask_batch: candidates asked of the controller at once and evaluated together.
-        fitness_users: validation users sampled (with the seed) for fitness during the search; 0 for all.
+        fitness_users: validation users sampled (with the seed) for fitness during the search; 0 for all
+            (click data is scored on every validation row).
         supernet: how the supernet is trained (sandwich or plain full-size pre-training).
         evaluator: ``"supernet"`` (masks on the supernet) or ``"finetune"`` (BET's protocol).
         finetune: the fine-tuning protocol of the ``finetune`` evaluator.
@@ -86,14 +104,15 @@ class SearchConfig:
         retrain: ``"full"`` (every one trained to the end) or ``"halving"`` (successive
             halving: all briefly, the best longer, one to the end).
         seed: fixes the data split, initialisations, sampling and the controller.
-        train: how the full model and the retrained allocation are trained.
+        train: how the full model and the retrained allocation are trained (``None``: the
+            model's task's defaults, :data:`TRAINING_DEFAULTS`).
         device: torch device.
         threads: torch threads (``None`` leaves torch's default).
     """
 
     data: DataSpec = field(default_factory=DataSpec)
     model: str = "mf"
-    d_max: int = 64
+    d_max: int | None = None
     d_min: int = 1
     budget: str = "0.9"
     space: str = "per-feature"
@@ -109,7 +128,7 @@ class SearchConfig:
     retrain_top: int = 5
     retrain: str = "full"
     seed: int = 0
-    train: TrainingOptions = field(default_factory=TrainingOptions)
+    train: TrainingOptions | None = None
     device: str = "cpu"
     threads: int | None = None
 
@@ -128,6 +147,23 @@ class SearchConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+        task = self.task
+        if task != self.data.task:
+            formats = {"top-k": TOP_K_FORMATS, "click": CLICK_FORMATS}
+            raise ConfigError(
+                f"the model {self.model!r} is a {task} model, for {TASKS[task]}, but the data ({self.data.format}) is "
+                f"{TASKS[self.data.task]}; on this data use one of {', '.join(models_of_task(self.data.task))}, or give "
+                f"{task} data (formats {', '.join(formats[task])}) for {', '.join(models_of_task(task))}"
+            )
+        if self.d_max is None:
+            object.__setattr__(self, "d_max", D_MAX_DEFAULTS[task])
+        if self.train is None:
+            object.__setattr__(self, "train", TRAINING_DEFAULTS[task])
+
+    @property
+    def task(self) -> str:
+        """The task of the model (``"top-k"`` or ``"click"``, see :mod:`nas.tasks`)."""
+        return backbone_task(self.model)
 
     def check_device(self) -> None:
         """Refuse a CUDA device torch cannot see (checked before training, not when a run is replayed)."""
@@ -154,7 +190,7 @@ class SearchConfig:
         fields = {k: v for k, v in data.items() if k != "data_fingerprint"}
         nested = {
             "data": DataSpec.from_dict(data["data"]),
-            "train": TrainingOptions(**data["train"]),
+            "train": TrainingOptions(**data["train"]) if data.get("train") is not None else None,
             "supernet": SupernetOptions(**data.get("supernet", {})),
             "finetune": FineTuneConfig(**data.get("finetune", {})),
         }

@@ -1,25 +1,27 @@
 """Evaluators: the fitness of allocations measured on a trained supernet, with or without fine-tuning.
 
 * :class:`SupernetEvaluator` applies each allocation's masks to the trained weights and
-  ranks the validation items: no training at all, and many allocations share one pass
-  (the embedding serves them as stacked variants and the ranking work common to them,
-  exclusions, truth look-ups and top-k, is done once per chunk of users).
+  scores the validation data: no training at all, and many allocations share one pass
+  (the embedding serves them as stacked variants; for top-k data the ranking work common
+  to them, exclusions, truth look-ups and top-k, is done once per chunk of users).
 * :class:`FineTuneEvaluator` is BET's protocol (paper 003, section 4.3): copy the
   pre-trained weights, fine-tune them under the allocation's masks with SGD at a
-  decaying learning rate, then rank.  Slower, closer to what retraining will give.
+  decaying learning rate, then score.  Slower, closer to what retraining will give.
 
-Both measure the quality of BET eq. 13, the mean over k in {5, 10, 20} of
-(Recall@k + NDCG@k) / 2 on validation, and divide it by the full model's (eq. 12).
-A fixed, seeded subset of validation users makes the search-phase fitness cheap;
-``users=None`` ranks on all of them (the final ranking).
+Both measure the task's quality (:meth:`nas.tasks.Task.quality`) on validation and
+divide it by the full model's (BET eq. 12): for top-k data the mean over k in
+{5, 10, 20} of (Recall@k + NDCG@k) / 2 (BET eq. 13), for click data the AUC.  For top-k
+data a fixed, seeded subset of validation users makes the search-phase fitness cheap;
+``users=None`` ranks on all of them (the final ranking).  Click data is scored on every
+validation row.
 """
 
 from __future__ import annotations
 
 import copy
-import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,27 +30,23 @@ from nas.core.allocation import Allocation
 from nas.core.errors import ConfigError
 from nas.core.evaluator import Evaluator
 from nas.embedding import MaskableEmbedding, stack_row_dims
-from recsys.data import BPRSampler, InteractionData
-from recsys.metrics import FITNESS_KS, fitness_quality, ranking_metrics_many
-from recsys.models import Backbone
-from recsys.train import evaluate
+from nas.tasks import task_for
+from recsys.data import CTRData, InteractionData
 
 __all__ = ["FineTuneConfig", "FineTuneEvaluator", "SupernetEvaluator", "EVALUATORS"]
-
-#: Scores held in memory at once by a batched pass (the ``A × users × items`` float32 block).
-_SCORE_MEMORY = 512 * 2**20
 
 
 class _ValidationEvaluator(Evaluator):
     """Shared set-up: a trained backbone on a maskable embedding and the validation data."""
 
-    def __init__(self, model: Backbone, data: InteractionData, users: np.ndarray | None = None) -> None:
+    def __init__(self, model: Any, data: InteractionData | CTRData, users: np.ndarray | None = None) -> None:
         super().__init__()
         if not isinstance(model.embedding, MaskableEmbedding):
             raise ConfigError("fitness needs a model built on a MaskableEmbedding")
-        if data.valid.nnz == 0:
+        self.task = task_for(data)
+        if not self.task.has_validation:
             raise ConfigError(
-                "fitness is measured on validation data, and this dataset has none; "
+                "fitness is measured on validation data, and this dataset has none (or, for click data, only one class); "
                 "give a validation split (--valid) or use a controller that needs no fitness (equal, frequency)"
             )
         self.model = model
@@ -64,7 +62,7 @@ class _ValidationEvaluator(Evaluator):
         previous = self.embedding.allocation
         self.embedding.set_allocation(allocation)
         try:
-            return fitness_quality(evaluate(self.model, self.data, "valid", FITNESS_KS, users=self.users))
+            return self.task.quality(self.task.evaluate(self.model, "valid", self.users))
         finally:
             self.embedding.set_allocation(previous)
 
@@ -77,8 +75,9 @@ class SupernetEvaluator(_ValidationEvaluator):
 
     Args:
         model: the trained backbone, on a :class:`MaskableEmbedding`.
-        data: interactions; the validation split is ranked against all items, train items excluded.
-        users: a fixed subset of validation users, or ``None`` for all.
+        data: interactions (the validation split is ranked against all items, train items
+            excluded) or click rows (the validation rows are scored).
+        users: a fixed subset of validation users, or ``None`` for all (top-k data only).
         batch: allocations scored together in one pass (prefix allocations only; element
             masks are scored one at a time).  ``None``: 8 on a GPU, 1 on a CPU, where the
             score products dominate and a shared pass measured no faster
@@ -88,7 +87,7 @@ class SupernetEvaluator(_ValidationEvaluator):
     name = "supernet"
 
     def __init__(
-        self, model: Backbone, data: InteractionData, users: np.ndarray | None = None, batch: int | None = None
+        self, model: Any, data: InteractionData | CTRData, users: np.ndarray | None = None, batch: int | None = None
     ) -> None:
         super().__init__(model, data, users)
         if batch is None:
@@ -110,25 +109,18 @@ class SupernetEvaluator(_ValidationEvaluator):
         return [qualities[i] for i in range(len(allocations))]
 
     def _stacked_qualities(self, allocations: Sequence[Allocation]) -> list[float]:
-        """Quality of several prefix allocations in one ranking pass."""
+        """Quality of several prefix allocations in one pass."""
         embedding = self.embedding
         previous = embedding.allocation
-        device = embedding.columns.device
-        n_items = self.data.valid.shape[1]
-        chunk = max(1, min(1024, _SCORE_MEMORY // (4 * n_items * len(allocations))))
         was_training = getattr(self.model, "training", False)
-        self.model.eval()  # type: ignore[attr-defined]
-        embedding.set_variants(stack_row_dims(allocations, device))
+        self.model.eval()
+        embedding.set_variants(stack_row_dims(allocations, embedding.columns.device))
         try:
-            results = ranking_metrics_many(
-                lambda users: self.model.all_scores(users.to(device)), len(allocations),
-                self.data.valid, [self.data.train], FITNESS_KS, users=self.users, chunk_size=chunk,
-            )
+            return self.task.stacked_qualities(self.model, len(allocations), self.users)
         finally:
             embedding.set_allocation(previous)
             if was_training:
-                self.model.train()  # type: ignore[attr-defined]
-        return [fitness_quality(result) for result in results]
+                self.model.train()
 
 
 @dataclass(frozen=True)
@@ -145,8 +137,8 @@ class FineTuneConfig:
         lr: initial SGD learning rate.
         gamma: multiplicative learning-rate decay.
         decay_every: steps between decays.
-        batch_size: BPR triples per step.
-        reg: L2 weight of the BPR loss (as in training).
+        batch_size: BPR triples (click data: rows) per step.
+        reg: L2 weight of the loss (as in training).
         optimizer: ``"sgd"`` (the protocol's) or ``"adam"``.
     """
 
@@ -174,7 +166,7 @@ class FineTuneConfig:
 
 
 class FineTuneEvaluator(_ValidationEvaluator):
-    """BET's fitness: fine-tune a copy of the pre-trained weights under the allocation, then rank.
+    """BET's fitness: fine-tune a copy of the pre-trained weights under the allocation, then score it.
 
     Every allocation starts from the same weights and sees the same batches (the
     sampler is re-seeded each time), so differences in fitness come from the
@@ -193,8 +185,8 @@ class FineTuneEvaluator(_ValidationEvaluator):
 
     def __init__(
         self,
-        model: Backbone,
-        data: InteractionData,
+        model: Any,
+        data: InteractionData | CTRData,
         users: np.ndarray | None = None,
         config: FineTuneConfig | None = None,
         seed: int = 0,
@@ -217,16 +209,12 @@ class FineTuneEvaluator(_ValidationEvaluator):
         device = params[0].device
         optimizer = (torch.optim.SGD if config.optimizer == "sgd" else torch.optim.Adam)(params, lr=config.lr)
         schedule = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.decay_every, gamma=config.gamma)
-        sampler = BPRSampler(self.data.train, seed=self.seed)
-        if config.epochs is not None:
-            batches = itertools.chain.from_iterable(sampler.epoch(config.batch_size) for _ in range(config.epochs))
-        else:
-            batches = itertools.islice(_forever(sampler, config.batch_size), config.steps)
+        batches = self.task.finetune_batches(config.batch_size, self.seed, epochs=config.epochs, steps=config.steps)
         self.embedding.set_allocation(allocation)
         self.model.train()  # type: ignore[attr-defined]
         try:
-            for users, pos, neg in batches:
-                loss = self.model.bpr_loss(users.to(device), pos.to(device), neg.to(device), config.reg)
+            for batch in batches:
+                loss = self.task.batch_loss(self.model, tuple(t.to(device) for t in batch), config.reg)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -242,8 +230,3 @@ EVALUATORS = ("supernet", "finetune")
 
 def _batched(items: Sequence[int], size: int) -> list[list[int]]:
     return [list(items[i : i + size]) for i in range(0, len(items), size)]
-
-
-def _forever(sampler: BPRSampler, batch_size: int):  # noqa: ANN202 - a plain generator
-    while True:
-        yield from sampler.epoch(batch_size)

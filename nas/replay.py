@@ -11,14 +11,13 @@ from nas.core.errors import ArtifactError
 from nas.data_source import load_data
 from nas.export import export_tables
 from nas.runs import Run
-from nas.search import SearchConfig, build_model, load_checkpoint
-from recsys.models import Backbone
-from recsys.train import evaluate
+from nas.search import Model, SearchConfig, build_model, load_checkpoint
+from nas.tasks import task_for
 
 __all__ = ["evaluate_run", "export_run", "load_allocated_model"]
 
 
-def load_allocated_model(folder: str | Path) -> tuple[Run, SearchConfig, Backbone, Allocation, Budget, Any]:
+def load_allocated_model(folder: str | Path) -> tuple[Run, SearchConfig, Model, Allocation, Budget, Any]:
     """The run, its configuration, retrained model (allocation applied), allocation, budget and data."""
     run = Run(folder)
     if not run.has("config.json"):
@@ -39,9 +38,9 @@ def load_allocated_model(folder: str | Path) -> tuple[Run, SearchConfig, Backbon
 
 
 def evaluate_run(folder: str | Path, split: str = "test") -> dict[str, float]:
-    """Full-ranking metrics of a run's retrained, allocated model on ``split``."""
+    """The metrics of a run's retrained, allocated model on ``split``: full-ranking Recall and NDCG, or AUC and log loss."""
     _, _, model, _, _, data = load_allocated_model(folder)
-    return evaluate(model, data, split, (5, 10, 20))
+    return task_for(data).evaluate(model, split)
 
 
 def export_run(folder: str | Path, out: str | Path | None = None) -> dict[str, Any]:

@@ -1,8 +1,11 @@
 """The main job: train the supernet, search allocations under the budget, retrain the best, evaluate, export.
 
-Each stage leaves its result in the run folder (``nas.runs``) before the next starts,
-and long stages checkpoint as they go, so a run killed at any moment continues with
-``embnas resume <run>`` and ends exactly as the uninterrupted run would have:
+The same stages serve every task (:mod:`nas.tasks`): top-k backbones on interaction
+data, click backbones on click data; what differs between them (training, metrics,
+fitness) is the task's.  Each stage leaves its result in the run folder (``nas.runs``)
+before the next starts, and long stages checkpoint as they go, so a run killed at any
+moment continues with ``embnas resume <run>`` and ends exactly as the uninterrupted run
+would have:
 
 1. *supernet*: one set of full-size weights trained so that any allocation can be
    scored by masking (``nas.supernet``); its training state is saved every epoch;
@@ -25,11 +28,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from controllers import CONTROLLERS
 from nas.backbones import BACKBONES
-from nas.config import KS, SearchConfig, TrainingOptions
+from nas.config import SearchConfig, TrainingOptions
 from nas.core.allocation import Allocation
 from nas.core.budget import Budget
 from nas.core.controller import Controller, OneShotController
@@ -43,18 +47,10 @@ from nas.evaluate import FineTuneEvaluator, SupernetEvaluator
 from nas.export import export_tables
 from nas.runs import Run
 from nas.supernet import SupernetOptions, train_one_shot, train_supernet
+from nas.tasks import Task, task_for
 from nas.trials import Candidate, ranked_candidates, record_one_shot_choice, run_trials, save_controller_state
-from recsys.data import InteractionData
-from recsys.metrics import fitness_quality
-from recsys.models import Backbone
-from recsys.train import (
-    TrainConfig,
-    TrainHooks,
-    TrainResult,
-    evaluate,
-    train_bpr,
-    user_subset,
-)
+from recsys.data import CTRData, InteractionData
+from recsys.train import TrainHooks, TrainResult
 from search_spaces import SPACES
 
 __all__ = [
@@ -77,13 +73,26 @@ HALVING_RATE = 3
 _LISTED_DECISIONS = 64
 
 
-def build_model(config: SearchConfig, data: InteractionData) -> Backbone:
+#: A top-k or click backbone (:class:`~recsys.models.Backbone`, :class:`~recsys.models.CTRBackbone`).
+Model = Any
+#: The data of either task.
+Data = InteractionData | CTRData
+
+
+def build_model(config: SearchConfig, data: Data) -> Model:
     """The configured backbone on a fresh maskable embedding, seeded by the run's seed."""
-    embedding = MaskableEmbedding(data.rows(), config.d_max, seed=config.seed)
-    return BACKBONES.get(config.model)(embedding, data).to(config.device)  # type: ignore[attr-defined]
+    if config.task != task_for(data).name:  # the configuration checked its data spec; this is the data itself
+        raise ConfigError(f"the {config.model} model is a {config.task} model and cannot learn from {type(data).__name__}")
+    embedding = MaskableEmbedding(data.rows(), config.d_max, std=task_for(data).embedding_std, seed=config.seed)
+    # Dense layers a factory leaves to torch's default initialisation draw from the global
+    # generator, whose seed differs per process: seed it here, so a resumed run builds the same model.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        model = BACKBONES.get(config.model)(embedding, data)
+    return model.to(config.device)
 
 
-def build_search(config: SearchConfig, data: InteractionData) -> tuple[Budget, SearchSpace, Controller]:
+def build_search(config: SearchConfig, data: Data) -> tuple[Budget, SearchSpace, Controller]:
     """The budget, search space and controller of a run (checked before any training)."""
     rows = data.rows()
     budget = Budget.parse(config.budget, rows, config.d_max, config.d_min)
@@ -112,9 +121,9 @@ def build_search(config: SearchConfig, data: InteractionData) -> tuple[Budget, S
     return budget, space, controller
 
 
-def build_evaluator(config: SearchConfig, data: InteractionData, model: Backbone) -> Evaluator:
-    """The configured evaluator on the trained supernet, over the search's sample of validation users."""
-    users = user_subset(data.valid, config.fitness_users, config.seed)
+def build_evaluator(config: SearchConfig, data: Data, model: Model) -> Evaluator:
+    """The configured evaluator on the trained supernet, over the search's sample of validation users (top-k)."""
+    users = task_for(data).validation_subset(config.fitness_users, config.seed)
     if config.evaluator == "finetune":
         return FineTuneEvaluator(model, data, users, config.finetune, seed=config.seed)
     return SupernetEvaluator(model, data, users)
@@ -143,18 +152,19 @@ def run_search(config: SearchConfig, runs_root: str | Path = "runs", name: str |
     started = time.perf_counter()
     config.check_device()
     data = load_data(config.data)
+    task = task_for(data)
     budget, space, controller = build_search(config, data)
-    if controller.needs_fitness and data.valid.nnz == 0:
+    if controller.needs_fitness and not task.has_validation:
         raise ConfigError(
-            f"the {config.controller} controller learns from validation fitness, and this dataset has no validation split; "
-            "add one (valid.txt) or use --controller equal or frequency"
+            f"the {config.controller} controller learns from validation fitness, and this dataset has no validation split"
+            f"{' with both labels' if task.name == 'click' else ''}; add one (valid.txt) or use --controller equal or frequency"
         )
     # The run is tied to its configuration and to the data's content: a folder made from
     # other files refuses to continue. It is made only once data and budget are known good.
     run = Run.create(runs_root, {**config.to_dict(), "data_fingerprint": data.fingerprint()}, name,
                      upgrade=SearchConfig.upgrade)
     run.log_event("start", data=data.summary(), budget=budget.to_dict())
-    train_config = config.train.to_train_config(config.seed, config.threads)
+    train_config = task.train_config(config.train, config.seed, config.threads)
     timing: dict[str, float] = {}
 
     tic = time.perf_counter()
@@ -166,21 +176,21 @@ def run_search(config: SearchConfig, runs_root: str | Path = "runs", name: str |
         supernet_mode = "one-shot"
         train = partial(_train_one_shot, run, data, controller, train_config, progress)
     else:
-        def train(model: Backbone, hooks: TrainHooks) -> TrainResult:
+        def train(model: Model, hooks: TrainHooks) -> TrainResult:
             return train_supernet(model, data, space, budget, train_config, options, hooks=hooks, progress=progress,
                                   proposals=_proposals(controller, options))
     supernet_stats = _train_stage(run, "supernet", None, supernet, config.train.checkpoint_every, train)
-    supernet_test = evaluate(supernet, data, "test", KS)
+    supernet_test = task.evaluate(supernet, "test")
     timing["supernet"] = time.perf_counter() - tic
 
     tic = time.perf_counter()
-    candidates = _search(run, config, data, supernet, space, controller, budget, progress)
+    candidates = _search(run, config, task, supernet, space, controller, budget, progress)
     timing["search"] = time.perf_counter() - tic
 
     tic = time.perf_counter()
     # Intermediate rungs of successive halving are sized by how long the supernet took to peak.
     horizon = max(int(supernet_stats.get("best_epoch") or config.train.epochs), 1)
-    retrained = _retrain(run, config, data, budget, candidates, train_config, horizon, progress)
+    retrained = _retrain(run, config, task, budget, candidates, train_config, horizon, progress)
     # The best on validation among those trained to the end (the search's order breaks ties
     # and stands in without validation).
     finalists = [r for r in retrained if r.final]
@@ -190,15 +200,16 @@ def run_search(config: SearchConfig, runs_root: str | Path = "runs", name: str |
 
     allocation.save(run.path("allocation.npz"))
     run.save_tensors("allocated.safetensors", dict(model.state_dict()))  # type: ignore[attr-defined]
-    allocated_test = evaluate(model, data, "test", KS)
+    allocated_test = task.evaluate(model, "test")
     manifest = export_tables(run.path("export"), model.embedding, allocation, budget, config_hash=run.config_hash)
     timing["total"] = time.perf_counter() - started
     metrics = {
         "run": str(run.folder),
+        "task": task.name,
         "data": data.summary(),
         "space": space.describe(),
         "controller": config.controller,
-        "evaluator": config.evaluator if data.valid.nnz else None,
+        "evaluator": config.evaluator if task.has_validation else None,
         "fitness_driven": controller.needs_fitness,
         "budget": {**budget.to_dict(), "description": budget.describe(), "max_bytes": budget.max_bytes},
         "allocation": {
@@ -235,7 +246,7 @@ class _Retrained:
 
     candidate: Candidate
     allocation: Allocation
-    model: Backbone
+    model: Model
     stats: dict[str, Any]
     quality: float
     seconds: float
@@ -251,8 +262,8 @@ def _proposals(controller: Controller, options: SupernetOptions) -> Callable[[np
 
 
 def _train_one_shot(
-    run: Run, data: InteractionData, controller: OneShotController, train_config: TrainConfig, progress: bool,
-    model: Backbone, hooks: TrainHooks,
+    run: Run, data: Data, controller: OneShotController, train_config: Any, progress: bool,
+    model: Model, hooks: TrainHooks,
 ) -> TrainResult:
     """The supernet trained with the controller; its state is left where the search loop restores it from."""
     result = train_one_shot(model, data, controller, train_config, hooks=hooks, progress=progress)
@@ -263,10 +274,10 @@ def _train_one_shot(
 def _retrain(
     run: Run,
     config: SearchConfig,
-    data: InteractionData,
+    task: Task,
     budget: Budget,
     candidates: list[Candidate],
-    train_config: TrainConfig,
+    train_config: Any,
     horizon: int,
     progress: bool,
 ) -> list[_Retrained]:
@@ -281,11 +292,11 @@ def _retrain(
     stopping), so the survivors' training is one training paused at each rung.  With five candidates and η = 3 that is about
     about 1.7 full trainings instead of 5.
     """
-    models: dict[str, tuple[Allocation, Backbone]] = {}
+    models: dict[str, tuple[Allocation, Model]] = {}
     for candidate in candidates:
         allocation = candidate.load(run)
         allocation.validate(budget)
-        model = build_model(config, data)
+        model = build_model(config, task.data)
         model.embedding.set_allocation(allocation)
         models[candidate.fingerprint] = (allocation, model)
     epochs = config.train.epochs
@@ -303,13 +314,13 @@ def _retrain(
             stats = _train_stage(
                 run, "retrain" if final else f"retrain-rung{rung}", candidate.fingerprint, model,
                 config.train.checkpoint_every,
-                lambda model, hooks, c=rung_config: train_bpr(model, data, c, progress=progress, hooks=hooks),
+                lambda model, hooks, c=rung_config: task.train(model, c, hooks, progress=progress),
                 partial=f"retrain-{candidate.fingerprint}.state.safetensors", final=final, last_epoch=rung_epochs,
             )
             earlier = results.get(candidate.fingerprint)
             results[candidate.fingerprint] = _Retrained(
                 candidate, allocation, model, stats,
-                quality=fitness_quality(stats["valid"]) if stats["valid"] else float("nan"),
+                quality=task.quality(stats["valid"]) if stats["valid"] else float("nan"),
                 seconds=stats["seconds"] + (earlier.seconds if earlier else 0.0),
                 epochs=stats["epochs_run"], final=final,
             )
@@ -344,9 +355,9 @@ def _train_stage(
     run: Run,
     stage: str,
     key: str | None,
-    model: Backbone,
+    model: Model,
     checkpoint_every: int,
-    train: Callable[[Backbone, TrainHooks], TrainResult],
+    train: Callable[[Model, TrainHooks], TrainResult],
     *,
     partial: str | None = None,
     final: bool = True,
@@ -392,7 +403,7 @@ def _remove(run: Run, checkpoint: str) -> None:
         pass
 
 
-def load_checkpoint(model: Backbone, run: Run, name: str) -> None:
+def load_checkpoint(model: Model, run: Run, name: str) -> None:
     """Load a run's checkpoint into ``model``, refusing one whose tensors do not match it exactly."""
     try:
         model.load_state_dict(run.load_tensors(name), strict=True)  # type: ignore[attr-defined]
@@ -403,8 +414,8 @@ def load_checkpoint(model: Backbone, run: Run, name: str) -> None:
 def _search(
     run: Run,
     config: SearchConfig,
-    data: InteractionData,
-    supernet: Backbone,
+    task: Task,
+    supernet: Model,
     space: SearchSpace,
     controller: Controller,
     budget: Budget,
@@ -417,12 +428,12 @@ def _search(
     """
     if isinstance(controller, OneShotController):
         if not any(True for _ in run.events("searched")):
-            evaluator = build_evaluator(config, data, supernet) if data.valid.nnz else None
+            evaluator = build_evaluator(config, task.data, supernet) if task.has_validation else None
             record_one_shot_choice(run, controller, supernet, budget, evaluator)
             run.log_event("searched", top=[c.fingerprint for c in ranked_candidates(run)[:1]], evaluator=config.evaluator,
                           measured=evaluator.measured if evaluator is not None else 0)
         return ranked_candidates(run)[:1]
-    if data.valid.nnz == 0:
+    if not task.has_validation:
         allocation = space.to_allocation(controller.recommend())
         allocation.validate(budget)
         path = run.path("candidates", f"{allocation.fingerprint()}.npz")
@@ -430,7 +441,7 @@ def _search(
             allocation.save(path)
         return [Candidate(allocation.fingerprint(), float("nan"), allocation.cost, 0)]
     if not any(True for _ in run.events("searched")):
-        evaluator = build_evaluator(config, data, supernet)
+        evaluator = build_evaluator(config, task.data, supernet)
         trials = config.trials if controller.needs_fitness else 1
         run_trials(run, controller, space, budget, evaluator, trials, config.ask_batch, progress=progress)
         ranked = ranked_candidates(run)

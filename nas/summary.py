@@ -1,4 +1,8 @@
-"""The table printed at the end of a run: what the budget bought, side by side with the full model."""
+"""The table printed at the end of a run: what the budget bought, side by side with the full model.
+
+Top-k runs show Recall and NDCG at 20 and 10, click runs AUC and log loss (lower is
+better: its ratio above 1 is a loss).
+"""
 
 from __future__ import annotations
 
@@ -22,7 +26,7 @@ def summary_table(metrics: Mapping[str, Any]) -> str:
     )
     facts = [
         ("run", metrics["run"]),
-        ("data", f"{metrics['data']['name']}: {metrics['data']['users']:,} users, {metrics['data']['items']:,} items"),
+        ("data", _data_text(metrics["data"])),
         ("search", f"{metrics['controller']} controller, {metrics['space']} space"),
         ("budget", f"{budget['description']}: at most {budget['max_values']:,} values, {budget['max_bytes']:,} bytes"),
         ("used", f"{allocation['values']:,} values ({allocation['budget_used']:.1%} of the budget, "
@@ -38,11 +42,22 @@ def summary_table(metrics: Mapping[str, Any]) -> str:
     elif metrics["full"].get("supernet") == "one-shot":
         facts.append(("full", "the supernet trained with the controller, every row at d_max and unmasked"))
     lines = [header, "  " + "-" * (len(header) - 2)]
-    for key in ("recall@20", "ndcg@20", "recall@10", "ndcg@10"):
+    for key in _METRICS:
         if key in full and key in allocated:
             ratio = allocated[key] / full[key] if full[key] else float("nan")
             lines.append(f"  {key:<12}{full[key]:>10.4f}{allocated[key]:>11.4f}{ratio:>8.3f}")
     return _rows_to_text(facts) + "\n\n" + "\n".join(lines)
+
+
+#: The test metrics shown, in order, of whichever task the run had.
+_METRICS = ("recall@20", "ndcg@20", "recall@10", "ndcg@10", "auc", "logloss")
+
+
+def _data_text(data: Mapping[str, Any]) -> str:
+    if "fields" in data:  # click data
+        return (f"{data['name']}: {data['fields']} fields, {data['rows']:,} table rows, "
+                f"{data['train_rows']:,} train rows (click rate {data['train_click_rate']:.1%})")
+    return f"{data['name']}: {data['users']:,} users, {data['items']:,} items"
 
 
 def _search_facts(metrics: Mapping[str, Any]) -> list[tuple[str, str]]:

@@ -2,7 +2,8 @@
 
 Two ways to train it:
 
-* ``"sandwich"`` (the default): every step averages the BPR loss of the *largest*
+* ``"sandwich"`` (the default): every step averages the loss (BPR for top-k data,
+  binary cross-entropy for click data) of the *largest*
   allocation (every row at ``d_max``), the *smallest* (every decision at its least
   size) and a few *random feasible* allocations of the active space under the budget.
   The leading dimensions of every row thus learn to work on their own, which is
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,9 +35,9 @@ from nas.core.controller import OneShotController
 from nas.core.errors import ConfigError
 from nas.core.space import SearchSpace
 from nas.embedding import MaskableEmbedding, stack_row_dims
-from recsys.data import InteractionData
-from recsys.models import Backbone
-from recsys.train import TrainConfig, TrainHooks, TrainResult, train_bpr
+from nas.tasks import Batch, Variants, bpr_variants_loss, task_for
+from recsys.data import CTRData, InteractionData
+from recsys.train import TrainHooks, TrainResult
 
 __all__ = ["SUPERNET_MODES", "SandwichLoss", "SupernetOptions", "train_one_shot", "train_supernet"]
 
@@ -81,6 +83,12 @@ class SandwichLoss:
         seed: seeds the pool (with the epoch) and the picks.
         proposals: draws ``n`` decision vectors from a generator (a controller's
             :meth:`~nas.core.controller.Controller.supernet_proposals`); ``None`` samples the space.
+        variants_loss: the loss of a batch averaged over the allocations served at once,
+            ``variants_loss(model, chosen, batch, reg)`` (a task's
+            :meth:`~nas.tasks.Task.variants_loss`); the default is top-k's BPR.
+
+    Called as the trainer's loss hook, ``loss(model, *batch, reg)``: ``(users, pos, neg)``
+    from the BPR trainer, ``(x, y)`` from the click trainer.
     """
 
     def __init__(
@@ -90,8 +98,11 @@ class SandwichLoss:
         options: SupernetOptions,
         seed: int,
         proposals: Callable[[np.random.Generator, int], np.ndarray] | None = None,
+        *,
+        variants_loss: Callable[[Any, Variants, Batch, float], torch.Tensor] = bpr_variants_loss,
     ) -> None:
         self.space = space
+        self.variants_loss = variants_loss
         self.proposals = proposals
         self.budgets = [budget] if isinstance(budget, Budget) else list(budget)
         self.options = options
@@ -114,32 +125,23 @@ class SandwichLoss:
         self._stack = stack_row_dims(self._ends + pool)
         self._picks.manual_seed(int(rng.integers(2**62)))
 
-    def __call__(self, model: Backbone, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, reg: float) -> torch.Tensor:
+    def __call__(self, model: Any, *args: Any) -> torch.Tensor:
+        *batch, reg = args
         embedding = model.embedding
         assert isinstance(embedding, MaskableEmbedding)
         picks = torch.randperm(self.options.pool, generator=self._picks)[: self.options.random] + len(self._ends)
         index = torch.cat([torch.arange(len(self._ends)), picks])
         device = embedding.columns.device
         chosen = {name: dims[index].to(device) for name, dims in self._stack.items()}
-        prefix_loss = getattr(model, "prefix_bpr_loss", None)
-        if prefix_loss is not None and embedding.allocation is None:
-            # A dot-product backbone computes every variant's loss from prefix sums.
-            return prefix_loss(users, pos, neg, reg, lambda table, ids: chosen[table][:, ids].long())
-        embedding.set_variants(chosen)
-        try:
-            # The BPR term is a mean over variants and triples; the L2 term sums over the
-            # stacked vectors, so its weight is shared out to keep one triple's weight ``reg``.
-            return model.bpr_loss(users, pos, neg, reg / len(index))
-        finally:
-            embedding.set_variants(None)
+        return self.variants_loss(model, chosen, tuple(batch), reg)
 
 
 def train_supernet(
-    model: Backbone,
-    data: InteractionData,
+    model: Any,
+    data: InteractionData | CTRData,
     space: SearchSpace,
     budget: Budget | Sequence[Budget],
-    config: TrainConfig,
+    config: Any,
     options: SupernetOptions,
     *,
     hooks: TrainHooks | None = None,
@@ -149,6 +151,10 @@ def train_supernet(
     """Train ``model`` as a supernet for ``space`` under ``budget`` (early stopping on the full model).
 
     Args:
+        model: a top-k or click backbone on a :class:`MaskableEmbedding`.
+        data: interactions (BPR training) or click rows (click training).
+        config: the trainer's configuration (:class:`recsys.train.TrainConfig` or
+            :class:`recsys.train_ctr.CTRTrainConfig`, as the data asks).
         hooks: checkpoint callbacks and the state to resume from (their ``loss`` and
             ``on_epoch_start`` are set here).
         proposals: where the sandwich's random allocations come from when
@@ -156,20 +162,21 @@ def train_supernet(
     """
     if not isinstance(model.embedding, MaskableEmbedding):
         raise ConfigError("a supernet needs a model built on a MaskableEmbedding")
+    task = task_for(data)
     hooks = hooks or TrainHooks()
     if options.mode == "sandwich":
         loss = SandwichLoss(space, budget, options, config.seed,
-                            proposals if options.proposals == "controller" else None)
+                            proposals if options.proposals == "controller" else None, variants_loss=task.variants_loss)
         hooks = TrainHooks(loss=loss, on_epoch_start=loss.on_epoch_start, on_epoch_end=hooks.on_epoch_end,
                            resume=hooks.resume)
-    return train_bpr(model, data, config, progress=progress, hooks=hooks)
+    return task.train(model, config, hooks, progress=progress)
 
 
 def train_one_shot(
-    model: Backbone,
-    data: InteractionData,
+    model: Any,
+    data: InteractionData | CTRData,
     controller: OneShotController,
-    config: TrainConfig,
+    config: Any,
     *,
     hooks: TrainHooks | None = None,
     progress: bool = True,
@@ -183,6 +190,7 @@ def train_one_shot(
     """
     if not isinstance(model.embedding, MaskableEmbedding):
         raise ConfigError("a one-shot search needs a model built on a MaskableEmbedding")
+    task = task_for(data)
     hooks = hooks or TrainHooks()
     if hooks.resume is not None and "controller" in hooks.resume:
         controller.load_state_dict(hooks.resume["controller"])
@@ -192,7 +200,7 @@ def train_one_shot(
         if save is not None:
             save({**state, "controller": controller.state_dict()})
 
-    return train_bpr(model, data, config, progress=progress, hooks=TrainHooks(
-        loss=controller.supernet_loss, on_epoch_start=controller.on_epoch_start, after_step=controller.after_step,
+    return task.train(model, config, TrainHooks(
+        loss=task.one_shot_loss(controller), on_epoch_start=controller.on_epoch_start, after_step=controller.after_step,
         on_epoch_end=on_epoch_end, resume=hooks.resume,
-    ))
+    ), progress=progress)

@@ -18,6 +18,7 @@ evaluation, logging and checkpoints.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import numpy as np
@@ -181,11 +182,13 @@ class Controller(ABC):
 class OneShotController(Controller):
     """A controller trained jointly with the supernet, then asked once for its choice.
 
-    The search loop trains the supernet with :meth:`supernet_loss` as the loss of every
+    The search loop trains the supernet with :meth:`relaxed_loss` as the loss of every
     batch, calls :meth:`after_step` after each optimiser step of the weights (the
     controller updates its own architecture parameters there) and :meth:`on_epoch_start`
     before each epoch; the controller's :meth:`state_dict` is saved with every training
-    checkpoint.  Afterwards ``ask`` returns :meth:`choose`'s decisions, projected to the
+    checkpoint.  :meth:`relaxed_loss` is told how to compute the model's own loss of the
+    batch (BPR for top-k data, cross-entropy for click data), so one controller searches
+    every kind of model; :meth:`supernet_loss` is its BPR form.  Afterwards ``ask`` returns :meth:`choose`'s decisions, projected to the
     budget like every proposal.
 
     After training (and after a resumed run reloads the trained supernet) the loop calls
@@ -193,19 +196,41 @@ class OneShotController(Controller):
     allocation of ``ask``'s decisions; controllers that keep arbitrary elements rather
     than a prefix (pruning) return one with element masks.
 
-    Subclasses implement :meth:`supernet_loss` and :meth:`choose` (and the state hooks).
+    Subclasses implement :meth:`relaxed_loss` and :meth:`choose` (and the state hooks).
+    One written for top-k data only may implement :meth:`supernet_loss` instead.
     """
 
     multi_trial = False
     needs_fitness = False
 
+    def __init__(self, space: SearchSpace, budget: Budget, seed: int = 0) -> None:
+        cls = type(self)
+        if cls.relaxed_loss is OneShotController.relaxed_loss and cls.supernet_loss is OneShotController.supernet_loss:
+            # Neither is abstract (either one will do), so say it here rather than at the first batch.
+            raise TypeError(f"{cls.__name__} must implement relaxed_loss (or, for top-k data only, supernet_loss)")
+        super().__init__(space, budget, seed)
+
     def parameters(self) -> list[Any]:
         """The architecture parameters it learns (tensors), for inspection (default: none)."""
         return []
 
-    @abstractmethod
+    def relaxed_loss(self, model: Any, loss: Callable[[], Any]) -> Any:
+        """The loss of one batch under the relaxed choice (a scalar tensor with gradients to both sides).
+
+        Args:
+            model: the supernet (its ``embedding`` is a maskable embedding).
+            loss: computes the model's own loss of the batch as the embedding serves it
+                when called; a controller sets its soft mask around the call, for example,
+                and adds its own terms to the result.
+        """
+        raise ConfigError(
+            f"the {self.name} controller implements only supernet_loss (BPR, top-k data); "
+            "implement relaxed_loss(model, loss) to search other models"
+        )
+
     def supernet_loss(self, model: Any, users: Any, pos: Any, neg: Any, reg: float) -> Any:
-        """The loss of one batch under the relaxed choice (a scalar tensor with gradients to both sides)."""
+        """The BPR loss of one batch of (user, positive, negative) triples under the relaxed choice."""
+        return self.relaxed_loss(model, lambda: model.bpr_loss(users, pos, neg, reg))
 
     def after_step(self) -> None:  # noqa: B027 - optional hook
         """Update the architecture parameters after the weights' optimiser step (default: nothing)."""

@@ -14,6 +14,7 @@ from recsys.data.movielens import load_movielens_ctr
 from recsys.data.sampler import BPRSampler
 from recsys.data.split import split_per_user
 from recsys.data.synthetic import synthetic
+from recsys.data.synthetic_ctr import synthetic_ctr
 from recsys.data.tabular import load_interactions_csv
 
 __all__ = [
@@ -29,4 +30,5 @@ __all__ = [
     "pairs_to_csr",
     "split_per_user",
     "synthetic",
+    "synthetic_ctr",
 ]

@@ -93,6 +93,31 @@ def test_every_controller_completes_a_small_search_on_every_space(name, space, m
     assert metrics["export"]["bytes_stored"] > 0 and metrics["trials"] >= 1
 
 
+#: Tiny click data: two long-tailed id fields, a small one and a field with fewer rows than the block space's groups.
+TINY_CLICKS = {"n_rows": 1500, "fields": {"user": 120, "item": 160, "genre": 12, "flag": 2}}
+
+
+@pytest.mark.parametrize("model", ["fm", "deepfm", "dcnv2"])
+@pytest.mark.parametrize("space", ["per-feature", "per-field", "block"])
+@pytest.mark.parametrize("name", CONTROLLERS.names())
+def test_every_controller_completes_a_small_click_search_on_every_space(name, space, model, tmp_path):
+    from nas.config import SearchConfig, TrainingOptions
+    from nas.data_source import DataSpec
+    from nas.search import run_search
+
+    config = SearchConfig(
+        data=DataSpec("synthetic-ctr", extra=TINY_CLICKS), model=model, controller=name, space=space, budget="0.8",
+        d_max=8, trials=3, retrain_top=2, threads=1, space_options={"groups": 4, "blocks": 4} if space == "block" else {},
+        controller_options={"warmup": 0} if name in ("darts", "pep") else {},
+        train=TrainingOptions(epochs=1, batch_size=512, lr=1e-2, reg=1e-5, eval_every=1, patience=2),
+    )
+    metrics = run_search(config, tmp_path, progress=False)
+    assert metrics["task"] == "click"
+    assert metrics["allocation"]["values"] <= metrics["budget"]["max_values"]
+    assert metrics["export"]["bytes_stored"] <= metrics["budget"]["max_bytes"] and metrics["trials"] >= 1
+    assert 0.0 <= metrics["allocated"]["test"]["auc"] <= 1.0 and metrics["allocated"]["test"]["logloss"] > 0
+
+
 def test_a_batch_larger_than_the_controller_proposes_fails_before_training():
     from nas.config import SearchConfig
     from nas.core import ConfigError

@@ -210,3 +210,16 @@ def test_a_run_recorded_before_an_option_existed_resumes(tmp_path):
     older = {**current, "supernet": {k: v for k, v in current["supernet"].items() if k != "proposals"}}
     Run.create(tmp_path, older, name="r")
     Run.create(tmp_path, current, name="r", upgrade=SearchConfig.upgrade)  # no ResumeError
+
+
+def test_a_top_k_run_recorded_before_click_data_resumes(tmp_path):
+    """Its data section lacks the click options and its d_max and training are written out: it loads unchanged."""
+    from nas.config import SearchConfig
+    from nas.runs import Run
+
+    current = SearchConfig().to_dict()
+    click_options = ("label_col", "categorical", "numeric", "label_threshold", "oov_threshold")
+    older = {**current, "data": {k: v for k, v in current["data"].items() if k not in click_options}}
+    assert SearchConfig.from_dict(older) == SearchConfig() and older["d_max"] == 64 and older["train"]["epochs"] == 40
+    Run.create(tmp_path, older, name="r")
+    Run.create(tmp_path, current, name="r", upgrade=SearchConfig.upgrade)  # no ResumeError

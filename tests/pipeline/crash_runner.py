@@ -1,6 +1,6 @@
 """Run a small search in this process and, on request, die by SIGKILL at a chosen point.
 
-    python crash_runner.py RUNS NAME [--config random|bet|darts] [--die-at-rename N | --die-mid-write N | --die-mid-event N]
+    python crash_runner.py RUNS NAME [--config random|bet|darts|click] [--die-at-rename N | --die-mid-write N | --die-mid-event N]
 
 * ``--die-at-rename N``: during the N-th atomic file write, after the temporary file is
   complete and before it is renamed over the target;
@@ -9,7 +9,7 @@
 
 Without an option it runs to the end.  Used by ``test_resume.py``; the configurations
 are ``CONFIGS`` below (random search; BET with successive-halving retraining; the
-one-shot DARTS controller), shared with the test.
+one-shot DARTS controller; random search over DeepFM on click data), shared with the test.
 """
 
 from __future__ import annotations
@@ -43,7 +43,12 @@ BET_CONFIG = replace(
 
 DARTS_CONFIG = replace(CONFIG, controller="darts", controller_options={"warmup": 1}, trials=1, ask_batch=1, retrain_top=1)
 
-CONFIGS = {"random": CONFIG, "bet": BET_CONFIG, "darts": DARTS_CONFIG}
+CLICK_CONFIG = replace(
+    CONFIG, data=DataSpec("synthetic-ctr", extra={"n_rows": 3000}), model="deepfm", d_max=8,
+    train=TrainingOptions(epochs=4, batch_size=256, lr=1e-2, reg=1e-5, eval_every=1, patience=10),
+)
+
+CONFIGS = {"random": CONFIG, "bet": BET_CONFIG, "darts": DARTS_CONFIG, "click": CLICK_CONFIG}
 
 
 def _die() -> None:

@@ -228,3 +228,55 @@ def test_faithful_sets_the_papers_protocol_and_bad_controller_options_are_refuse
     assert "KEY=VALUE" in capsys.readouterr().err
     assert main(["search", "--controller", "equal", "--controller-option", "candidates=3", *FAST]) == 2
     assert "does not take the options ['candidates']" in capsys.readouterr().err
+
+
+def test_click_search_on_movielens_with_features(shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    """The RecBole folder is found to be click data; DeepFM's allocation keeps AUC far above chance within the budget."""
+    args = ["search", "--runs", str(tmp_path), "--name", "ml", "--data", str(shared_data / "ml-100k_recbole"),
+            "--model", "deepfm", "--budget", "0.8", "--controller", "frequency", "--epochs", "1", "--batch-size", "4096",
+            "--quiet"]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "ml-100k: 8 fields" in text and "auc" in text and "logloss" in text
+    folder = tmp_path / "ml"
+    config = json.loads((folder / "config.json").read_text())["config"]
+    assert config["data"]["format"] == "movielens-ctr" and config["d_max"] == 16 and config["train"]["lr"] == 1e-3
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["task"] == "click" and metrics["data"]["fields"] == 8
+    assert metrics["full"]["test"]["auc"] > 0.7 and metrics["allocated"]["test"]["auc"] > 0.7
+    assert metrics["allocation"]["values"] <= metrics["budget"]["max_values"] == int(0.2 * 16 * metrics["data"]["rows"])
+    manifest = json.loads((folder / "export" / "manifest.json").read_text())
+    assert set(manifest["tables"]) == {"user", "item", "age", "gender", "occupation", "zip", "genres", "year"}
+    assert manifest["bytes_stored"] <= manifest["budget"]["max_bytes"]
+    assert main(["evaluate", str(folder)]) == 0
+    assert json.loads(capsys.readouterr().out) == pytest.approx(metrics["allocated"]["test"])
+
+
+def test_a_model_on_the_wrong_kind_of_data_is_one_clear_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    assert main(["search", "--runs", str(tmp_path), "--model", "mf", "--format", "auto", "--label-col", "y", *FAST]) == 2
+    assert "apply to click data" in capsys.readouterr().err
+    assert main(["search", "--runs", str(tmp_path), "--model", "deepfm", "--train", "x.txt", *FAST]) == 2
+    err = capsys.readouterr().err
+    assert "'deepfm' is a click model" in err and "use one of lightgcn, mf, neumf, ngcf" in err
+    assert not any(tmp_path.iterdir())
+
+
+def test_click_search_on_a_csv_file(tmp_path: Path):
+    """A CSV with --label-col is click data: label, categorical and numeric columns, each field a table."""
+    rng = np.random.default_rng(0)
+    n = 1500
+    city, device, age = rng.integers(0, 40, n), rng.integers(0, 3, n), rng.integers(15, 70, n)
+    clicks = rng.random(n) < 1.0 / (1.0 + np.exp(-(np.sin(city) + (device == 1) - 0.5)))
+    lines = ["clicked,city,device,age,ignored"] + [f"{int(c)},c{a},d{b},{g},x" for c, a, b, g in zip(clicks, city, device, age)]
+    (tmp_path / "clicks.csv").write_text("\n".join(lines) + "\n")
+    args = ["search", "--runs", str(tmp_path / "runs"), "--name", "csv", "--data", str(tmp_path / "clicks.csv"),
+            "--label-col", "clicked", "--categorical", "city,device", "--numeric", "age", "--oov-threshold", "2",
+            "--model", "fm", "--space", "per-field", "--controller", "random", "--trials", "3", "--retrain-top", "1",
+            "--epochs", "2", "--lr", "0.01", "--quiet"]
+    assert main(args) == 0
+    metrics = json.loads((tmp_path / "runs" / "csv" / "metrics.json").read_text())
+    assert metrics["data"]["fields"] == 3 and set(metrics["allocation"]["tables"]) == {"city", "device", "age"}
+    assert metrics["allocation"]["values"] <= metrics["budget"]["max_values"] and metrics["trials"] == 3
+    assert metrics["full"]["test"]["auc"] > 0.55
+    data = json.loads((tmp_path / "runs" / "csv" / "config.json").read_text())["config"]["data"]
+    assert data["format"] == "ctr-csv" and data["categorical"] == ["city", "device"] and data["oov_threshold"] == 2

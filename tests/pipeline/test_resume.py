@@ -187,3 +187,24 @@ def test_a_killed_one_shot_search_resumes_to_the_same_result(tmp_path: Path, dar
     folder = _killed_then_resumed(tmp_path, "darts", flag, n)
     assert_same_result(folder, darts_reference)
     assert json.loads((folder / "metrics.json").read_text())["full"]["supernet"] == "one-shot"
+
+
+@pytest.fixture(scope="module")
+def click_reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _reference_run(tmp_path_factory, "click")
+
+
+@pytest.mark.parametrize(
+    "flag, n",
+    [
+        ("--die-at-rename", 3),  # the DeepFM supernet's training, epoch 2 (sandwich pool, optimiser, early stopping)
+        ("--die-mid-write", 10),  # search, second round: the first round's controller state is loaded
+        ("--die-at-rename", 18),  # retraining the first candidate, epoch 3
+    ],
+)
+def test_a_killed_click_search_resumes_to_the_same_result(tmp_path: Path, click_reference: Path, flag: str, n: int):
+    folder = _killed_then_resumed(tmp_path, "click", flag, n)
+    assert_same_result(folder, click_reference)
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["task"] == "click" and metrics["allocation"]["values"] <= metrics["budget"]["max_values"]
+    assert set(metrics["allocated"]["test"]) == {"auc", "logloss"}
