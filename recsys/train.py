@@ -3,57 +3,29 @@
 The trainer is the same for every :class:`~recsys.models.Backbone`: Adam on the
 model's parameters, (user, positive, negative) triples from
 :class:`recsys.data.BPRSampler`, full-ranking validation every ``eval_every``
-epochs, the best state kept and restored at the end.
+epochs, the best state kept and restored at the end.  The loop itself
+(:mod:`recsys._loop`) is shared with the click trainer.
 """
 
 from __future__ import annotations
 
-import copy
-import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 
+from recsys._loop import Fit, OptimizerFactory, TrainHooks, TrainResult, fit
 from recsys.data import BPRSampler, InteractionData
 from recsys.data.sampler import SAMPLING
 from recsys.metrics import ranking_metrics
 from recsys.models import Backbone
 
-__all__ = ["StepLoss", "TrainConfig", "TrainHooks", "TrainResult", "evaluate", "train_bpr", "user_subset"]
+__all__ = ["OptimizerFactory", "StepLoss", "TrainConfig", "TrainHooks", "TrainResult", "evaluate", "train_bpr", "user_subset"]
 
-OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
 #: ``loss(model, users, pos, neg, reg) -> scalar``: the loss of one batch (default ``model.bpr_loss``).
 StepLoss = Callable[[Backbone, torch.Tensor, torch.Tensor, torch.Tensor, float], torch.Tensor]
-
-
-@dataclass
-class TrainHooks:
-    """Ways into the training loop for callers that train something more than a plain model.
-
-    Attributes:
-        loss: replaces ``model.bpr_loss`` for every batch (a supernet averages the loss
-            of several masked variants of the model, for example).
-        on_epoch_start: called with the epoch number (from 1) before its first batch; a
-            caller that draws random state per epoch seeds it from the epoch so that a
-            resumed run draws the same.
-        on_epoch_end: called with the complete training state after each epoch (see
-            ``resume``): the caller writes it somewhere safe to survive a crash.
-        after_step: called after every optimiser step (a one-shot architecture search
-            updates its own parameters there, from the gradients of the same loss).
-        resume: a state given to ``on_epoch_end`` earlier; training continues after that
-            epoch exactly as if it had never stopped (same batches, same optimiser moments,
-            same best state and patience count).
-    """
-
-    loss: StepLoss | None = None
-    on_epoch_start: Callable[[int], None] | None = None
-    on_epoch_end: Callable[[dict[str, Any]], None] | None = None
-    after_step: Callable[[], None] | None = None
-    resume: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -110,27 +82,6 @@ class TrainConfig:
         name, _, k = self.metric.partition("@")
         if name not in ("recall", "ndcg") or not k.isdigit() or int(k) not in self.ks:
             raise ValueError(f"metric must be 'recall@k' or 'ndcg@k' with k in ks={self.ks}, got {self.metric!r}")
-
-
-@dataclass
-class TrainResult:
-    """What a training run produced; the model itself holds the best state.
-
-    Attributes:
-        best_epoch: epoch of the restored state (the last epoch without validation).
-        best_valid: validation metrics of that state (empty without validation).
-        history: one dict per epoch: ``epoch``, ``loss`` (mean BPR loss),
-            ``seconds`` (training time of the epoch) and, when evaluated,
-            ``valid`` (the metrics) and ``eval_seconds``.
-        seconds: wall time of the whole run, evaluations included.
-        epochs_run: epochs trained (fewer than configured after early stopping).
-    """
-
-    best_epoch: int
-    best_valid: dict[str, float]
-    history: list[dict[str, Any]] = field(default_factory=list)
-    seconds: float = 0.0
-    epochs_run: int = 0
 
 
 def evaluate(
@@ -199,122 +150,19 @@ def train_bpr(
     Returns:
         A :class:`TrainResult`; the model holds the returned best state.
     """
-    start = time.perf_counter()
-    previous_threads = torch.get_num_threads()
-    if config.threads is not None:
-        torch.set_num_threads(config.threads)
-    try:
-        return _train(model, data, config, progress, optimizer_factory, hooks or TrainHooks(), start)
-    finally:
-        torch.set_num_threads(previous_threads)
-
-
-def _train(
-    model: Backbone,
-    data: InteractionData,
-    config: TrainConfig,
-    progress: bool,
-    optimizer_factory: OptimizerFactory | None,
-    hooks: TrainHooks,
-    start: float,
-) -> TrainResult:
-    torch.manual_seed(config.seed)
     sampler = BPRSampler(data.train, seed=config.seed, by=config.sampling)
-    params = [p for p in model.parameters() if p.requires_grad]  # type: ignore[attr-defined]
-    if not params:
-        raise ValueError("the model has no trainable parameters; is its embedding provider an nn.Module?")
-    device = params[0].device
-    optimizer = optimizer_factory(params) if optimizer_factory is not None else _adam(params, config.lr)
-    validate = data.valid.nnz > 0
-    eval_users = _eval_users(data, config) if validate else None
-
-    history: list[dict[str, Any]] = []
-    best_value, best_epoch, best_valid, best_state = -np.inf, 0, {}, None
-    since_best, first_epoch, stopped = 0, 1, False
-    if hooks.resume is not None:
-        state = hooks.resume
-        model.load_state_dict(state["model"])  # type: ignore[attr-defined]
-        optimizer.load_state_dict(state["optimizer"])
-        sampler.load_state_dict(state["sampler"])
-        torch.set_rng_state(state["torch_rng"])
-        history = list(state["history"])
-        best_value, best_epoch, best_valid = state["best_value"], state["best_epoch"], dict(state["best_valid"])
-        best_state = state["best_state"]
-        since_best, first_epoch, stopped = state["since_best"], state["epoch"] + 1, state["stopped"]
-    step_loss = hooks.loss or (lambda m, u, p, n, reg: m.bpr_loss(u, p, n, reg))
-
-    epochs: Iterable[int] = range(first_epoch, config.epochs + 1) if not stopped else range(0)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(epochs, desc="train", unit="epoch", initial=first_epoch - 1, total=config.epochs)
-        epochs = bar
-    postfix: dict[str, str] = {}
-    for epoch in epochs:
-        model.train()  # type: ignore[attr-defined]
-        if hooks.on_epoch_start is not None:
-            hooks.on_epoch_start(epoch)
-        tic = time.perf_counter()
-        total, count = torch.zeros((), device=device), 0
-        for users, pos, neg in sampler.epoch(config.batch_size):
-            if device.type != "cpu":
-                users, pos, neg = (t.to(device, non_blocking=True) for t in (users, pos, neg))
-            loss = step_loss(model, users, pos, neg, config.reg)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if hooks.after_step is not None:
-                hooks.after_step()
-            total += loss.detach() * len(users)
-            count += len(users)
-        record: dict[str, Any] = {
-            "epoch": epoch,
-            "loss": float(total) / max(count, 1),
-            "seconds": time.perf_counter() - tic,
-        }
-        postfix["loss"] = f"{record['loss']:.4f}"
-        stop = False
-        if validate and (epoch % config.eval_every == 0 or epoch == config.epochs):
-            tic = time.perf_counter()
-            metrics = evaluate(model, data, "valid", config.ks, users=eval_users)
-            record["valid"] = metrics
-            record["eval_seconds"] = time.perf_counter() - tic
-            postfix[config.metric] = f"{metrics[config.metric]:.4f}"
-            if metrics[config.metric] > best_value:
-                best_value, best_epoch, best_valid = metrics[config.metric], epoch, metrics
-                best_state = copy.deepcopy(model.state_dict())  # type: ignore[attr-defined]
-                since_best = 0
-            else:
-                since_best += 1
-                stop = since_best >= config.patience
-        history.append(record)
-        if bar is not None:
-            bar.set_postfix(postfix)
-        if hooks.on_epoch_end is not None:
-            hooks.on_epoch_end({
-                "epoch": epoch, "stopped": stop, "model": model.state_dict(),  # type: ignore[attr-defined]
-                "optimizer": optimizer.state_dict(), "sampler": sampler.state_dict(),
-                "torch_rng": torch.get_rng_state(), "history": history, "best_value": best_value,
-                "best_epoch": best_epoch, "best_valid": best_valid, "best_state": best_state,
-                "since_best": since_best,
-            })
-        if stop:
-            break
-    if bar is not None:
-        bar.close()
-    epochs_run = len(history)
-    if best_state is not None:
-        model.load_state_dict(best_state)  # type: ignore[attr-defined]
-    else:
-        best_epoch = epochs_run
-    return TrainResult(
-        best_epoch=best_epoch,
-        best_valid=dict(best_valid),
-        history=history,
-        seconds=time.perf_counter() - start,
-        epochs_run=epochs_run,
+    eval_users = _eval_users(data, config) if data.valid.nnz else None
+    loop = Fit(
+        batches=lambda epoch: sampler.epoch(config.batch_size),
+        loss=lambda m, users, pos, neg, reg: m.bpr_loss(users, pos, neg, reg),
+        validate=(lambda: evaluate(model, data, "valid", config.ks, users=eval_users)) if data.valid.nnz else None,
+        metric=config.metric,
+        state=lambda: {"sampler": sampler.state_dict()},
+        load_state=lambda state: sampler.load_state_dict(state["sampler"]),
     )
+    return fit(model, loop, epochs=config.epochs, lr=config.lr, reg=config.reg, eval_every=config.eval_every,  # type: ignore[arg-type]
+               patience=config.patience, seed=config.seed, threads=config.threads, hooks=hooks, progress=progress,
+               optimizer_factory=optimizer_factory)
 
 
 def _device_of(model: Backbone) -> torch.device:
@@ -330,15 +178,6 @@ def _on_device_of(model: Backbone) -> Callable[[torch.Tensor], torch.Tensor]:
     if device.type == "cpu":
         return model.all_scores
     return lambda users: model.all_scores(users.to(device))
-
-
-def _adam(params: list[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer:
-    """Adam, fused when every parameter is a dense floating CPU/GPU tensor (fused needs that)."""
-    fusable = all(p.is_floating_point() and p.layout == torch.strided for p in params)
-    try:
-        return torch.optim.Adam(params, lr=lr, fused=True) if fusable else torch.optim.Adam(params, lr=lr)
-    except (RuntimeError, TypeError):  # an older torch or an unsupported device
-        return torch.optim.Adam(params, lr=lr)
 
 
 def _eval_users(data: InteractionData, config: TrainConfig) -> np.ndarray | None:

@@ -1,7 +1,7 @@
 """Training and evaluation of click models (:class:`~recsys.models.CTRBackbone`) on :class:`~recsys.data.CTRData`.
 
-The loop mirrors :func:`recsys.train.train_bpr` and shares its hooks and result
-types (:class:`~recsys.train.TrainHooks`, :class:`~recsys.train.TrainResult`),
+The loop is :func:`recsys.train.train_bpr`'s (:mod:`recsys._loop`), with its hooks
+and result types (:class:`~recsys.train.TrainHooks`, :class:`~recsys.train.TrainResult`),
 so a caller that checkpoints, resumes or replaces the loss of BPR training does
 the same here: Adam on the model's parameters, the train rows in a fresh
 shuffled order each epoch, validation AUC every ``eval_every`` epochs, the best
@@ -16,20 +16,17 @@ with no generator state to save beyond torch's (dropout).
 
 from __future__ import annotations
 
-import copy
-import time
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
 
+from recsys._loop import Fit, OptimizerFactory, TrainHooks, TrainResult, fit
 from recsys.data import SPLITS, CTRData
 from recsys.metrics import ctr_metrics
 from recsys.models import CTRBackbone
-from recsys.train import OptimizerFactory, TrainHooks, TrainResult, _adam
 
 __all__ = ["CTR_METRICS", "CTRStepLoss", "CTRTrainConfig", "evaluate_ctr", "evaluate_ctr_many", "predict_logits", "train_ctr"]
 
@@ -183,120 +180,25 @@ def train_ctr(
         A :class:`~recsys.train.TrainResult` (``history[i]["valid"]`` holds
         ``{"auc", "logloss"}``); the model holds the best state.
     """
-    start = time.perf_counter()
-    previous_threads = torch.get_num_threads()
-    if config.threads is not None:
-        torch.set_num_threads(config.threads)
-    try:
-        return _train(model, data, config, hooks or TrainHooks(), progress, optimizer_factory, start)
-    finally:
-        torch.set_num_threads(previous_threads)
-
-
-def _train(
-    model: CTRBackbone,
-    data: CTRData,
-    config: CTRTrainConfig,
-    hooks: TrainHooks,
-    progress: bool,
-    optimizer_factory: OptimizerFactory | None,
-    start: float,
-) -> TrainResult:
-    torch.manual_seed(config.seed)
-    params = [p for p in model.parameters() if p.requires_grad]  # type: ignore[attr-defined]
-    if not params:
-        raise ValueError("the model has no trainable parameters; is its embedding provider an nn.Module?")
     if data.size("train") == 0:
         raise ValueError("the data has no train rows")
-    device = params[0].device
-    optimizer = optimizer_factory(params) if optimizer_factory is not None else _adam(params, config.lr)
     x_train, y_train = _tensor(data.x["train"]), _tensor(data.y["train"])
     valid_y = data.y["valid"]
     validate = valid_y.size > 0 and (config.metric != "auc" or 0 < valid_y.sum() < valid_y.size)
-    sign = 1.0 if config.metric == "auc" else -1.0  # the stored best value is always "higher is better"
 
-    history: list[dict[str, Any]] = []
-    best_value, best_epoch, best_valid, best_state = -np.inf, 0, {}, None
-    since_best, first_epoch, stopped = 0, 1, False
-    if hooks.resume is not None:
-        state = hooks.resume
-        model.load_state_dict(state["model"])  # type: ignore[attr-defined]
-        optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["torch_rng"])
-        history = list(state["history"])
-        best_value, best_epoch, best_valid = state["best_value"], state["best_epoch"], dict(state["best_valid"])
-        best_state = state["best_state"]
-        since_best, first_epoch, stopped = state["since_best"], state["epoch"] + 1, state["stopped"]
-    step_loss = hooks.loss or (lambda m, x, y, reg: m.ctr_loss(x, y, reg))
-
-    epochs: Iterable[int] = range(first_epoch, config.epochs + 1) if not stopped else range(0)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(epochs, desc="train", unit="epoch", initial=first_epoch - 1, total=config.epochs)
-        epochs = bar
-    postfix: dict[str, str] = {}
-    n = x_train.shape[0]
-    for epoch in epochs:
-        model.train()  # type: ignore[attr-defined]
-        if hooks.on_epoch_start is not None:
-            hooks.on_epoch_start(epoch)
-        tic = time.perf_counter()
-        order = torch.from_numpy(np.random.default_rng([config.seed, epoch]).permutation(n))
-        total = torch.zeros((), device=device)
-        for begin in range(0, n, config.batch_size):
+    def batches(epoch: int) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+        order = torch.from_numpy(np.random.default_rng([config.seed, epoch]).permutation(x_train.shape[0]))
+        for begin in range(0, len(order), config.batch_size):
             rows = order[begin : begin + config.batch_size]
-            x, y = x_train[rows], y_train[rows]
-            if device.type != "cpu":
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            loss = step_loss(model, x, y, config.reg)  # type: ignore[arg-type]
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if hooks.after_step is not None:
-                hooks.after_step()
-            total += loss.detach() * len(rows)
-        record: dict[str, Any] = {"epoch": epoch, "loss": float(total) / n, "seconds": time.perf_counter() - tic}
-        postfix["loss"] = f"{record['loss']:.4f}"
-        stop = False
-        if validate and (epoch % config.eval_every == 0 or epoch == config.epochs):
-            tic = time.perf_counter()
-            metrics = evaluate_ctr(model, data, "valid", batch_size=config.eval_batch_size)
-            record["valid"] = metrics
-            record["eval_seconds"] = time.perf_counter() - tic
-            postfix[config.metric] = f"{metrics[config.metric]:.4f}"
-            value = sign * metrics[config.metric]
-            if value > best_value:
-                best_value, best_epoch, best_valid = value, epoch, metrics
-                best_state = copy.deepcopy(model.state_dict())  # type: ignore[attr-defined]
-                since_best = 0
-            else:
-                since_best += 1
-                stop = since_best >= config.patience
-        history.append(record)
-        if bar is not None:
-            bar.set_postfix(postfix)
-        if hooks.on_epoch_end is not None:
-            hooks.on_epoch_end({
-                "epoch": epoch, "stopped": stop, "model": model.state_dict(),  # type: ignore[attr-defined]
-                "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(), "history": history,
-                "best_value": best_value, "best_epoch": best_epoch, "best_valid": best_valid,
-                "best_state": best_state, "since_best": since_best,
-            })
-        if stop:
-            break
-    if bar is not None:
-        bar.close()
-    epochs_run = len(history)
-    if best_state is not None:
-        model.load_state_dict(best_state)  # type: ignore[attr-defined]
-    else:
-        best_epoch = epochs_run
-    return TrainResult(
-        best_epoch=best_epoch,
-        best_valid=dict(best_valid),
-        history=history,
-        seconds=time.perf_counter() - start,
-        epochs_run=epochs_run,
+            yield x_train[rows], y_train[rows]
+
+    loop = Fit(
+        batches=batches,
+        loss=lambda m, x, y, reg: m.ctr_loss(x, y, reg),
+        validate=(lambda: evaluate_ctr(model, data, "valid", batch_size=config.eval_batch_size)) if validate else None,
+        metric=config.metric,
+        higher_is_better=config.metric == "auc",
     )
+    return fit(model, loop, epochs=config.epochs, lr=config.lr, reg=config.reg, eval_every=config.eval_every,  # type: ignore[arg-type]
+               patience=config.patience, seed=config.seed, threads=config.threads, hooks=hooks, progress=progress,
+               optimizer_factory=optimizer_factory)

@@ -1,0 +1,229 @@
+"""The training loop every trainer shares: epochs of batches, validation, early stopping, resume.
+
+:func:`recsys.train.train_bpr` and :func:`recsys.train_ctr.train_ctr` differ only in
+where their batches come from, the loss of a batch, how a model is validated and what
+extra state their batch source keeps.  They hand those to :func:`fit`, which owns the
+rest once: the optimiser, the epoch loop with progress bar, early stopping on the
+validation metric with the best state kept and restored, the per-step hook, and the
+complete training state handed to ``on_epoch_end`` (and taken back by ``resume``), so a
+training killed between epochs continues exactly as if it had never stopped.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["Fit", "OptimizerFactory", "TrainHooks", "TrainResult", "fit"]
+
+OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
+
+
+@dataclass
+class TrainHooks:
+    """Ways into the training loop for callers that train something more than a plain model.
+
+    Attributes:
+        loss: replaces the model's own loss for every batch, called as
+            ``loss(model, *batch, reg)`` (a supernet averages the loss of several masked
+            variants of the model, for example).
+        on_epoch_start: called with the epoch number (from 1) before its first batch; a
+            caller that draws random state per epoch seeds it from the epoch so that a
+            resumed run draws the same.
+        on_epoch_end: called with the complete training state after each epoch (see
+            ``resume``): the caller writes it somewhere safe to survive a crash.
+        after_step: called after every optimiser step (a one-shot architecture search
+            updates its own parameters there, from the gradients of the same loss).
+        resume: a state given to ``on_epoch_end`` earlier; training continues after that
+            epoch exactly as if it had never stopped (same batches, same optimiser moments,
+            same best state and patience count).
+    """
+
+    loss: Callable[..., torch.Tensor] | None = None
+    on_epoch_start: Callable[[int], None] | None = None
+    on_epoch_end: Callable[[dict[str, Any]], None] | None = None
+    after_step: Callable[[], None] | None = None
+    resume: dict[str, Any] | None = None
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced; the model itself holds the best state.
+
+    Attributes:
+        best_epoch: epoch of the restored state (the last epoch without validation).
+        best_valid: validation metrics of that state (empty without validation).
+        history: one dict per epoch: ``epoch``, ``loss`` (mean loss per example),
+            ``seconds`` (training time of the epoch) and, when evaluated,
+            ``valid`` (the metrics) and ``eval_seconds``.
+        seconds: wall time of the whole run, evaluations included.
+        epochs_run: epochs trained (fewer than configured after early stopping).
+    """
+
+    best_epoch: int
+    best_valid: dict[str, float]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+    epochs_run: int = 0
+
+
+@dataclass
+class Fit:
+    """What one trainer brings to :func:`fit`.
+
+    Attributes:
+        batches: the batches of an epoch (CPU tensors; the first one's length is the
+            number of examples), given the epoch number.
+        loss: the model's own loss of a batch, ``loss(model, *batch, reg)``.
+        validate: the validation metrics of the model, or ``None`` to train without
+            validation (a fixed number of epochs, the last state kept).
+        metric: the validation metric that selects the best state.
+        higher_is_better: whether a larger ``metric`` is better (AUC, Recall) or worse (log loss).
+        state: extra state of the batch source, saved with every epoch (a sampler's).
+        load_state: restores ``state`` when resuming.
+    """
+
+    batches: Callable[[int], Iterable[tuple[torch.Tensor, ...]]]
+    loss: Callable[..., torch.Tensor]
+    validate: Callable[[], dict[str, float]] | None
+    metric: str
+    higher_is_better: bool = True
+    state: Callable[[], dict[str, Any]] = dict
+    load_state: Callable[[dict[str, Any]], None] = lambda state: None
+
+
+def fit(
+    model: torch.nn.Module,
+    loop: Fit,
+    *,
+    epochs: int,
+    lr: float,
+    reg: float,
+    eval_every: int,
+    patience: int,
+    seed: int,
+    threads: int | None,
+    hooks: TrainHooks | None,
+    progress: bool,
+    optimizer_factory: OptimizerFactory | None,
+) -> TrainResult:
+    """Train ``model`` for at most ``epochs`` epochs; see the module docstring."""
+    start = time.perf_counter()
+    previous_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        return _fit(model, loop, epochs, lr, reg, eval_every, patience, seed, hooks or TrainHooks(), progress,
+                    optimizer_factory, start)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _fit(
+    model: torch.nn.Module, loop: Fit, epochs: int, lr: float, reg: float, eval_every: int, patience: int, seed: int,
+    hooks: TrainHooks, progress: bool, optimizer_factory: OptimizerFactory | None, start: float,
+) -> TrainResult:
+    torch.manual_seed(seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the model has no trainable parameters; is its embedding provider an nn.Module?")
+    device = params[0].device
+    optimizer = optimizer_factory(params) if optimizer_factory is not None else adam(params, lr)
+    sign = 1.0 if loop.higher_is_better else -1.0  # the stored best value is always "higher is better"
+
+    history: list[dict[str, Any]] = []
+    best_value, best_epoch, best_valid, best_state = -np.inf, 0, {}, None
+    since_best, first_epoch, stopped = 0, 1, False
+    if hooks.resume is not None:
+        state = hooks.resume
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        loop.load_state(state)
+        torch.set_rng_state(state["torch_rng"])
+        history = list(state["history"])
+        best_value, best_epoch, best_valid = state["best_value"], state["best_epoch"], dict(state["best_valid"])
+        best_state = state["best_state"]
+        since_best, first_epoch, stopped = state["since_best"], state["epoch"] + 1, state["stopped"]
+    step_loss = hooks.loss or loop.loss
+
+    schedule: Iterable[int] = range(first_epoch, epochs + 1) if not stopped else range(0)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(schedule, desc="train", unit="epoch", initial=first_epoch - 1, total=epochs)
+        schedule = bar
+    postfix: dict[str, str] = {}
+    for epoch in schedule:
+        model.train()
+        if hooks.on_epoch_start is not None:
+            hooks.on_epoch_start(epoch)
+        tic = time.perf_counter()
+        total, count = torch.zeros((), device=device), 0
+        for batch in loop.batches(epoch):
+            if device.type != "cpu":
+                batch = tuple(t.to(device, non_blocking=True) for t in batch)
+            loss = step_loss(model, *batch, reg)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if hooks.after_step is not None:
+                hooks.after_step()
+            total += loss.detach() * len(batch[0])  # summed on the device: no sync per step
+            count += len(batch[0])
+        record: dict[str, Any] = {"epoch": epoch, "loss": float(total) / max(count, 1), "seconds": time.perf_counter() - tic}
+        postfix["loss"] = f"{record['loss']:.4f}"
+        stop = False
+        if loop.validate is not None and (epoch % eval_every == 0 or epoch == epochs):
+            tic = time.perf_counter()
+            metrics = loop.validate()
+            record["valid"] = metrics
+            record["eval_seconds"] = time.perf_counter() - tic
+            postfix[loop.metric] = f"{metrics[loop.metric]:.4f}"
+            value = sign * metrics[loop.metric]
+            if value > best_value:
+                best_value, best_epoch, best_valid = value, epoch, metrics
+                best_state = copy.deepcopy(model.state_dict())
+                since_best = 0
+            else:
+                since_best += 1
+                stop = since_best >= patience
+        history.append(record)
+        if bar is not None:
+            bar.set_postfix(postfix)
+        if hooks.on_epoch_end is not None:
+            hooks.on_epoch_end({
+                "epoch": epoch, "stopped": stop, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                **loop.state(), "torch_rng": torch.get_rng_state(), "history": history, "best_value": best_value,
+                "best_epoch": best_epoch, "best_valid": best_valid, "best_state": best_state, "since_best": since_best,
+            })
+        if stop:
+            break
+    if bar is not None:
+        bar.close()
+    epochs_run = len(history)
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    else:
+        best_epoch = epochs_run
+    return TrainResult(best_epoch=best_epoch, best_valid=dict(best_valid), history=history,
+                       seconds=time.perf_counter() - start, epochs_run=epochs_run)
+
+
+def adam(params: list[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer:
+    """Adam, fused when every parameter is a dense floating CPU/GPU tensor (fused needs that).
+
+    Fused Adam is one kernel over all parameters, about 2.5x faster per step than the
+    for-each variant on embedding tables.
+    """
+    fusable = all(p.is_floating_point() and p.layout == torch.strided for p in params)
+    try:
+        return torch.optim.Adam(params, lr=lr, fused=True) if fusable else torch.optim.Adam(params, lr=lr)
+    except (RuntimeError, TypeError):  # an older torch or an unsupported device
+        return torch.optim.Adam(params, lr=lr)
