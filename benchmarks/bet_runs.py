@@ -61,7 +61,7 @@ DATASETS = {
 }
 #: epochs, Adam lr, L2, epochs between validations, patience (validations).
 PROTOCOL = {"lastfm": (200, 2e-3, 1e-4, 5, 3), "gowalla": (50, 1e-3, 1e-4, 5, 3)}
-PLANS = ("main", "ablation", "faithful", "options", "controllers", "spaces", "proposals")
+PLANS = ("main", "ablation", "faithful", "options", "controllers", "spaces", "proposals", "finetune")
 #: Controllers run on the per-field and block spaces by the ``spaces`` plan (the best two on per-feature).
 SPACE_CONTROLLERS = ["nevergrad", "optuna"]
 #: Every other controller of the project, in the fast mode where it searches by fitness.
@@ -89,6 +89,8 @@ def jobs(dataset: str, plans: list[str], sparsities: list[float]) -> list[tuple[
                 out += [(f"bet-faithful-{sparsity}", faithful)]
             elif plan == "controllers":
                 out += [(f"{name}-{sparsity}", {"controller": name, "retrain": "halving"}) for name in OTHER_CONTROLLERS]
+            elif plan == "finetune":  # the top 5 judged by a short fine-tune from the supernet, the best retrained
+                out += [(f"bet-finetune-{sparsity}", {**fast, "retrain": "finetune"})]
             elif plan == "proposals":
                 out += [(f"bet-own-{sparsity}", {**fast, "supernet": SupernetOptions(proposals="controller")})]
             elif plan == "spaces":

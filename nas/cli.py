@@ -87,7 +87,8 @@ def _add_search_options(parser: argparse.ArgumentParser) -> None:
                              "proposal distribution (bet) (default: %(default)s)")
     search.add_argument("--retrain-top", type=int, default=defaults.retrain_top, help="fittest allocations retrained from scratch; the best on validation wins (default: %(default)s)")
     search.add_argument("--retrain", choices=RETRAIN_MODES, default=defaults.retrain,
-                        help="retrain every one of the top to the end, or by successive halving (a third continue at each rung) (default: %(default)s)")
+                        help="retrain every one of the top to the end; by successive halving (a third continue at each rung); or "
+                             "fine-tune each briefly from the supernet's weights and retrain the best from scratch (default: %(default)s)")
     model = parser.add_argument_group("model and training")
     model.add_argument("--model", default=defaults.model,
                        help="backbone: top-k models for interaction data: mf, neumf (GMF + MLP tower on the same tables), "

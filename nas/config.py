@@ -23,8 +23,9 @@ __all__ = ["D_MAX_DEFAULTS", "KS", "RETRAIN_MODES", "TRAINING_DEFAULTS", "Search
 #: Cut-offs of every evaluation of a run (those of BET's fitness, eq. 13).
 KS = (5, 10, 20)
 
-#: How the fittest allocations are retrained (see :func:`nas.search.halving_rungs`).
-RETRAIN_MODES = ("full", "halving")
+#: How the fittest allocations are retrained (see :func:`nas.search.halving_rungs` and
+#: :func:`nas.search.finetune_epochs`).
+RETRAIN_MODES = ("full", "halving", "finetune")
 
 
 @dataclass(frozen=True)
@@ -101,8 +102,10 @@ class SearchConfig:
         finetune: the fine-tuning protocol of the ``finetune`` evaluator.
         retrain_top: the best allocations by fitness retrained from scratch; the best of
             them on validation is the run's answer.
-        retrain: ``"full"`` (every one trained to the end) or ``"halving"`` (successive
-            halving: all briefly, the best longer, one to the end).
+        retrain: ``"full"`` (every one trained to the end), ``"halving"`` (successive
+            halving: all briefly, the best longer, one to the end) or ``"finetune"``
+            (each briefly fine-tuned from the supernet's weights, the best on validation
+            retrained from scratch to the end).
         seed: fixes the data split, initialisations, sampling and the controller.
         train: how the full model and the retrained allocation are trained (``None``: the
             model's task's defaults, :data:`TRAINING_DEFAULTS`).

@@ -12,7 +12,8 @@ would have:
 2. *search*: the controller proposes, an evaluator measures fitness (``nas.evaluate``),
    every candidate is logged, the controller's state is saved each round (``nas.trials``);
 3. *retrain*: the ``retrain_top`` fittest allocations are retrained from scratch with
-   early stopping, each to the end or by successive halving (``retrain="halving"``); the
+   early stopping, each to the end, by successive halving (``retrain="halving"``), or only
+   the best after a short fine-tune of each from the supernet (``retrain="finetune"``); the
    best on validation is the run's answer;
 4. *test and export*: test metrics, the packed export and ``metrics.json``.
 """
@@ -54,12 +55,14 @@ from recsys.train import TrainHooks, TrainResult
 from search_spaces import SPACES
 
 __all__ = [
+    "FINETUNE_SHARE",
     "HALVING_RATE",
     "SearchConfig",
     "TrainingOptions",
     "build_evaluator",
     "build_model",
     "build_search",
+    "finetune_epochs",
     "halving_rungs",
     "load_checkpoint",
     "resume_run",
@@ -68,6 +71,9 @@ __all__ = [
 
 #: Successive halving keeps the best ``1/HALVING_RATE`` of the candidates at each rung.
 HALVING_RATE = 3
+
+#: ``retrain="finetune"`` fine-tunes each candidate for ``1/FINETUNE_SHARE`` of the training horizon.
+FINETUNE_SHARE = 25
 
 #: Spaces with at most this many decisions have them listed in metrics.json and the summary.
 _LISTED_DECISIONS = 64
@@ -281,7 +287,7 @@ def _retrain(
     horizon: int,
     progress: bool,
 ) -> list[_Retrained]:
-    """Retrain the candidates from scratch: each to the end (``full``), or by successive halving.
+    """Retrain the candidates from scratch: each to the end (``full``), by successive halving, or the best after a fine-tune.
 
     Successive halving (``halving``) trains every candidate for ``horizon / η²`` epochs
     (``horizon``: the epoch at which the supernet peaked on validation, an estimate of
@@ -299,6 +305,8 @@ def _retrain(
         model = build_model(config, task.data)
         model.embedding.set_allocation(allocation)
         models[candidate.fingerprint] = (allocation, model)
+    if config.retrain == "finetune":
+        return _finetune_then_retrain(run, config, task, candidates, models, train_config, horizon, progress)
     epochs = config.train.epochs
     rungs = (halving_rungs(len(candidates), epochs, horizon=horizon) if config.retrain == "halving"
              else [(epochs, len(candidates))])
@@ -331,6 +339,64 @@ def _retrain(
     for candidate in candidates:  # the eliminated candidates' states are not needed any more
         _remove(run, f"retrain-{candidate.fingerprint}.state.safetensors")
     return [results[c.fingerprint] for c in candidates]
+
+
+def _finetune_then_retrain(
+    run: Run,
+    config: SearchConfig,
+    task: Task,
+    candidates: list[Candidate],
+    models: dict[str, tuple[Allocation, Model]],
+    train_config: Any,
+    horizon: int,
+    progress: bool,
+) -> list[_Retrained]:
+    """Judge the candidates by a short fine-tune from the supernet's weights; retrain the best from scratch.
+
+    Each candidate starts from the trained supernet under its allocation, so a few
+    epochs (:func:`finetune_epochs`) show how well it recovers, where a rung of
+    successive halving from scratch shows little more than how fast a fresh model
+    starts.  Only the winner is trained to the end, from scratch like every
+    retrained allocation (the quality a user reproduces without the supernet).
+    """
+    weights = run.load_tensors("supernet.safetensors")
+    short = replace(train_config, epochs=finetune_epochs(horizon))
+    checkpoint_every = config.train.checkpoint_every
+    results: list[_Retrained] = []
+    bar = tqdm(total=len(candidates) + 1, desc="fine-tune top", unit="training", disable=not progress)
+    for candidate in candidates:
+        allocation, model = models[candidate.fingerprint]
+        model.load_state_dict(weights)  # type: ignore[attr-defined]  (the allocation is not part of the state)
+        stats = _train_stage(
+            run, "finetune", candidate.fingerprint, model, checkpoint_every,
+            lambda model, hooks: task.train(model, short, hooks, progress=False),
+            partial=f"finetune-{candidate.fingerprint}.state.safetensors", final=False, last_epoch=short.epochs,
+        )
+        results.append(_Retrained(candidate, allocation, model, stats,
+                                  quality=task.quality(stats["valid"]) if stats["valid"] else float("nan"),
+                                  seconds=stats["seconds"], epochs=stats["epochs_run"], final=False))
+        bar.update(1)
+    # The best after fine-tuning (the search's order breaks ties and stands in without validation).
+    best = max(enumerate(results), key=lambda item: (np.nan_to_num(item[1].quality, nan=-np.inf), -item[0]))[1]
+    model = build_model(config, task.data)
+    model.embedding.set_allocation(best.allocation)
+    stats = _train_stage(
+        run, "retrain", best.candidate.fingerprint, model, checkpoint_every,
+        lambda model, hooks: task.train(model, train_config, hooks, progress=progress),
+        partial=f"retrain-{best.candidate.fingerprint}.state.safetensors", last_epoch=train_config.epochs,
+    )
+    bar.update(1)
+    bar.close()
+    for candidate in candidates:
+        _remove(run, f"finetune-{candidate.fingerprint}.state.safetensors")
+    return [*results, _Retrained(best.candidate, best.allocation, model, stats,
+                                 quality=task.quality(stats["valid"]) if stats["valid"] else float("nan"),
+                                 seconds=stats["seconds"], epochs=stats["epochs_run"], final=True)]
+
+
+def finetune_epochs(horizon: int) -> int:
+    """Epochs each candidate is fine-tuned from the supernet by ``retrain="finetune"``: a 25th of ``horizon``, at least 1."""
+    return max(1, -(-int(horizon) // FINETUNE_SHARE))
 
 
 def halving_rungs(n: int, epochs: int, *, horizon: int | None = None, rate: int | None = None) -> list[tuple[int, int]]:

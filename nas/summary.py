@@ -68,8 +68,10 @@ def _search_facts(metrics: Mapping[str, Any]) -> list[tuple[str, str]]:
     trials = metrics["trials"]
     facts = [("trials", f"{trials} allocation{'s' if trials != 1 else ''} evaluated by the {metrics.get('evaluator')} evaluator")]
     if metrics.get("fitness_driven", True):
-        how = "by successive halving" if metrics.get("retrain") == "halving" and len(retrained) > 1 else "by fitness"
-        facts.append(("retrained", f"top {len(retrained)} {how}; chosen on validation: fitness {chosen['fitness']:.4f}, "
+        top = len({r["fingerprint"] for r in retrained})
+        how = {"halving": "by successive halving", "finetune": "fine-tuned from the supernet, the best retrained"}.get(
+            metrics.get("retrain", ""), "by fitness") if top > 1 else "by fitness"
+        facts.append(("retrained", f"top {top} {how}; chosen on validation: fitness {chosen['fitness']:.4f}, "
                                    f"fingerprint {chosen['fingerprint']}"))
     else:
         facts.append(("fitness", f"{chosen['fitness']:.4f} (the controller's proposal, retrained)"))

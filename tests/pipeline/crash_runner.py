@@ -1,6 +1,6 @@
 """Run a small search in this process and, on request, die by SIGKILL at a chosen point.
 
-    python crash_runner.py RUNS NAME [--config random|bet|darts|click] [--die-at-rename N | --die-mid-write N | --die-mid-event N]
+    python crash_runner.py RUNS NAME [--config random|bet|darts|click|finetune] [--die-at-rename N | --die-mid-write N | --die-mid-event N]
 
 * ``--die-at-rename N``: during the N-th atomic file write, after the temporary file is
   complete and before it is renamed over the target;
@@ -9,7 +9,8 @@
 
 Without an option it runs to the end.  Used by ``test_resume.py``; the configurations
 are ``CONFIGS`` below (random search; BET with successive-halving retraining; the
-one-shot DARTS controller; random search over DeepFM on click data), shared with the test.
+one-shot DARTS controller; random search over DeepFM on click data; BET with the fine-tune
+selection), shared with the test.
 """
 
 from __future__ import annotations
@@ -48,7 +49,10 @@ CLICK_CONFIG = replace(
     train=TrainingOptions(epochs=4, batch_size=256, lr=1e-2, reg=1e-5, eval_every=1, patience=10),
 )
 
-CONFIGS = {"random": CONFIG, "bet": BET_CONFIG, "darts": DARTS_CONFIG, "click": CLICK_CONFIG}
+#: BET whose top 3 are judged by a short fine-tune from the supernet, the best retrained from scratch.
+FINETUNE_CONFIG = replace(BET_CONFIG, retrain="finetune", train=replace(CONFIG.train, epochs=6, checkpoint_every=1))
+
+CONFIGS = {"random": CONFIG, "bet": BET_CONFIG, "darts": DARTS_CONFIG, "click": CLICK_CONFIG, "finetune": FINETUNE_CONFIG}
 
 
 def _die() -> None:

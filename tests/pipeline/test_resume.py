@@ -208,3 +208,32 @@ def test_a_killed_click_search_resumes_to_the_same_result(tmp_path: Path, click_
     metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics["task"] == "click" and metrics["allocation"]["values"] <= metrics["budget"]["max_values"]
     assert set(metrics["allocated"]["test"]) == {"auc", "logloss"}
+
+
+@pytest.fixture(scope="module")
+def finetune_reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _reference_run(tmp_path_factory, "finetune")
+
+
+@pytest.mark.parametrize(
+    "flag, n",
+    [
+        ("--die-at-rename", 19),  # the second candidate's fine-tune from the supernet
+        ("--die-mid-write", 20),  # the third one's, torn
+        ("--die-mid-event", 11),  # a fine-tune's trained line
+        ("--die-at-rename", 23),  # the winner's retraining from scratch, epoch 3
+    ],
+)
+def test_a_killed_finetune_selection_resumes_to_the_same_result(
+    tmp_path: Path, finetune_reference: Path, flag: str, n: int
+):
+    folder = _killed_then_resumed(tmp_path, "finetune", flag, n)
+    assert_same_result(folder, finetune_reference)
+    metrics = json.loads((folder / "metrics.json").read_text())
+    tuned = [r for r in metrics["retrained"] if not r["final"]]
+    final = [r for r in metrics["retrained"] if r["final"]]
+    assert len(tuned) == 3 and len(final) == 1
+    # The winner is the best candidate after its fine-tune, and it was retrained to the end.
+    assert final[0]["fingerprint"] == max(tuned, key=lambda r: r["valid_quality"])["fingerprint"]
+    assert final[0]["epochs"] == 6 and all(r["epochs"] == 1 for r in tuned)
+    assert metrics["allocation"]["values"] <= metrics["budget"]["max_values"]
