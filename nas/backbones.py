@@ -16,6 +16,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import torch
+
 from nas.core.errors import ConfigError
 from nas.core.registry import Registry
 from recsys.data import CTRData, InteractionData
@@ -70,13 +72,13 @@ def light_gcn(embedding: EmbeddingProvider, data: InteractionData) -> Any:
 @register_backbone("neumf")
 def neural_mf(embedding: EmbeddingProvider, data: InteractionData) -> Any:
     """NeuMF: GMF and a halving MLP tower (2d → d → d/2) over one shared user and one item table."""
-    return NeuMF(embedding, mlp_layers=2, dropout=0.0)
+    return NeuMF(embedding, mlp_layers=2, dropout=0.0, seed=_seed_from_torch())
 
 
 @register_backbone("ngcf")
 def neural_graph_cf(embedding: EmbeddingProvider, data: InteractionData) -> Any:
     """NGCF with 3 layers and message dropout 0.1 over the training graph (masks apply to layer 0)."""
-    return NGCF(embedding, data.train, layers=3, message_dropout=0.1)
+    return NGCF(embedding, data.train, layers=3, message_dropout=0.1, seed=_seed_from_torch())
 
 
 @register_backbone("fm", task="click")
@@ -95,3 +97,13 @@ def deep_fm(embedding: EmbeddingProvider, data: CTRData) -> Any:
 def deep_cross_v2(embedding: EmbeddingProvider, data: CTRData) -> Any:
     """DCN-v2: 3 full-rank cross layers stacked under an MLP 512-512 (paper 004, Table 4)."""
     return DCNv2(embedding, data.fields, cross_layers=3, hidden=(512, 512), dropout=0.0, structure="stacked")
+
+
+def _seed_from_torch() -> int:
+    """A seed for a model's dense layers, drawn from torch's generator.
+
+    The pipeline seeds that generator with the run's seed before calling a factory
+    (:func:`nas.search.build_model`), so another run seed gives other dense weights and
+    the same seed the same ones.
+    """
+    return int(torch.randint(0, 2**31 - 1, ()))
