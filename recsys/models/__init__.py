@@ -38,8 +38,8 @@ class Backbone(Protocol):
         ...
 
 
+from recsys.models.ctr import FM, CTRBackbone, DCNv2, DeepFM  # noqa: E402  (click models, one table per field)
 from recsys.models.lightgcn import LightGCN  # noqa: E402  (the protocol is defined first)
 from recsys.models.mf import MF  # noqa: E402
 from recsys.models.neumf import NeuMF  # noqa: E402
 from recsys.models.ngcf import NGCF  # noqa: E402
-from recsys.models.ctr import FM, CTRBackbone, DCNv2, DeepFM  # noqa: E402  (click models, one table per field)

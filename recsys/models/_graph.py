@@ -9,6 +9,9 @@ sparse-dense products over the 2·|train| edges and never touches a dense
 Why both blocks: torch's autograd of ``csr @ dense`` transposes the CSR matrix on every
 backward pass (a sort of all edges), which costs more than the products themselves.
 :func:`spmm` multiplies by a block and backpropagates by the block already transposed.
+
+:class:`GraphCF` is what LightGCN and NGCF share once their final vectors are known:
+the BPR loss, ranking and the evaluation cache.
 """
 
 from __future__ import annotations
@@ -20,7 +23,9 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
-__all__ = ["GraphBlocks", "normalized_blocks", "spmm"]
+from recsys.embedding import EmbeddingProvider
+
+__all__ = ["GraphBlocks", "GraphCF", "normalized_blocks", "spmm"]
 
 
 def normalized_blocks(train: sp.spmatrix, self_loops: bool = False) -> tuple[sp.csr_matrix, sp.csr_matrix]:
@@ -95,3 +100,74 @@ class GraphBlocks(nn.Module):
     def round(self, users: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One propagation round: (``R̂ @ items``, ``R̂ᵀ @ users``) for ``(rows, features)`` inputs."""
         return spmm(self.user_item, self.item_user, items), spmm(self.item_user, self.user_item, users)
+
+
+class GraphCF(nn.Module):
+    """What graph backbones share once their final vectors are known: BPR, ranking and a cache.
+
+    A subclass computes the final user and item vectors from the layer-0 tables
+    (:meth:`_final`); the score of a pair is their dot product.  Training propagates on
+    every batch (every weight reaches every score); out of training mode the result is
+    kept with the layer-0 tables (and :meth:`_cache_extras`, the subclass's own weights
+    that shape the propagation) it came from, and reused while they are exactly equal,
+    which costs far less than a propagation: ranking all users costs one, and a new
+    allocation or new weights are never served stale.  The L2 term of the loss is on the
+    batch's layer-0 vectors, ``reg`` per triple as in :class:`~recsys.models.MF`.
+    """
+
+    embedding: EmbeddingProvider
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._cache: tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    @property
+    def n_items(self) -> int:
+        """Number of items, the width of :meth:`all_scores`."""
+        return int(self.embedding.rows["item"])
+
+    def _final(self, users: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Final vectors of every row from the layer-0 tables (``(A, rows, d)`` for stacked variants)."""
+        raise NotImplementedError
+
+    def _cache_extras(self) -> tuple[torch.Tensor, ...]:
+        """Tensors besides the layer-0 tables on which the propagation depends (default: none)."""
+        return ()
+
+    def propagate(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Final user and item vectors, from the cache out of training mode when nothing changed."""
+        users, items = self.embedding.table("user"), self.embedding.table("item")
+        if not self.training and self._cache is not None:
+            key, result = self._cache
+            current = (users, items, *self._cache_extras())
+            if len(key) == len(current) and all(a.shape == b.shape and torch.equal(a, b) for a, b in zip(key, current)):
+                return result
+        final_u, final_i = self._final(users, items)
+        # Only an evaluation keeps what it propagated from: training never reuses it.
+        self._cache = None if self.training else (
+            tuple(t.detach().clone() for t in (users, items, *self._cache_extras())), (final_u.detach(), final_i.detach())
+        )
+        return final_u, final_i
+
+    def score(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """Scores of aligned (user, item) id pairs (int64, same shape): a float tensor of that shape."""
+        final_u, final_i = self.propagate()
+        return (final_u[..., users, :] * final_i[..., items, :]).sum(dim=-1)
+
+    def bpr_loss(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, reg: float) -> torch.Tensor:
+        """BPR loss on the final vectors; L2 on the batch's layer-0 vectors (``reg`` per triple)."""
+        final_u, final_i = self._final(self.embedding.table("user"), self.embedding.table("item"))
+        u = final_u[..., users, :]
+        p, n = final_i[..., pos, :], final_i[..., neg, :]
+        loss = nn.functional.softplus(-(u * (p - n)).sum(dim=-1)).mean()
+        if reg:
+            ego_u = self.embedding.lookup("user", users)
+            ego_items = self.embedding.lookup("item", torch.cat([pos, neg]))
+            # Summed over stacked variants, as MF does: the caller shares ``reg`` out between them.
+            loss = loss + reg * 0.5 * (ego_u.square().sum() + ego_items.square().sum()) / len(users)
+        return loss
+
+    def all_scores(self, users: torch.Tensor) -> torch.Tensor:
+        """Scores of ``users`` against every item, ``(len(users), n_items)`` (stacked for variants)."""
+        final_u, final_i = self.propagate()
+        return final_u[..., users, :] @ final_i.transpose(-2, -1)

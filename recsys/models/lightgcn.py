@@ -25,15 +25,14 @@ from __future__ import annotations
 
 import scipy.sparse as sp
 import torch
-from torch import nn
 
 from recsys.embedding import EmbeddingProvider
-from recsys.models._graph import GraphBlocks
+from recsys.models._graph import GraphBlocks, GraphCF
 
 __all__ = ["LightGCN"]
 
 
-class LightGCN(nn.Module):
+class LightGCN(GraphCF):
     """LightGCN over the ``"user"`` and ``"item"`` tables of a provider.
 
     Args:
@@ -54,26 +53,6 @@ class LightGCN(nn.Module):
         self.embedding = embedding
         self.layers = int(layers)
         self.graph = GraphBlocks(train)
-        self._cache: tuple[torch.Tensor, ...] | None = None
-
-    @property
-    def n_items(self) -> int:
-        return int(self.embedding.rows["item"])
-
-    def propagate(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Final user and item vectors: the mean of the layer-0 tables and their K propagations."""
-        users, items = self.embedding.table("user"), self.embedding.table("item")
-        if not self.training and self._cache is not None:
-            ego_u, ego_i, final_u, final_i = self._cache
-            if ego_u.shape == users.shape and ego_i.shape == items.shape and torch.equal(ego_u, users) \
-                    and torch.equal(ego_i, items):
-                return final_u, final_i
-        final_u, final_i = self._final(users, items)
-        # Only an evaluation keeps what it propagated from: training never reuses it.
-        self._cache = None if self.training else (
-            users.detach().clone(), items.detach().clone(), final_u.detach(), final_i.detach()
-        )
-        return final_u, final_i
 
     def _final(self, users: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Final vectors of every row: the mean of ``users``/``items`` and their K propagations."""
@@ -92,21 +71,3 @@ class LightGCN(nn.Module):
             final_u = final_u.reshape(final_u.shape[0], variants, -1).permute(1, 0, 2)
             final_i = final_i.reshape(final_i.shape[0], variants, -1).permute(1, 0, 2)
         return final_u, final_i
-
-    def bpr_loss(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, reg: float) -> torch.Tensor:
-        """BPR loss on the propagated vectors; L2 on the batch's layer-0 vectors (``reg`` per triple)."""
-        final_u, final_i = self._final(self.embedding.table("user"), self.embedding.table("item"))
-        u = final_u[..., users, :]
-        p, n = final_i[..., pos, :], final_i[..., neg, :]
-        loss = nn.functional.softplus(-(u * (p - n)).sum(dim=-1)).mean()
-        if reg:
-            ego_u = self.embedding.lookup("user", users)
-            ego_items = self.embedding.lookup("item", torch.cat([pos, neg]))
-            # Summed over stacked variants, as MF does: the caller shares ``reg`` out between them.
-            loss = loss + reg * 0.5 * (ego_u.square().sum() + ego_items.square().sum()) / len(users)
-        return loss
-
-    def all_scores(self, users: torch.Tensor) -> torch.Tensor:
-        """Scores of ``users`` against every item, ``(len(users), n_items)`` (stacked for variants)."""
-        final_u, final_i = self.propagate()
-        return final_u[..., users, :] @ final_i.transpose(-2, -1)

@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from recsys.embedding import EmbeddingProvider
-from recsys.models._graph import GraphBlocks
+from recsys.models._graph import GraphBlocks, GraphCF
 
 __all__ = ["NGCF"]
 
@@ -45,7 +45,7 @@ _SLOPE = 0.2
 """LeakyReLU's negative slope in NGCF."""
 
 
-class NGCF(nn.Module):
+class NGCF(GraphCF):
     """NGCF over the ``"user"`` and ``"item"`` tables of a provider.
 
     Args:
@@ -102,30 +102,9 @@ class NGCF(nn.Module):
                 bound = (6.0 / (2 * dim)) ** 0.5
                 layer.weight.uniform_(-bound, bound, generator=generator)
                 layer.bias.zero_()
-        self._cache: tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, torch.Tensor]] | None = None
 
-    @property
-    def n_items(self) -> int:
-        """Number of items, the width of :meth:`all_scores`."""
-        return int(self.embedding.rows["item"])
-
-    def propagate(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Final user and item vectors, ``(rows, (L + 1)·d)`` each (``(A, rows, …)`` for stacked variants)."""
-        users, items = self.embedding.table("user"), self.embedding.table("item")
-        if not self.training and self._cache is not None:
-            key, result = self._cache
-            current = (users, items, *self._layer_weights())
-            if all(a.shape == b.shape and torch.equal(a, b) for a, b in zip(key, current)):
-                return result
-        final = self._final(users, items)
-        # Only an evaluation keeps what it propagated from: training never reuses it.
-        self._cache = None if self.training else (
-            tuple(t.detach().clone() for t in (users, items, *self._layer_weights())),
-            (final[0].detach(), final[1].detach()),
-        )
-        return final
-
-    def _layer_weights(self) -> tuple[torch.Tensor, ...]:
+    def _cache_extras(self) -> tuple[torch.Tensor, ...]:
+        """``W1``, ``W2`` and their biases: new layer weights must not be served a stale propagation."""
         return tuple(p.detach() for p in (*self.transform.parameters(), *self.interaction.parameters()))
 
     def _final(self, users: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -174,26 +153,3 @@ class NGCF(nn.Module):
         """One NGCF layer of one side, with message dropout in training mode."""
         out = nn.functional.leaky_relu(transform(side) + interaction(side * ego), _SLOPE)
         return nn.functional.dropout(out, self.message_dropout, self.training)
-
-    def score(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        """Scores of aligned (user, item) id pairs (int64, same shape): a float tensor of that shape."""
-        final_u, final_i = self.propagate()
-        return (final_u[..., users, :] * final_i[..., items, :]).sum(dim=-1)
-
-    def bpr_loss(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, reg: float) -> torch.Tensor:
-        """BPR loss on the final vectors; L2 on the batch's layer-0 vectors (``reg`` per triple)."""
-        final_u, final_i = self._final(self.embedding.table("user"), self.embedding.table("item"))
-        u = final_u[..., users, :]
-        p, n = final_i[..., pos, :], final_i[..., neg, :]
-        loss = nn.functional.softplus(-(u * (p - n)).sum(dim=-1)).mean()
-        if reg:
-            ego_u = self.embedding.lookup("user", users)
-            ego_items = self.embedding.lookup("item", torch.cat([pos, neg]))
-            # Summed over stacked variants, as MF does: the caller shares ``reg`` out between them.
-            loss = loss + reg * 0.5 * (ego_u.square().sum() + ego_items.square().sum()) / len(users)
-        return loss
-
-    def all_scores(self, users: torch.Tensor) -> torch.Tensor:
-        """Scores of ``users`` against every item, ``(len(users), n_items)`` (stacked for variants)."""
-        final_u, final_i = self.propagate()
-        return final_u[..., users, :] @ final_i.transpose(-2, -1)
