@@ -25,7 +25,6 @@ in both cases.  :func:`task_for` picks the task of a dataset; the backbone regis
 from __future__ import annotations
 
 import itertools
-import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -36,8 +35,20 @@ import torch
 from nas.core.errors import ConfigError
 from nas.embedding import MaskableEmbedding
 from recsys.data import BPRSampler, CTRData, InteractionData
-from recsys.metrics import FITNESS_KS, ctr_fitness, fitness_quality, ranking_metrics_many
-from recsys.train import TrainConfig, TrainHooks, TrainResult, evaluate, train_bpr, user_subset
+from recsys.metrics import (
+    FITNESS_KS,
+    ctr_fitness,
+    fitness_quality,
+    ranking_metrics_many,
+)
+from recsys.train import (
+    TrainConfig,
+    TrainHooks,
+    TrainResult,
+    evaluate,
+    train_bpr,
+    user_subset,
+)
 from recsys.train_ctr import CTRTrainConfig, evaluate_ctr, evaluate_ctr_many, train_ctr
 
 if TYPE_CHECKING:
@@ -254,7 +265,7 @@ class ClickTask(Task):
         return ctr_variants_loss(model, chosen, batch, reg)
 
     def finetune_batches(self, batch_size: int, seed: int, *, epochs: int | None, steps: int) -> Iterable[Batch]:
-        x, y = _shared_tensor(self.data.x["train"]), _shared_tensor(self.data.y["train"])
+        x, y = self.data.tensors("train")
         n = x.shape[0]
 
         def epoch(number: int) -> Iterator[Batch]:
@@ -300,13 +311,6 @@ def task_for(data: Any) -> Task:
 def _forever(epoch: Callable[[], Iterable[Batch]]) -> Iterator[Batch]:
     while True:
         yield from epoch()
-
-
-def _shared_tensor(array: np.ndarray) -> torch.Tensor:
-    """A tensor on the data's read-only memory (nothing writes to it), without copying a large split."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*not writable.*")
-        return torch.from_numpy(array)
 
 
 def _device_of(model: Any) -> torch.device:

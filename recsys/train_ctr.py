@@ -16,7 +16,6 @@ with no generator state to save beyond torch's (dropout).
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -25,6 +24,7 @@ import torch
 
 from recsys._loop import Fit, OptimizerFactory, TrainHooks, TrainResult, fit
 from recsys.data import SPLITS, CTRData
+from recsys.data.ctr import shared_tensor
 from recsys.metrics import ctr_metrics
 from recsys.models import CTRBackbone
 
@@ -83,13 +83,6 @@ class CTRTrainConfig:
                 raise ValueError(message)
 
 
-def _tensor(array: np.ndarray) -> torch.Tensor:
-    """A tensor sharing ``array``'s memory (the data's arrays are read-only; nothing writes to them)."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*not writable.*")
-        return torch.from_numpy(array)
-
-
 def _device_of(model: CTRBackbone) -> torch.device:
     parameters = getattr(model, "parameters", None)
     first = next(iter(parameters()), None) if parameters is not None else None
@@ -105,7 +98,7 @@ def predict_logits(model: CTRBackbone, x: np.ndarray, *, batch_size: int = 16384
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     device = _device_of(model)
-    ids = _tensor(np.ascontiguousarray(x, dtype=np.int64))
+    ids = shared_tensor(np.ascontiguousarray(x, dtype=np.int64))  # no copy of a split already int64
     was_training = getattr(model, "training", False)
     if hasattr(model, "eval"):
         model.eval()  # type: ignore[attr-defined]
@@ -182,7 +175,7 @@ def train_ctr(
     """
     if data.size("train") == 0:
         raise ValueError("the data has no train rows")
-    x_train, y_train = _tensor(data.x["train"]), _tensor(data.y["train"])
+    x_train, y_train = data.tensors("train")
     valid_y = data.y["valid"]
     validate = valid_y.size > 0 and (config.metric != "auc" or 0 < valid_y.sum() < valid_y.size)
 

@@ -24,15 +24,17 @@ be valid table names: non-empty and without ``'.'`` (torch parameter names).
 from __future__ import annotations
 
 import hashlib
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 
 import numpy as np
+import torch
 
 from recsys.data.dataset import SPLITS
 
-__all__ = ["CTRData"]
+__all__ = ["CTRData", "shared_tensor"]
 
 
 def _read_only(array: np.ndarray) -> np.ndarray:
@@ -139,6 +141,13 @@ class CTRData:
         """Rows of ``split``."""
         return int(self.y[split].shape[0])
 
+    def tensors(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """``split``'s ids and labels as tensors on the same (read-only) memory, without a copy.
+
+        Nothing writes to them: trainers only index them to cut batches.
+        """
+        return shared_tensor(self.x[split]), shared_tensor(self.y[split])
+
     @cached_property
     def _frequencies(self) -> dict[str, np.ndarray]:
         train = self.x["train"]
@@ -215,3 +224,10 @@ class CTRData:
             y={s: xy[1] for s, xy in splits.items()},
             **options,  # type: ignore[arg-type]
         )
+
+
+def shared_tensor(array: np.ndarray) -> torch.Tensor:
+    """A tensor on ``array``'s memory, read-only arrays included (torch warns; nothing here writes to it)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*not writable.*")
+        return torch.from_numpy(array)
