@@ -37,27 +37,27 @@ def run_cell(args: argparse.Namespace, model: str, sparsity: float, controller: 
 
 
 def table(args: argparse.Namespace) -> str:
+    """Every finished cell; the retain ratio is over the plain full model of the model's first ``equal`` run."""
     lines = ["| model | allocation | sparsity | test AUC | test log loss | AUC retain | bytes stored | seconds |",
              "|---|---|---|---|---|---|---|---|"]
     for model in args.models:
-        full_done = False
-        for sparsity in args.sparsities:
-            for controller in args.controllers:
-                path = args.out / f"{model}-{controller}-{sparsity}" / "metrics.json"
-                if not path.exists():
-                    lines.append(f"| {model} | {controller} | {sparsity} | (not run) | | | | |")
-                    continue
-                metrics = json.loads(path.read_text())
-                full = metrics["full"]["test"]
-                if controller == "equal" and not full_done:
-                    lines.append(f"| {model} | full model | 0 | {full['auc']:.4f} | {full['logloss']:.4f} | 1 | "
-                                 f"{sum(metrics['budget']['rows'].values()) * metrics['budget']['d_max'] * 4:,} (values × 4 B) | |")
-                    full_done = True
-                test = metrics["allocated"]["test"]
-                reference = full["auc"] if metrics["full"].get("supernet") != "one-shot" else float("nan")
-                lines.append(f"| {model} | {controller} | {sparsity} | {test['auc']:.4f} | {test['logloss']:.4f} | "
-                             f"{test['auc'] / reference if reference == reference else float('nan'):.4f} | "
-                             f"{metrics['export']['bytes_stored']:,} | {metrics['seconds']:.0f} |")
+        cells = {(s, c): args.out / f"{model}-{c}-{s}" / "metrics.json" for s in args.sparsities for c in args.controllers}
+        found = {key: json.loads(path.read_text()) for key, path in cells.items() if path.exists()}
+        plain = next((m for (s, c), m in found.items() if c == "equal"), None)
+        full_auc = plain["full"]["test"]["auc"] if plain else float("nan")
+        if plain:
+            full, budget = plain["full"]["test"], plain["budget"]
+            values = sum(budget["rows"].values()) * budget["d_max"]
+            lines.append(f"| {model} | full model | 0 | {full['auc']:.4f} | {full['logloss']:.4f} | 1 | "
+                         f"{values * 4:,} (values × 4 B) | {plain['full']['train_seconds']:.0f} (training) |")
+        for (sparsity, controller), path in cells.items():
+            metrics = found.get((sparsity, controller))
+            if metrics is None:
+                lines.append(f"| {model} | {controller} | {sparsity} | (not run) | | | | |")
+                continue
+            test = metrics["allocated"]["test"]
+            lines.append(f"| {model} | {controller} | {sparsity} | {test['auc']:.4f} | {test['logloss']:.4f} | "
+                         f"{test['auc'] / full_auc:.4f} | {metrics['export']['bytes_stored']:,} | {metrics['seconds']:.0f} |")
     return "\n".join(lines) + "\n"
 
 
