@@ -354,13 +354,16 @@ def _finetune_then_retrain(
     """Judge the candidates by a short fine-tune from the supernet's weights; retrain the best from scratch.
 
     Each candidate starts from the trained supernet under its allocation, so a few
-    epochs (:func:`finetune_epochs`) show how well it recovers, where a rung of
+    epochs (:func:`finetune_epochs`, validated on the search's fitness users) show how
+    well it recovers, where a rung of
     successive halving from scratch shows little more than how fast a fresh model
     starts.  Only the winner is trained to the end, from scratch like every
     retrained allocation (the quality a user reproduces without the supernet).
     """
     weights = run.load_tensors("supernet.safetensors")
-    short = replace(train_config, epochs=finetune_epochs(horizon))
+    # Judged on the search's fitness users: a ranking of all validation users after each
+    # fine-tune cost as much as the fine-tune itself.
+    short = task.validating_on_subset(replace(train_config, epochs=finetune_epochs(horizon)), config.fitness_users)
     checkpoint_every = config.train.checkpoint_every
     results: list[_Retrained] = []
     bar = tqdm(total=len(candidates) + 1, desc="fine-tune top", unit="training", disable=not progress)

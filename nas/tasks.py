@@ -27,6 +27,7 @@ from __future__ import annotations
 import itertools
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -172,6 +173,10 @@ class Task(ABC):
         """The fixed, seeded part of the validation data fitness is measured on (``None``: all of it)."""
         return None
 
+    def validating_on_subset(self, config: Any, size: int) -> Any:
+        """``config`` validating on the part of the validation data fitness uses (``size``; 0: all of it)."""
+        return config
+
 
 class TopKTask(Task):
     """Top-k recommendation from user-item interactions: BPR training, full-ranking Recall and NDCG."""
@@ -227,6 +232,10 @@ class TopKTask(Task):
 
     def validation_subset(self, size: int, seed: int) -> np.ndarray | None:
         return user_subset(self.data.valid, size, seed)
+
+    def validating_on_subset(self, config: TrainConfig, size: int) -> TrainConfig:
+        # The trainer draws its subset with user_subset and the same seed: the fitness users themselves.
+        return replace(config, eval_users=size or None)
 
 
 class ClickTask(Task):
