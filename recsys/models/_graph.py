@@ -117,8 +117,19 @@ class GraphCF(nn.Module):
 
     embedding: EmbeddingProvider
 
-    def __init__(self) -> None:
+    def __init__(self, embedding: EmbeddingProvider, train: sp.spmatrix, layers: int, self_loops: bool = False) -> None:
+        """Check the tables against the graph and hold both; ``self_loops`` as for :class:`GraphBlocks`."""
         super().__init__()
+        if not isinstance(embedding, EmbeddingProvider):
+            raise TypeError(f"{type(self).__name__} needs an EmbeddingProvider, got {type(embedding).__name__}")
+        rows = dict(embedding.rows)
+        if train.shape != (rows.get("user"), rows.get("item")):
+            raise ValueError(f"the graph is {train.shape} but the tables are user {rows.get('user')} x item {rows.get('item')}")
+        if layers < 0:
+            raise ValueError(f"layers must be >= 0, got {layers}")
+        self.embedding = embedding
+        self.layers = int(layers)
+        self.graph = GraphBlocks(train, self_loops=self_loops)
         self._cache: tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, torch.Tensor]] | None = None
 
     @property

@@ -27,7 +27,7 @@ import scipy.sparse as sp
 import torch
 
 from recsys.embedding import EmbeddingProvider
-from recsys.models._graph import GraphBlocks, GraphCF
+from recsys.models._graph import GraphCF
 
 __all__ = ["LightGCN"]
 
@@ -42,17 +42,7 @@ class LightGCN(GraphCF):
     """
 
     def __init__(self, embedding: EmbeddingProvider, train: sp.csr_matrix, layers: int = 3) -> None:
-        super().__init__()
-        if not isinstance(embedding, EmbeddingProvider):
-            raise TypeError(f"LightGCN needs an EmbeddingProvider, got {type(embedding).__name__}")
-        rows = dict(embedding.rows)
-        if train.shape != (rows.get("user"), rows.get("item")):
-            raise ValueError(f"the graph is {train.shape} but the tables are user {rows.get('user')} x item {rows.get('item')}")
-        if layers < 0:
-            raise ValueError(f"layers must be >= 0, got {layers}")
-        self.embedding = embedding
-        self.layers = int(layers)
-        self.graph = GraphBlocks(train)
+        super().__init__(embedding, train, layers)
 
     def _final(self, users: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Final vectors of every row: the mean of ``users``/``items`` and their K propagations."""

@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from recsys.embedding import EmbeddingProvider
-from recsys.models._graph import GraphBlocks, GraphCF
+from recsys.models._graph import GraphCF
 
 __all__ = ["NGCF"]
 
@@ -71,22 +71,12 @@ class NGCF(GraphCF):
         node_dropout: float = 0.0,
         seed: int = 0,
     ) -> None:
-        super().__init__()
-        if not isinstance(embedding, EmbeddingProvider):
-            raise TypeError(f"NGCF needs an EmbeddingProvider, got {type(embedding).__name__}")
-        rows = dict(embedding.rows)
-        if train.shape != (rows.get("user"), rows.get("item")):
-            raise ValueError(f"the graph is {train.shape} but the tables are user {rows.get('user')} x item {rows.get('item')}")
-        if layers < 0:
-            raise ValueError(f"layers must be >= 0, got {layers}")
         for name, rate in (("message_dropout", message_dropout), ("node_dropout", node_dropout)):
             if not 0.0 <= rate < 1.0:
                 raise ValueError(f"{name} must lie in [0, 1), got {rate}")
-        self.embedding = embedding
-        self.layers = int(layers)
+        super().__init__(embedding, train, layers, self_loops=True)
         self.message_dropout = float(message_dropout)
         self.node_dropout = float(node_dropout)
-        self.graph = GraphBlocks(train, self_loops=True)
         # The diagonal of Â: 1 / degree, the degree counting the self loop (as GraphBlocks counts it).
         matrix = sp.csr_matrix(train, dtype=np.float32)
         matrix.data[:] = 1.0
