@@ -5,8 +5,9 @@ where their batches come from, the loss of a batch, how a model is validated and
 extra state their batch source keeps.  They hand those to :func:`fit`, which owns the
 rest once: the optimiser, the epoch loop with progress bar, early stopping on the
 validation metric with the best state kept and restored, the per-step hook, and the
-complete training state handed to ``on_epoch_end`` (and taken back by ``resume``), so a
-training killed between epochs continues exactly as if it had never stopped.
+complete training state handed to ``on_epoch_end`` (and taken back by ``resume``: weights,
+optimiser, the batch source's state, the CPU generator and, on a GPU, the GPU's, the early
+stopping), so a training killed between epochs continues exactly as if it had never stopped.
 """
 
 from __future__ import annotations
@@ -146,6 +147,8 @@ def _fit(
         optimizer.load_state_dict(state["optimizer"])
         loop.load_state(state)
         torch.set_rng_state(state["torch_rng"])
+        if "device_rng" in state and device.type == "cuda":  # dropout drawn on the GPU
+            torch.cuda.set_rng_state(state["device_rng"], device)
         history = list(state["history"])
         best_value, best_epoch, best_valid = state["best_value"], state["best_epoch"], dict(state["best_valid"])
         best_state = state["best_state"]
@@ -200,7 +203,8 @@ def _fit(
         if hooks.on_epoch_end is not None:
             hooks.on_epoch_end({
                 "epoch": epoch, "stopped": stop, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                **loop.state(), "torch_rng": torch.get_rng_state(), "history": history, "best_value": best_value,
+                **loop.state(), "torch_rng": torch.get_rng_state(), **_device_rng(device), "history": history,
+                "best_value": best_value,
                 "best_epoch": best_epoch, "best_valid": best_valid, "best_state": best_state, "since_best": since_best,
             })
         if stop:
@@ -214,6 +218,11 @@ def _fit(
         best_epoch = epochs_run
     return TrainResult(best_epoch=best_epoch, best_valid=dict(best_valid), history=history,
                        seconds=time.perf_counter() - start, epochs_run=epochs_run)
+
+
+def _device_rng(device: torch.device) -> dict[str, torch.Tensor]:
+    """The GPU generator's state, saved beside the CPU one: dropout on a GPU draws from it."""
+    return {"device_rng": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {}
 
 
 def adam(params: list[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer:
