@@ -34,7 +34,6 @@ import numpy as np
 import torch
 
 from nas.core.errors import ConfigError
-from nas.embedding import MaskableEmbedding
 from recsys.data import BPRSampler, CTRData, InteractionData
 from recsys.metrics import (
     FITNESS_KS,
@@ -46,6 +45,7 @@ from recsys.train import (
     TrainConfig,
     TrainHooks,
     TrainResult,
+    device_of,
     evaluate,
     train_bpr,
     user_subset,
@@ -221,7 +221,7 @@ class TopKTask(Task):
         return fitness_quality(metrics)
 
     def stacked_qualities(self, model: Any, variants: int, subset: np.ndarray | None = None) -> list[float]:
-        device = _device_of(model)
+        device = device_of(model)
         n_items = self.data.valid.shape[1]
         chunk = max(1, min(1024, _SCORE_MEMORY // (4 * n_items * variants)))
         results = ranking_metrics_many(
@@ -320,11 +320,3 @@ def task_for(data: Any) -> Task:
 def _forever(epoch: Callable[[], Iterable[Batch]]) -> Iterator[Batch]:
     while True:
         yield from epoch()
-
-
-def _device_of(model: Any) -> torch.device:
-    embedding = getattr(model, "embedding", None)
-    if isinstance(embedding, MaskableEmbedding):
-        return embedding.columns.device
-    first = next(iter(model.parameters()), None)
-    return torch.device("cpu") if first is None else first.device

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["Fit", "OptimizerFactory", "TrainHooks", "TrainResult", "fit"]
+__all__ = ["Fit", "OptimizerFactory", "TrainHooks", "TrainResult", "check_loop_options", "device_of", "fit"]
 
 OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
 
@@ -218,6 +218,34 @@ def _fit(
         best_epoch = epochs_run
     return TrainResult(best_epoch=best_epoch, best_valid=dict(best_valid), history=history,
                        seconds=time.perf_counter() - start, epochs_run=epochs_run)
+
+
+def device_of(model: Any) -> torch.device:
+    """The device of the model's first parameter (CPU for a model without parameters)."""
+    parameters = getattr(model, "parameters", None)
+    first = next(iter(parameters()), None) if parameters is not None else None
+    return torch.device("cpu") if first is None else first.device
+
+
+def check_loop_options(epochs: int, batch_size: int, lr: float, reg: float, eval_every: int, patience: int,
+                       threads: int | None) -> None:
+    """Refuse loop options :func:`fit` cannot run with (every trainer's configuration checks these).
+
+    Raises:
+        ValueError: naming the first option out of range and its value.
+    """
+    checks = [
+        (epochs >= 1, f"epochs must be >= 1, got {epochs}"),
+        (batch_size >= 1, f"batch_size must be >= 1, got {batch_size}"),
+        (lr > 0, f"lr must be > 0, got {lr}"),
+        (reg >= 0, f"reg must be >= 0, got {reg}"),
+        (eval_every >= 1, f"eval_every must be >= 1, got {eval_every}"),
+        (patience >= 1, f"patience must be >= 1 evaluation, got {patience}"),
+        (threads is None or threads >= 1, f"threads must be >= 1 or None, got {threads}"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(message)
 
 
 def _device_rng(device: torch.device) -> dict[str, torch.Tensor]:

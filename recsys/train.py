@@ -16,13 +16,14 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from recsys._loop import Fit, OptimizerFactory, TrainHooks, TrainResult, fit
+from recsys._loop import Fit, OptimizerFactory, TrainHooks, TrainResult, check_loop_options, device_of, fit
 from recsys.data import BPRSampler, InteractionData
 from recsys.data.sampler import SAMPLING
 from recsys.metrics import ranking_metrics
 from recsys.models import Backbone
 
-__all__ = ["OptimizerFactory", "StepLoss", "TrainConfig", "TrainHooks", "TrainResult", "evaluate", "train_bpr", "user_subset"]
+__all__ = ["OptimizerFactory", "StepLoss", "TrainConfig", "TrainHooks", "TrainResult", "device_of", "evaluate", "train_bpr",
+           "user_subset"]
 
 #: ``loss(model, users, pos, neg, reg) -> scalar``: the loss of one batch (default ``model.bpr_loss``).
 StepLoss = Callable[[Backbone, torch.Tensor, torch.Tensor, torch.Tensor, float], torch.Tensor]
@@ -64,15 +65,9 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ks", tuple(int(k) for k in self.ks))
+        check_loop_options(self.epochs, self.batch_size, self.lr, self.reg, self.eval_every, self.patience, self.threads)
         checks = [
-            (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
-            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
-            (self.lr > 0, f"lr must be > 0, got {self.lr}"),
-            (self.reg >= 0, f"reg must be >= 0, got {self.reg}"),
-            (self.eval_every >= 1, f"eval_every must be >= 1, got {self.eval_every}"),
-            (self.patience >= 1, f"patience must be >= 1 evaluation, got {self.patience}"),
             (len(self.ks) > 0 and min(self.ks) >= 1, f"ks must be positive cut-offs, got {self.ks}"),
-            (self.threads is None or self.threads >= 1, f"threads must be >= 1 or None, got {self.threads}"),
             (self.sampling in SAMPLING, f"sampling must be one of {SAMPLING}, got {self.sampling!r}"),
             (self.eval_users is None or self.eval_users >= 1, f"eval_users must be >= 1 or None, got {self.eval_users}"),
         ]
@@ -165,16 +160,9 @@ def train_bpr(
                optimizer_factory=optimizer_factory)
 
 
-def _device_of(model: Backbone) -> torch.device:
-    """The device of the model's first parameter (CPU for a model without parameters)."""
-    parameters = getattr(model, "parameters", None)
-    first = next(iter(parameters()), None) if parameters is not None else None
-    return torch.device("cpu") if first is None else first.device
-
-
 def _on_device_of(model: Backbone) -> Callable[[torch.Tensor], torch.Tensor]:
     """``model.all_scores`` taking CPU user ids whatever device the model is on (scores stay there)."""
-    device = _device_of(model)
+    device = device_of(model)
     if device.type == "cpu":
         return model.all_scores
     return lambda users: model.all_scores(users.to(device))

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from recsys._loop import Fit, OptimizerFactory, TrainHooks, TrainResult, fit
+from recsys._loop import Fit, OptimizerFactory, TrainHooks, TrainResult, check_loop_options, device_of, fit
 from recsys.data import SPLITS, CTRData
 from recsys.data.ctr import shared_tensor
 from recsys.metrics import ctr_metrics
@@ -67,26 +67,14 @@ class CTRTrainConfig:
     eval_batch_size: int = 16384
 
     def __post_init__(self) -> None:
+        check_loop_options(self.epochs, self.batch_size, self.lr, self.reg, self.eval_every, self.patience, self.threads)
         checks = [
-            (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
-            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
-            (self.lr > 0, f"lr must be > 0, got {self.lr}"),
-            (self.reg >= 0, f"reg must be >= 0, got {self.reg}"),
-            (self.eval_every >= 1, f"eval_every must be >= 1, got {self.eval_every}"),
-            (self.patience >= 1, f"patience must be >= 1 evaluation, got {self.patience}"),
             (self.metric in CTR_METRICS, f"metric must be one of {CTR_METRICS}, got {self.metric!r}"),
-            (self.threads is None or self.threads >= 1, f"threads must be >= 1 or None, got {self.threads}"),
             (self.eval_batch_size >= 1, f"eval_batch_size must be >= 1, got {self.eval_batch_size}"),
         ]
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
-
-
-def _device_of(model: CTRBackbone) -> torch.device:
-    parameters = getattr(model, "parameters", None)
-    first = next(iter(parameters()), None) if parameters is not None else None
-    return torch.device("cpu") if first is None else first.device
 
 
 def predict_logits(model: CTRBackbone, x: np.ndarray, *, batch_size: int = 16384) -> np.ndarray:
@@ -97,7 +85,7 @@ def predict_logits(model: CTRBackbone, x: np.ndarray, *, batch_size: int = 16384
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    device = _device_of(model)
+    device = device_of(model)
     ids = shared_tensor(np.ascontiguousarray(x, dtype=np.int64))  # no copy of a split already int64
     was_training = getattr(model, "training", False)
     if hasattr(model, "eval"):
