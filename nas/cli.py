@@ -20,6 +20,7 @@ _EXIT_ERROR = 2
 def _add_search_options(parser: argparse.ArgumentParser) -> None:
     from nas.config import D_MAX_DEFAULTS, RETRAIN_MODES, TRAINING_DEFAULTS
     from nas.search import SearchConfig
+    from recsys.train import LOSSES
 
     defaults, train, click = SearchConfig(), TRAINING_DEFAULTS["top-k"], TRAINING_DEFAULTS["click"]
 
@@ -103,6 +104,11 @@ def _add_search_options(parser: argparse.ArgumentParser) -> None:
                        help=f"validations without improvement (Recall@20; click models: AUC) before stopping {per_task('patience')}")
     model.add_argument("--sampling", choices=("pair", "user"), default=train.sampling,
                        help="BPR triples per epoch: each train pair once, or uniform users as LightGCN (default: %(default)s)")
+    model.add_argument("--loss", choices=LOSSES, default=train.loss,
+                       help="top-k objective: BPR against one sampled item, or a sampled softmax of each positive against "
+                            "the batch's items (converges in fewer epochs) (default: %(default)s)")
+    model.add_argument("--temperature", type=float, default=train.temperature,
+                       help="the softmax's temperature: scores are divided by it (default: %(default)s)")
     model.add_argument("--checkpoint-every", type=int, default=train.checkpoint_every, help="epochs between training checkpoints (default: %(default)s)")
     run = parser.add_argument_group("run")
     run.add_argument("--seed", type=int, default=defaults.seed, help="fixes the whole run (default: %(default)s)")
@@ -143,7 +149,8 @@ def _config_from_args(args: argparse.Namespace):  # noqa: ANN202
     given = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "reg": args.reg,
              "eval_every": args.eval_every, "patience": args.patience}
     train = replace(TRAINING_DEFAULTS[task], **{k: v for k, v in given.items() if v is not None},
-                    sampling=args.sampling, checkpoint_every=args.checkpoint_every)
+                    sampling=args.sampling, checkpoint_every=args.checkpoint_every, loss=args.loss,
+                    temperature=args.temperature)
     protocol = {
         "supernet": SupernetOptions(mode=args.supernet, proposals=args.supernet_proposals), "evaluator": args.evaluator,
         "finetune": FineTuneConfig(steps=args.finetune_steps, reg=train.reg), "retrain": args.retrain,

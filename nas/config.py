@@ -32,9 +32,10 @@ RETRAIN_MODES = ("full", "halving", "finetune")
 class TrainingOptions:
     """Training of the supernet and of the retrained allocations.
 
-    Top-k backbones train with BPR (:class:`recsys.train.TrainConfig`), click backbones
+    Top-k backbones train with BPR or, with ``loss="softmax"``, a sampled softmax over each
+    batch's items at ``temperature`` (:class:`recsys.train.TrainConfig`); click backbones
     with binary cross-entropy (:class:`recsys.train_ctr.CTRTrainConfig`, early stopping
-    on validation AUC; ``sampling`` does not apply).  ``checkpoint_every`` epochs the
+    on validation AUC; ``sampling`` does not apply, and ``loss`` must stay ``"bpr"``).  ``checkpoint_every`` epochs the
     whole training state is saved in the run, so a run killed mid-training resumes from
     that epoch.  :data:`TRAINING_DEFAULTS` holds each task's defaults.
     """
@@ -47,6 +48,8 @@ class TrainingOptions:
     patience: int = 3
     sampling: str = "pair"
     checkpoint_every: int = 1
+    loss: str = "bpr"
+    temperature: float = 0.2
 
     def __post_init__(self) -> None:
         if self.checkpoint_every < 1:
@@ -60,7 +63,7 @@ class TrainingOptions:
         return TrainConfig(
             epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, reg=self.reg,
             eval_every=self.eval_every, patience=self.patience, ks=KS, seed=seed, threads=threads,
-            sampling=self.sampling,
+            sampling=self.sampling, loss=self.loss, temperature=self.temperature,
         )
 
 
@@ -158,6 +161,9 @@ class SearchConfig:
                 f"{TASKS[self.data.task]}; on this data use one of {', '.join(models_of_task(self.data.task))}, or give "
                 f"{task} data (formats {', '.join(formats[task])}) for {', '.join(models_of_task(task))}"
             )
+        if task == "click" and self.train is not None and self.train.loss != "bpr":
+            raise ConfigError(f"--loss {self.train.loss} is an objective of top-k models; click models train with "
+                              "binary cross-entropy, so leave --loss out")
         if self.d_max is None:
             object.__setattr__(self, "d_max", D_MAX_DEFAULTS[task])
         if self.train is None:

@@ -39,11 +39,13 @@ __all__ = ["FineTuneConfig", "FineTuneEvaluator", "SupernetEvaluator", "EVALUATO
 class _ValidationEvaluator(Evaluator):
     """Shared set-up: a trained backbone on a maskable embedding and the validation data."""
 
-    def __init__(self, model: Any, data: InteractionData | CTRData, users: np.ndarray | None = None) -> None:
+    def __init__(
+        self, model: Any, data: InteractionData | CTRData, users: np.ndarray | None = None, training: Any = None
+    ) -> None:
         super().__init__()
         if not isinstance(model.embedding, MaskableEmbedding):
             raise ConfigError("fitness needs a model built on a MaskableEmbedding")
-        self.task = task_for(data)
+        self.task = task_for(data, training)
         if not self.task.has_validation:
             raise ConfigError(
                 "fitness is measured on validation data, and this dataset has none (or, for click data, only one class); "
@@ -179,6 +181,8 @@ class FineTuneEvaluator(_ValidationEvaluator):
         users: a fixed subset of validation users, or ``None`` for all.
         config: the fine-tuning protocol.
         seed: seeds the fine-tuning batches.
+        training: the run's training options: fine-tuning uses their objective (``loss``;
+            BPR when ``None``), as the pre-training did.
     """
 
     name = "finetune"
@@ -190,8 +194,9 @@ class FineTuneEvaluator(_ValidationEvaluator):
         users: np.ndarray | None = None,
         config: FineTuneConfig | None = None,
         seed: int = 0,
+        training: Any = None,
     ) -> None:
-        super().__init__(model, data, users)
+        super().__init__(model, data, users, training)
         self.config = config or FineTuneConfig()
         self.seed = seed
         self._pretrained = copy.deepcopy(model.state_dict())  # type: ignore[attr-defined]

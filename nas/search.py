@@ -131,7 +131,7 @@ def build_evaluator(config: SearchConfig, data: Data, model: Model) -> Evaluator
     """The configured evaluator on the trained supernet, over the search's sample of validation users (top-k)."""
     users = task_for(data).validation_subset(config.fitness_users, config.seed)
     if config.evaluator == "finetune":
-        return FineTuneEvaluator(model, data, users, config.finetune, seed=config.seed)
+        return FineTuneEvaluator(model, data, users, config.finetune, seed=config.seed, training=config.train)
     return SupernetEvaluator(model, data, users)
 
 
@@ -158,7 +158,7 @@ def run_search(config: SearchConfig, runs_root: str | Path = "runs", name: str |
     started = time.perf_counter()
     config.check_device()
     data = load_data(config.data)
-    task = task_for(data)
+    task = task_for(data, config.train)
     budget, space, controller = build_search(config, data)
     if controller.needs_fitness and not task.has_validation:
         raise ConfigError(

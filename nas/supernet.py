@@ -162,7 +162,7 @@ def train_supernet(
     """
     if not isinstance(model.embedding, MaskableEmbedding):
         raise ConfigError("a supernet needs a model built on a MaskableEmbedding")
-    task = task_for(data)
+    task = task_for(data, config)
     hooks = hooks or TrainHooks()
     if options.mode == "sandwich":
         loss = SandwichLoss(space, budget, options, config.seed,
@@ -190,7 +190,7 @@ def train_one_shot(
     """
     if not isinstance(model.embedding, MaskableEmbedding):
         raise ConfigError("a one-shot search needs a model built on a MaskableEmbedding")
-    task = task_for(data)
+    task = task_for(data, config)
     hooks = hooks or TrainHooks()
     if hooks.resume is not None and "controller" in hooks.resume:
         controller.load_state_dict(hooks.resume["controller"])

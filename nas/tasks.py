@@ -11,7 +11,7 @@ data                        :class:`~recsys.data.InteractionData`  :class:`~recs
 backbones                   ``mf``, ``lightgcn``, ``neumf``, ...   ``fm``, ``deepfm``, ``dcnv2``
 train (with hooks)          :func:`recsys.train.train_bpr`        :func:`recsys.train_ctr.train_ctr`
 a batch                     ``(users, pos, neg)``                 ``(x, y)``
-loss of a batch             ``model.bpr_loss``                    ``model.ctr_loss``
+loss of a batch             ``model.bpr_loss`` (``softmax_loss``)  ``model.ctr_loss``
 metrics of a split          Recall@k, NDCG@k (full ranking)       AUC, log loss
 fitness numerator           BET eq. 13 (:func:`fitness_quality`)  AUC (:func:`ctr_fitness`)
 many allocations at once    :func:`ranking_metrics_many`          :func:`evaluate_ctr_many`
@@ -47,6 +47,7 @@ from recsys.train import (
     TrainResult,
     device_of,
     evaluate,
+    top_k_loss,
     train_bpr,
     user_subset,
 )
@@ -69,23 +70,29 @@ _SCORE_MEMORY = 512 * 2**20
 _CTR_ROWS = 16384
 
 
-def bpr_variants_loss(model: Any, chosen: Variants, batch: Batch, reg: float) -> torch.Tensor:
-    """The BPR loss averaged over the allocations ``chosen`` (one sandwich step of a top-k supernet).
+def bpr_variants_loss(
+    model: Any, chosen: Variants, batch: Batch, reg: float, step_loss: Callable[..., torch.Tensor] | None = None
+) -> torch.Tensor:
+    """The BPR loss (or ``step_loss``'s) averaged over the allocations ``chosen`` (one sandwich step of a top-k supernet).
 
-    A dot-product backbone that offers ``prefix_bpr_loss`` (MF) computes every variant from
-    prefix sums; the others look the batch up once and serve every variant's masked copy.
+    A dot-product backbone that offers ``prefix_bpr_loss`` (MF) computes every BPR variant
+    from prefix sums; otherwise the batch is looked up once and every variant's masked copy
+    served, stacked.  ``step_loss(model, users, pos, neg, reg)`` replaces BPR (the sampled
+    softmax) and must average its data term over stacked variants as ``bpr_loss`` does.
     """
     users, pos, neg = batch
     embedding = model.embedding
     count = len(next(iter(chosen.values())))
     prefix_loss = getattr(model, "prefix_bpr_loss", None)
-    if prefix_loss is not None and embedding.allocation is None:
+    if step_loss is None and prefix_loss is not None and embedding.allocation is None:
         return prefix_loss(users, pos, neg, reg, lambda table, ids: chosen[table][:, ids].long())
     embedding.set_variants(chosen)
     try:
-        # The BPR term is a mean over variants and triples; the L2 term sums over the
+        # The data term is a mean over variants and triples; the L2 term sums over the
         # stacked vectors, so its weight is shared out to keep one triple's weight ``reg``.
-        return model.bpr_loss(users, pos, neg, reg / count)
+        if step_loss is None:
+            return model.bpr_loss(users, pos, neg, reg / count)
+        return step_loss(model, users, pos, neg, reg / count)
     finally:
         embedding.set_variants(None)
 
@@ -179,13 +186,26 @@ class Task(ABC):
 
 
 class TopKTask(Task):
-    """Top-k recommendation from user-item interactions: BPR training, full-ranking Recall and NDCG."""
+    """Top-k recommendation from user-item interactions: BPR (or sampled softmax) training, full-ranking Recall and NDCG.
+
+    Args:
+        data: the interactions.
+        loss: the objective of every batch the task trains on (``"bpr"`` or ``"softmax"``,
+            :data:`recsys.train.LOSSES`): the trainer's, the fine-tune's, the supernet's and
+            the one-shot controllers' alike.
+        temperature: the softmax's τ.
+    """
 
     name = "top-k"
     headline = (("recall@20", True), ("ndcg@20", True), ("recall@10", True), ("ndcg@10", True))
     embedding_std = 0.1
 
     data: InteractionData
+
+    def __init__(self, data: InteractionData, loss: str = "bpr", temperature: float = 0.2) -> None:
+        super().__init__(data)
+        self.loss = loss
+        self.step_loss = top_k_loss(loss, temperature)
 
     def train_config(self, options: TrainingOptions, seed: int, threads: int | None) -> TrainConfig:
         return options.to_train_config(seed, threads)
@@ -194,11 +214,10 @@ class TopKTask(Task):
         return train_bpr(model, self.data, config, progress=progress, hooks=hooks)
 
     def batch_loss(self, model: Any, batch: Batch, reg: float) -> torch.Tensor:
-        users, pos, neg = batch
-        return model.bpr_loss(users, pos, neg, reg)
+        return self.step_loss(model, *batch, reg)
 
     def variants_loss(self, model: Any, chosen: Variants, batch: Batch, reg: float) -> torch.Tensor:
-        return bpr_variants_loss(model, chosen, batch, reg)
+        return bpr_variants_loss(model, chosen, batch, reg, self.step_loss if self.loss != "bpr" else None)
 
     def finetune_batches(self, batch_size: int, seed: int, *, epochs: int | None, steps: int) -> Iterable[Batch]:
         sampler = BPRSampler(self.data.train, seed=seed)
@@ -207,8 +226,9 @@ class TopKTask(Task):
         return itertools.islice(_forever(lambda: sampler.epoch(batch_size)), steps)
 
     def one_shot_loss(self, controller: OneShotController) -> Callable[..., torch.Tensor]:
-        # Top-k training calls the controller's BPR entry point, which every one-shot controller has.
-        return controller.supernet_loss
+        # BPR training calls the controller's BPR entry point, which every one-shot controller has;
+        # another objective goes through relaxed_loss, as click models do.
+        return controller.supernet_loss if self.loss == "bpr" else super().one_shot_loss(controller)
 
     @property
     def has_validation(self) -> bool:
@@ -308,12 +328,20 @@ class ClickTask(Task):
 TASKS: dict[str, type[Task]] = {TopKTask.name: TopKTask, ClickTask.name: ClickTask}
 
 
-def task_for(data: Any) -> Task:
-    """The task of a dataset: :class:`TopKTask` for interactions, :class:`ClickTask` for click rows."""
+def task_for(data: Any, training: Any = None) -> Task:
+    """The task of a dataset: :class:`TopKTask` for interactions, :class:`ClickTask` for click rows.
+
+    Args:
+        data: the dataset.
+        training: the run's training options or trainer configuration; a top-k task trains
+            with its ``loss`` and ``temperature`` (BPR when ``None``).
+    """
     if isinstance(data, CTRData):
         return ClickTask(data)
     if isinstance(data, InteractionData):
-        return TopKTask(data)
+        if training is None or not hasattr(training, "loss"):
+            return TopKTask(data)
+        return TopKTask(data, training.loss, training.temperature)
     raise ConfigError(f"no task learns from {type(data).__name__}; give InteractionData or CTRData")
 
 

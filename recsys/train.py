@@ -1,8 +1,9 @@
-"""BPR training of a top-k backbone with early stopping on validation, and evaluation.
+"""Training of a top-k backbone (BPR or sampled softmax) with early stopping on validation, and evaluation.
 
 The trainer is the same for every :class:`~recsys.models.Backbone`: Adam on the
 model's parameters, (user, positive, negative) triples from
-:class:`recsys.data.BPRSampler`, full-ranking validation every ``eval_every``
+:class:`recsys.data.BPRSampler` scored by BPR or, with ``loss="softmax"``, by a
+sampled softmax over the batch's items, full-ranking validation every ``eval_every``
 epochs, the best state kept and restored at the end.  The loop itself
 (:mod:`recsys._loop`) is shared with the click trainer.
 """
@@ -22,16 +23,41 @@ from recsys.data.sampler import SAMPLING
 from recsys.metrics import ranking_metrics
 from recsys.models import Backbone
 
-__all__ = ["OptimizerFactory", "StepLoss", "TrainConfig", "TrainHooks", "TrainResult", "device_of", "evaluate", "train_bpr",
-           "user_subset"]
+__all__ = ["LOSSES", "OptimizerFactory", "StepLoss", "TrainConfig", "TrainHooks", "TrainResult", "device_of", "evaluate",
+           "top_k_loss", "train_bpr", "user_subset"]
 
-#: ``loss(model, users, pos, neg, reg) -> scalar``: the loss of one batch (default ``model.bpr_loss``).
+#: ``loss(model, users, pos, neg, reg) -> scalar``: the loss of one batch (default: the config's, :func:`top_k_loss`).
 StepLoss = Callable[[Backbone, torch.Tensor, torch.Tensor, torch.Tensor, float], torch.Tensor]
+
+#: The objectives a top-k backbone trains with (see :mod:`recsys.models._losses`).
+LOSSES = ("bpr", "softmax")
+
+
+def top_k_loss(loss: str = "bpr", temperature: float = 0.2) -> StepLoss:
+    """The batch loss ``loss(model, users, pos, neg, reg)`` of an objective: ``model.bpr_loss`` or ``model.softmax_loss``.
+
+    Raises:
+        ValueError: for an unknown objective or a temperature that is not positive.
+    """
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if loss == "bpr":
+        return lambda model, users, pos, neg, reg: model.bpr_loss(users, pos, neg, reg)
+
+    def softmax(model: Backbone, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, reg: float) -> torch.Tensor:
+        method = getattr(model, "softmax_loss", None)
+        if method is None:
+            raise TypeError(f"{type(model).__name__} has no softmax_loss(users, pos, neg, reg, temperature); train it with loss='bpr'")
+        return method(users, pos, neg, reg, temperature)
+
+    return softmax
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """How to train a backbone with BPR.
+    """How to train a top-k backbone.
 
     Attributes:
         epochs: most passes over the training interactions (one triple per interaction).
@@ -48,6 +74,8 @@ class TrainConfig:
             users, as LightGCN samples); see :class:`recsys.data.BPRSampler`.
         eval_users: validate on a fixed random subset of this many validation
             users (chosen with ``seed``) to save time; ``None`` uses all.
+        loss: ``"bpr"`` or ``"softmax"`` (each positive against the batch's items, :data:`LOSSES`).
+        temperature: the softmax's τ (ignored by BPR); the scores are divided by it.
     """
 
     epochs: int
@@ -62,6 +90,8 @@ class TrainConfig:
     threads: int | None = None
     eval_users: int | None = None
     sampling: str = "pair"
+    loss: str = "bpr"
+    temperature: float = 0.2
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ks", tuple(int(k) for k in self.ks))
@@ -74,6 +104,7 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+        top_k_loss(self.loss, self.temperature)
         name, _, k = self.metric.partition("@")
         if name not in ("recall", "ndcg") or not k.isdigit() or int(k) not in self.ks:
             raise ValueError(f"metric must be 'recall@k' or 'ndcg@k' with k in ks={self.ks}, got {self.metric!r}")
@@ -122,7 +153,7 @@ def train_bpr(
     optimizer_factory: OptimizerFactory | None = None,
     hooks: TrainHooks | None = None,
 ) -> TrainResult:
-    """Train ``model`` with BPR, validating and early-stopping on ``data.valid``.
+    """Train ``model`` with BPR (or ``config.loss``), validating and early-stopping on ``data.valid``.
 
     Without validation interactions (``data.valid.nnz == 0``) the model trains
     for exactly ``config.epochs`` epochs and keeps its last state. Otherwise the
@@ -149,7 +180,7 @@ def train_bpr(
     eval_users = _eval_users(data, config) if data.valid.nnz else None
     loop = Fit(
         batches=lambda epoch: sampler.epoch(config.batch_size),
-        loss=lambda m, users, pos, neg, reg: m.bpr_loss(users, pos, neg, reg),
+        loss=top_k_loss(config.loss, config.temperature),
         validate=(lambda: evaluate(model, data, "valid", config.ks, users=eval_users)) if data.valid.nnz else None,
         metric=config.metric,
         state=lambda: {"sampler": sampler.state_dict()},

@@ -225,7 +225,7 @@ class OneShotController(Controller):
         """
         raise ConfigError(
             f"the {self.name} controller implements only supernet_loss (BPR, top-k data); "
-            "implement relaxed_loss(model, loss) to search other models"
+            "implement relaxed_loss(model, loss) to search click models or to train with another loss (--loss softmax)"
         )
 
     def supernet_loss(self, model: Any, users: Any, pos: Any, neg: Any, reg: float) -> Any:

@@ -11,7 +11,7 @@ backward pass (a sort of all edges), which costs more than the products themselv
 :func:`spmm` multiplies by a block and backpropagates by the block already transposed.
 
 :class:`GraphCF` is what LightGCN and NGCF share once their final vectors are known:
-the BPR loss, ranking and the evaluation cache.
+the losses (BPR, sampled softmax), ranking and the evaluation cache.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from recsys.embedding import EmbeddingProvider
+from recsys.models._losses import bpr, l2_penalty, sampled_softmax
 
 __all__ = ["GraphBlocks", "GraphCF", "normalized_blocks", "spmm"]
 
@@ -170,13 +171,24 @@ class GraphCF(nn.Module):
         final_u, final_i = self._final(self.embedding.table("user"), self.embedding.table("item"))
         u = final_u[..., users, :]
         p, n = final_i[..., pos, :], final_i[..., neg, :]
-        loss = nn.functional.softplus(-(u * (p - n)).sum(dim=-1)).mean()
-        if reg:
-            ego_u = self.embedding.lookup("user", users)
-            ego_items = self.embedding.lookup("item", torch.cat([pos, neg]))
-            # Summed over stacked variants, as MF does: the caller shares ``reg`` out between them.
-            loss = loss + reg * 0.5 * (ego_u.square().sum() + ego_items.square().sum()) / len(users)
-        return loss
+        return bpr((u * (p - n)).sum(dim=-1)) + self._l2(reg, users, torch.cat([pos, neg]))
+
+    def softmax_loss(
+        self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, reg: float, temperature: float
+    ) -> torch.Tensor:
+        """Sampled softmax of each positive among the batch's items (final vectors); L2 as :meth:`bpr_loss`."""
+        final_u, final_i = self._final(self.embedding.table("user"), self.embedding.table("item"))
+        candidates = torch.cat([pos, neg])
+        u, items = final_u[..., users, :], final_i[..., candidates, :]
+        positive = (u * items[..., : len(pos), :]).sum(dim=-1)
+        scores = u @ items.transpose(-2, -1)
+        return sampled_softmax(positive, scores, pos, candidates, temperature) + self._l2(reg, users, candidates)
+
+    def _l2(self, reg: float, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor | float:
+        """The L2 term on the batch's layer-0 vectors, summed over stacked variants (the caller shares ``reg`` out)."""
+        if not reg:
+            return 0.0
+        return l2_penalty(reg, len(users), self.embedding.lookup("user", users), self.embedding.lookup("item", items))
 
     def all_scores(self, users: torch.Tensor) -> torch.Tensor:
         """Scores of ``users`` against every item, ``(len(users), n_items)`` (stacked for variants)."""

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from recsys.embedding import EmbeddingProvider
+from recsys.models._losses import bpr, l2_penalty, sampled_softmax
 
 __all__ = ["MF"]
 
@@ -64,10 +65,23 @@ class MF(nn.Module):
         # One gather for positives and negatives: fewer kernel calls per step.
         items = self.embedding.lookup("item", torch.cat([pos, neg]))
         p, n = items.split(len(pos), dim=-2)  # dim -2: also right for stacked variants (A, 2·batch, dim)
-        loss = nn.functional.softplus(-(u * (p - n)).sum(dim=-1)).mean()  # softplus(-x) = -log σ(x)
-        if reg:
-            loss = loss + reg * 0.5 * (u.square().sum() + items.square().sum()) / len(users)
-        return loss
+        return bpr((u * (p - n)).sum(dim=-1)) + l2_penalty(reg, len(users), u, items)
+
+    def softmax_loss(
+        self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, reg: float, temperature: float
+    ) -> torch.Tensor:
+        """Sampled softmax of each positive among the batch's items, with the L2 term of :meth:`bpr_loss`.
+
+        The candidates are ``pos`` and ``neg`` together (``2·batch`` items), scored
+        against every user of the batch in one product; see
+        :func:`recsys.models._losses.sampled_softmax`.
+        """
+        u = self.embedding.lookup("user", users)
+        candidates = torch.cat([pos, neg])
+        items = self.embedding.lookup("item", candidates)
+        positive = (u * items[..., : len(pos), :]).sum(dim=-1)
+        scores = u @ items.transpose(-2, -1)  # (…, batch, 2·batch)
+        return sampled_softmax(positive, scores, pos, candidates, temperature) + l2_penalty(reg, len(users), u, items)
 
     def prefix_bpr_loss(
         self,
@@ -96,7 +110,7 @@ class MF(nn.Module):
         p, n = items.split(len(pos))
         size_u, size_p, size_n = sizes("user", users), sizes("item", pos), sizes("item", neg)
         x = _prefix_sums(u * p, torch.minimum(size_u, size_p)) - _prefix_sums(u * n, torch.minimum(size_u, size_n))
-        loss = nn.functional.softplus(-x).mean()
+        loss = bpr(x)
         if reg:
             norms = _prefix_sums(u * u, size_u) + _prefix_sums(p * p, size_p) + _prefix_sums(n * n, size_n)
             loss = loss + reg * 0.5 * norms.sum() / x.numel()

@@ -15,7 +15,8 @@ stored: with two tables per side, one decision would have to size two vectors (o
 search would face four tables whose sizes are tied), and the parameter count would be
 twice what the allocation says.  A masked provider thus masks what both branches see.
 
-Training is BPR with the L2 term on the batch's layer-0 vectors, ``reg`` per triple as in
+Training is BPR (or a sampled softmax over a capped share of the batch's items,
+:meth:`NeuMF.softmax_loss`) with the L2 term on the batch's layer-0 vectors, ``reg`` per triple as in
 :class:`~recsys.models.MF`; the tower and output weights carry no L2 (Adam trains them).
 A provider serving ``A`` masked variants returns stacked ``(A, rows, dim)`` tables; every
 operation broadcasts over that leading axis, and the loss is the mean over variants and
@@ -37,6 +38,7 @@ import torch
 from torch import nn
 
 from recsys.embedding import EmbeddingProvider
+from recsys.models._losses import bpr, l2_penalty, sampled_softmax
 
 __all__ = ["NeuMF"]
 
@@ -68,6 +70,8 @@ class NeuMF(nn.Module):
 
     #: Most values (floats) of one item chunk of the user × item grid in :meth:`all_scores`.
     grid_values: int = 2**24
+    #: Most candidates of :meth:`softmax_loss`: the tower scores every (user, candidate) pair of the batch.
+    softmax_candidates: int = 256
 
     def __init__(self, embedding: EmbeddingProvider, mlp_layers: int = 2, dropout: float = 0.0, seed: int = 0) -> None:
         super().__init__()
@@ -145,15 +149,33 @@ class NeuMF(nn.Module):
         user_part = self._user_part(u)
         x = (self._fuse(u * p, self._tower(user_part + self._item_part(p)))
              - self._fuse(u * n, self._tower(user_part + self._item_part(n))))
-        loss = nn.functional.softplus(-x).mean()  # softplus(-x) = -log σ(x)
-        if reg:
-            loss = loss + reg * 0.5 * (u.square().sum() + items.square().sum()) / len(users)
-        return loss
+        return bpr(x) + l2_penalty(reg, len(users), u, items)
+
+    def softmax_loss(
+        self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, reg: float, temperature: float
+    ) -> torch.Tensor:
+        """Sampled softmax of each positive among the batch's items; L2 as :meth:`bpr_loss`.
+
+        The tower runs for every (user, candidate) pair, so the candidates are at most
+        :attr:`softmax_candidates` of the batch's items (half positives of other rows, half
+        sampled negatives; the batch is in random order, so these are a random share).
+        """
+        u = self.embedding.lookup("user", users)
+        items = self.embedding.lookup("item", torch.cat([pos, neg]))
+        p = items[..., : len(pos), :]
+        half = min(len(pos), self.softmax_candidates // 2)
+        candidates = torch.cat([pos[:half], neg[:half]])
+        pool = torch.cat([p[..., :half, :], items[..., len(pos) : len(pos) + half, :]], dim=-2)
+        positive = self._fuse(u * p, self._tower(self._user_part(u) + self._item_part(p)))
+        return (sampled_softmax(positive, self._grid(u, pool), pos, candidates, temperature)
+                + l2_penalty(reg, len(users), u, items))
 
     def all_scores(self, users: torch.Tensor) -> torch.Tensor:
         """Scores of ``users`` against every item, ``(len(users), n_items)`` (``(A, …)`` for stacked variants)."""
-        u = self.embedding.lookup("user", users)  # (…, b, d)
-        items = self.embedding.table("item")  # (…, n, d)
+        return self._grid(self.embedding.lookup("user", users), self.embedding.table("item"))
+
+    def _grid(self, u: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """Scores ``(…, b, n)`` of user vectors ``(…, b, d)`` against item vectors ``(…, n, d)``, in item chunks."""
         weight = self.output.weight[0]
         # The GMF branch over the whole grid is one product, as MF's scores (transpose(-2, -1): stacked variants).
         gmf = (u * weight[: self.dim]) @ items.transpose(-2, -1) + self.output.bias[0]  # (…, b, n)

@@ -7,7 +7,6 @@ on each built-in controller, and the learning controllers are checked to learn.
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from controllers import CONTROLLERS

@@ -1,0 +1,117 @@
+"""The run's top-k objective reaches every stage that trains: supernet, one-shot search, fine-tune fitness."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from controllers import CONTROLLERS
+from nas.config import SearchConfig, TrainingOptions
+from nas.core import Budget, ConfigError, table_specs
+from nas.core.controller import OneShotController
+from nas.embedding import MaskableEmbedding
+from nas.evaluate import FineTuneConfig, FineTuneEvaluator
+from nas.supernet import SupernetOptions, train_one_shot, train_supernet
+from nas.tasks import TopKTask
+from recsys.data import synthetic
+from recsys.models import MF
+from recsys.train import TrainConfig
+from search_spaces import SPACES
+
+D = 16
+SOFTMAX = TrainConfig(epochs=2, batch_size=256, lr=5e-3, reg=1e-4, eval_every=2, patience=10, seed=0,
+                      loss="softmax", temperature=0.2)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(one_thread):  # noqa: ANN001 - the shared fixture of tests/conftest.py
+    """Every test here runs on one thread."""
+
+
+@pytest.fixture(scope="module")
+def data():
+    return synthetic(n_users=200, n_items=300, mean_items_per_user=15.0, seed=1)
+
+
+@pytest.fixture
+def calls(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """How often MF's two losses are called (the spies call the real ones)."""
+    counts = {"bpr_loss": 0, "softmax_loss": 0}
+    for name in counts:
+        real = getattr(MF, name)
+
+        def spy(self, *args, _real=real, _name=name):  # noqa: ANN001, ANN202
+            counts[_name] += 1
+            return _real(self, *args)
+
+        monkeypatch.setattr(MF, name, spy)
+    return counts
+
+
+def _space_budget(data):  # noqa: ANN001, ANN202
+    space = SPACES.get("per-feature")(table_specs(data.rows()), data.frequencies(), 1, D)
+    return space, Budget.from_sparsity(0.8, data.rows(), D)
+
+
+def test_the_sandwich_supernet_trains_with_the_softmax(data, calls):
+    space, budget = _space_budget(data)
+    model = MF(MaskableEmbedding(data.rows(), D, seed=0))
+    result = train_supernet(model, data, space, budget, SOFTMAX, SupernetOptions(mode="sandwich"), progress=False)
+    assert calls["softmax_loss"] > 0 and calls["bpr_loss"] == 0
+    # A softmax over 2·256 candidates starts near log(512) ≈ 6.2; BPR starts near log 2.
+    assert result.history[0]["loss"] > 3
+
+
+def test_a_one_shot_search_trains_with_the_softmax(data, calls):
+    space, budget = _space_budget(data)
+    model = MF(MaskableEmbedding(data.rows(), D, seed=0))
+    controller = CONTROLLERS.get("darts")(space, budget, seed=0)
+    train_one_shot(model, data, controller, SOFTMAX, progress=False)
+    assert calls["softmax_loss"] > 0 and calls["bpr_loss"] == 0
+    assert space.cost(controller.ask(1)[0]) <= budget.max_values
+
+
+def test_fine_tune_fitness_trains_with_the_runs_objective(data, calls):
+    space, budget = _space_budget(data)
+    model = MF(MaskableEmbedding(data.rows(), D, seed=0))
+    allocation = space.to_allocation(space.sample(np.random.default_rng(0), budget))
+    config = FineTuneConfig(steps=5, lr=0.1, reg=1e-4)
+    FineTuneEvaluator(model, data, config=config, training=TrainingOptions(loss="softmax")).fitness([allocation])
+    assert (calls["softmax_loss"], calls["bpr_loss"]) == (5, 0)
+    FineTuneEvaluator(model, data, config=config).fitness([allocation])
+    assert calls["bpr_loss"] == 5, "without the run's options fine-tuning is BPR, as before"
+
+
+def test_a_controller_with_only_the_bpr_entry_point_says_what_to_implement(data):
+    class BprOnly(OneShotController):
+        name = "bpr-only"
+
+        def supernet_loss(self, model, users, pos, neg, reg):  # noqa: ANN001, ANN201
+            return model.bpr_loss(users, pos, neg, reg)
+
+        def choose(self):  # noqa: ANN201
+            return np.full(self.space.n_decisions, self.space.grid[-1])
+
+    space, budget = _space_budget(data)
+    loss = TopKTask(data, "softmax").one_shot_loss(BprOnly(space, budget))
+    model = MF(MaskableEmbedding(data.rows(), D, seed=0))
+    with pytest.raises(ConfigError, match="implement relaxed_loss"):
+        loss(model, torch.tensor([0]), torch.tensor([1]), torch.tensor([2]), 0.0)
+    assert TopKTask(data).one_shot_loss(BprOnly(space, budget)).__name__ == "supernet_loss"
+
+
+def test_the_objective_is_a_training_option_of_top_k_runs_only(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    from nas.cli import _config_from_args, build_parser, main
+
+    config = _config_from_args(build_parser().parse_args(["search", "--loss", "softmax", "--temperature", "0.1"]))
+    assert (config.train.loss, config.train.temperature) == ("softmax", 0.1)
+    assert config.train.to_train_config(0, None).loss == "softmax"
+    assert SearchConfig.from_dict(config.to_dict()) == config
+    assert main(["search", "--runs", str(tmp_path), "--model", "deepfm", "--loss", "softmax", "--quiet"]) == 2
+    assert "click models train with binary cross-entropy" in capsys.readouterr().err
+    assert main(["search", "--runs", str(tmp_path), "--temperature", "0", "--quiet"]) == 2
+    assert "temperature must be > 0" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
