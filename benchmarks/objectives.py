@@ -1,13 +1,13 @@
 """BPR against the sampled softmax: the full model and equal sizes under a budget, for each top-k objective.
 
-    python benchmarks/objectives.py --dataset lastfm --models mf lightgcn --objectives bpr softmax:0.1 softmax:0.2 softmax:0.5
+    python benchmarks/objectives.py --dataset lastfm --models mf lightgcn --objectives bpr softmax:2 softmax:4 softmax:4:1024
     python benchmarks/objectives.py --dataset lastfm --report
 
 Every job is one ``embnas search`` run (``nas.search.run_search``) with ``--controller
 equal``: its plain training is the full model, and its retrained allocation is every row at
 the same size under the budget.  The data splits, optimiser, epochs, early stopping and
 seed are those of ``benchmarks/bet_runs.py`` (``PROTOCOL``); only the objective changes
-(``bpr``, or ``softmax:τ`` for the sampled softmax at temperature τ).  Jobs run one after
+(``bpr``, or ``softmax:τ:k`` for the sampled softmax at temperature τ against k negatives).  Jobs run one after
 another in ``runs/objectives_<dataset>/<model>-<objective>-<sparsity>``; a finished job is
 not run again and an interrupted one resumes.
 """
@@ -23,27 +23,32 @@ from bet_runs import DATASETS, PROTOCOL, config_for
 
 from nas.config import TrainingOptions
 from nas.search import run_search
+from recsys.train import SOFTMAX_NEGATIVES, SOFTMAX_TEMPERATURE
 
 
-def parse_objective(text: str) -> tuple[str, float]:
-    """``"bpr"`` or ``"softmax:τ"`` as ``(loss, temperature)``."""
-    loss, _, temperature = text.partition(":")
-    if loss == "bpr" and not temperature:
-        return "bpr", 0.2
-    if loss == "softmax" and temperature:
-        return "softmax", float(temperature)
-    raise argparse.ArgumentTypeError(f"an objective is 'bpr' or 'softmax:TEMPERATURE', got {text!r}")
+def parse_objective(text: str) -> dict:
+    """``"bpr"``, ``"softmax"``, ``"softmax:τ"`` or ``"softmax:τ:k"`` as training options (defaults where left out)."""
+    loss, *rest = text.split(":")
+    if loss == "bpr" and not rest:
+        return {"loss": "bpr"}
+    if loss == "softmax" and len(rest) <= 2:
+        options = {"loss": "softmax", "temperature": SOFTMAX_TEMPERATURE, "negatives": SOFTMAX_NEGATIVES}
+        if rest:
+            options["temperature"] = float(rest[0])
+        if len(rest) == 2:
+            options["negatives"] = int(rest[1])
+        return options
+    raise argparse.ArgumentTypeError(f"an objective is 'bpr' or 'softmax[:TEMPERATURE[:NEGATIVES]]', got {text!r}")
 
 
 def job_name(model: str, objective: str, sparsity: float) -> str:
-    return f"{model}-{objective.replace(':', '')}-{sparsity}"
+    return f"{model}-{objective.replace(':', '_')}-{sparsity}"
 
 
 def run_job(args: argparse.Namespace, model: str, objective: str, sparsity: float) -> None:
-    loss, temperature = parse_objective(objective)
     base = config_for(args.dataset, args.data_dir, {"controller": "equal", "model": model, "budget": str(sparsity)},
                       args.threads, args.seed)
-    train = TrainingOptions(**{**vars(base.train), "loss": loss, "temperature": temperature})
+    train = TrainingOptions(**{**vars(base.train), **parse_objective(objective)})
     config = type(base)(**{**{f: getattr(base, f) for f in base.__dataclass_fields__}, "train": train})
     run_search(config, args.runs, job_name(model, objective, sparsity), progress=not args.quiet)
 
@@ -57,14 +62,15 @@ def report(runs: Path) -> str:
         if not metrics_path.exists():
             continue
         metrics = json.loads(metrics_path.read_text())
-        train = json.loads((folder / "config.json").read_text())["config"]["train"]
-        objective = "bpr" if train["loss"] == "bpr" else f"softmax τ={train['temperature']}"
+        config = json.loads((folder / "config.json").read_text())["config"]
+        train = config["train"]
+        objective = "bpr" if train["loss"] == "bpr" else f"softmax τ={train['temperature']:g}, {train['negatives']} negatives"
         trained = next(json.loads(line) for line in (folder / "events.jsonl").read_text().splitlines()
                        if '"stage":"supernet"' in line)
         full, equal = metrics["full"]["test"], metrics["allocated"]["test"]
         per_epoch = trained["seconds"] / max(trained["epochs_run"], 1)
         lines.append(
-            f"| {folder.name.split('-')[0]} | {objective} | {full['recall@20']:.4f} | {full['ndcg@20']:.4f} | "
+            f"| {config['model']} | {objective} | {full['recall@20']:.4f} | {full['ndcg@20']:.4f} | "
             f"{trained['best_epoch']} / {trained['epochs_run']} | {per_epoch:.2f} | {equal['recall@20']:.4f} | "
             f"{equal['ndcg@20']:.4f} | {equal['ndcg@20'] / full['ndcg@20']:.3f} |"
         )
@@ -76,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dataset", choices=sorted(DATASETS), required=True)
     parser.add_argument("--data-dir", type=Path, default=Path("../shared/data"))
     parser.add_argument("--models", nargs="+", default=["mf"])
-    parser.add_argument("--objectives", nargs="+", default=["bpr", "softmax:0.2"])
+    parser.add_argument("--objectives", nargs="+", default=["bpr", "softmax"])
     parser.add_argument("--sparsities", type=float, nargs="+", default=[0.9])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)

@@ -106,9 +106,11 @@ def _add_search_options(parser: argparse.ArgumentParser) -> None:
                        help="BPR triples per epoch: each train pair once, or uniform users as LightGCN (default: %(default)s)")
     model.add_argument("--loss", choices=LOSSES, default=train.loss,
                        help="top-k objective: BPR against one sampled item, or a sampled softmax of each positive against "
-                            "the batch's items (converges in fewer epochs) (default: %(default)s)")
+                            "--negatives uniform items shared by the batch (fewer epochs) (default: %(default)s)")
     model.add_argument("--temperature", type=float, default=train.temperature,
                        help="the softmax's temperature: scores are divided by it (default: %(default)s)")
+    model.add_argument("--negatives", type=int, default=train.negatives,
+                       help="the softmax's negatives per batch, at most --batch-size (default: %(default)s)")
     model.add_argument("--checkpoint-every", type=int, default=train.checkpoint_every, help="epochs between training checkpoints (default: %(default)s)")
     run = parser.add_argument_group("run")
     run.add_argument("--seed", type=int, default=defaults.seed, help="fixes the whole run (default: %(default)s)")
@@ -150,7 +152,7 @@ def _config_from_args(args: argparse.Namespace):  # noqa: ANN202
              "eval_every": args.eval_every, "patience": args.patience}
     train = replace(TRAINING_DEFAULTS[task], **{k: v for k, v in given.items() if v is not None},
                     sampling=args.sampling, checkpoint_every=args.checkpoint_every, loss=args.loss,
-                    temperature=args.temperature)
+                    temperature=args.temperature, negatives=args.negatives)
     protocol = {
         "supernet": SupernetOptions(mode=args.supernet, proposals=args.supernet_proposals), "evaluator": args.evaluator,
         "finetune": FineTuneConfig(steps=args.finetune_steps, reg=train.reg), "retrain": args.retrain,

@@ -16,7 +16,7 @@ from nas.core.errors import ConfigError
 from nas.data_source import CLICK_FORMATS, TOP_K_FORMATS, DataSpec
 from nas.evaluate import EVALUATORS, FineTuneConfig
 from nas.supernet import SupernetOptions
-from recsys.train import TrainConfig
+from recsys.train import SOFTMAX_NEGATIVES, SOFTMAX_TEMPERATURE, TrainConfig
 
 __all__ = ["D_MAX_DEFAULTS", "KS", "RETRAIN_MODES", "TRAINING_DEFAULTS", "SearchConfig", "TrainingOptions"]
 
@@ -32,8 +32,9 @@ RETRAIN_MODES = ("full", "halving", "finetune")
 class TrainingOptions:
     """Training of the supernet and of the retrained allocations.
 
-    Top-k backbones train with BPR or, with ``loss="softmax"``, a sampled softmax over each
-    batch's items at ``temperature`` (:class:`recsys.train.TrainConfig`); click backbones
+    Top-k backbones train with BPR or, with ``loss="softmax"``, a sampled softmax against
+    ``negatives`` uniform items shared by each batch, at ``temperature``
+    (:class:`recsys.train.TrainConfig`); click backbones
     with binary cross-entropy (:class:`recsys.train_ctr.CTRTrainConfig`, early stopping
     on validation AUC; ``sampling`` does not apply, and ``loss`` must stay ``"bpr"``).  ``checkpoint_every`` epochs the
     whole training state is saved in the run, so a run killed mid-training resumes from
@@ -49,7 +50,8 @@ class TrainingOptions:
     sampling: str = "pair"
     checkpoint_every: int = 1
     loss: str = "bpr"
-    temperature: float = 0.2
+    temperature: float = SOFTMAX_TEMPERATURE
+    negatives: int = SOFTMAX_NEGATIVES
 
     def __post_init__(self) -> None:
         if self.checkpoint_every < 1:
@@ -63,7 +65,7 @@ class TrainingOptions:
         return TrainConfig(
             epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, reg=self.reg,
             eval_every=self.eval_every, patience=self.patience, ks=KS, seed=seed, threads=threads,
-            sampling=self.sampling, loss=self.loss, temperature=self.temperature,
+            sampling=self.sampling, loss=self.loss, temperature=self.temperature, negatives=self.negatives,
         )
 
 

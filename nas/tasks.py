@@ -42,6 +42,8 @@ from recsys.metrics import (
     ranking_metrics_many,
 )
 from recsys.train import (
+    SOFTMAX_NEGATIVES,
+    SOFTMAX_TEMPERATURE,
     TrainConfig,
     TrainHooks,
     TrainResult,
@@ -194,6 +196,7 @@ class TopKTask(Task):
             :data:`recsys.train.LOSSES`): the trainer's, the fine-tune's, the supernet's and
             the one-shot controllers' alike.
         temperature: the softmax's τ.
+        negatives: the softmax's negatives per batch.
     """
 
     name = "top-k"
@@ -202,10 +205,13 @@ class TopKTask(Task):
 
     data: InteractionData
 
-    def __init__(self, data: InteractionData, loss: str = "bpr", temperature: float = 0.2) -> None:
+    def __init__(
+        self, data: InteractionData, loss: str = "bpr", temperature: float = SOFTMAX_TEMPERATURE,
+        negatives: int = SOFTMAX_NEGATIVES,
+    ) -> None:
         super().__init__(data)
         self.loss = loss
-        self.step_loss = top_k_loss(loss, temperature)
+        self.step_loss = top_k_loss(loss, temperature, negatives)
 
     def train_config(self, options: TrainingOptions, seed: int, threads: int | None) -> TrainConfig:
         return options.to_train_config(seed, threads)
@@ -341,7 +347,7 @@ def task_for(data: Any, training: Any = None) -> Task:
     if isinstance(data, InteractionData):
         if training is None or not hasattr(training, "loss"):
             return TopKTask(data)
-        return TopKTask(data, training.loss, training.temperature)
+        return TopKTask(data, training.loss, training.temperature, training.negatives)
     raise ConfigError(f"no task learns from {type(data).__name__}; give InteractionData or CTRData")
 
 

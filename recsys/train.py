@@ -3,7 +3,7 @@
 The trainer is the same for every :class:`~recsys.models.Backbone`: Adam on the
 model's parameters, (user, positive, negative) triples from
 :class:`recsys.data.BPRSampler` scored by BPR or, with ``loss="softmax"``, by a
-sampled softmax over the batch's items, full-ranking validation every ``eval_every``
+sampled softmax against negatives shared by the batch, full-ranking validation every ``eval_every``
 epochs, the best state kept and restored at the end.  The loop itself
 (:mod:`recsys._loop`) is shared with the click trainer.
 """
@@ -23,7 +23,7 @@ from recsys.data.sampler import SAMPLING
 from recsys.metrics import ranking_metrics
 from recsys.models import Backbone
 
-__all__ = ["LOSSES", "OptimizerFactory", "StepLoss", "TrainConfig", "TrainHooks", "TrainResult", "device_of", "evaluate",
+__all__ = ["LOSSES", "SOFTMAX_NEGATIVES", "SOFTMAX_TEMPERATURE", "OptimizerFactory", "StepLoss", "TrainConfig", "TrainHooks", "TrainResult", "device_of", "evaluate",
            "top_k_loss", "train_bpr", "user_subset"]
 
 #: ``loss(model, users, pos, neg, reg) -> scalar``: the loss of one batch (default: the config's, :func:`top_k_loss`).
@@ -31,26 +31,36 @@ StepLoss = Callable[[Backbone, torch.Tensor, torch.Tensor, torch.Tensor, float],
 
 #: The objectives a top-k backbone trains with (see :mod:`recsys.models._losses`).
 LOSSES = ("bpr", "softmax")
+#: The softmax's defaults: the best of τ in {0.5, 1, 2, 3, 4} with 256 negatives for MF on Last.fm
+#: (docs/results.md §11); more negatives cost more per step for a little more quality.
+SOFTMAX_TEMPERATURE, SOFTMAX_NEGATIVES = 4.0, 256
 
 
-def top_k_loss(loss: str = "bpr", temperature: float = 0.2) -> StepLoss:
-    """The batch loss ``loss(model, users, pos, neg, reg)`` of an objective: ``model.bpr_loss`` or ``model.softmax_loss``.
+def top_k_loss(loss: str = "bpr", temperature: float = SOFTMAX_TEMPERATURE, negatives: int = SOFTMAX_NEGATIVES) -> StepLoss:
+    """The batch loss ``loss(model, users, pos, neg, reg)`` of an objective.
+
+    ``"bpr"`` is ``model.bpr_loss``.  ``"softmax"`` is ``model.softmax_loss`` against the
+    first ``negatives`` of the batch's sampled negatives (uniform unobserved items, in
+    random order), shared by every row.
 
     Raises:
-        ValueError: for an unknown objective or a temperature that is not positive.
+        ValueError: for an unknown objective, a temperature that is not positive or no negatives.
     """
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
+    if negatives < 1:
+        raise ValueError(f"negatives must be at least 1, got {negatives}")
     if loss == "bpr":
         return lambda model, users, pos, neg, reg: model.bpr_loss(users, pos, neg, reg)
 
     def softmax(model: Backbone, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, reg: float) -> torch.Tensor:
         method = getattr(model, "softmax_loss", None)
         if method is None:
-            raise TypeError(f"{type(model).__name__} has no softmax_loss(users, pos, neg, reg, temperature); train it with loss='bpr'")
-        return method(users, pos, neg, reg, temperature)
+            raise TypeError(f"{type(model).__name__} has no softmax_loss(users, pos, negatives, reg, temperature); "
+                            "train it with loss='bpr'")
+        return method(users, pos, neg[:negatives], reg, temperature)
 
     return softmax
 
@@ -74,8 +84,10 @@ class TrainConfig:
             users, as LightGCN samples); see :class:`recsys.data.BPRSampler`.
         eval_users: validate on a fixed random subset of this many validation
             users (chosen with ``seed``) to save time; ``None`` uses all.
-        loss: ``"bpr"`` or ``"softmax"`` (each positive against the batch's items, :data:`LOSSES`).
+        loss: ``"bpr"`` or ``"softmax"`` (each positive against shared uniform negatives, :data:`LOSSES`).
         temperature: the softmax's τ (ignored by BPR); the scores are divided by it.
+        negatives: the softmax's negatives per batch, shared by its rows (at most ``batch_size``;
+            the cost of a step grows with ``batch_size × negatives``).
     """
 
     epochs: int
@@ -91,7 +103,8 @@ class TrainConfig:
     eval_users: int | None = None
     sampling: str = "pair"
     loss: str = "bpr"
-    temperature: float = 0.2
+    temperature: float = SOFTMAX_TEMPERATURE
+    negatives: int = SOFTMAX_NEGATIVES
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ks", tuple(int(k) for k in self.ks))
@@ -104,7 +117,9 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
-        top_k_loss(self.loss, self.temperature)
+        top_k_loss(self.loss, self.temperature, self.negatives)
+        if self.loss == "softmax" and self.negatives > self.batch_size:
+            raise ValueError(f"negatives ({self.negatives}) are drawn with the batch: at most batch_size ({self.batch_size})")
         name, _, k = self.metric.partition("@")
         if name not in ("recall", "ndcg") or not k.isdigit() or int(k) not in self.ks:
             raise ValueError(f"metric must be 'recall@k' or 'ndcg@k' with k in ks={self.ks}, got {self.metric!r}")
@@ -180,7 +195,7 @@ def train_bpr(
     eval_users = _eval_users(data, config) if data.valid.nnz else None
     loop = Fit(
         batches=lambda epoch: sampler.epoch(config.batch_size),
-        loss=top_k_loss(config.loss, config.temperature),
+        loss=top_k_loss(config.loss, config.temperature, config.negatives),
         validate=(lambda: evaluate(model, data, "valid", config.ks, users=eval_users)) if data.valid.nnz else None,
         metric=config.metric,
         state=lambda: {"sampler": sampler.state_dict()},

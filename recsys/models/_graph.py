@@ -174,15 +174,14 @@ class GraphCF(nn.Module):
         return bpr((u * (p - n)).sum(dim=-1)) + self._l2(reg, users, torch.cat([pos, neg]))
 
     def softmax_loss(
-        self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, reg: float, temperature: float
+        self, users: torch.Tensor, pos: torch.Tensor, negatives: torch.Tensor, reg: float, temperature: float
     ) -> torch.Tensor:
-        """Sampled softmax of each positive among the batch's items (final vectors); L2 as :meth:`bpr_loss`."""
+        """Sampled softmax of each positive against negatives shared by the batch (final vectors); L2 on layer 0."""
         final_u, final_i = self._final(self.embedding.table("user"), self.embedding.table("item"))
-        candidates = torch.cat([pos, neg])
-        u, items = final_u[..., users, :], final_i[..., candidates, :]
-        positive = (u * items[..., : len(pos), :]).sum(dim=-1)
-        scores = u @ items.transpose(-2, -1)
-        return sampled_softmax(positive, scores, pos, candidates, temperature) + self._l2(reg, users, candidates)
+        u, p, n = final_u[..., users, :], final_i[..., pos, :], final_i[..., negatives, :]
+        scores = u @ n.transpose(-2, -1)
+        return (sampled_softmax((u * p).sum(dim=-1), scores, pos, negatives, temperature)
+                + self._l2(reg, users, torch.cat([pos, negatives])))
 
     def _l2(self, reg: float, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor | float:
         """The L2 term on the batch's layer-0 vectors, summed over stacked variants (the caller shares ``reg`` out)."""

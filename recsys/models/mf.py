@@ -68,20 +68,25 @@ class MF(nn.Module):
         return bpr((u * (p - n)).sum(dim=-1)) + l2_penalty(reg, len(users), u, items)
 
     def softmax_loss(
-        self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, reg: float, temperature: float
+        self, users: torch.Tensor, pos: torch.Tensor, negatives: torch.Tensor, reg: float, temperature: float
     ) -> torch.Tensor:
-        """Sampled softmax of each positive among the batch's items, with the L2 term of :meth:`bpr_loss`.
+        """Sampled softmax of each positive against negatives shared by the batch; L2 as :meth:`bpr_loss`.
 
-        The candidates are ``pos`` and ``neg`` together (``2·batch`` items), scored
-        against every user of the batch in one product; see
-        :func:`recsys.models._losses.sampled_softmax`.
+        Every user of the batch is scored against every one of ``negatives`` in one
+        product; see :func:`recsys.models._losses.sampled_softmax`.  The L2 term covers
+        the vectors looked up: the users, their positives and the shared negatives.
+
+        Args:
+            users, pos: int64 ids of shape ``(batch,)``.
+            negatives: int64 item ids ``(k,)`` shared by every row (drawn uniformly).
+            reg: weight of the L2 term, per triple.
+            temperature: τ > 0.
         """
         u = self.embedding.lookup("user", users)
-        candidates = torch.cat([pos, neg])
-        items = self.embedding.lookup("item", candidates)
-        positive = (u * items[..., : len(pos), :]).sum(dim=-1)
-        scores = u @ items.transpose(-2, -1)  # (…, batch, 2·batch)
-        return sampled_softmax(positive, scores, pos, candidates, temperature) + l2_penalty(reg, len(users), u, items)
+        items = self.embedding.lookup("item", torch.cat([pos, negatives]))
+        p, n = items.split([len(pos), len(negatives)], dim=-2)
+        scores = u @ n.transpose(-2, -1)  # (…, batch, k)
+        return sampled_softmax((u * p).sum(dim=-1), scores, pos, negatives, temperature) + l2_penalty(reg, len(users), u, items)
 
     def prefix_bpr_loss(
         self,

@@ -15,7 +15,7 @@ stored: with two tables per side, one decision would have to size two vectors (o
 search would face four tables whose sizes are tied), and the parameter count would be
 twice what the allocation says.  A masked provider thus masks what both branches see.
 
-Training is BPR (or a sampled softmax over a capped share of the batch's items,
+Training is BPR (or a sampled softmax against at most 256 shared negatives,
 :meth:`NeuMF.softmax_loss`) with the L2 term on the batch's layer-0 vectors, ``reg`` per triple as in
 :class:`~recsys.models.MF`; the tower and output weights carry no L2 (Adam trains them).
 A provider serving ``A`` masked variants returns stacked ``(A, rows, dim)`` tables; every
@@ -70,7 +70,7 @@ class NeuMF(nn.Module):
 
     #: Most values (floats) of one item chunk of the user × item grid in :meth:`all_scores`.
     grid_values: int = 2**24
-    #: Most candidates of :meth:`softmax_loss`: the tower scores every (user, candidate) pair of the batch.
+    #: Most negatives of :meth:`softmax_loss`: the tower scores every (user, negative) pair of the batch.
     softmax_candidates: int = 256
 
     def __init__(self, embedding: EmbeddingProvider, mlp_layers: int = 2, dropout: float = 0.0, seed: int = 0) -> None:
@@ -152,23 +152,19 @@ class NeuMF(nn.Module):
         return bpr(x) + l2_penalty(reg, len(users), u, items)
 
     def softmax_loss(
-        self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, reg: float, temperature: float
+        self, users: torch.Tensor, pos: torch.Tensor, negatives: torch.Tensor, reg: float, temperature: float
     ) -> torch.Tensor:
-        """Sampled softmax of each positive among the batch's items; L2 as :meth:`bpr_loss`.
+        """Sampled softmax of each positive against negatives shared by the batch; L2 as :meth:`bpr_loss`.
 
-        The tower runs for every (user, candidate) pair, so the candidates are at most
-        :attr:`softmax_candidates` of the batch's items (half positives of other rows, half
-        sampled negatives; the batch is in random order, so these are a random share).
+        The tower runs for every (user, negative) pair, so at most :attr:`softmax_candidates`
+        of ``negatives`` are used.
         """
+        negatives = negatives[: self.softmax_candidates]
         u = self.embedding.lookup("user", users)
-        items = self.embedding.lookup("item", torch.cat([pos, neg]))
-        p = items[..., : len(pos), :]
-        half = min(len(pos), self.softmax_candidates // 2)
-        candidates = torch.cat([pos[:half], neg[:half]])
-        pool = torch.cat([p[..., :half, :], items[..., len(pos) : len(pos) + half, :]], dim=-2)
+        items = self.embedding.lookup("item", torch.cat([pos, negatives]))
+        p, n = items.split([len(pos), len(negatives)], dim=-2)
         positive = self._fuse(u * p, self._tower(self._user_part(u) + self._item_part(p)))
-        return (sampled_softmax(positive, self._grid(u, pool), pos, candidates, temperature)
-                + l2_penalty(reg, len(users), u, items))
+        return sampled_softmax(positive, self._grid(u, n), pos, negatives, temperature) + l2_penalty(reg, len(users), u, items)
 
     def all_scores(self, users: torch.Tensor) -> torch.Tensor:
         """Scores of ``users`` against every item, ``(len(users), n_items)`` (``(A, …)`` for stacked variants)."""

@@ -23,7 +23,7 @@ from search_spaces import SPACES
 
 D = 16
 SOFTMAX = TrainConfig(epochs=2, batch_size=256, lr=5e-3, reg=1e-4, eval_every=2, patience=10, seed=0,
-                      loss="softmax", temperature=0.2)
+                      loss="softmax", temperature=1.0, negatives=128)
 
 
 @pytest.fixture(autouse=True)
@@ -61,7 +61,7 @@ def test_the_sandwich_supernet_trains_with_the_softmax(data, calls):
     model = MF(MaskableEmbedding(data.rows(), D, seed=0))
     result = train_supernet(model, data, space, budget, SOFTMAX, SupernetOptions(mode="sandwich"), progress=False)
     assert calls["softmax_loss"] > 0 and calls["bpr_loss"] == 0
-    # A softmax over 2·256 candidates starts near log(512) ≈ 6.2; BPR starts near log 2.
+    # A softmax against 128 negatives starts near log(129) ≈ 4.9; BPR starts near log 2.
     assert result.history[0]["loss"] > 3
 
 
@@ -106,8 +106,9 @@ def test_a_controller_with_only_the_bpr_entry_point_says_what_to_implement(data)
 def test_the_objective_is_a_training_option_of_top_k_runs_only(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     from nas.cli import _config_from_args, build_parser, main
 
-    config = _config_from_args(build_parser().parse_args(["search", "--loss", "softmax", "--temperature", "0.1"]))
-    assert (config.train.loss, config.train.temperature) == ("softmax", 0.1)
+    config = _config_from_args(build_parser().parse_args(["search", "--loss", "softmax", "--temperature", "0.1",
+                                                          "--negatives", "64"]))
+    assert (config.train.loss, config.train.temperature, config.train.negatives) == ("softmax", 0.1, 64)
     assert config.train.to_train_config(0, None).loss == "softmax"
     assert SearchConfig.from_dict(config.to_dict()) == config
     assert main(["search", "--runs", str(tmp_path), "--model", "deepfm", "--loss", "softmax", "--quiet"]) == 2

@@ -50,11 +50,11 @@ def _model(name: str, embedding) -> torch.nn.Module:  # noqa: ANN001
 BATCH = (torch.tensor([0, 5, 9, 9, 12, 3]), torch.tensor([1, 2, 3, 1, 7, 8]), torch.tensor([4, 2, 6, 0, 1, 39]))
 
 
-def _reference(model, users, pos, neg, temperature: float, candidates: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
-    """Row by row from ``model.score``: the positive against every candidate of another id."""
+def _reference(model, users, pos, negatives, temperature: float) -> torch.Tensor:  # noqa: ANN001
+    """Row by row from ``model.score``: the positive against every shared negative of another id."""
     losses = []
     for user, positive in zip(users.tolist(), pos.tolist()):
-        others = [c for c in candidates.tolist() if c != positive]
+        others = [c for c in negatives.tolist() if c != positive]
         items = torch.tensor([positive, *others])
         logits = model.score(torch.full_like(items, user), items) / temperature
         losses.append(torch.logsumexp(logits, 0) - logits[0])
@@ -80,18 +80,24 @@ def test_softmax_loss_is_the_definition_from_the_models_own_scores(name):
     users, pos, neg = BATCH
     for temperature in (1.0, 0.2):
         loss = model.softmax_loss(users, pos, neg, 0.0, temperature)
-        torch.testing.assert_close(loss, _reference(model, users, pos, neg, temperature, torch.cat([pos, neg])))
+        torch.testing.assert_close(loss, _reference(model, users, pos, neg, temperature))
     # The L2 term is BPR's: the same vectors, the same per-triple weight.
     l2 = model.bpr_loss(users, pos, neg, 0.01) - model.bpr_loss(users, pos, neg, 0.0)
     torch.testing.assert_close(model.softmax_loss(users, pos, neg, 0.01, 0.2) - model.softmax_loss(users, pos, neg, 0.0, 0.2), l2)
 
 
-def test_neumf_scores_a_capped_random_share_of_the_batch():
+def test_neumf_scores_a_capped_share_of_the_negatives():
     model = _model("neumf", PlainEmbedding(ROWS, DIM, std=0.3, seed=3))
     model.softmax_candidates = 4
     users, pos, neg = BATCH
-    candidates = torch.cat([pos[:2], neg[:2]])
-    torch.testing.assert_close(model.softmax_loss(users, pos, neg, 0.0, 0.5), _reference(model, users, pos, neg, 0.5, candidates))
+    torch.testing.assert_close(model.softmax_loss(users, pos, neg, 0.0, 0.5), _reference(model, users, pos, neg[:4], 0.5))
+
+
+def test_the_trainers_softmax_takes_the_first_negatives_of_the_batch():
+    model = _model("mf", PlainEmbedding(ROWS, DIM, std=0.3, seed=3))
+    users, pos, neg = BATCH
+    torch.testing.assert_close(top_k_loss("softmax", 0.5, negatives=3)(model, users, pos, neg, 0.0),
+                               _reference(model, users, pos, neg[:3], 0.5))
 
 
 @pytest.mark.parametrize("name", ["mf", "lightgcn", "neumf"])
@@ -114,7 +120,7 @@ def test_the_softmax_sandwich_is_the_mean_of_its_variants_losses(name):
 def test_the_task_trains_every_batch_with_the_runs_objective():
     data = synthetic(n_users=30, n_items=40, mean_items_per_user=4.0, seed=0)
     model = _model("mf", PlainEmbedding(ROWS, DIM, std=0.3, seed=3))
-    config = TrainConfig(epochs=1, batch_size=8, lr=0.01, reg=0.0, loss="softmax", temperature=0.5)
+    config = TrainConfig(epochs=1, batch_size=8, lr=0.01, reg=0.0, loss="softmax", temperature=0.5, negatives=8)
     task = task_for(data, config)
     assert isinstance(task, TopKTask) and task.loss == "softmax"
     torch.testing.assert_close(task.batch_loss(model, BATCH, 0.0), model.softmax_loss(*BATCH, 0.0, 0.5))
@@ -131,7 +137,9 @@ def test_a_backbone_without_softmax_loss_is_told_to_train_with_bpr():
 
 
 @pytest.mark.parametrize(("changes", "match"), [({"loss": "hinge"}, "loss must be one of"),
-                                                 ({"loss": "softmax", "temperature": 0.0}, "temperature must be > 0")])
+                                                 ({"loss": "softmax", "temperature": 0.0}, "temperature must be > 0"),
+                                                 ({"loss": "softmax", "negatives": 0}, "negatives must be at least 1"),
+                                                 ({"loss": "softmax", "negatives": 9}, "at most batch_size")])
 def test_bad_objectives_are_refused(changes, match):
     with pytest.raises(ValueError, match=match):
         TrainConfig(epochs=1, batch_size=8, lr=0.01, reg=0.0, **changes)
@@ -144,7 +152,7 @@ def test_softmax_training_learns_far_above_random(name):
     model = MF(embedding) if name == "mf" else LightGCN(embedding, data.train, layers=2)
     before = evaluate(model, data, "test")
     config = TrainConfig(epochs=30, batch_size=256, lr=0.01, reg=1e-4, eval_every=5, patience=100, seed=0,
-                         loss="softmax", temperature=0.2)
+                         loss="softmax", temperature=1.0, negatives=128)
     result = train_bpr(model, data, config, progress=False)
     after = evaluate(model, data, "test")
     assert result.history[-1]["loss"] < result.history[0]["loss"]
