@@ -92,6 +92,25 @@ def test_every_controller_completes_a_small_search_on_every_space(name, space, m
     assert metrics["export"]["bytes_stored"] > 0 and metrics["trials"] >= 1
 
 
+@pytest.mark.parametrize("model", ["mf", "lightgcn", "neumf"])
+@pytest.mark.parametrize("name", CONTROLLERS.names())
+def test_every_controller_completes_a_small_search_trained_with_the_softmax(name, model, tmp_path):
+    """The sampled softmax reaches every stage that trains (supernet, one-shot search, fine-tunes, retrains)."""
+    from nas.config import SearchConfig, TrainingOptions
+    from nas.data_source import DataSpec
+    from nas.search import run_search
+
+    config = SearchConfig(
+        data=DataSpec("synthetic", extra={"n_users": 200, "n_items": 300, "mean_items_per_user": 10.0}),
+        model=model, controller=name, budget="0.8", d_max=16, trials=3, retrain_top=2, fitness_users=0, threads=1,
+        evaluator="finetune" if name == "bet" else "supernet",
+        train=TrainingOptions(epochs=1, batch_size=1024, eval_every=1, patience=5, loss="softmax", negatives=64),
+    )
+    metrics = run_search(config, tmp_path, progress=False)
+    assert metrics["allocation"]["values"] <= metrics["budget"]["max_values"]
+    assert metrics["allocated"]["test"]["recall@20"] >= 0 and metrics["trials"] >= 1
+
+
 #: Tiny click data: two long-tailed id fields, a small one and a field with fewer rows than the block space's groups.
 TINY_CLICKS = {"n_rows": 1500, "fields": {"user": 120, "item": 160, "genre": 12, "flag": 2}}
 
