@@ -31,9 +31,10 @@ StepLoss = Callable[[Backbone, torch.Tensor, torch.Tensor, torch.Tensor, float],
 
 #: The objectives a top-k backbone trains with (see :mod:`recsys.models._losses`).
 LOSSES = ("bpr", "softmax")
-#: The softmax's defaults: the best of τ in {0.5, 1, 2, 3, 4} with 256 negatives for MF on Last.fm
-#: (docs/results.md §11); more negatives cost more per step for a little more quality.
-SOFTMAX_TEMPERATURE, SOFTMAX_NEGATIVES = 4.0, 256
+#: The softmax's defaults (docs/results.md §11): with 256 negatives, τ 2 beat BPR for MF and
+#: LightGCN on Last.fm, full and compressed; τ 4 is better for a full MF and slower to learn.
+#: More negatives cost more per step for a little more quality.
+SOFTMAX_TEMPERATURE, SOFTMAX_NEGATIVES = 2.0, 256
 
 
 def top_k_loss(loss: str = "bpr", temperature: float = SOFTMAX_TEMPERATURE, negatives: int = SOFTMAX_NEGATIVES) -> StepLoss:
