@@ -3,6 +3,7 @@
     python benchmarks/bet_runs.py --dataset gowalla --plan main --shard 1/2 --threads 1   # and --shard 2/2 beside it
     python benchmarks/bet_runs.py --dataset gowalla --plan ablation --shard 1/2 --threads 1
     python benchmarks/bet_runs.py --dataset lastfm --plan main ablation faithful --threads 1
+    python benchmarks/bet_runs.py --dataset lastfm --model lightgcn --plan main --threads 1
     python benchmarks/bet_runs.py --dataset gowalla --report        # the tables, from the finished runs
 
 Every job is one ``embnas search`` run (``nas.search.run_search``) in
@@ -226,6 +227,7 @@ def main() -> None:
     parser.add_argument("--sparsities", type=float, nargs="+", default=[0.8, 0.9, 0.95])
     parser.add_argument("--shard", default="1/1", help="k/n: run every n-th job from the k-th (run n shards side by side)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--model", default="mf", help="the backbone (runs in runs/bet_<dataset>_<model> unless mf)")
     parser.add_argument("--seed", type=int, default=0, help="the runs' seed (use another --runs folder per seed)")
     parser.add_argument("--runs", type=Path, default=Path("runs"))
     parser.add_argument("--space-controllers", nargs=2, default=SPACE_CONTROLLERS, metavar="NAME",
@@ -234,7 +236,7 @@ def main() -> None:
     parser.add_argument("--report", action="store_true", help="print the tables of the finished jobs, run nothing")
     args = parser.parse_args()
     SPACE_CONTROLLERS[:] = args.space_controllers
-    folder = args.runs / f"bet_{args.dataset}"
+    folder = args.runs / (f"bet_{args.dataset}" if args.model == "mf" else f"bet_{args.dataset}_{args.model}")
     planned = jobs(args.dataset, list(PLANS) if args.report else args.plan, args.sparsities)
     if args.jobs:
         unknown = set(args.jobs) - {name for name, _ in planned}
@@ -256,7 +258,7 @@ def main() -> None:
         sys.exit(f"--shard must be k/n with 1 <= k <= n, got {args.shard}")
     fingerprint = None
     for name, overrides in planned[k - 1 :: n]:
-        config = config_for(args.dataset, args.data_dir, overrides, args.threads, args.seed)
+        config = config_for(args.dataset, args.data_dir, {**overrides, "model": args.model}, args.threads, args.seed)
         fingerprint = fingerprint or load_data(config.data).fingerprint()
         shared = share_supernet(folder, name, config, fingerprint)
         print(f"== {name}" + (f" (supernet of {shared})" if shared else ""), flush=True)
