@@ -35,7 +35,7 @@ from nas.core.controller import OneShotController
 from nas.core.errors import ConfigError
 from nas.core.space import SearchSpace
 from nas.embedding import MaskableEmbedding, stack_row_dims
-from nas.tasks import Batch, Variants, bpr_variants_loss, task_for
+from nas.tasks import Batch, Variants, top_k_variants_loss, task_for
 from recsys.data import CTRData, InteractionData
 from recsys.train import TrainHooks, TrainResult
 
@@ -99,7 +99,7 @@ class SandwichLoss:
         seed: int,
         proposals: Callable[[np.random.Generator, int], np.ndarray] | None = None,
         *,
-        variants_loss: Callable[[Any, Variants, Batch, float], torch.Tensor] = bpr_variants_loss,
+        variants_loss: Callable[[Any, Variants, Batch, float], torch.Tensor] = top_k_variants_loss,
     ) -> None:
         self.space = space
         self.variants_loss = variants_loss

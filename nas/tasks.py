@@ -59,7 +59,7 @@ if TYPE_CHECKING:
     from nas.config import TrainingOptions
     from nas.core.controller import OneShotController
 
-__all__ = ["TASKS", "Batch", "ClickTask", "Task", "TopKTask", "Variants", "bpr_variants_loss", "ctr_variants_loss", "task_for"]
+__all__ = ["TASKS", "Batch", "ClickTask", "Task", "TopKTask", "Variants", "top_k_variants_loss", "ctr_variants_loss", "task_for"]
 
 #: One training batch as the task's trainer hands it over: ``(users, pos, neg)`` or ``(x, y)``.
 Batch = tuple[torch.Tensor, ...]
@@ -72,15 +72,16 @@ _SCORE_MEMORY = 512 * 2**20
 _CTR_ROWS = 16384
 
 
-def bpr_variants_loss(
+def top_k_variants_loss(
     model: Any, chosen: Variants, batch: Batch, reg: float, step_loss: Callable[..., torch.Tensor] | None = None
 ) -> torch.Tensor:
-    """The BPR loss (or ``step_loss``'s) averaged over the allocations ``chosen`` (one sandwich step of a top-k supernet).
+    """The batch loss averaged over the allocations ``chosen`` (one sandwich step of a top-k supernet).
 
-    A dot-product backbone that offers ``prefix_bpr_loss`` (MF) computes every BPR variant
-    from prefix sums; otherwise the batch is looked up once and every variant's masked copy
-    served, stacked.  ``step_loss(model, users, pos, neg, reg)`` replaces BPR (the sampled
-    softmax) and must average its data term over stacked variants as ``bpr_loss`` does.
+    ``step_loss(model, users, pos, neg, reg)`` is the objective (BPR when ``None``; see
+    :func:`recsys.train.top_k_loss`); it must average its data term over stacked variants as
+    ``bpr_loss`` does.  For BPR, a dot-product backbone that offers ``prefix_bpr_loss`` (MF)
+    computes every variant from prefix sums; otherwise the batch is looked up once and every
+    variant's masked copy served, stacked.
     """
     users, pos, neg = batch
     embedding = model.embedding
@@ -92,9 +93,7 @@ def bpr_variants_loss(
     try:
         # The data term is a mean over variants and triples; the L2 term sums over the
         # stacked vectors, so its weight is shared out to keep one triple's weight ``reg``.
-        if step_loss is None:
-            return model.bpr_loss(users, pos, neg, reg / count)
-        return step_loss(model, users, pos, neg, reg / count)
+        return (step_loss or top_k_loss("bpr"))(model, users, pos, neg, reg / count)
     finally:
         embedding.set_variants(None)
 
@@ -223,7 +222,7 @@ class TopKTask(Task):
         return self.step_loss(model, *batch, reg)
 
     def variants_loss(self, model: Any, chosen: Variants, batch: Batch, reg: float) -> torch.Tensor:
-        return bpr_variants_loss(model, chosen, batch, reg, self.step_loss if self.loss != "bpr" else None)
+        return top_k_variants_loss(model, chosen, batch, reg, self.step_loss if self.loss != "bpr" else None)
 
     def finetune_batches(self, batch_size: int, seed: int, *, epochs: int | None, steps: int) -> Iterable[Batch]:
         sampler = BPRSampler(self.data.train, seed=seed)
@@ -340,7 +339,7 @@ def task_for(data: Any, training: Any = None) -> Task:
     Args:
         data: the dataset.
         training: the run's training options or trainer configuration; a top-k task trains
-            with its ``loss`` and ``temperature`` (BPR when ``None``).
+            with its ``loss``, ``temperature`` and ``negatives`` (BPR when ``None``).
     """
     if isinstance(data, CTRData):
         return ClickTask(data)

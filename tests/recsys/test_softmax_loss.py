@@ -9,7 +9,7 @@ import torch
 
 from nas.core import Allocation
 from nas.embedding import MaskableEmbedding, stack_row_dims
-from nas.tasks import TopKTask, bpr_variants_loss, task_for
+from nas.tasks import TopKTask, top_k_variants_loss, task_for
 from recsys.data import synthetic
 from recsys.embedding import PlainEmbedding
 from recsys.models import MF, NGCF, LightGCN, NeuMF
@@ -113,7 +113,7 @@ def test_the_softmax_sandwich_is_the_mean_of_its_variants_losses(name):
         embedding.set_allocation(allocation)
         singles.append(step(model, *BATCH, 0.01))
     embedding.set_allocation(None)
-    stacked = bpr_variants_loss(model, stack_row_dims(allocations), BATCH, 0.01, step)
+    stacked = top_k_variants_loss(model, stack_row_dims(allocations), BATCH, 0.01, step)
     torch.testing.assert_close(stacked, torch.stack(singles).mean())
 
 
