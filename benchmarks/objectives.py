@@ -17,11 +17,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from bet_runs import DATASETS, PROTOCOL, config_for
 
-from nas.config import TrainingOptions
 from nas.search import run_search
 from recsys.train import SOFTMAX_NEGATIVES, SOFTMAX_TEMPERATURE
 
@@ -48,8 +48,7 @@ def job_name(model: str, objective: str, sparsity: float) -> str:
 def run_job(args: argparse.Namespace, model: str, objective: str, sparsity: float) -> None:
     base = config_for(args.dataset, args.data_dir, {"controller": "equal", "model": model, "budget": str(sparsity)},
                       args.threads, args.seed)
-    train = TrainingOptions(**{**vars(base.train), **parse_objective(objective)})
-    config = type(base)(**{**{f: getattr(base, f) for f in base.__dataclass_fields__}, "train": train})
+    config = replace(base, train=replace(base.train, **parse_objective(objective)))
     run_search(config, args.runs, job_name(model, objective, sparsity), progress=not args.quiet)
 
 

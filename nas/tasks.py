@@ -344,7 +344,7 @@ def task_for(data: Any, training: Any = None) -> Task:
     if isinstance(data, CTRData):
         return ClickTask(data)
     if isinstance(data, InteractionData):
-        if training is None or not hasattr(training, "loss"):
+        if training is None:
             return TopKTask(data)
         return TopKTask(data, training.loss, training.temperature, training.negatives)
     raise ConfigError(f"no task learns from {type(data).__name__}; give InteractionData or CTRData")

@@ -3,7 +3,7 @@
 A backbone is anything that satisfies the small :class:`Backbone` protocol, so
 the BPR trainer (:func:`recsys.train.train_bpr`) and the full-ranking
 evaluation work unchanged for MF, NeuMF, LightGCN and NGCF. A top-k backbone that
-also offers ``softmax_loss(users, pos, neg, reg, temperature)`` (all four do) trains
+also offers ``softmax_loss(users, pos, negatives, reg, temperature)`` (all four do) trains
 with the sampled softmax too (``loss="softmax"``, :func:`recsys.train.top_k_loss`).
 Click models (FM, DeepFM, DCN-v2) satisfy the :class:`CTRBackbone` protocol instead.
 """

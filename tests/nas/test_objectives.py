@@ -1,4 +1,7 @@
-"""The run's top-k objective reaches every stage that trains: supernet, one-shot search, fine-tune fitness."""
+"""The run's top-k objective reaches every stage that trains: supernet, one-shot search, fine-tune fitness.
+
+A controller with only the BPR entry point under the softmax: ``tests/nas/test_tasks.py``.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from controllers import CONTROLLERS
 from nas.config import SearchConfig, TrainingOptions
-from nas.core import Budget, ConfigError, table_specs
-from nas.core.controller import OneShotController
+from nas.core import Budget, table_specs
 from nas.embedding import MaskableEmbedding
 from nas.evaluate import FineTuneConfig, FineTuneEvaluator
 from nas.supernet import SupernetOptions, train_one_shot, train_supernet
-from nas.tasks import TopKTask
 from recsys.data import synthetic
 from recsys.models import MF
 from recsys.train import TrainConfig
@@ -83,24 +83,6 @@ def test_fine_tune_fitness_trains_with_the_runs_objective(data, calls):
     assert (calls["softmax_loss"], calls["bpr_loss"]) == (5, 0)
     FineTuneEvaluator(model, data, config=config).fitness([allocation])
     assert calls["bpr_loss"] == 5, "without the run's options fine-tuning is BPR, as before"
-
-
-def test_a_controller_with_only_the_bpr_entry_point_says_what_to_implement(data):
-    class BprOnly(OneShotController):
-        name = "bpr-only"
-
-        def supernet_loss(self, model, users, pos, neg, reg):  # noqa: ANN001, ANN201
-            return model.bpr_loss(users, pos, neg, reg)
-
-        def choose(self):  # noqa: ANN201
-            return np.full(self.space.n_decisions, self.space.grid[-1])
-
-    space, budget = _space_budget(data)
-    loss = TopKTask(data, "softmax").one_shot_loss(BprOnly(space, budget))
-    model = MF(MaskableEmbedding(data.rows(), D, seed=0))
-    with pytest.raises(ConfigError, match="implement relaxed_loss"):
-        loss(model, torch.tensor([0]), torch.tensor([1]), torch.tensor([2]), 0.0)
-    assert TopKTask(data).one_shot_loss(BprOnly(space, budget)).__name__ == "supernet_loss"
 
 
 def test_the_objective_is_a_training_option_of_top_k_runs_only(tmp_path: Path, capsys: pytest.CaptureFixture[str]):

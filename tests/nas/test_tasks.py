@@ -8,11 +8,13 @@ import torch
 
 from nas.backbones import BACKBONES, backbone_task, models_of_task
 from nas.core import Budget, ConfigError
+from nas.core.controller import OneShotController
 from nas.core.tables import table_specs
 from nas.embedding import MaskableEmbedding, stack_row_dims
 from nas.evaluate import FineTuneConfig, FineTuneEvaluator, SupernetEvaluator
 from nas.tasks import ClickTask, TopKTask, task_for
 from recsys.data import CTRData, synthetic, synthetic_ctr
+from recsys.models import MF
 from recsys.train_ctr import evaluate_ctr
 from search_spaces import PerFeatureSpace
 
@@ -92,18 +94,19 @@ def test_click_validation_with_one_class_cannot_measure_fitness(clicks):
         SupernetEvaluator(_model(one_class), one_class)
 
 
+class BprOnly(OneShotController):
+    """A one-shot controller written for BPR only: it implements ``supernet_loss``, not ``relaxed_loss``."""
+
+    name = "bpr-only"
+
+    def supernet_loss(self, model, users, pos, neg, reg):  # noqa: ANN001, ANN201
+        return model.bpr_loss(users, pos, neg, reg)
+
+    def choose(self):  # noqa: ANN201
+        return np.full(self.space.n_decisions, self.space.grid[0])
+
+
 def test_a_one_shot_controller_written_for_bpr_only_says_so_on_click_data(clicks):
-    from nas.core.controller import OneShotController
-
-    class BprOnly(OneShotController):
-        name = "bpr-only"
-
-        def supernet_loss(self, model, users, pos, neg, reg):  # noqa: ANN001, ANN201
-            return model.bpr_loss(users, pos, neg, reg)
-
-        def choose(self):  # noqa: ANN201
-            return np.full(self.space.n_decisions, self.space.grid[0])
-
     class Nothing(OneShotController):
         name = "nothing"
 
@@ -118,3 +121,14 @@ def test_a_one_shot_controller_written_for_bpr_only_says_so_on_click_data(clicks
         loss(_model(clicks, "fm"), x, y, 0.0)
     with pytest.raises(TypeError, match="must implement relaxed_loss"):
         Nothing(space, budget)
+
+
+def test_a_one_shot_controller_written_for_bpr_only_says_so_under_the_softmax():
+    data = synthetic(n_users=40, n_items=60, mean_items_per_user=5.0, seed=1)
+    space = PerFeatureSpace(table_specs(data.rows()), data.frequencies(), 1, 8)
+    budget = Budget.from_sparsity(0.8, data.rows(), 8)
+    loss = TopKTask(data, "softmax").one_shot_loss(BprOnly(space, budget))
+    model = MF(MaskableEmbedding(data.rows(), 8, seed=0))
+    with pytest.raises(ConfigError, match="implement relaxed_loss"):
+        loss(model, torch.tensor([0]), torch.tensor([1]), torch.tensor([2]), 0.0)
+    assert TopKTask(data).one_shot_loss(BprOnly(space, budget)).__name__ == "supernet_loss"
