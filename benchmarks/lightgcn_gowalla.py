@@ -35,6 +35,8 @@ from pathlib import Path
 PAPER_BEST_RETAIN = {0.5: 0.984, 0.8: 0.884, 0.95: 0.786}
 #: Published LightGCN on Gowalla (He et al., SIGIR'20, Table 3): Recall@20, NDCG@20.
 PUBLISHED_FULL = {"recall@20": 0.1830, "ndcg@20": 0.1554}
+#: Controllers whose first stage is the plain full model, not a search.
+RULES = ("equal", "frequency")
 
 
 def cell_command(args: argparse.Namespace, controller: str, sparsity: float, epochs: int, name: str) -> list[str]:
@@ -50,25 +52,33 @@ def cell_command(args: argparse.Namespace, controller: str, sparsity: float, epo
         "--controller", controller, "--epochs", str(epochs), "--batch-size", str(args.batch_size),
         "--lr", str(args.lr), "--reg", str(args.reg), "--eval-every", str(args.eval_every),
         "--patience", str(args.patience), "--retrain-top", "1", "--device", args.device,
+        # A rule's first stage is the full model the retain ratios divide by: it trains to the end.
+        *(["--supernet-epochs", str(args.supernet_epochs)] if args.supernet_epochs and controller not in RULES else []),
         "--threads", str(args.threads), "--seed", str(args.seed), "--runs", str(args.out / "runs"),
         "--name", name, "--quiet",
     ]
 
 
-def launch(commands: dict[str, list[str]], logs: Path, deadline: float) -> dict[str, int | None]:
-    """Start every command at once; wait until all end or the deadline passes (then stop the rest)."""
+def launch(commands: dict[str, list[str]], logs: Path, deadline: float, parallel: int | None = None) -> dict[str, int | None]:
+    """Run the commands, at most ``parallel`` at once (all by default), in the given order; at the
+    deadline stop the running ones and start no more (a stopped run resumes when started again)."""
     logs.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path.cwd()), os.environ.get("PYTHONPATH")]))}
-    processes = {}
-    for name, command in commands.items():
-        with open(logs / f"{name}.log", "w") as log:
-            processes[name] = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-    while any(p.poll() is None for p in processes.values()) and time.monotonic() < deadline:
+    waiting, processes = list(commands), {}
+    while time.monotonic() < deadline:
+        running = sum(p.poll() is None for p in processes.values())
+        while waiting and running < (parallel or len(commands)):
+            name = waiting.pop(0)
+            with open(logs / f"{name}.log", "a") as log:
+                processes[name] = subprocess.Popen(commands[name], stdout=log, stderr=subprocess.STDOUT, env=env)
+            running += 1
+        if not running:
+            break
         time.sleep(2)
     for process in processes.values():
         if process.poll() is None:
             process.terminate()
-    return {name: p.wait() for name, p in processes.items()}
+    return {name: processes[name].wait() if name in processes else None for name in commands}
 
 
 def epoch_seconds(run_folder: Path) -> float | None:
@@ -100,6 +110,8 @@ def summarise(args: argparse.Namespace, cells: list[tuple[str, float]], epochs: 
             full = {"recall@20": metrics["full"]["test"]["recall@20"], "ndcg@20": metrics["full"]["test"]["ndcg@20"],
                     "train_seconds": metrics["full"]["train_seconds"], "from": name}
         rows.append(row)
+    if full is None and args.full_ndcg is not None:
+        full = {"ndcg@20": args.full_ndcg, "from": "--full-ndcg"}
     for row in rows:
         if full and "ndcg@20" in row:
             row["retain"] = row["ndcg@20"] / full["ndcg@20"]
@@ -112,7 +124,8 @@ def markdown(summary: dict) -> str:
     full = summary["full"]
     lines = [f"LightGCN, {Path(summary['protocol']['data']).name}, {summary['epochs']} epochs at most per training", ""]
     if full:
-        lines.append(f"full model: Recall@20 {full['recall@20']:.4f}, NDCG@20 {full['ndcg@20']:.4f} "
+        recall = f"Recall@20 {full['recall@20']:.4f}, " if "recall@20" in full else ""
+        lines.append(f"full model ({full['from']}): {recall}NDCG@20 {full['ndcg@20']:.4f} "
                      f"(published {PUBLISHED_FULL['recall@20']} / {PUBLISHED_FULL['ndcg@20']})")
         lines.append("")
     lines += ["| cell | Recall@20 | NDCG@20 | bytes stored | retain (NDCG) | paper 004 best retain |",
@@ -137,6 +150,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, help="epochs per training (default: fit the grid in --deadline)")
     parser.add_argument("--deadline", type=float, default=3600.0, help="seconds the whole grid may take")
     parser.add_argument("--max-epochs", type=int, default=1000)
+    parser.add_argument("--supernet-epochs", type=int, help="epochs of the search's first stage (default: --epochs)")
+    parser.add_argument("--parallel", type=int, help="cells run at once, in order (default: all)")
+    parser.add_argument("--full-ndcg", type=float,
+                        help="NDCG@20 of the full model trained by the same protocol elsewhere, for the retain "
+                             "ratios of a grid without an equal cell")
     parser.add_argument("--probe-epochs", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=2048)
     parser.add_argument("--lr", type=float, default=1e-3)
@@ -168,7 +186,7 @@ def main(argv: list[str] | None = None) -> None:
         epochs = max(1, min(args.max_epochs, math.floor(left / (2 * slowest * 1.2))))
         print(f"probe: slowest cell {slowest:.2f} s/epoch with {len(cells)} cells at once -> {epochs} epochs", flush=True)
     commands = {f"{c}-{s}": cell_command(args, c, s, epochs, f"{c}-{s}") for c, s in cells}
-    codes = launch(commands, args.out / "logs", end + 60)
+    codes = launch(commands, args.out / "logs", end + 60, args.parallel)
     summary = summarise(args, cells, epochs, codes)
     summary["probe"] = probe
     summary["seconds"] = time.monotonic() - started

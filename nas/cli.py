@@ -86,6 +86,9 @@ def _add_search_options(parser: argparse.ArgumentParser) -> None:
     search.add_argument("--supernet-proposals", choices=("space", "controller"), default=defaults.supernet.proposals,
                         help="the sandwich's random allocations: uniform sizes from the space, or the controller's own "
                              "proposal distribution (bet) (default: %(default)s)")
+    search.add_argument("--supernet-epochs", type=int,
+                        help="most epochs of the first stage (supernet, one-shot search or the rule controllers' "
+                             "full-size reference) (default: --epochs)")
     search.add_argument("--retrain-top", type=int, default=defaults.retrain_top, help="fittest allocations retrained from scratch; the best on validation wins (default: %(default)s)")
     search.add_argument("--retrain", choices=RETRAIN_MODES, default=defaults.retrain,
                         help="retrain every one of the top to the end; by successive halving (a third continue at each rung); or "
@@ -154,11 +157,12 @@ def _config_from_args(args: argparse.Namespace):  # noqa: ANN202
                     sampling=args.sampling, checkpoint_every=args.checkpoint_every, loss=args.loss,
                     temperature=args.temperature, negatives=args.negatives)
     protocol = {
-        "supernet": SupernetOptions(mode=args.supernet, proposals=args.supernet_proposals), "evaluator": args.evaluator,
+        "supernet": SupernetOptions(mode=args.supernet, proposals=args.supernet_proposals, epochs=args.supernet_epochs),
+        "evaluator": args.evaluator,
         "finetune": FineTuneConfig(steps=args.finetune_steps, reg=train.reg), "retrain": args.retrain,
     }
     if args.faithful:
-        protocol = {"supernet": SupernetOptions(mode="full"), "evaluator": "finetune",
+        protocol = {"supernet": SupernetOptions(mode="full", epochs=args.supernet_epochs), "evaluator": "finetune",
                     "finetune": FineTuneConfig.paper(reg=train.reg), "retrain": "full"}
     return SearchConfig(
         data=spec, model=args.model, d_max=args.d_max, d_min=args.d_min, budget=args.budget, space=args.space,

@@ -178,12 +178,13 @@ def run_search(config: SearchConfig, runs_root: str | Path = "runs", name: str |
     # A controller whose proposal ignores fitness needs no supernet: plain training gives the reference.
     options = config.supernet if controller.needs_fitness else SupernetOptions(mode="full")
     supernet_mode = options.mode
+    supernet_config = train_config if config.supernet.epochs is None else replace(train_config, epochs=config.supernet.epochs)
     if isinstance(controller, OneShotController):
         supernet_mode = "one-shot"
-        train = partial(_train_one_shot, run, data, controller, train_config, progress)
+        train = partial(_train_one_shot, run, data, controller, supernet_config, progress)
     else:
         def train(model: Model, hooks: TrainHooks) -> TrainResult:
-            return train_supernet(model, data, space, budget, train_config, options, hooks=hooks, progress=progress,
+            return train_supernet(model, data, space, budget, supernet_config, options, hooks=hooks, progress=progress,
                                   proposals=_proposals(controller, options))
     supernet_stats = _train_stage(run, "supernet", None, supernet, config.train.checkpoint_every, train)
     supernet_test = task.evaluate(supernet, "test")

@@ -56,12 +56,17 @@ class SupernetOptions:
         pool: random allocations drawn per epoch, among which each step picks ``random``.
         proposals: ``"space"`` (uniform sizes, projected) or ``"controller"`` (the
             controller's proposal distribution, when it has one).
+        epochs: most epochs of this first stage (the supernet, a one-shot controller's
+            search, or a rule controller's full-size reference); ``None`` trains it as long
+            as the retrained allocation.  A search needs the weights to rank sizes, not to
+            converge, so a shorter supernet buys most of a search's cost back.
     """
 
     mode: str = "sandwich"
     random: int = 2
     pool: int = 16
     proposals: str = "space"
+    epochs: int | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in SUPERNET_MODES:
@@ -70,6 +75,8 @@ class SupernetOptions:
             raise ConfigError(f"supernet proposals must be one of {PROPOSAL_SOURCES}, got {self.proposals!r}")
         if self.random < 0 or self.pool < max(1, self.random):
             raise ConfigError(f"supernet needs 0 <= random <= pool and pool >= 1, got random={self.random}, pool={self.pool}")
+        if self.epochs is not None and self.epochs < 1:
+            raise ConfigError(f"--supernet-epochs must be at least 1, got {self.epochs}")
 
 
 class SandwichLoss:

@@ -207,7 +207,7 @@ def test_a_run_recorded_before_an_option_existed_resumes(tmp_path):
     from nas.runs import Run
 
     current = SearchConfig().to_dict()
-    older = {**current, "supernet": {k: v for k, v in current["supernet"].items() if k != "proposals"}}
+    older = {**current, "supernet": {k: v for k, v in current["supernet"].items() if k not in ("proposals", "epochs")}}
     Run.create(tmp_path, older, name="r")
     Run.create(tmp_path, current, name="r", upgrade=SearchConfig.upgrade)  # no ResumeError
 

@@ -145,11 +145,24 @@ def test_space_flags_for_another_space_are_refused(tmp_path: Path, capsys: pytes
 
 
 def test_bad_training_options_are_one_line_and_leave_no_run_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
-    for flags in (["--epochs", "0"], ["--batch-size", "0"], ["--lr", "-1"], ["--seed", "-3"], ["--threads", "0"]):
+    for flags in (["--epochs", "0"], ["--batch-size", "0"], ["--lr", "-1"], ["--seed", "-3"], ["--threads", "0"],
+                  ["--supernet-epochs", "0"]):
         assert main(["search", "--runs", str(tmp_path), *FAST, *flags]) == 2
         err = capsys.readouterr().err
         assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("controller", ["darts", "random"])
+def test_supernet_epochs_shorten_the_search_not_the_retrain(controller: str, tmp_path: Path):
+    """A one-shot search and a sandwich supernet both stop at --supernet-epochs; the retrain trains --epochs."""
+    args = ["search", "--runs", str(tmp_path), "--name", "r", "--controller", controller, "--trials", "2", "--retrain-top", "1",
+            *FAST, "--epochs", "3", "--supernet-epochs", "1", "--patience", "9"]
+    assert main(args) == 0
+    trained = [json.loads(line) for line in (tmp_path / "r" / "events.jsonl").read_text().splitlines() if '"trained"' in line]
+    assert {e["stage"]: e["epochs_run"] for e in trained} == {"supernet": 1, "retrain": 3}
+    config = json.loads((tmp_path / "r" / "config.json").read_text())["config"]
+    assert config["supernet"]["epochs"] == 1 and config["train"]["epochs"] == 3
 
 
 def test_rerunning_a_finished_run_reuses_its_stages(finished_run: Path):
