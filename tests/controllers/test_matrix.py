@@ -73,7 +73,7 @@ def test_optuna_mirrors_its_trials_to_a_storage_once(tmp_path):
     assert len(stored) == 5
 
 
-@pytest.mark.parametrize("model", ["mf", "neumf", "ngcf"])
+@pytest.mark.parametrize("model", ["mf", "lightgcn", "neumf", "ngcf"])
 @pytest.mark.parametrize("space", ["per-feature", "per-field", "block"])
 @pytest.mark.parametrize("name", CONTROLLERS.names())
 def test_every_controller_completes_a_small_search_on_every_space(name, space, model, tmp_path):
