@@ -35,8 +35,6 @@ from pathlib import Path
 PAPER_BEST_RETAIN = {0.5: 0.984, 0.8: 0.884, 0.95: 0.786}
 #: Published LightGCN on Gowalla (He et al., SIGIR'20, Table 3): Recall@20, NDCG@20.
 PUBLISHED_FULL = {"recall@20": 0.1830, "ndcg@20": 0.1554}
-#: Controllers whose first stage is the plain full model, not a search.
-RULES = ("equal", "frequency")
 
 
 def cell_command(args: argparse.Namespace, controller: str, sparsity: float, epochs: int, name: str) -> list[str]:
@@ -52,8 +50,8 @@ def cell_command(args: argparse.Namespace, controller: str, sparsity: float, epo
         "--controller", controller, "--epochs", str(epochs), "--batch-size", str(args.batch_size),
         "--lr", str(args.lr), "--reg", str(args.reg), "--eval-every", str(args.eval_every),
         "--patience", str(args.patience), "--retrain-top", "1", "--device", args.device,
-        # A rule's first stage is the full model the retain ratios divide by: it trains to the end.
-        *(["--supernet-epochs", str(args.supernet_epochs)] if args.supernet_epochs and controller not in RULES else []),
+        # The equal cell's first stage is the full model the retain ratios divide by: it trains to the end.
+        *(["--supernet-epochs", str(args.supernet_epochs)] if args.supernet_epochs and controller != "equal" else []),
         "--threads", str(args.threads), "--seed", str(args.seed), "--runs", str(args.out / "runs"),
         "--name", name, "--quiet",
     ]
