@@ -59,7 +59,8 @@ class SupernetOptions:
         epochs: most epochs of this first stage (the supernet, a one-shot controller's
             search, or a rule controller's full-size reference); ``None`` trains it as long
             as the retrained allocation.  A search needs the weights to rank sizes, not to
-            converge, so a shorter supernet buys most of a search's cost back.
+            converge, so a shorter supernet buys most of a search's cost back (successive
+            halving sizes its early rungs by the supernet's best epoch, so they shorten too).
     """
 
     mode: str = "sandwich"
