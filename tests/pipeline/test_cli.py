@@ -153,9 +153,10 @@ def test_bad_training_options_are_one_line_and_leave_no_run_folder(tmp_path: Pat
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("controller", ["darts", "random"])
+@pytest.mark.parametrize("controller", ["darts", "random", "equal"])
 def test_supernet_epochs_shorten_the_search_not_the_retrain(controller: str, tmp_path: Path):
-    """A one-shot search and a sandwich supernet both stop at --supernet-epochs; the retrain trains --epochs."""
+    """A one-shot search, a sandwich supernet and a rule's full-size reference stop at --supernet-epochs;
+    the retrain trains --epochs."""
     args = ["search", "--runs", str(tmp_path), "--name", "r", "--controller", controller, "--trials", "2", "--retrain-top", "1",
             *FAST, "--epochs", "3", "--supernet-epochs", "1", "--patience", "9"]
     assert main(args) == 0
