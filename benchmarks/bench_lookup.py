@@ -2,7 +2,7 @@
 
 Builds one table of ``--rows × --dim`` values, an allocation at ``--sparsity`` (row sizes
 falling with frequency rank, as a searched allocation would give), exports it, loads it
-with :class:`nas.serving.PackedEmbedding` and times lookups of the same ids, drawn both
+with :class:`nas.artifact.serving.PackedEmbedding` and times lookups of the same ids, drawn both
 uniformly and with a power-law (Zipf) skew, interleaving dense and packed calls so that
 both see the same machine load.  Prints a table and a JSON line.
 
@@ -27,9 +27,9 @@ from torch import nn
 
 from nas.core.allocation import Allocation
 from nas.core.budget import Budget
-from nas.embedding import MaskableEmbedding
-from nas.export import export_tables
-from nas.serving import PackedEmbedding
+from nas.pipeline.embedding import MaskableEmbedding
+from nas.artifact.export import export_tables
+from nas.artifact.serving import PackedEmbedding
 
 
 def frequency_allocation(rows: int, budget: Budget, exponent: float = 0.5) -> Allocation:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from nas.core import Allocation
-from nas.embedding import MaskableEmbedding
+from nas.pipeline.embedding import MaskableEmbedding
 from recsys.embedding import PlainEmbedding
 from recsys.models import MF
 

@@ -4,8 +4,8 @@ Builds ``--fields`` tables holding ``--rows`` rows in all (two fields: a CF user
 split of 40/60 %; more: CTR-like cardinalities falling geometrically) with power-law
 frequencies (:mod:`nas.testing.data`), a budget at ``--sparsity``, and times for each
 space ``sample`` and ``project`` (of a uniform random proposal), plain and with
-``monotone=True``.  The baseline is the projection this repository had before (64
-bisection steps over the whole array and a full lexsort in the top-up), measured on the
+``monotone=True``.  The baseline is a straightforward projection, :func:`legacy_project`
+(64 bisection steps over the whole array and a full lexsort in the top-up), timed on the
 per-feature decisions in the same run; ratios are baseline time / new time.
 
     python benchmarks/bench_spaces.py --rows 1000000 --fields 2 --repeat 5
@@ -31,7 +31,7 @@ from search_spaces import SPACES
 
 
 def legacy_project(decisions: np.ndarray, weights: np.ndarray, grid: np.ndarray, capacity: int) -> np.ndarray:
-    """The former ``project_linear`` (fill check and errors left out): the baseline."""
+    """The straightforward projection (bisection, full lexsort; no fill check or errors): the baseline."""
     x = np.asarray(decisions, dtype=np.float64)
     lowest, highest = int(grid[0]), int(grid[-1])
     if int(weights.sum()) * highest <= capacity:

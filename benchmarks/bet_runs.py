@@ -1,4 +1,4 @@
-"""BET against equal sizes and the frequency rule, its Table 2 ablation, and faithful vs fast mode.
+"""BET against equal sizes and the frequency rule, its [BET, Table 2] ablation, and faithful vs fast mode.
 
     python benchmarks/bet_runs.py --dataset gowalla --plan main --shard 1/2 --threads 1   # and --shard 2/2 beside it
     python benchmarks/bet_runs.py --dataset gowalla --plan ablation --shard 1/2 --threads 1
@@ -6,7 +6,7 @@
     python benchmarks/bet_runs.py --dataset lastfm --model lightgcn --plan main --threads 1
     python benchmarks/bet_runs.py --dataset gowalla --report        # the tables, from the finished runs
 
-Every job is one ``embnas search`` run (``nas.search.run_search``) in
+Every job is one ``embnas search`` run (``nas.search``) in
 ``runs/bet_<dataset>/<name>``, so an interrupted benchmark continues where it stopped and
 a finished job is not run again.  Jobs whose supernet settings are identical share one
 supernet (the first job's, copied in: training is deterministic under the seed), so the
@@ -18,7 +18,7 @@ adds the supernet's own training time back for the ``x one training`` column.  J
   the top 5);
 * ``ablation``: BET with random selection only (``predictor=none``) and with the size-only
   predictor (``predictor=sizes``), both in the fast mode; the DeepSets row is ``main``'s;
-* ``faithful``: BET as in the paper (plain pre-training, each pick fine-tuned for 10
+* ``faithful``: BET as in [BET] (plain pre-training, each pick fine-tuned for 10
   epochs, the top 5 fully retrained);
 * ``controllers``: every other controller (random search, ``rl``, ``nevergrad``, ``optuna``,
   one-shot ``darts``, the pruning baselines ``magprune`` and ``pep``), with successive-halving
@@ -26,9 +26,9 @@ adds the supernet's own training time back for the ``x one training`` column.  J
   sandwich supernet, ``magprune`` the plain full model;
 * ``proposals``: fast BET whose sandwich supernet trains on BET's own sampler instead of
   uniform sizes (``--supernet-proposals controller``);
-* ``spaces``: the best two of them on per-feature (``SPACE_CONTROLLERS``, ``--space-controllers``)
+* ``spaces``: two of them (``SPACE_CONTROLLERS``, ``--space-controllers``)
   on the per-field space and the block space (8 frequency groups × 4 column blocks);
-* ``options``: the fast mode with each option beyond the paper changed alone: every one
+* ``options``: the fast mode with each option beyond [BET] changed alone: every one
   of the top 5 fully retrained (``fullretrain``), four picks per iteration scored together
   (``batch4``), the block space (8 frequency groups × 4 column blocks), the per-field space,
   and the rule-based allocations evaluated before Algorithm 1 starts (``anchors``).
@@ -49,12 +49,11 @@ import shutil
 import sys
 from pathlib import Path
 
-from nas.config import SearchConfig, TrainingOptions
-from nas.data_source import DataSpec, load_data
-from nas.evaluate import FineTuneConfig
-from nas.runs import Run
-from nas.search import run_search
-from nas.supernet import SupernetOptions
+import nas
+from nas.pipeline.config import FineTuneConfig, SearchConfig, SupernetOptions, TrainingOptions
+from nas.pipeline.data import DataSpec, load_data
+from nas.pipeline.runs import Run
+from nas.pipeline.search import run_search
 
 DATASETS = {
     "lastfm": ("lastfm_lightgcnpp_cf", "train.txt.gz", "valid.txt.gz", "test.txt.gz"),
@@ -63,7 +62,7 @@ DATASETS = {
 #: epochs, Adam lr, L2, epochs between validations, patience (validations).
 PROTOCOL = {"lastfm": (200, 2e-3, 1e-4, 5, 3), "gowalla": (50, 1e-3, 1e-4, 5, 3)}
 PLANS = ("main", "ablation", "faithful", "options", "controllers", "spaces", "proposals", "finetune")
-#: Controllers run on the per-field and block spaces by the ``spaces`` plan (the best two on per-feature).
+#: Controllers run on the per-field and block spaces by the ``spaces`` plan.
 SPACE_CONTROLLERS = ["nevergrad", "optuna"]
 #: Every other controller of the project, in the fast mode where it searches by fitness.
 OTHER_CONTROLLERS = ("random", "rl", "nevergrad", "optuna", "darts", "magprune", "pep")
@@ -162,41 +161,41 @@ def report(folder: Path, names: list[str]) -> list[dict]:
     """One row per finished job, with wall time relative to the plain training of the same sparsity's equal run."""
     rows = []
     for name in names:
-        path = folder / name / "metrics.json"
-        if not path.exists():
+        if not (folder / name / "metrics.json").exists():
             continue
-        metrics = json.loads(path.read_text())
+        result = nas.SearchResult.read(folder / name)
         sparsity = name.rsplit("-", 1)[1]
         # A job stopped and resumed times only its last part: its wall time is not comparable.
         resumed = sum(1 for _ in Run(folder / name).events("start")) > 1
-        reference = folder / f"equal-{sparsity}" / "metrics.json"
-        one_training = json.loads(reference.read_text())["full"]["train_seconds"] if reference.exists() else float("nan")
-        test = metrics["allocated"]["test"]
+        reference_folder = folder / f"equal-{sparsity}"
+        reference = nas.SearchResult.read(reference_folder) if (reference_folder / "metrics.json").exists() else None
+        one_training = reference.full_train_seconds if reference else float("nan")
+        test = result.metrics["test"]
         # A shared supernet was not trained in this job: count its training as if it had been.
-        seconds = metrics["timing"]["total"] - metrics["timing"]["supernet"] + metrics["full"]["train_seconds"]
-        full = json.loads(reference.read_text())["full"]["test"]["ndcg@20"] if reference.exists() else float("nan")
+        seconds = result.timings["total"] - result.timings["supernet"] + result.full_train_seconds
+        full = reference.full_metrics["test"]["ndcg@20"] if reference else float("nan")
         rows.append({
             "job": name, "sparsity": float(sparsity), "recall@20": test["recall@20"], "ndcg@20": test["ndcg@20"],
             "retain": test["ndcg@20"] / full,
-            "bytes": metrics["export"]["bytes_stored"], "values": metrics["allocation"]["values"],
+            "bytes": result.export_bytes, "values": result.allocation.cost,
             "seconds": None if resumed else seconds, "x_training": None if resumed else seconds / one_training,
-            "timing": metrics["timing"], "one_training": one_training,
+            "timing": dict(result.timings), "one_training": one_training,
         })
     return rows
 
 
-#: Paper 003, Table 1 (Gowalla, LightGCN): NDCG@20 of BET over equal sizes at 80 / 90 / 95 % sparsity.
+#: [BET, Table 1] (Gowalla, LightGCN): NDCG@20 of BET over equal sizes at 80 / 90 / 95 % sparsity.
 PAPER_GAIN = {0.8: 0.1483 / 0.1400 - 1, 0.9: 0.1376 / 0.1217 - 1, 0.95: 0.1171 / 0.0872 - 1}
 
 
-#: Paper 004, Table 7 (Gowalla, LightGCN): NDCG retain ratio of the best method, PEP and MagPrune, by sparsity.
+#: [LERSBench, Table 7] (Gowalla, LightGCN): NDCG retain ratio of the best method, PEP and MagPrune, by sparsity.
 PAPER_RETAIN = {0.8: {"best (DHE)": 0.8844, "PEP": 0.8735, "MagPrune": 0.8551},
                 0.95: {"best (PEP)": 0.7864, "PEP": 0.7864, "MagPrune": 0.2483}}
 
 
 def retain_table(rows: list[dict]) -> str:
-    """Every job's NDCG@20 as a share of the full model's (plain full-size training), beside paper 004's Table 7."""
-    lines = ["| job | sparsity | NDCG@20 retain ratio | paper 004 Table 7 (LightGCN, Gowalla) |", "|---|---|---|---|"]
+    """Every job's NDCG@20 as a share of the full model's (plain full-size training), beside [LERSBench, Table 7]."""
+    lines = ["| job | sparsity | NDCG@20 retain ratio | [LERSBench] Table 7 (LightGCN, Gowalla) |", "|---|---|---|---|"]
     for r in rows:
         paper = PAPER_RETAIN.get(r["sparsity"])
         cited = ", ".join(f"{k} {v:.4f}" for k, v in paper.items()) if paper else "no 90 % column"
@@ -205,7 +204,7 @@ def retain_table(rows: list[dict]) -> str:
 
 
 def gains_table(rows: list[dict]) -> str:
-    """Every job's test Recall@20 / NDCG@20 relative to equal sizes at its sparsity, beside the paper's BET gain."""
+    """Every job's test Recall@20 / NDCG@20 relative to equal sizes at its sparsity, beside [BET]'s own gain."""
     equal = {r["sparsity"]: r for r in rows if r["job"].startswith("equal-")}
     lines = ["| job | sparsity | Recall@20 vs equal | NDCG@20 vs equal | paper's BET (LightGCN, Gowalla) NDCG@20 |",
              "|---|---|---|---|---|"]
@@ -262,9 +261,9 @@ def main() -> None:
         fingerprint = fingerprint or load_data(config.data).fingerprint()
         shared = share_supernet(folder, name, config, fingerprint)
         print(f"== {name}" + (f" (supernet of {shared})" if shared else ""), flush=True)
-        metrics = run_search(config, folder, name, progress=False)
-        test = metrics["allocated"]["test"]
-        print(f"   recall@20 {test['recall@20']:.4f} ndcg@20 {test['ndcg@20']:.4f} in {metrics['seconds']:.0f} s", flush=True)
+        result = run_search(config, run_dir=folder / name, progress=False)
+        test = result.metrics["test"]
+        print(f"   recall@20 {test['recall@20']:.4f} ndcg@20 {test['ndcg@20']:.4f} in {result.seconds:.0f} s", flush=True)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@
 The data is :func:`recsys.data.load_movielens_ctr` (rating >= 4 is a click; fields
 user, item, age, gender, occupation, zip, genres, year; random 8:1:1 split per row;
 values seen fewer than 2 times in train share their field's OOV row).  Each model has
-one ``d = 16`` table per field and paper 004's sizes (Table 4): DeepFM's MLP
+one ``d = 16`` table per field and [LERSBench]'s sizes (Table 4): DeepFM's MLP
 400-400-400, DCN-v2's 3 full-rank cross layers stacked under a 512-512 MLP.  Training:
 Adam, batch 2,048 (section 5.2.4), at most 15 epochs (section 5.2.1), the epoch with
 the best validation AUC kept (patience 2).  The test split is scored once, at the end.
@@ -30,7 +30,7 @@ MODELS = ("fm", "deepfm", "dcnv2")
 
 
 def build(kind: str, embedding: PlainEmbedding, fields: tuple[str, ...], dropout: float) -> torch.nn.Module:
-    """The model of ``kind`` with paper 004's sizes."""
+    """The model of ``kind`` with [LERSBench]'s sizes."""
     if kind == "fm":
         return FM(embedding, fields)
     if kind == "deepfm":

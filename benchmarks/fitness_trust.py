@@ -7,7 +7,7 @@ For 24 allocations spanning sparsity 0.5-0.95, from the equal-size, frequency-ru
 random baselines on the per-feature and block 8×4 spaces, the script
 
 1. *retrains* MF (d = 64, BPR, early stopping on validation) with each allocation applied
-   from scratch and records its validation quality (BET eq. 13 on every validation user):
+   from scratch and records its validation quality ([BET, eq. 13] on every validation user):
    the ground truth the cheap fitness tries to predict.  Results are appended to a cache
    (``--cache``), so an interrupted run continues where it stopped;
 2. *evaluates* the same allocations with every evaluator: the masked full model
@@ -37,7 +37,7 @@ from scipy.stats import kendalltau, spearmanr
 
 from controllers import CONTROLLERS
 from nas.core import Allocation, Budget, table_specs
-from nas.embedding import MaskableEmbedding
+from nas.pipeline.embedding import MaskableEmbedding
 from recsys.data import InteractionData, load_lightgcn
 from recsys.metrics import FITNESS_KS, fitness_quality
 from recsys.models import MF
@@ -178,8 +178,10 @@ def main() -> None:
 
 
 def evaluate_phase(args: argparse.Namespace, data: InteractionData, truth: dict[str, dict]) -> None:
-    from nas.evaluate import FineTuneConfig, FineTuneEvaluator, SupernetEvaluator
-    from nas.supernet import SupernetOptions, train_supernet
+    from nas.pipeline.config import FineTuneConfig
+    from nas.pipeline.evaluators import FineTuneEvaluator, SupernetEvaluator
+    from nas.pipeline.config import SupernetOptions
+    from nas.pipeline.supernet import train_supernet
     from recsys.train import user_subset
 
     config = train_config(args.dataset, args.seed, args.threads)

@@ -23,7 +23,7 @@ import torch
 
 from controllers import CONTROLLERS
 from nas.core import Budget, table_specs
-from nas.embedding import MaskableEmbedding
+from nas.pipeline.embedding import MaskableEmbedding
 from recsys.data import load_lightgcn
 from recsys.models import MF
 from recsys.train import TrainConfig, evaluate, train_bpr

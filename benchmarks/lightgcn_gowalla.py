@@ -1,14 +1,14 @@
-"""LightGCN on Gowalla: the full model and the compressed grid of paper 004, one command, in parallel.
+"""LightGCN on Gowalla: the full model and the compressed grid of [LERSBench], one command, in parallel.
 
     python benchmarks/lightgcn_gowalla.py --data ../shared/data/gowalla_lightgcn --device cuda --deadline 480
 
-Every cell is the real pipeline (``python -m nas.cli search``) with LightGCN (3 layers,
+Every cell is the real pipeline (``python -m nas.app.cli search``) with LightGCN (3 layers,
 d = 64), trained on ``lightgcnpp_train``, early-stopped on ``lightgcnpp_valid`` and
 tested on ``test`` (train and valid excluded), LightGCN's optimiser settings (Adam,
 lr 1e-3, batch 2,048, L2 1e-4 per triple):
 
 * ``equal`` at each sparsity: the full model (the run's plain training) and equal sizes;
-* ``darts`` (the best searcher on Gowalla MF, docs/results.md §8) at each sparsity.
+* ``darts`` at each sparsity (why darts: docs/results.md §8).
 
 All cells start together, one process each.  With ``--deadline`` and no ``--epochs``,
 the epoch count is chosen so that the whole grid ends in time: every cell first trains
@@ -16,7 +16,7 @@ the epoch count is chosen so that the whole grid ends in time: every cell first 
 then gets as many epochs as two trainings (search + retrain) of that measured speed
 allow.  Every cell trains the same number of epochs, so retain ratios compare like with
 like.  Results: ``<out>/summary.json`` and ``<out>/summary.md`` (a table with Recall@20,
-NDCG@20, bytes stored and the retain ratio beside paper 004's Table 7 best).
+NDCG@20, bytes stored and the retain ratio beside the best of [LERSBench, Table 7]).
 """
 
 from __future__ import annotations
@@ -30,10 +30,12 @@ import sys
 import time
 from pathlib import Path
 
-#: Paper 004, Table 7 (LightGCN, Gowalla): the best method's retain ratio at each sparsity
+import nas
+
+#: [LERSBench, Table 7] (LightGCN, Gowalla): the best method's retain ratio at each sparsity
 #: (MagPrune at 50 %, DHE at 80 %, PEP at 95 %).
 PAPER_BEST_RETAIN = {0.5: 0.984, 0.8: 0.884, 0.95: 0.786}
-#: Published LightGCN on Gowalla (He et al., SIGIR'20, Table 3): Recall@20, NDCG@20.
+#: Published LightGCN on Gowalla ([LightGCN, Table 3]): Recall@20, NDCG@20.
 PUBLISHED_FULL = {"recall@20": 0.1830, "ndcg@20": 0.1554}
 
 
@@ -46,7 +48,7 @@ def cell_command(args: argparse.Namespace, controller: str, sparsity: float, epo
     else:  # any folder with train / valid / test files
         files = ["--data", str(data)]
     return [
-        sys.executable, "-m", "nas.cli", "search", *files, "--model", "lightgcn", "--budget", str(sparsity),
+        sys.executable, "-m", "nas.app.cli", "search", *files, "--model", "lightgcn", "--budget", str(sparsity),
         "--controller", controller, "--epochs", str(epochs), "--batch-size", str(args.batch_size),
         "--lr", str(args.lr), "--reg", str(args.reg), "--eval-every", str(args.eval_every),
         "--patience", str(args.patience), "--retrain-top", "1", "--device", args.device,
@@ -94,19 +96,19 @@ def summarise(args: argparse.Namespace, cells: list[tuple[str, float]], epochs: 
     rows, full = [], None
     for controller, sparsity in cells:
         name = f"{controller}-{sparsity}"
-        path = args.out / "runs" / name / "metrics.json"
-        if not path.exists():
+        folder = args.out / "runs" / name
+        if not (folder / "metrics.json").exists():
             rows.append({"cell": name, "exit": codes.get(name), "missing": True})
             continue
-        metrics = json.loads(path.read_text())
-        test = metrics["allocated"]["test"]
+        result = nas.SearchResult.read(folder)
+        test = result.metrics["test"]
         row = {"cell": name, "controller": controller, "sparsity": sparsity, "exit": codes.get(name),
                "recall@20": test["recall@20"], "ndcg@20": test["ndcg@20"],
-               "bytes_stored": metrics["export"]["bytes_stored"], "seconds": metrics["seconds"],
-               "epochs_retrain": metrics["retrained"][0]["epochs"]}
+               "bytes_stored": result.export_bytes, "seconds": result.seconds,
+               "epochs_retrain": result.retrained[0].epochs}
         if controller == "equal" and full is None:
-            full = {"recall@20": metrics["full"]["test"]["recall@20"], "ndcg@20": metrics["full"]["test"]["ndcg@20"],
-                    "train_seconds": metrics["full"]["train_seconds"], "from": name}
+            full = {"recall@20": result.full_metrics["test"]["recall@20"], "ndcg@20": result.full_metrics["test"]["ndcg@20"],
+                    "train_seconds": result.full_train_seconds, "from": name}
         rows.append(row)
     if full is None and args.full_ndcg is not None:
         full = {"ndcg@20": args.full_ndcg, "from": "--full-ndcg"}
@@ -126,7 +128,7 @@ def markdown(summary: dict) -> str:
         lines.append(f"full model ({full['from']}): {recall}NDCG@20 {full['ndcg@20']:.4f} "
                      f"(published {PUBLISHED_FULL['recall@20']} / {PUBLISHED_FULL['ndcg@20']})")
         lines.append("")
-    lines += ["| cell | Recall@20 | NDCG@20 | bytes stored | retain (NDCG) | paper 004 best retain |",
+    lines += ["| cell | Recall@20 | NDCG@20 | bytes stored | retain (NDCG) | [LERSBench] best retain |",
               "|---|---|---|---|---|---|"]
     for row in summary["cells"]:
         if row.get("missing"):

@@ -2,7 +2,7 @@
 
     python benchmarks/movielens_ctr_grid.py --data ../shared/data/ml-100k_recbole --jobs 2
 
-Every cell is one ``embnas search`` run (``python -m nas.cli``) with the click defaults
+Every cell is one ``embnas search`` run (``python -m nas.app.cli``) with the click defaults
 (d_max 16, Adam 1e-3, batch 2,048, at most 15 epochs, early stopping on validation AUC,
 patience 2; rating >= 4 is a click; 8:1:1 split, seed 0): for each model, sparsity and
 controller.  The full model is the plain full-size training of the ``equal`` run (its
@@ -13,7 +13,6 @@ The table goes to stdout and ``<out>/summary.md``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -21,12 +20,14 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import nas
+
 
 def run_cell(args: argparse.Namespace, model: str, sparsity: float, controller: str) -> tuple[str, float]:
     name = f"{model}-{controller}-{sparsity}"
     if (args.out / name / "metrics.json").exists():
         return name, 0.0
-    command = [sys.executable, "-m", "nas.cli", "search", "--data", str(args.data), "--model", model,
+    command = [sys.executable, "-m", "nas.app.cli", "search", "--data", str(args.data), "--model", model,
                "--budget", str(sparsity), "--controller", controller, "--seed", str(args.seed),
                "--threads", str(args.threads), "--runs", str(args.out), "--name", name, "--quiet"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path.cwd()), os.environ.get("PYTHONPATH")]))}
@@ -41,23 +42,23 @@ def table(args: argparse.Namespace) -> str:
     lines = ["| model | allocation | sparsity | test AUC | test log loss | AUC retain | bytes stored | seconds |",
              "|---|---|---|---|---|---|---|---|"]
     for model in args.models:
-        cells = {(s, c): args.out / f"{model}-{c}-{s}" / "metrics.json" for s in args.sparsities for c in args.controllers}
-        found = {key: json.loads(path.read_text()) for key, path in cells.items() if path.exists()}
-        plain = next((m for (s, c), m in found.items() if c == "equal"), None)
-        full_auc = plain["full"]["test"]["auc"] if plain else float("nan")
+        cells = {(s, c): args.out / f"{model}-{c}-{s}" for s in args.sparsities for c in args.controllers}
+        found = {key: nas.SearchResult.read(folder) for key, folder in cells.items() if (folder / "metrics.json").exists()}
+        plain = next((r for (s, c), r in found.items() if c == "equal"), None)
+        full_auc = plain.full_metrics["test"]["auc"] if plain else float("nan")
         if plain:
-            full, budget = plain["full"]["test"], plain["budget"]
-            values = sum(budget["rows"].values()) * budget["d_max"]
+            full, budget = plain.full_metrics["test"], plain.budget
+            values = budget.full_values
             lines.append(f"| {model} | full model | 0 | {full['auc']:.4f} | {full['logloss']:.4f} | 1 | "
-                         f"{values * 4:,} (values × 4 B) | {plain['full']['train_seconds']:.0f} (training) |")
-        for (sparsity, controller), path in cells.items():
-            metrics = found.get((sparsity, controller))
-            if metrics is None:
+                         f"{values * 4:,} (values × 4 B) | {plain.full_train_seconds:.0f} (training) |")
+        for (sparsity, controller) in cells:
+            result = found.get((sparsity, controller))
+            if result is None:
                 lines.append(f"| {model} | {controller} | {sparsity} | (not run) | | | | |")
                 continue
-            test = metrics["allocated"]["test"]
+            test = result.metrics["test"]
             lines.append(f"| {model} | {controller} | {sparsity} | {test['auc']:.4f} | {test['logloss']:.4f} | "
-                         f"{test['auc'] / full_auc:.4f} | {metrics['export']['bytes_stored']:,} | {metrics['seconds']:.0f} |")
+                         f"{test['auc'] / full_auc:.4f} | {result.export_bytes:,} | {result.seconds:.0f} |")
     return "\n".join(lines) + "\n"
 
 

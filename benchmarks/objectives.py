@@ -3,7 +3,7 @@
     python benchmarks/objectives.py --dataset lastfm --models mf lightgcn --objectives bpr softmax:2 softmax:4 softmax:4:1024
     python benchmarks/objectives.py --dataset lastfm --report
 
-Every job is one ``embnas search`` run (``nas.search.run_search``) with ``--controller
+Every job is one ``embnas search`` run (``nas.search``) with ``--controller
 equal``: its plain training is the full model, and its retrained allocation is every row at
 the same size under the budget.  The data splits, optimiser, epochs, early stopping and
 seed are those of ``benchmarks/bet_runs.py`` (``PROTOCOL``); only the objective changes
@@ -22,7 +22,8 @@ from pathlib import Path
 
 from bet_runs import DATASETS, PROTOCOL, config_for
 
-from nas.search import run_search
+import nas
+from nas.pipeline.search import run_search
 from recsys.train import SOFTMAX_NEGATIVES, SOFTMAX_TEMPERATURE
 
 
@@ -49,7 +50,7 @@ def run_job(args: argparse.Namespace, model: str, objective: str, sparsity: floa
     base = config_for(args.dataset, args.data_dir, {"controller": "equal", "model": model, "budget": str(sparsity)},
                       args.threads, args.seed)
     config = replace(base, train=replace(base.train, **parse_objective(objective)))
-    run_search(config, args.runs, job_name(model, objective, sparsity), progress=not args.quiet)
+    run_search(config, run_dir=args.runs / job_name(model, objective, sparsity), progress=not args.quiet)
 
 
 def report(runs: Path) -> str:
@@ -57,16 +58,15 @@ def report(runs: Path) -> str:
     lines = ["| model | objective | full Recall@20 | full NDCG@20 | best epoch / run | s per epoch | "
              "equal Recall@20 | equal NDCG@20 | retain (NDCG) |", "|---|---|---|---|---|---|---|---|---|"]
     for folder in sorted(runs.iterdir()):
-        metrics_path = folder / "metrics.json"
-        if not metrics_path.exists():
+        if not (folder / "metrics.json").exists():
             continue
-        metrics = json.loads(metrics_path.read_text())
+        result = nas.SearchResult.read(folder)
         config = json.loads((folder / "config.json").read_text())["config"]
         train = config["train"]
         objective = "bpr" if train["loss"] == "bpr" else f"softmax τ={train['temperature']:g}, {train['negatives']} negatives"
         trained = next(json.loads(line) for line in (folder / "events.jsonl").read_text().splitlines()
                        if '"stage":"supernet"' in line)
-        full, equal = metrics["full"]["test"], metrics["allocated"]["test"]
+        full, equal = result.full_metrics["test"], result.metrics["test"]
         per_epoch = trained["seconds"] / max(trained["epochs_run"], 1)
         lines.append(
             f"| {config['model']} | {objective} | {full['recall@20']:.4f} | {full['ndcg@20']:.4f} | "

@@ -7,7 +7,7 @@ from controllers.evolutionary import Evolutionary
 from controllers.optuna_search import OptunaSearch
 from controllers.policy_gradient import PolicyGradient
 from controllers.pruning import LearnableThresholds, MagnitudePruning
-from controllers.registry import CONTROLLERS, register_controller
+from nas.core.plugins import CONTROLLERS, register_controller
 
 __all__ = [
     "BET",

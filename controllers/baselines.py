@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from controllers.registry import register_controller
+from nas.core.plugins import register_controller
 from nas.core.controller import Controller
 
 __all__ = ["EqualSizes", "FrequencyRule", "RandomSearch"]

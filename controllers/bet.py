@@ -1,4 +1,4 @@
-"""BET (paper 003, Algorithm 1): budgeted actions, a DeepSets fitness predictor, three selection strategies.
+"""BET [BET, Algorithm 1]: budgeted actions, a DeepSets fitness predictor, three selection strategies.
 
 Each round (an *iteration* ``t`` of Algorithm 1, counted from 1) the controller draws
 ``candidates`` whole actions with :class:`~controllers.bet_sampler.BudgetedSampler` and
@@ -12,10 +12,11 @@ picks the ones to evaluate by the strategy of ``t mod 5``:
 
 Told fitness joins the *population*; after each told action the predictor takes
 ``updates`` (N = 2) Adam steps on the squared error (eq. 11) of a member drawn at
-random.  The search loop evaluates the picks (fine-tuning as in the paper, or masks on
+random.  The search loop evaluates the picks (fine-tuning as in [BET], or masks on
 a supernet) and retrains the top five (eq. 14); the controller's whole state
 (population, predictor, optimiser, generator) is saved every round, so a killed
-search resumes where it stopped.
+search resumes where it stopped.  Equations, tables and sections cited here are [BET]'s
+(short names: docs/references.md).
 
 Asked for several candidates at once (``--ask-batch``), one iteration yields the top
 ``n`` of its strategy instead of one: cheap evaluators can then score them together.
@@ -35,7 +36,7 @@ from controllers.fitness_predictor import (
     FitnessPredictor,
     SizeOnlyPredictor,
 )
-from controllers.registry import register_controller
+from nas.core.plugins import register_controller
 from nas.core.budget import Budget
 from nas.core.controller import Controller, ControllerState
 from nas.core.errors import ConfigError
@@ -58,19 +59,18 @@ class BET(Controller):
     """BET's controller: budgeted table-level sampling with predictor-guided selection.
 
     Args:
-        space: any search space (per-feature is the paper's; per-field and block work too).
+        space: any search space (per-feature is [BET]'s; per-field and block work too).
         budget: the hard budget.
         seed: fixes the sampled actions, the predictor's initialisation and its training draws.
-        candidates: actions sampled per iteration (``m``, 100 in the paper).
-        predictor: ``"deepsets"`` (the paper's), ``"sizes"`` (Table 2's size-only MLP) or
+        candidates: actions sampled per iteration (``m``, 100 in [BET]).
+        predictor: ``"deepsets"`` ([BET]'s), ``"sizes"`` (Table 2's size-only MLP) or
             ``"none"`` (random selection only, Table 2's first row).
-        updates: predictor updates per evaluated action (``N``, 2 in the paper).
-        lr: Adam learning rate of the predictor.  The paper does not give one; with only
-            N = 2 single-action updates per iteration, 1e-2 predicted the fitness of a Last.fm
-            search's later picks far better than 1e-3 (online rank correlation 0.38 against
-            0.02, three seeds), which barely moves the predictor off its initial output.
+        updates: predictor updates per evaluated action (``N``, 2 in [BET]).
+        lr: Adam learning rate of the predictor.  [BET] does not give one; with only
+            N = 2 single-action updates per iteration the rate must be large enough to move
+            the predictor off its initial output within a search: 1e-3 barely does.
         user_share: the first table's share of the budget, or ``None`` to draw it per action.
-        anchors: beyond the paper: before Algorithm 1, evaluate the two rule-based
+        anchors: beyond [BET]: before Algorithm 1, evaluate the two rule-based
             allocations (equal sizes, and sizes growing with log-frequency) so they join the
             population, train the predictor and compete for retraining.  BET's sampler
             cannot draw the log-frequency rule, which is a strong allocation on real data.
@@ -231,7 +231,7 @@ class BET(Controller):
             self.optimizer.load_state_dict(state["optimizer"])
 
     def _indices(self, decisions: np.ndarray) -> torch.Tensor:
-        """Grid indices of grid values, by a lookup table (a binary search per value is slower at 7M values)."""
+        """Grid indices of grid values, by a lookup table (cheaper than a binary search per value over millions)."""
         grid = self.space.grid
         lookup = np.zeros(int(grid[-1]) + 1, dtype=np.int64)
         lookup[grid] = np.arange(len(grid))
@@ -256,5 +256,5 @@ def _anchors(space: SearchSpace, budget: Budget) -> dict[str, np.ndarray]:
 
 
 def _index_dtype(n_grid: int) -> np.dtype:
-    """The smallest dtype that stores a grid index (the population of 50 × 70,000 rows stays small)."""
+    """The smallest dtype that stores a grid index (so a large population over many rows stays small)."""
     return np.dtype(np.uint8 if n_grid <= 256 else np.int32)

@@ -1,4 +1,4 @@
-"""BET's budget-aware action sampler (paper 003, eqs. 4-6), for any search space.
+"""BET's budget-aware action sampler [BET, eqs. 4-6], for any search space.
 
 An *action* gives every decision of the space a size.  Per table (users, items, or
 any field) a distribution family is drawn uniformly from :data:`FAMILIES`, with its
@@ -9,7 +9,7 @@ budget is split between tables by a random share ``w ~ Uniform(0, 1)`` for users
 that uniform ``w``).  The largest share goes to the most frequent decision (eq. 6 and
 the frequency ranking that follows it).
 
-Two corrections to the paper's arithmetic:
+Two corrections to [BET]'s arithmetic (equations and sections cited here are its own):
 
 * eq. 5 reads ``p_i / Σ_i |U| p_i``; with eq. 6's ``(|U| + |V|)`` factor that would
   not spend the budget, so shares are normalised by ``Σ_i p_i`` (each table's sizes

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from controllers._blackbox import GroupedBlackBox
-from controllers.registry import register_controller
+from nas.core.plugins import register_controller
 from nas.core.budget import Budget
 from nas.core.errors import ConfigError
 from nas.core.space import SearchSpace

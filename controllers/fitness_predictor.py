@@ -1,4 +1,4 @@
-"""Fitness predictors for BET: the DeepSets network of paper 003 (eqs. 7-10) and a size-only MLP.
+"""Fitness predictors for BET: the DeepSets network of [BET, eqs. 7-10] and a size-only MLP.
 
 An action is read as ``|grid|`` sets, one per candidate size ``d``: the decisions that
 got size ``d``.  The DeepSets predictor
@@ -14,9 +14,9 @@ got size ``d``.  The DeepSets predictor
   Strategy III compares between actions, and decodes it with ``π`` (64 → 64 → 1; eq. 10).
 
 The set means are segment sums (``index_add_`` over actions × sizes), computed for a few
-actions at a time so that 100 actions over 70,000 rows never hold more than a few
-tens of megabytes; there is no per-row Python loop.  Every MLP has two layers with a
-LeakyReLU between them (section 4.3).
+actions at a time so that 100 actions over tens of thousands of rows never hold more than
+a few tens of megabytes; there is no per-row Python loop.  Every MLP has two layers with a
+LeakyReLU between them ([BET, section 4.3]; equations and tables cited here are [BET]'s too).
 
 :class:`SizeOnlyPredictor` is the ablation of Table 2: an MLP that sees only the vector
 of sizes (``d / d_max`` per decision), nothing of frequencies or sets.

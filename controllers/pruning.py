@@ -1,17 +1,16 @@
-"""Pruning baselines (paper 004): keep arbitrary elements of the trained tables, not a prefix per row.
+"""Pruning baselines [LERSBench]: keep arbitrary elements of the trained tables, not a prefix per row.
 
-* ``magprune``: train the full-size model, keep the largest-magnitude elements up to the
-  budget (one global ranking over every table);
-* ``pep``: PEP's learnable soft thresholds (Liu et al., ICLR'21): every element is served
+* ``magprune``: MagPrune [LERSBench]: train the full-size model, keep the largest-magnitude
+  elements up to the budget (one global ranking over every table);
+* ``pep``: PEP's learnable soft thresholds [PEP]: every element is served
   as ``sign(w) · relu(|w| - sigmoid(s))`` with ``s`` learned per column (PEP's
   dimension-wise granularity, shared by every table: with a threshold per table the user
-  and item tables kept different columns on Gowalla, their dot products vanished, and the
-  retrained model scored NDCG@20 0.0098 against 0.0744 for magnitude pruning), and
-  the mask is frozen the moment the elements above their threshold fit the budget.  PEP
-  steers the final sparsity through the thresholds' initial value; here the budget is a
-  constraint, so an augmented Lagrangian on the (sigmoid-softened) share of kept elements
-  raises the thresholds until they get there, and training then continues on the
-  frozen mask.
+  and item tables can keep different columns, and a dot product only sums the columns
+  both keep), and the mask is frozen the moment the elements above their threshold fit
+  the budget.  PEP steers the final sparsity through the thresholds' initial value;
+  here the budget is a constraint, so an augmented Lagrangian on the (sigmoid-softened)
+  share of kept elements raises the thresholds until they get there, and training then
+  continues on the frozen mask.
 
 Both export an element mask beside the packed values.  Every row keeps at least its
 ``d_min`` largest elements; the rest of the budget goes to the largest scores anywhere.
@@ -29,34 +28,15 @@ import torch
 from torch import nn
 
 from controllers._constraint import DualAscent
-from controllers.registry import register_controller
+from nas.core.plugins import register_controller
 from nas.core.allocation import Allocation
 from nas.core.budget import Budget
 from nas.core.controller import ControllerState, OneShotController
 from nas.core.errors import BudgetError, ConfigError
 from nas.core.space import SearchSpace
-from nas.core.storage import fixed_bytes, value_itemsize
+from nas.core.accounting import masked_value_limit
 
 __all__ = ["LearnableThresholds", "MagnitudePruning", "keep_largest", "masked_value_limit"]
-
-
-def masked_value_limit(budget: Budget) -> int:
-    """Most values an element-masked export may keep: a byte budget also pays for the bit masks.
-
-    Raises:
-        BudgetError: when the masks and every row's ``d_min`` values do not fit the bytes.
-    """
-    limit = budget.usable_values
-    least = sum(budget.rows.values()) * budget.d_min
-    if budget.kind == "bytes":
-        overhead = fixed_bytes(budget.rows, budget.d_max, element_mask=True)
-        limit = min(limit, (int(budget.amount) - overhead) // value_itemsize(budget.dtype))
-        if limit < least:
-            raise BudgetError(
-                f"{budget.describe()} cannot hold element masks: they need at least "
-                f"{overhead + least * value_itemsize(budget.dtype):,} bytes (masks and {budget.d_min} value(s) per row)"
-            )
-    return limit
 
 
 def keep_largest(scores: Mapping[str, np.ndarray], limit: int, d_min: int) -> Allocation:
@@ -138,9 +118,9 @@ class LearnableThresholds(_ElementPruning):
         warmup: epochs of plain training before the thresholds move (a mask frozen before
             the weights learned anything keeps noise).
         ramp: epochs over which the kept share the thresholds aim at falls from everything
-            to the budget (cubically, as gradual magnitude pruning does).  On Gowalla a mask
-            pushed to the budget within two epochs kept nearly random elements, and the
-            retrained model scored NDCG@20 0.0098 against 0.0744 for magnitude pruning.
+            to the budget (cubically, as gradual magnitude pruning does): a mask pushed to
+            the budget within a couple of epochs keeps nearly random elements, since the
+            thresholds have not yet learned which elements matter.
         dual_lr: step of the multiplier on the kept share.
         penalty: weight of the augmented Lagrangian's quadratic term.
         sharpness: temperature of the sigmoid that softens "above the threshold" for the

@@ -2,7 +2,7 @@
 
 Backbones take their embedding as an argument instead of building it, so the
 same model trains with a plain table or with a maskable one that applies a
-searched allocation (``nas.embedding.MaskableEmbedding``).
+searched allocation (``nas.pipeline.embedding.MaskableEmbedding``).
 """
 
 from __future__ import annotations

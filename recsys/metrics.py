@@ -25,7 +25,7 @@ from scipy.sparse import csr_matrix
 
 __all__ = ["ranking_metrics", "ranking_metrics_many", "fitness_quality", "FITNESS_KS", "ctr_metrics", "ctr_fitness"]
 
-#: The cut-offs averaged by :func:`fitness_quality` (BET paper, eq. 13).
+#: The cut-offs averaged by :func:`fitness_quality` [BET, eq. 13].
 FITNESS_KS: tuple[int, ...] = (5, 10, 20)
 
 
@@ -172,7 +172,7 @@ def ranking_metrics_many(
 def fitness_quality(metrics: Mapping[str, float]) -> float:
     """Scalar quality of a ranking: mean over k ∈ {5, 10, 20} of (Recall@k + NDCG@k) / 2.
 
-    This is BET's fitness numerator (paper 003, eq. 13); the ratio to the
+    This is BET's fitness numerator [BET, eq. 13]; the ratio to the
     unmasked model (eq. 12) is taken by the caller.
 
     Raises:
@@ -185,7 +185,7 @@ def fitness_quality(metrics: Mapping[str, float]) -> float:
 
 
 def ctr_metrics(labels: np.ndarray, logits: np.ndarray) -> dict[str, float]:
-    """AUC and log loss of click predictions (paper 004, section 5.2.1: AUC, then LogLoss).
+    """AUC and log loss of click predictions ([LERSBench, section 5.2.1]: AUC, then LogLoss).
 
     Computed with scikit-learn's ``roc_auc_score`` and ``log_loss`` on
     ``sigmoid(logits)`` in float64 (``log_loss`` clips probabilities away from 0

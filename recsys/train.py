@@ -31,9 +31,9 @@ StepLoss = Callable[[Backbone, torch.Tensor, torch.Tensor, torch.Tensor, float],
 
 #: The objectives a top-k backbone trains with (see :mod:`recsys.models._losses`).
 LOSSES = ("bpr", "softmax")
-#: The softmax's defaults (docs/results.md §11): with 256 negatives, τ 2 beat BPR for MF and
-#: LightGCN on Last.fm, full and compressed; τ 4 is better for a full MF and slower to learn.
-#: More negatives cost more per step for a little more quality.
+#: The softmax's defaults, chosen for compressed tables as well as full ones (the comparison
+#: is in docs/results.md §11): a higher τ learns more slowly, and more negatives cost more
+#: per step for a little more quality.
 SOFTMAX_TEMPERATURE, SOFTMAX_NEGATIVES = 2.0, 256
 
 
@@ -177,8 +177,8 @@ def train_bpr(
     stops after ``config.patience`` evaluations without improvement.
 
     Speed on CPU: the default optimiser is Adam with ``fused=True`` (one kernel
-    over all parameters, about 2.5× faster per step than the for-each variant
-    on embedding tables); the loss is summed without a per-step ``.item()``.
+    over all parameters, cheaper per step than the for-each variant on embedding
+    tables); the loss is summed without a per-step ``.item()``.
 
     Args:
         model: the backbone; its ``parameters()`` are optimised.

@@ -6,7 +6,7 @@ so a caller that checkpoints, resumes or replaces the loss of BPR training does
 the same here: Adam on the model's parameters, the train rows in a fresh
 shuffled order each epoch, validation AUC every ``eval_every`` epochs, the best
 state kept and restored, early stopping after ``patience`` evaluations without
-improvement. Settings follow paper 004 (batch 2,048, section 5.2.4; 15 epochs
+improvement. Settings follow [LERSBench] (batch 2,048, section 5.2.4; 15 epochs
 per trial, AUC as the target, section 5.2.1; learning rate 1e-3 as in its code).
 
 Each epoch's order is drawn from a generator seeded with ``(seed, epoch)``, so
@@ -42,11 +42,11 @@ class CTRTrainConfig:
     """How to train a click model.
 
     Attributes:
-        epochs: most passes over the train rows (paper 004: 15 per trial).
-        batch_size: rows per optimiser step (paper 004: 2,048).
-        lr: Adam learning rate (paper 004 searches [1e-5, 1e-2]; its code uses 1e-3).
+        epochs: most passes over the train rows ([LERSBench]: 15 per trial).
+        batch_size: rows per optimiser step ([LERSBench]: 2,048).
+        lr: Adam learning rate ([LERSBench] searches [1e-5, 1e-2]; its code uses 1e-3).
         reg: L2 weight on the looked-up vectors, per example (see
-            :meth:`~recsys.models.CTRBackbone.ctr_loss`; paper 004 searches λ in [1e-5, 1e-2]).
+            :meth:`~recsys.models.CTRBackbone.ctr_loss`; [LERSBench] searches λ in [1e-5, 1e-2]).
         eval_every: epochs between validation evaluations.
         patience: evaluations without improvement of ``metric`` before stopping.
         metric: ``"auc"`` or ``"logloss"``, on the validation split.

@@ -11,6 +11,6 @@ controller works with every space, and enforce the budget in ``project`` alone.
 from search_spaces.block import BlockSpace
 from search_spaces.per_feature import PerFeatureSpace
 from search_spaces.per_field import PerFieldSpace
-from search_spaces.registry import SPACES, register_space
+from nas.core.plugins import SPACES, register_space
 
 __all__ = ["SPACES", "BlockSpace", "PerFeatureSpace", "PerFieldSpace", "register_space"]

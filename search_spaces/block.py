@@ -30,7 +30,7 @@ from nas.core.projection import FrequencyOrder
 from nas.core.space import SearchSpace
 from nas.core.tables import TableSpec
 from search_spaces._grid import snap_to_grid
-from search_spaces.registry import register_space
+from nas.core.plugins import register_space
 
 __all__ = ["GROUPINGS", "BlockSpace", "group_boundaries"]
 

@@ -15,7 +15,7 @@ from nas.core.allocation import Allocation
 from nas.core.space import SearchSpace
 from nas.core.tables import TableSpec
 from search_spaces._grid import GridSpec, make_grid, snap_to_grid
-from search_spaces.registry import register_space
+from nas.core.plugins import register_space
 
 __all__ = ["PerFieldSpace"]
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import io
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,20 +123,36 @@ class Allocation:
     # -- files: npz with allow_pickle=False, never pickle ----------------------------------------
     def save(self, path: str | Path) -> None:
         """Write to ``path`` (an ``.npz``), atomically."""
+        with atomic_write(path, "wb") as handle:
+            handle.write(self.to_bytes())
+
+    def to_bytes(self) -> bytes:
+        """The ``.npz`` file's bytes: row sizes, and bit-packed element masks with their width."""
         arrays = {f"row_dims/{name}": dims for name, dims in self.row_dims.items()}
         for name, mask in (self.element_masks or {}).items():
             arrays[f"element_mask/{name}"] = np.packbits(mask, axis=1)
             arrays[f"element_mask_width/{name}"] = np.asarray([mask.shape[1]], dtype=np.int64)
-        with atomic_write(path, "wb") as handle:
-            np.savez(handle, **arrays)
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        return buffer.getvalue()
 
     @classmethod
     def load(cls, path: str | Path) -> Allocation:
         """Read an allocation written by :meth:`save`; refuses anything that would need unpickling."""
         try:
-            with np.load(path, allow_pickle=False) as data:
-                files = {key: data[key] for key in data.files}
-        except (OSError, ValueError) as error:
+            data = Path(path).read_bytes()
+        except OSError as error:
+            raise ArtifactError(f"{path}: cannot read the allocation ({error})") from None
+        return cls.from_bytes(data, source=str(path))
+
+    @classmethod
+    def from_bytes(cls, data: bytes, source: str = "allocation") -> Allocation:
+        """Inverse of :meth:`to_bytes` (``source`` names the file in errors); never unpickles."""
+        path = source
+        try:
+            with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+                files = {key: npz[key] for key in npz.files}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
             raise ArtifactError(f"{path}: cannot read the allocation ({error})") from None
         dims = {key.split("/", 1)[1]: value for key, value in files.items() if key.startswith("row_dims/")}
         if not dims:

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from nas.core.errors import BudgetError
-from nas.core.storage import export_bytes, fixed_bytes, value_itemsize
+from nas.core.accounting import export_bytes, fixed_bytes, value_itemsize
 
 __all__ = ["Budget"]
 

@@ -1,7 +1,7 @@
 """The evaluator interface: the fitness of allocations, with the data and metric configured once.
 
 Fitness is the quality of a model under an allocation divided by the quality of the
-full model on the same evaluation data (BET, eq. 12): 1.0 loses nothing, and the
+full model on the same evaluation data [BET, eq. 12]: 1.0 loses nothing, and the
 numbers of different allocations compare directly.  The base class owns the ratio
 and a cache keyed by the allocation's fingerprint, so an allocation proposed twice
 (controllers do that) is measured once; an evaluator only says how to measure the

@@ -1,23 +1,45 @@
 """A typed registry per plug-in kind, fed by decorators and by Python entry points.
 
-Built-in plug-ins register themselves with a decorator when their package is
-imported; third-party packages declare an entry point in their own
-``pyproject.toml`` (for example ``[project.entry-points."embnas.controllers"]``
-``mine = "my_pkg:MyController"``) and appear after ``pip install``.
+Plug-ins register themselves with a decorator when their module is imported;
+third-party packages declare an entry point in their own ``pyproject.toml`` (for
+example ``[project.entry-points."embnas.controllers"]`` ``mine = "my_pkg:MyController"``)
+and appear after ``pip install``.  Before the first lookup in any registry, the
+loaders given to :func:`on_first_lookup` run once: that is how the composition root
+(the ``nas`` package) brings in the built-in plug-ins without any lower layer naming them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 import warnings
+from collections.abc import Callable
 from importlib.metadata import entry_points
 from typing import Generic, TypeVar
 
 from nas.core.errors import ConfigError
 
-__all__ = ["Registry"]
+__all__ = ["Registry", "on_first_lookup"]
 
 T = TypeVar("T")
+
+_first_lookup_loaders: list[Callable[[], object]] = []
+_loaded = False
+
+
+def on_first_lookup(loader: Callable[[], object]) -> None:
+    """Run ``loader`` (e.g. one that imports built-in plug-ins) before the first lookup in any registry."""
+    if _loaded:
+        loader()
+    else:
+        _first_lookup_loaders.append(loader)
+
+
+def _run_first_lookup_loaders() -> None:
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True  # set first: a loader's own imports may consult a registry
+    for loader in _first_lookup_loaders:
+        loader()
 
 
 class Registry(Generic[T]):
@@ -52,6 +74,7 @@ class Registry(Generic[T]):
         return decorate
 
     def _scan_entry_points(self) -> None:
+        _run_first_lookup_loaders()
         if self._scanned:
             return
         self._scanned = True

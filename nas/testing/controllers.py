@@ -38,8 +38,8 @@ import torch
 from nas.core.budget import Budget
 from nas.core.controller import Controller, OneShotController
 from nas.core.space import SearchSpace
-from nas.embedding import MaskableEmbedding
-from nas.runs import Run
+from nas.pipeline.embedding import MaskableEmbedding
+from nas.pipeline.runs import Run
 from nas.testing.data import synthetic_fields
 from recsys.models import MF
 
@@ -67,7 +67,7 @@ def conformance_cases(rows: Mapping[str, int] | None = None, d_max: int = 16) ->
     The tables are named ``user`` and ``item`` so that one-shot controllers can train a
     matrix factorisation on them.
     """
-    from search_spaces import SPACES
+    from nas.core.plugins import SPACES
 
     fields = synthetic_fields(dict(rows or {"user": 60, "item": 90}), exponent=1.1, seed=0)
     spaces = {
@@ -162,7 +162,7 @@ def check_resume(factory: ControllerFactory, space: SearchSpace, budget: Budget,
     fitness = synthetic_fitness(space)
     whole = factory(space, budget, seed=seed, **options)
     first = factory(space, budget, seed=seed, **options)
-    one_shot = isinstance(whole, OneShotController)
+    one_shot = not whole.multi_trial
     if one_shot:
         trained = _TinySupernet(space, seed)
         trained.train(whole, 8)
@@ -201,7 +201,7 @@ def check_controller(factory: ControllerFactory, *, trials: int = 6, seed: int =
         runs = []
         for _ in range(2):
             controller = factory(space, budget, seed=seed, **options)
-            if isinstance(controller, OneShotController):
+            if not controller.multi_trial:
                 supernet = _TinySupernet(space, seed)
                 supernet.train(controller, 8)
                 controller.finish(supernet.model)

@@ -56,7 +56,7 @@ CHUNK_ROWS = 100_000
 """Default lines per chunk: about 100k × fields short strings in memory at a time."""
 
 LOG_SQUARE = "log_square"
-"""The numeric discretisation of paper 004 (section 5.1), the Criteo contest winners' scheme."""
+"""The numeric discretisation of [LERSBench, section 5.1], the Criteo contest winners' scheme."""
 
 MISSING = ""
 """The value of an empty field: a value of its own (see :func:`encode`)."""
@@ -243,8 +243,8 @@ class DelimitedChunks:
 #
 # Values stay Python strings: counting them (``Counter.update``), looking them up
 # (``map(dict.get, ...)``) and selecting rows (``itertools.compress``) all iterate in C,
-# several times faster than building numpy string arrays, and a numeric field's buckets
-# are computed once per distinct raw value (a cache), as paper 004's code does.
+# much cheaper than building numpy string arrays, and a numeric field's buckets
+# are computed once per distinct raw value (a cache), as [LERSBench]'s code does.
 
 
 @dataclass(frozen=True)
@@ -284,9 +284,9 @@ def check_bins(bins: Bins) -> Bins:
 
 
 def log_square_buckets(values: np.ndarray) -> np.ndarray:
-    """Paper 004's discretisation (section 5.1): ``"L{⌊ln²x⌋}"`` for ``x > 2``, ``"V{⌊x⌋}"`` otherwise.
+    """[LERSBench]'s discretisation (section 5.1): ``"L{⌊ln²x⌋}"`` for ``x > 2``, ``"V{⌊x⌋}"`` otherwise.
 
-    The Criteo contest winners' scheme, as in paper 004's code: a value above 2 goes to
+    The Criteo contest winners' scheme, as in [LERSBench]'s code: a value above 2 goes to
     bucket ⌊(ln x)²⌋, so buckets widen with the value (3-4 → 1, 5-7 → 2, 8-11 → 3,
     ...); smaller values keep their own integer (Criteo's counts are integers, with -1, 0,
     1, 2 frequent). The prefixes keep the two kinds of bucket apart.
@@ -486,7 +486,7 @@ def encode(
             f"{rule}; {share:.2%} of train rows in OOV"
         )
     if any(spec.numeric for spec in fields):
-        scheme = "floor(ln(x)^2) for x > 2, else floor(x) (paper 004, section 5.1)" if bins == LOG_SQUARE else "a given function"
+        scheme = "floor(ln(x)^2) for x > 2, else floor(x) [LERSBench, section 5.1]" if bins == LOG_SQUARE else "a given function"
         described.append(f"numeric fields discretised by {scheme}; empty values are a value of their own")
     described.append(
         f"random per-row split, fractions {tuple(float(v) for v in fractions)}, seed {seed}: "

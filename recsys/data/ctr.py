@@ -7,13 +7,13 @@ matrix of per-field ids and a float32 vector of 0/1 labels.
 Ids are local to a field: field ``f`` has ids ``0 .. cardinalities[f] - 1``,
 and the **last** id, ``cardinalities[f] - 1``, is the field's out-of-vocabulary
 (OOV) bucket, shared by the values too rare in the train split and by values
-never seen there (paper 004, section 5.1; its reference code also puts the OOV
+never seen there ([LERSBench, section 5.1]; its reference code also puts the OOV
 id after the kept values). The kept values are numbered by decreasing train
 frequency, so id 0 is the most frequent value of its field.
 
 **One embedding table per field**, named after the field (``rows()``,
 ``frequencies()``). The alternative, one table over all fields with offsets
-(as paper 004's code builds it), would hide the fields from the search: the
+(as [LERSBench]'s code builds it), would hide the fields from the search: the
 per-field space needs a variable per field, the block space groups rows by
 frequency *within* a field (frequencies of a gender and of a zip code do not
 compare), and an allocation is stored per table. The search spaces already

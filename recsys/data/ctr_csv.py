@@ -1,13 +1,13 @@
 """Loader for delimited click logs (Criteo/Avazu-style CSV or TSV) into :class:`~recsys.data.CTRData`.
 
-The preparation follows paper 004, section 5.1 (itself after the open CTR
-benchmark of Zhu et al., its reference [68]):
+The preparation follows [LERSBench, section 5.1] (itself after the open CTR
+benchmark [OpenCTR]; short names: docs/references.md):
 
 * **categorical** values are strings; a value seen fewer than ``oov_threshold``
   times in the *train* split goes to its field's OOV bucket, and so does a value
-  never seen in train (paper 004: fewer than 10 times on Criteo, 2 on Avazu);
+  never seen in train ([LERSBench]: fewer than 10 times on Criteo, 2 on Avazu);
 * **numeric** values are discretised into categorical buckets by the Criteo
-  contest winners' rule the paper applies, ``⌊ln²(x)⌋`` for ``x > 2`` (the
+  contest winners' rule [LERSBench] applies, ``⌊ln²(x)⌋`` for ``x > 2`` (the
   paper's text prints it as a rounded logarithm; its code, and the contest
   solution it cites, take the floor of the squared natural logarithm), and
   ``⌊x⌋`` for ``x ≤ 2``; the buckets then follow the categorical rules. A
@@ -81,9 +81,9 @@ def load_ctr_csv(
         label_threshold: when given, a row is a click if its label is at least
             this (e.g. 4 to read 1..5 star ratings as clicks).
         oov_threshold: least number of train rows a value needs to keep its own
-            id (paper 004: 10 on Criteo, 2 on Avazu); 1 keeps every train value;
+            id ([LERSBench]: 10 on Criteo, 2 on Avazu); 1 keeps every train value;
             0 also keeps the values seen only in valid/test (train frequency 0).
-        bins: :data:`LOG_SQUARE` (paper 004), or an elementwise vectorised
+        bins: :data:`LOG_SQUARE` ([LERSBench]), or an elementwise vectorised
             function from float64 values to integer buckets (e.g. fixed edges with
             ``np.digitize``); it is applied once to each distinct raw value.
         split: ``(train, valid, test)`` fractions; each row draws its split.

@@ -9,7 +9,7 @@ chunks of the ratings file; only the two small feature files are read whole.
 
 Fields, one embedding table each: ``user``, ``item``, ``age``, ``gender``,
 ``occupation``, ``zip``, ``genres``, ``year``; all categorical (ages and years are
-few distinct values, and paper 004 treats every field as categorical).
+few distinct values, and [LERSBench] treats every field as categorical).
 
 **Genres** are multi-valued (``class:token_seq``: ``"Action Adventure
 Thriller"``), but a field is one id per row, so the field's value is the item's
@@ -107,7 +107,7 @@ def load_movielens_ctr(
         dataset: the files' common stem.
         click_threshold: least rating that counts as a click (4 on a 1..5 scale).
         oov_threshold: least train count of a kept value; the default 2 is
-            paper 004's smaller threshold (Avazu's, section 5.1), fitting a small
+            [LERSBench]'s smaller threshold (Avazu's, section 5.1), fitting a small
             dataset; 0 keeps every user and item of the ratings (943 and 1,682 on
             ML-100K) as rows of their own, like the collaborative-filtering tables.
         split: ``(train, valid, test)`` fractions of the ratings, drawn per row.

@@ -3,7 +3,7 @@
 A backbone computes the scores its architecture defines; the objective is the same for
 all of them:
 
-* **BPR** (Rendle et al., 2009): each observed item should outscore one sampled
+* **BPR** [BPR]: each observed item should outscore one sampled
   unobserved item, ``mean(-log σ(s(u, i) - s(u, j)))``.
 * **Sampled softmax** (InfoNCE): each observed item should win a softmax against ``k``
   negatives, ``mean(-log softmax(s(u, ·) / τ)[i])``.  The negatives are drawn uniformly

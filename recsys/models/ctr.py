@@ -13,16 +13,16 @@ of every field, kept as plain parameters of the model, *not* in the provider:
 the search sizes vectors of a common width ``dim`` (a row keeps its leading
 ``k`` values), and a scalar cannot be cut that way; keeping the bias whole costs
 ``1/dim`` of the table and lets a row whose vector is cut to nothing still say
-how often its value clicks. Paper 004's code likewise keeps this term outside
+how often its value clicks. [LERSBench]'s code likewise keeps this term outside
 the compressed embedding (a separate one-wide table), and the sparsity it
 reports counts the embedding table only (section 5.2).
 
-Settings follow paper 004 (Table 4): ``d = 16``; DeepFM's MLP 400-400-400;
+Settings follow [LERSBench, Table 4]: ``d = 16``; DeepFM's MLP 400-400-400;
 DCN's MLP 512-512 after ``L = 3`` cross layers, stacked (cross network, then
-the deep network on its output, as in the paper's DCN code). The paper's DCN is
+the deep network on its output, as in [LERSBench]'s DCN code). [LERSBench]'s DCN is
 DCN-Mix (low-rank experts, ``r = 64``, ``K = 4``); ours is DCN-v2 with
-full-rank cross matrices, the form the DCN-v2 paper (Wang et al., 2021, eq. 1)
-defines. Dropout after every hidden layer (searched in [0, 1] in the paper).
+full-rank cross matrices, the form [DCN-v2, eq. 1] defines. Dropout after every
+hidden layer (searched in [0, 1] in [LERSBench]). Short names: docs/references.md.
 No batch normalisation: its batch statistics would mix the masked variants a
 supernet trains in one batch.
 """
@@ -40,7 +40,7 @@ from recsys.embedding import EmbeddingProvider
 __all__ = ["DCN_STRUCTURES", "FM", "CTRBackbone", "DCNv2", "DeepFM"]
 
 DCN_STRUCTURES = ("stacked", "parallel")
-"""How DCN-v2 combines its cross and deep networks (DCN-v2 paper, Figure 2)."""
+"""How DCN-v2 combines its cross and deep networks ([DCN-v2, Figure 2])."""
 
 
 @runtime_checkable
@@ -147,7 +147,7 @@ class _FieldModel(nn.Module):
         Args:
             x: int64 ids ``(b, n_fields)``.
             y: 0/1 labels ``(b,)`` (any float or integer dtype).
-            reg: weight of the L2 term (paper 004 searches λ in [1e-5, 1e-2]).
+            reg: weight of the L2 term ([LERSBench] searches λ in [1e-5, 1e-2]).
         """
         logits, vectors = self._scores(x)
         target = y.to(logits.dtype).expand_as(logits)
@@ -164,7 +164,7 @@ def _pairwise(vectors: torch.Tensor) -> torch.Tensor:
 
 
 class FM(_FieldModel):
-    """Factorisation machine: ``w0 + Σ w_f[x_f] + Σ_{i<j} <e_i, e_j>`` (Rendle, 2010).
+    """Factorisation machine: ``w0 + Σ w_f[x_f] + Σ_{i<j} <e_i, e_j>`` [FM].
 
     Args:
         embedding: one table per field.
@@ -180,12 +180,12 @@ class FM(_FieldModel):
 
 
 class DeepFM(_FieldModel):
-    """FM plus an MLP on the concatenated field vectors, sharing the embedding (Guo et al., 2017).
+    """FM plus an MLP on the concatenated field vectors, sharing the embedding [DeepFM].
 
     Args:
         embedding: one table per field.
         fields: the field (= table) of each id column.
-        hidden: MLP sizes (paper 004, Table 4: 400, 400, 400).
+        hidden: MLP sizes ([LERSBench, Table 4]: 400, 400, 400).
         dropout: after every hidden layer.
     """
 
@@ -207,23 +207,23 @@ class DeepFM(_FieldModel):
 
 
 class DCNv2(_FieldModel):
-    """Deep & Cross Network v2: full-rank cross layers and an MLP (Wang et al., 2021).
+    """Deep & Cross Network v2: full-rank cross layers and an MLP [DCN-v2].
 
     A cross layer maps ``x_{l+1} = x_0 ⊙ (W_l x_l + b_l) + x_l`` with ``W_l`` a full
     ``D × D`` matrix, ``D = n_fields · dim`` and ``x_0`` the concatenated vectors.
-    ``"stacked"`` feeds ``x_L`` to the MLP and the MLP's output to the logit (paper
-    004's DCN); ``"parallel"`` runs the MLP on ``x_0`` and reads the logit off
+    ``"stacked"`` feeds ``x_L`` to the MLP and the MLP's output to the logit
+    ([LERSBench]'s DCN); ``"parallel"`` runs the MLP on ``x_0`` and reads the logit off
     ``[x_L, MLP(x_0)]``.
 
     Args:
         embedding: one table per field.
         fields: the field (= table) of each id column.
-        cross_layers: ``L`` (paper 004, Table 4: 3).
-        hidden: MLP sizes (paper 004, Table 4: 512, 512).
+        cross_layers: ``L`` ([LERSBench, Table 4]: 3).
+        hidden: MLP sizes ([LERSBench, Table 4]: 512, 512).
         dropout: after every hidden layer.
         structure: ``"stacked"`` or ``"parallel"``.
-        first_order: add FM's per-row scalars; off by default, as in DCN-v2 and
-            paper 004's code, since the first cross layer already holds linear terms.
+        first_order: add FM's per-row scalars; off by default, as in [DCN-v2] and
+            [LERSBench]'s code, since the first cross layer already holds linear terms.
     """
 
     def __init__(

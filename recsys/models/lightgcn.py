@@ -1,15 +1,15 @@
-"""LightGCN (He et al., SIGIR'20): item and user vectors averaged over K rounds of graph propagation.
+"""LightGCN [LightGCN]: item and user vectors averaged over K rounds of graph propagation.
 
 The layer-0 vectors are the provider's tables, so a masked provider masks *before*
-propagation (paper 003's and 004's convention: the budget counts the stored table).
+propagation ([BET]'s and [LERSBench]'s convention: the budget counts the stored table).
 Each round multiplies by the symmetrically normalised user-item adjacency, held as two
 CSR blocks (:class:`~recsys.models._graph.GraphBlocks`).  The final vectors are the mean
 of rounds 0..K.
 
 Training propagates once per batch, as LightGCN does (every weight reaches every
 score); the backward pass multiplies by the blocks already transposed
-(:func:`~recsys.models._graph.spmm`), which makes a Gowalla step about four times
-faster than torch's own sparse product on CPU.  The L2 term is on the
+(:func:`~recsys.models._graph.spmm`), which spares the transpose (a sort of all edges)
+that torch's own sparse product does on every backward pass.  The L2 term is on the
 layer-0 vectors of the batch, with ``reg`` per triple as in :class:`~recsys.models.MF`.
 Out of training mode the result is kept with the layer-0 tables it came from and reused
 while they are unchanged (compared exactly, which costs far less than a propagation),
@@ -38,7 +38,7 @@ class LightGCN(GraphCF):
     Args:
         embedding: provides ``"user"`` and ``"item"`` tables (the layer-0 vectors).
         train: the ``(n_users, n_items)`` training interactions (the graph).
-        layers: propagation rounds K (3 in the paper).
+        layers: propagation rounds K (3 in [LightGCN]).
     """
 
     def __init__(self, embedding: EmbeddingProvider, train: sp.csr_matrix, layers: int = 3) -> None:

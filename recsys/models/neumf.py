@@ -1,11 +1,11 @@
-"""NeuMF (He et al., WWW'17): a generalised matrix factorisation and an MLP over the pair, fused by one linear layer.
+"""NeuMF [NeuMF]: a generalised matrix factorisation and an MLP over the pair, fused by one linear layer.
 
 The score of (user ``u``, item ``i``) is
 
     ``s(u, i) = hᵀ [u ⊙ i ; MLP([u ; i])] + b``
 
 where the MLP is a tower that halves its width at every layer with ReLU (``2d → d → d/2``
-for two layers, paper 004's ``64, 32, 16`` at ``d = 32``; NCF's own tower), and ``h``
+for two layers, [LERSBench]'s ``64, 32, 16`` at ``d = 32``; NCF's own tower), and ``h``
 weighs the GMF product and the tower's output.
 
 **One table per side, read by both branches.**  The original NeuMF gives the GMF and the
@@ -53,7 +53,7 @@ class NeuMF(nn.Module):
         mlp_layers: linear layers of the tower; layer ``k`` maps ``2d / 2^k`` to
             ``2d / 2^(k+1)`` values (at least one), so 2 layers give ``2d → d → d/2``.
         dropout: dropout after every ReLU of the tower, in training mode only (0: none,
-            as NCF; paper 004 tunes it in ``[0, 1]``).
+            as NCF; [LERSBench] tunes it in ``[0, 1]``).
         seed: seeds the initialisation of the tower and output weights, so building the
             model twice gives the same weights.
 

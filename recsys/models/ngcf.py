@@ -1,4 +1,4 @@
-"""NGCF (Wang et al., SIGIR'19): graph propagation with feature transforms and a bi-interaction term.
+"""NGCF [NGCF]: graph propagation with feature transforms and a bi-interaction term.
 
 Layer ``l + 1`` of every node is
 
@@ -11,14 +11,14 @@ term, added here: node ``v`` keeps ``E_v / deg(v)`` of itself.  The final vector
 is the concatenation of ``E_0`` (the provider's row) and the L2-normalised outputs of
 layers ``1..L``, so it is ``(L + 1) · d`` wide; a score is the dot product of two of them.
 
-Defaults follow NGCF's own settings, which paper 003 keeps ("the same settings as
+Defaults follow NGCF's own settings, which [BET] keeps ("the same settings as
 reported in their original works"): 3 layers, LeakyReLU slope 0.2, message dropout 0.1
 on every layer's output in training only, node dropout off.  Node dropout, when set,
 drops a node's outgoing messages (self loop included) for the whole step, rescaling the
 kept ones by ``1 / (1 - rate)``.
 
 The layer-0 vectors are the provider's tables, so a masked provider masks *before*
-propagation (papers 003 and 004: the budget counts the stored table).  The L2 term is on
+propagation ([BET] and [LERSBench]: the budget counts the stored table).  The L2 term is on
 the batch's layer-0 vectors, ``reg`` per triple as in :class:`~recsys.models.MF`; ``W1``,
 ``W2`` and the biases carry none.  Out of training mode the propagation is kept with the
 layer-0 tables and the layer weights it came from and reused while they are exactly equal
@@ -51,7 +51,7 @@ class NGCF(GraphCF):
     Args:
         embedding: provides ``"user"`` and ``"item"`` tables (the layer-0 vectors), width ``d``.
         train: the ``(n_users, n_items)`` training interactions (the graph).
-        layers: propagation layers L (3 in the paper).
+        layers: propagation layers L (3 in [NGCF]).
         message_dropout: dropout rate on every layer's output, training mode only (0.1).
         node_dropout: rate of nodes whose outgoing messages are dropped per step, training
             mode only (0: off, NGCF's default).

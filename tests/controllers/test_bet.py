@@ -20,7 +20,7 @@ from controllers.bet_sampler import (
 from controllers.fitness_predictor import DeepSetsPredictor
 from nas.core import Budget, ConfigError, table_specs
 from nas.core.projection import is_monotone
-from nas.runs import Run
+from nas.pipeline.runs import Run
 from nas.testing import BUILTIN_OPTIONS, fill_rule_violation, layouts, synthetic_fields
 from search_spaces import SPACES, PerFeatureSpace
 

@@ -8,11 +8,11 @@ import torch
 
 from controllers import CONTROLLERS, DifferentiableSizes
 from controllers.darts import _tilt
-from nas.config import SearchConfig
+from nas.pipeline.config import SearchConfig
 from nas.core import Budget, ConfigError
-from nas.data_source import load_data
-from nas.search import build_model, build_search
-from nas.supernet import train_one_shot
+from nas.pipeline.data import load_data
+from nas.pipeline.build import build_model, build_search
+from nas.pipeline.supernet import train_one_shot
 from nas.testing import synthetic_fields
 from search_spaces import PerFeatureSpace
 

@@ -77,9 +77,9 @@ def test_optuna_mirrors_its_trials_to_a_storage_once(tmp_path):
 @pytest.mark.parametrize("space", ["per-feature", "per-field", "block"])
 @pytest.mark.parametrize("name", CONTROLLERS.names())
 def test_every_controller_completes_a_small_search_on_every_space(name, space, model, tmp_path):
-    from nas.config import SearchConfig, TrainingOptions
-    from nas.data_source import DataSpec
-    from nas.search import run_search
+    from nas.pipeline.config import SearchConfig, TrainingOptions
+    from nas.pipeline.data import DataSpec
+    from nas.pipeline.search import run_search
 
     config = SearchConfig(
         data=DataSpec("synthetic", extra={"n_users": 200, "n_items": 300, "mean_items_per_user": 10.0}),
@@ -87,7 +87,7 @@ def test_every_controller_completes_a_small_search_on_every_space(name, space, m
         threads=1, space_options={"groups": 4, "blocks": 4} if space == "block" else {},
         train=TrainingOptions(epochs=1, batch_size=1024, eval_every=1, patience=5),
     )
-    metrics = run_search(config, tmp_path, progress=False)
+    metrics = run_search(config, runs_root=tmp_path, progress=False).to_dict()
     assert metrics["allocation"]["values"] <= metrics["budget"]["max_values"]
     assert metrics["export"]["bytes_stored"] > 0 and metrics["trials"] >= 1
 
@@ -96,9 +96,9 @@ def test_every_controller_completes_a_small_search_on_every_space(name, space, m
 @pytest.mark.parametrize("name", CONTROLLERS.names())
 def test_every_controller_completes_a_small_search_trained_with_the_softmax(name, model, tmp_path):
     """The sampled softmax reaches every stage that trains (supernet, one-shot search, fine-tunes, retrains)."""
-    from nas.config import SearchConfig, TrainingOptions
-    from nas.data_source import DataSpec
-    from nas.search import run_search
+    from nas.pipeline.config import SearchConfig, TrainingOptions
+    from nas.pipeline.data import DataSpec
+    from nas.pipeline.search import run_search
 
     config = SearchConfig(
         data=DataSpec("synthetic", extra={"n_users": 200, "n_items": 300, "mean_items_per_user": 10.0}),
@@ -106,7 +106,7 @@ def test_every_controller_completes_a_small_search_trained_with_the_softmax(name
         evaluator="finetune" if name == "bet" else "supernet",
         train=TrainingOptions(epochs=1, batch_size=1024, eval_every=1, patience=5, loss="softmax", negatives=64),
     )
-    metrics = run_search(config, tmp_path, progress=False)
+    metrics = run_search(config, runs_root=tmp_path, progress=False).to_dict()
     assert metrics["allocation"]["values"] <= metrics["budget"]["max_values"]
     assert metrics["allocated"]["test"]["recall@20"] >= 0 and metrics["trials"] >= 1
 
@@ -119,9 +119,9 @@ TINY_CLICKS = {"n_rows": 1500, "fields": {"user": 120, "item": 160, "genre": 12,
 @pytest.mark.parametrize("space", ["per-feature", "per-field", "block"])
 @pytest.mark.parametrize("name", CONTROLLERS.names())
 def test_every_controller_completes_a_small_click_search_on_every_space(name, space, model, tmp_path):
-    from nas.config import SearchConfig, TrainingOptions
-    from nas.data_source import DataSpec
-    from nas.search import run_search
+    from nas.pipeline.config import SearchConfig, TrainingOptions
+    from nas.pipeline.data import DataSpec
+    from nas.pipeline.search import run_search
 
     config = SearchConfig(
         data=DataSpec("synthetic-ctr", extra=TINY_CLICKS), model=model, controller=name, space=space, budget="0.8",
@@ -129,7 +129,7 @@ def test_every_controller_completes_a_small_click_search_on_every_space(name, sp
         controller_options={"warmup": 0} if name in ("darts", "pep") else {},
         train=TrainingOptions(epochs=1, batch_size=512, lr=1e-2, reg=1e-5, eval_every=1, patience=2),
     )
-    metrics = run_search(config, tmp_path, progress=False)
+    metrics = run_search(config, runs_root=tmp_path, progress=False).to_dict()
     assert metrics["task"] == "click"
     assert metrics["allocation"]["values"] <= metrics["budget"]["max_values"]
     assert metrics["export"]["bytes_stored"] <= metrics["budget"]["max_bytes"] and metrics["trials"] >= 1
@@ -137,10 +137,10 @@ def test_every_controller_completes_a_small_click_search_on_every_space(name, sp
 
 
 def test_a_batch_larger_than_the_controller_proposes_fails_before_training():
-    from nas.config import SearchConfig
+    from nas.pipeline.config import SearchConfig
     from nas.core import ConfigError
-    from nas.data_source import load_data
-    from nas.search import build_search
+    from nas.pipeline.data import load_data
+    from nas.pipeline.build import build_search
 
     config = SearchConfig(controller="nevergrad", ask_batch=4)
     with pytest.raises(ConfigError, match="at most 1 candidates at once.*workers"):
@@ -168,9 +168,9 @@ def test_a_controller_that_reads_frequencies_refuses_a_space_without_them():
 @pytest.mark.parametrize("name", ["bet", "darts", "pep"])
 def test_backbones_run_with_sandwich_one_shot_and_pruning_controllers(name, model, tmp_path):
     """Graph propagation and NeuMF's tower see the masks (stacked variants, soft masks, element masks) through the provider."""
-    from nas.config import SearchConfig, TrainingOptions
-    from nas.data_source import DataSpec
-    from nas.search import run_search
+    from nas.pipeline.config import SearchConfig, TrainingOptions
+    from nas.pipeline.data import DataSpec
+    from nas.pipeline.search import run_search
 
     config = SearchConfig(
         data=DataSpec("synthetic", extra={"n_users": 200, "n_items": 300, "mean_items_per_user": 10.0}),
@@ -178,6 +178,6 @@ def test_backbones_run_with_sandwich_one_shot_and_pruning_controllers(name, mode
         controller_options={"warmup": 0} if name in ("darts", "pep") else {},
         train=TrainingOptions(epochs=2, batch_size=1024, eval_every=1, patience=5),
     )
-    metrics = run_search(config, tmp_path, progress=False)
+    metrics = run_search(config, runs_root=tmp_path, progress=False).to_dict()
     assert metrics["allocation"]["values"] <= metrics["budget"]["max_values"]
     assert metrics["allocated"]["test"]["recall@20"] > 0

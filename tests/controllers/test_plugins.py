@@ -11,18 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from controllers import CONTROLLERS
-from nas.config import SearchConfig, TrainingOptions
-from nas.data_source import DataSpec
-from nas.search import run_search
+import nas
+from nas import CONTROLLERS
 from nas.testing import check_controller
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "custom_controller.md"
 
 TINY = dict(
-    data=DataSpec("synthetic", extra={"n_users": 300, "n_items": 400, "mean_items_per_user": 15.0}),
+    data=nas.DataSpec("synthetic", extra={"n_users": 300, "n_items": 400, "mean_items_per_user": 15.0}),
     trials=4, retrain_top=1, fitness_users=0, threads=1,
-    train=TrainingOptions(epochs=2, batch_size=512, eval_every=1, patience=5),
+    train=nas.TrainingOptions(epochs=2, batch_size=512, eval_every=1, patience=5),
 )
 
 
@@ -50,10 +48,9 @@ def test_the_documented_controller_is_thirty_lines():
 def test_the_documented_controller_conforms_and_runs_a_search(hill_climb, tmp_path: Path):
     assert CONTROLLERS.get("hill-climb") is hill_climb.HillClimb
     check_controller(hill_climb.HillClimb)
-    metrics = run_search(SearchConfig(controller="hill-climb", controller_options={"moves": 0.1}, **TINY), tmp_path,
-                         progress=False)
-    assert metrics["controller"] == "hill-climb" and metrics["trials"] == 4
-    assert metrics["allocation"]["values"] <= metrics["budget"]["max_values"]
+    result = nas.search(controller="hill-climb", controller_options={"moves": 0.1}, **TINY, progress=False)
+    assert result.controller == "hill-climb" and result.trials == 4
+    assert result.allocation.cost <= result.budget.max_values
 
 
 def test_an_installed_package_adds_a_controller_by_entry_point(tmp_path: Path):
@@ -74,12 +71,12 @@ def test_an_installed_package_adds_a_controller_by_entry_point(tmp_path: Path):
     )
     assert install.returncode == 0, install.stderr
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(target), os.environ.get("PYTHONPATH", "")])}
-    listing = subprocess.run([sys.executable, "-m", "nas.cli", "controllers"], capture_output=True, text=True, env=env,
+    listing = subprocess.run([sys.executable, "-m", "nas.app.cli", "controllers"], capture_output=True, text=True, env=env,
                              timeout=120)
     assert listing.returncode == 0, listing.stderr
     assert re.search(r"^hill-climb\s+multi-trial\s+fitness\s+all\s+-\s+Moves a few decisions", listing.stdout, re.M), listing.stdout
     search = subprocess.run(
-        [sys.executable, "-m", "nas.cli", "search", "--controller", "hill-climb", "--controller-option", "moves=0.1",
+        [sys.executable, "-m", "nas.app.cli", "search", "--controller", "hill-climb", "--controller-option", "moves=0.1",
          "--trials", "3", "--epochs", "2", "--retrain-top", "1", "--runs", str(tmp_path / "runs"), "--name", "plugged",
          "--quiet"],
         capture_output=True, text=True, env=env, timeout=300,

@@ -10,12 +10,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from controllers.pruning import LearnableThresholds, keep_largest, masked_value_limit
-from nas.config import SearchConfig, TrainingOptions
+from nas.pipeline.config import SearchConfig, TrainingOptions
 from nas.core import Budget, BudgetError
-from nas.core.storage import fixed_bytes
-from nas.data_source import DataSpec
-from nas.search import run_search
-from nas.serving import PackedEmbedding
+from nas.core.accounting import fixed_bytes
+from nas.pipeline.data import DataSpec
+from nas.pipeline.search import run_search
+from nas.artifact.serving import PackedEmbedding
 from nas.testing import check_controller
 from nas.testing.controllers import _TinySupernet, conformance_cases
 
@@ -80,7 +80,7 @@ def test_pep_without_warmup_conforms_and_freezes_its_mask_at_the_budget():
 
 @pytest.mark.parametrize("controller", ["magprune", "pep"])
 def test_pruned_runs_export_element_masks_within_a_byte_budget(controller, tmp_path):
-    metrics = run_search(SearchConfig(controller=controller, budget="60KB", **TINY), tmp_path, progress=False)
+    metrics = run_search(SearchConfig(controller=controller, budget="60KB", **TINY), runs_root=tmp_path, progress=False).to_dict()
     export = tmp_path / metrics["run"].split("/")[-1] / "export"
     manifest = json.loads((export / "manifest.json").read_text())
     assert metrics["export"]["bytes_stored"] <= 60_000

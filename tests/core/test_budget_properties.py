@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from controllers import CONTROLLERS
 from nas.core import Allocation, Budget, BudgetError, table_specs
 from nas.core.projection import project_linear
-from nas.core.storage import export_bytes
+from nas.core.accounting import export_bytes
 from search_spaces import PerFeatureSpace
 
 FAST = settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nas.core import Allocation
-from nas.embedding import MaskableEmbedding
+from nas.pipeline.embedding import MaskableEmbedding
 from recsys.embedding import PlainEmbedding
 
 

@@ -11,7 +11,7 @@ import torch
 
 from nas.core._atomic import atomic_write
 from nas.core import Allocation, ArtifactError, ConfigError, ResumeError
-from nas.runs import Run, config_hash
+from nas.pipeline.runs import Run, config_hash
 
 
 def test_config_hash_ignores_key_order():

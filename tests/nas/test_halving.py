@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nas.search import HALVING_RATE, halving_rungs
+from nas.pipeline.search import HALVING_RATE, halving_rungs
 
 
 def test_five_candidates_train_a_ninth_then_a_third_then_one_to_the_end():

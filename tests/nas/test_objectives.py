@@ -11,11 +11,13 @@ import numpy as np
 import pytest
 
 from controllers import CONTROLLERS
-from nas.config import SearchConfig, TrainingOptions
+from nas.pipeline.config import SearchConfig, TrainingOptions
 from nas.core import Budget, table_specs
-from nas.embedding import MaskableEmbedding
-from nas.evaluate import FineTuneConfig, FineTuneEvaluator
-from nas.supernet import SupernetOptions, train_one_shot, train_supernet
+from nas.pipeline.embedding import MaskableEmbedding
+from nas.pipeline.config import FineTuneConfig
+from nas.pipeline.evaluators import FineTuneEvaluator
+from nas.pipeline.config import SupernetOptions
+from nas.pipeline.supernet import train_one_shot, train_supernet
 from recsys.data import synthetic
 from recsys.models import MF
 from recsys.train import TrainConfig
@@ -86,7 +88,7 @@ def test_fine_tune_fitness_trains_with_the_runs_objective(data, calls):
 
 
 def test_the_objective_is_a_training_option_of_top_k_runs_only(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
-    from nas.cli import _config_from_args, build_parser, main
+    from nas.app.cli import _config_from_args, build_parser, main
 
     config = _config_from_args(build_parser().parse_args(["search", "--loss", "softmax", "--temperature", "0.1",
                                                           "--negatives", "64"]))

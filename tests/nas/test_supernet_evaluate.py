@@ -8,11 +8,13 @@ import torch
 
 from controllers import CONTROLLERS
 from nas.core import Allocation, Budget, ResumeError, table_specs
-from nas.embedding import MaskableEmbedding, stack_row_dims
-from nas.evaluate import FineTuneConfig, FineTuneEvaluator, SupernetEvaluator
-from nas.runs import Run
-from nas.supernet import SandwichLoss, SupernetOptions, train_supernet
-from nas.trials import ranked_candidates, run_trials
+from nas.pipeline.embedding import MaskableEmbedding, stack_row_dims
+from nas.pipeline.config import FineTuneConfig
+from nas.pipeline.evaluators import FineTuneEvaluator, SupernetEvaluator
+from nas.pipeline.runs import Run
+from nas.pipeline.config import SupernetOptions
+from nas.pipeline.supernet import SandwichLoss, train_supernet
+from nas.pipeline.trials import ranked_candidates, run_trials
 from recsys.data import synthetic
 from recsys.models import MF
 from recsys.train import TrainConfig, train_bpr
@@ -192,10 +194,10 @@ def test_the_sandwich_can_train_on_the_controllers_own_proposals():
 
 
 def test_a_controller_without_proposals_refuses_to_feed_the_supernet_before_training():
-    from nas.config import SearchConfig
+    from nas.pipeline.config import SearchConfig
     from nas.core import ConfigError
-    from nas.data_source import load_data
-    from nas.search import build_search
+    from nas.pipeline.data import load_data
+    from nas.pipeline.build import build_search
 
     config = SearchConfig(controller="rl", supernet=SupernetOptions(proposals="controller"))
     with pytest.raises(ConfigError, match="no proposal distribution"):
@@ -203,8 +205,8 @@ def test_a_controller_without_proposals_refuses_to_feed_the_supernet_before_trai
 
 
 def test_a_run_recorded_before_an_option_existed_resumes(tmp_path):
-    from nas.config import SearchConfig
-    from nas.runs import Run
+    from nas.pipeline.config import SearchConfig
+    from nas.pipeline.runs import Run
 
     current = SearchConfig().to_dict()
     older = {**current, "supernet": {k: v for k, v in current["supernet"].items() if k not in ("proposals", "epochs")}}
@@ -214,8 +216,8 @@ def test_a_run_recorded_before_an_option_existed_resumes(tmp_path):
 
 def test_a_top_k_run_recorded_before_click_data_resumes(tmp_path):
     """Its data section lacks the click options and its d_max and training are written out: it loads unchanged."""
-    from nas.config import SearchConfig
-    from nas.runs import Run
+    from nas.pipeline.config import SearchConfig
+    from nas.pipeline.runs import Run
 
     current = SearchConfig().to_dict()
     click_options = ("label_col", "categorical", "numeric", "label_threshold", "oov_threshold")

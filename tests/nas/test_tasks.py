@@ -6,13 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from nas.backbones import BACKBONES, backbone_task, models_of_task
+from nas.pipeline.backbones import BACKBONES, backbone_task, models_of_task
 from nas.core import Budget, ConfigError
 from nas.core.controller import OneShotController
 from nas.core.tables import table_specs
-from nas.embedding import MaskableEmbedding, stack_row_dims
-from nas.evaluate import FineTuneConfig, FineTuneEvaluator, SupernetEvaluator
-from nas.tasks import ClickTask, TopKTask, task_for
+from nas.pipeline.embedding import MaskableEmbedding, stack_row_dims
+from nas.pipeline.config import FineTuneConfig
+from nas.pipeline.evaluators import FineTuneEvaluator, SupernetEvaluator
+from nas.pipeline.tasks import ClickTask, TopKTask, task_for
 from recsys.data import CTRData, synthetic, synthetic_ctr
 from recsys.models import MF
 from recsys.train_ctr import evaluate_ctr

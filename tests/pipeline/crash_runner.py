@@ -19,10 +19,11 @@ import argparse
 import os
 import signal
 import types
+from pathlib import Path
 from dataclasses import replace
 
-from nas.config import SearchConfig, TrainingOptions
-from nas.data_source import DataSpec
+from nas.pipeline.config import SearchConfig, TrainingOptions
+from nas.pipeline.data import DataSpec
 
 CONFIG = SearchConfig(
     data=DataSpec("synthetic", extra={"n_users": 400, "n_items": 500, "mean_items_per_user": 20.0}),
@@ -71,7 +72,7 @@ def _count_to(n: int):  # noqa: ANN202 - a tiny closure factory
 
 def arm(die_at_rename: int | None, die_mid_write: int | None, die_mid_event: int | None) -> None:
     import nas.core._atomic as atomic
-    import nas.runs as runs
+    import nas.pipeline.runs as runs
 
     fake_os = types.SimpleNamespace(**{k: getattr(os, k) for k in dir(os) if not k.startswith("__")})
     if die_at_rename:
@@ -126,9 +127,9 @@ def main() -> None:
     parser.add_argument("--die-mid-event", type=int)
     args = parser.parse_args()
     arm(args.die_at_rename, args.die_mid_write, args.die_mid_event)
-    from nas.search import run_search
+    from nas.pipeline.search import run_search
 
-    run_search(CONFIGS[args.config], args.runs, args.name, progress=False)
+    run_search(CONFIGS[args.config], run_dir=Path(args.runs) / args.name, progress=False)
 
 
 if __name__ == "__main__":

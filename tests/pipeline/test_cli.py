@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from nas.cli import main
+from nas.app.cli import main
 from nas.core import Allocation, Budget
+from nas.pipeline.result import SearchResult
 
 FAST = ["--epochs", "2", "--eval-every", "1", "--quiet", "--fitness-users", "300"]
 
@@ -51,13 +52,13 @@ def test_export_meets_the_budget_from_the_files_alone(finished_run: Path):
 
 
 def test_summary_and_metrics(finished_run: Path):
-    from nas.summary import summary_table
+    from nas.app.summary import summary_table
 
     metrics = json.loads((finished_run / "metrics.json").read_text())
     assert 0.99 <= metrics["allocation"]["budget_used"] <= 1.0
     assert metrics["allocated"]["test"]["recall@20"] > 0
     assert metrics["full"]["test"]["recall@20"] > 0
-    text = summary_table(metrics)
+    text = summary_table(SearchResult.read(finished_run))
     assert "sparsity 0.9" in text and "per-feature (7,000 decisions)" in text
     assert f"{metrics['export']['bytes_stored']:,} bytes exported" in text
     recall_line = next(line for line in text.splitlines() if line.strip().startswith("recall@20"))
@@ -233,7 +234,7 @@ def test_bet_search_with_options_and_successive_halving(tmp_path: Path, capsys: 
 
 
 def test_faithful_sets_the_papers_protocol_and_bad_controller_options_are_refused(capsys: pytest.CaptureFixture[str]):
-    from nas.cli import _config_from_args, build_parser
+    from nas.app.cli import _config_from_args, build_parser
 
     config = _config_from_args(build_parser().parse_args(["search", "--controller", "bet", "--faithful", "--evaluator", "supernet"]))
     assert (config.evaluator, config.supernet.mode, config.retrain) == ("finetune", "full", "full")

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from safetensors import safe_open
 
-from nas.cli import main
+from nas.app.cli import main
 from nas.core import Allocation
 
 RUNNER = Path(__file__).with_name("crash_runner.py")

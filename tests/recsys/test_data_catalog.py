@@ -386,7 +386,7 @@ def test_pinned_hashes_match_the_shared_copies(shared_data: Path):
 
 
 def test_cli_data_list(capsys, tmp_path: Path):
-    from nas.cli import main
+    from nas.app.cli import main
 
     (tmp_path / "lastfm").mkdir()
     (tmp_path / "lastfm" / "train.txt").write_bytes(b"0 1\n")
@@ -405,7 +405,7 @@ def test_cli_data_list(capsys, tmp_path: Path):
 
 
 def test_cli_data_get_converts_and_says_how_to_use_it(capsys, server: Server, tmp_path: Path):
-    from nas.cli import main
+    from nas.app.cli import main
 
     server.put("ml-100k/ml-100k.zip", _zip({"ml-100k/u.data": _U_DATA}))
     cache = tmp_path / "cache"
@@ -420,7 +420,7 @@ def test_cli_data_get_converts_and_says_how_to_use_it(capsys, server: Server, tm
 
 
 def test_cli_data_get_errors_are_one_line(capsys, server: Server, tmp_path: Path):
-    from nas.cli import main
+    from nas.app.cli import main
 
     assert main(["data", "get", "movielens", "--cache", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
@@ -433,7 +433,7 @@ def test_cli_data_get_errors_are_one_line(capsys, server: Server, tmp_path: Path
 
 
 def test_cli_data_get_lastfm_from_a_mirror_of_the_real_files(capsys, server: Server, shared_data: Path, tmp_path: Path):
-    from nas.cli import main
+    from nas.app.cli import main
 
     for split in ("train", "valid", "test"):
         server.put(f"lastfm/{split}.txt", gzip.decompress((shared_data / f"lastfm_lightgcnpp_cf/{split}.txt.gz").read_bytes()))

@@ -7,7 +7,7 @@ import scipy.sparse as sp
 import torch
 
 from nas.core import Allocation
-from nas.embedding import MaskableEmbedding
+from nas.pipeline.embedding import MaskableEmbedding
 from recsys.embedding import PlainEmbedding
 from recsys.models import LightGCN
 
@@ -54,7 +54,7 @@ def test_stacked_variants_propagate_like_each_alone():
     for allocation in allocations:
         embedding.set_allocation(allocation)
         singles.append(model.bpr_loss(users, pos, neg, 0.0))
-    from nas.embedding import stack_row_dims
+    from nas.pipeline.embedding import stack_row_dims
 
     embedding.set_variants(stack_row_dims(allocations))
     together = model.bpr_loss(users, pos, neg, 0.0)

@@ -10,7 +10,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from nas.core import Allocation
-from nas.embedding import MaskableEmbedding, stack_row_dims
+from nas.pipeline.embedding import MaskableEmbedding, stack_row_dims
 from recsys.data import synthetic
 from recsys.embedding import PlainEmbedding
 from recsys.models import NGCF, Backbone

@@ -8,8 +8,8 @@ import scipy.sparse as sp
 import torch
 
 from nas.core import Allocation
-from nas.embedding import MaskableEmbedding, stack_row_dims
-from nas.tasks import TopKTask, top_k_variants_loss, task_for
+from nas.pipeline.embedding import MaskableEmbedding, stack_row_dims
+from nas.pipeline.tasks import TopKTask, top_k_variants_loss, task_for
 from recsys.data import synthetic
 from recsys.embedding import PlainEmbedding
 from recsys.models import MF, NGCF, LightGCN, NeuMF

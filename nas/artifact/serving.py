@@ -2,7 +2,7 @@
 
 This module is what a serving process ships with, so it imports only ``torch``,
 ``safetensors`` and the standard library: not numpy, and nothing else of embnas.
-It reads the folder written by :func:`nas.export.export_tables`::
+It reads the folder written by :func:`nas.artifact.export.export_tables`::
 
     manifest.json          format, version, tables, budget, sizes and sha256 of the payload
     tables.safetensors     per table: {name}.row_dims, {name}.values, and {name}.mask
@@ -314,7 +314,7 @@ class PackedEmbedding:
         """Read an export folder, refusing anything damaged, tampered with or inconsistent.
 
         Args:
-            folder: the folder :func:`nas.export.export_tables` wrote.
+            folder: the folder :func:`nas.artifact.export.export_tables` wrote.
             verify: check the sha256 of every payload file (sizes, framing and consistency
                 are always checked; turn this off only to save the hashing time).
             device: where the tables live and lookups run.

@@ -10,7 +10,9 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 __all__ = ["main"]
 
@@ -18,8 +20,17 @@ _EXIT_ERROR = 2
 
 
 def _add_search_options(parser: argparse.ArgumentParser) -> None:
-    from nas.config import D_MAX_DEFAULTS, RETRAIN_MODES, TRAINING_DEFAULTS
-    from nas.search import SearchConfig
+    from nas.pipeline.config import (
+        D_MAX_DEFAULTS,
+        EVALUATORS,
+        PROPOSAL_SOURCES,
+        RETRAIN_MODES,
+        SUPERNET_MODES,
+        TRAINING_DEFAULTS,
+        SearchConfig,
+    )
+    from nas.pipeline.data import PATH_FORMATS
+    from recsys.data import COLD_POLICIES
     from recsys.train import LOSSES
 
     defaults, train, click = SearchConfig(), TRAINING_DEFAULTS["top-k"], TRAINING_DEFAULTS["click"]
@@ -32,7 +43,7 @@ def _add_search_options(parser: argparse.ArgumentParser) -> None:
                       help="a LightGCN folder (train/valid/test .txt[.gz]), a RecBole MovieLens folder (<name>.inter, .user, "
                            ".item: click data with user and item features) or a CSV/TSV file (interactions, or click rows "
                            "with --label-col); default: built-in synthetic data (click rows for a click model)")
-    data.add_argument("--format", choices=("auto", "lightgcn", "csv", "ctr-csv", "movielens-ctr"), default="auto",
+    data.add_argument("--format", choices=PATH_FORMATS, default="auto",
                       help="format of --data; auto: a folder is LightGCN or MovieLens by its files, a file is click rows when "
                            "--label-col is given, else interactions (default: %(default)s)")
     data.add_argument("--train", nargs="+", metavar="FILE", help="LightGCN training files (several are concatenated)")
@@ -44,13 +55,13 @@ def _add_search_options(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--rating-col", help="CSV rating column; rows below --min-rating are not interactions")
     data.add_argument("--min-rating", type=float, help="least rating that counts as an interaction, e.g. 4")
     data.add_argument("--remap", action="store_true", help="LightGCN files: map ids to contiguous ones (gaps, huge ids)")
-    data.add_argument("--cold", choices=("keep", "drop"), default="keep",
+    data.add_argument("--cold", choices=COLD_POLICIES, default="keep",
                       help="users/items absent from train: keep them in the tables and evaluation, or drop their pairs (default: %(default)s)")
     clicks = parser.add_argument_group("click data (--model fm, deepfm or dcnv2)")
     clicks.add_argument("--label-col", help="click CSV: the label column, 0/1 or a number compared with --label-threshold")
     clicks.add_argument("--categorical", metavar="COLS", help="click CSV: categorical columns, comma-separated (one field each)")
     clicks.add_argument("--numeric", metavar="COLS",
-                        help="click CSV: numeric columns, comma-separated (bucketed by floor(ln(x)^2), paper 004)")
+                        help="click CSV: numeric columns, comma-separated (bucketed by floor(ln(x)^2) as in [LERSBench])")
     clicks.add_argument("--label-threshold", type=float,
                         help="a row clicks when its label is at least this (click CSV: default 0/1 labels; MovieLens: rating, default 4)")
     clicks.add_argument("--oov-threshold", type=int,
@@ -64,26 +75,29 @@ def _add_search_options(parser: argparse.ArgumentParser) -> None:
     search.add_argument("--d-min", type=int, default=defaults.d_min, help="fewest dimensions per row (default: %(default)s)")
     search.add_argument("--space", default=defaults.space,
                         help="search space: per-feature (a size per row), per-field (a size per table) or block (default: %(default)s)")
-    search.add_argument("--groups", type=int, help="block space: frequency groups G per table (default: 8)")
-    search.add_argument("--blocks", type=int, help="block space: column blocks B, dividing --d-max (default: the largest divisor <= 8)")
-    search.add_argument("--grouping", choices=("count", "mass"),
-                        help="block space: groups of equal row counts or of equal interaction mass (default: count)")
-    search.add_argument("--grid", help="per-feature/per-field spaces: candidate sizes, 'pow2' or a list like 4,8,16,32,64 (default: every size)")
+    search.add_argument("--space-option", action="append", default=[], metavar="KEY=VALUE",
+                        help="a keyword option of the space, repeatable; values are JSON or text (e.g. groups=8, grid=pow2)")
+    search.add_argument("--groups", type=int, help="shorthand for --space-option groups=G: frequency groups per table (block space)")
+    search.add_argument("--blocks", type=int, help="shorthand for --space-option blocks=B: column blocks, dividing --d-max (block space)")
+    search.add_argument("--grouping", help="shorthand for --space-option grouping=count|mass: groups of equal rows or equal "
+                                           "interaction mass (block space)")
+    search.add_argument("--grid", help="shorthand for --space-option grid=...: candidate sizes, 'pow2' or a list like "
+                                       "4,8,16,32,64 (per-feature and per-field spaces)")
     search.add_argument("--controller", default=defaults.controller, help="controller; `embnas controllers` lists them (default: %(default)s)")
     search.add_argument("--controller-option", action="append", default=[], metavar="KEY=VALUE",
                         help="a keyword option of the controller, repeatable; values are JSON or text (e.g. candidates=100, predictor=sizes)")
     search.add_argument("--faithful", action="store_true",
-                        help="BET as in paper 003: plain pre-training, each pick fine-tuned for 10 epochs (lr 0.03, x0.98 every 200 steps), "
+                        help="BET as in its paper [BET]: plain pre-training, each pick fine-tuned for 10 epochs (lr 0.03, x0.98 every 200 steps), "
                              "the top 5 fully retrained; overrides --supernet, --evaluator, --finetune-steps and --retrain")
     search.add_argument("--trials", type=int, default=defaults.trials, help="allocations evaluated by fitness-driven controllers (default: %(default)s)")
     search.add_argument("--ask-batch", type=int, default=defaults.ask_batch, help="candidates asked of the controller at once and evaluated together (default: %(default)s)")
     search.add_argument("--fitness-users", type=int, default=defaults.fitness_users, help="validation users sampled for fitness, 0 for all; click data is scored on every validation row (default: %(default)s)")
-    search.add_argument("--evaluator", choices=("supernet", "finetune"), default=defaults.evaluator,
+    search.add_argument("--evaluator", choices=EVALUATORS, default=defaults.evaluator,
                         help="fitness by masks on the supernet, or BET's fine-tune of each allocation (default: %(default)s)")
     search.add_argument("--finetune-steps", type=int, default=defaults.finetune.steps, help="finetune evaluator: SGD steps per allocation (default: %(default)s)")
-    search.add_argument("--supernet", choices=("sandwich", "full"), default=defaults.supernet.mode,
+    search.add_argument("--supernet", choices=SUPERNET_MODES, default=defaults.supernet.mode,
                         help="supernet training: sandwich (largest, smallest and random allocations per step) or plain full-size (default: %(default)s)")
-    search.add_argument("--supernet-proposals", choices=("space", "controller"), default=defaults.supernet.proposals,
+    search.add_argument("--supernet-proposals", choices=PROPOSAL_SOURCES, default=defaults.supernet.proposals,
                         help="the sandwich's random allocations: uniform sizes from the space, or the controller's own "
                              "proposal distribution (bet) (default: %(default)s)")
     search.add_argument("--supernet-epochs", type=int,
@@ -124,16 +138,12 @@ def _add_search_options(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def _config_from_args(args: argparse.Namespace):  # noqa: ANN202
-    from dataclasses import replace
-
-    from nas.backbones import backbone_task
-    from nas.config import TRAINING_DEFAULTS
+def _search_arguments(args: argparse.Namespace) -> dict[str, Any]:
+    """The keyword arguments of :func:`nas.search` that the command line gives."""
     from nas.core.errors import ConfigError
-    from nas.data_source import DataSpec
-    from nas.evaluate import FineTuneConfig
-    from nas.search import SearchConfig
-    from nas.supernet import SupernetOptions
+    from nas.pipeline.backbones import backbone_task
+    from nas.pipeline.config import TRAINING_DEFAULTS, FineTuneConfig, SupernetOptions
+    from nas.pipeline.data import DataSpec
 
     options = {"user_col": args.user_col, "item_col": args.item_col, "cold": args.cold, "seed": args.seed,
                "sep": args.sep, "rating_col": args.rating_col, "min_rating": args.min_rating, "remap": args.remap,
@@ -150,7 +160,6 @@ def _config_from_args(args: argparse.Namespace):  # noqa: ANN202
         spec = DataSpec.from_path(args.data, format=args.format, **options)
     else:
         spec = DataSpec("synthetic-ctr" if task == "click" else "synthetic", **options)
-    space_options = _space_options(args)
     given = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "reg": args.reg,
              "eval_every": args.eval_every, "patience": args.patience}
     train = replace(TRAINING_DEFAULTS[task], **{k: v for k, v in given.items() if v is not None},
@@ -161,15 +170,28 @@ def _config_from_args(args: argparse.Namespace):  # noqa: ANN202
         "evaluator": args.evaluator,
         "finetune": FineTuneConfig(steps=args.finetune_steps, reg=train.reg), "retrain": args.retrain,
     }
-    if args.faithful:
+    if args.faithful:  # a preset: it only sets options
         protocol = {"supernet": SupernetOptions(mode="full", epochs=args.supernet_epochs), "evaluator": "finetune",
                     "finetune": FineTuneConfig.paper(reg=train.reg), "retrain": "full"}
-    return SearchConfig(
+    return dict(
         data=spec, model=args.model, d_max=args.d_max, d_min=args.d_min, budget=args.budget, space=args.space,
-        space_options=space_options, controller=args.controller, controller_options=_controller_options(args.controller_option),
+        space_options=_space_options(args), controller=args.controller,
+        controller_options=_key_values(args.controller_option, "--controller-option"),
         trials=args.trials, ask_batch=args.ask_batch, fitness_users=args.fitness_users, retrain_top=args.retrain_top,
-        seed=args.seed, train=train, device=args.device, threads=args.threads, **protocol,
+        seed=args.seed, train=train, device=args.device, threads=args.threads,
+        run_dir=Path(args.runs) / args.name if args.name else None, runs_root=args.runs, progress=not args.quiet,
+        **protocol,
     )
+
+
+def _config_from_args(args: argparse.Namespace):  # noqa: ANN202 - a SearchConfig
+    """The configuration ``embnas search`` runs with these arguments."""
+    from nas.app.api import configure
+
+    arguments = _search_arguments(args)
+    for key in ("run_dir", "runs_root", "progress"):
+        arguments.pop(key)
+    return configure(**arguments)
 
 
 def _columns(text: str | None) -> tuple[str, ...]:
@@ -177,7 +199,7 @@ def _columns(text: str | None) -> tuple[str, ...]:
     return tuple(c.strip() for c in text.split(",") if c.strip()) if text else ()
 
 
-def _controller_options(pairs: Sequence[str]) -> dict[str, object]:
+def _key_values(pairs: Sequence[str], flag: str) -> dict[str, object]:
     """``KEY=VALUE`` pairs as keyword options; a value is read as JSON when it is JSON, else kept as text."""
     from nas.core.errors import ConfigError
 
@@ -185,7 +207,7 @@ def _controller_options(pairs: Sequence[str]) -> dict[str, object]:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key.isidentifier():
-            raise ConfigError(f"--controller-option takes KEY=VALUE with a Python name as KEY, got {pair!r}")
+            raise ConfigError(f"{flag} takes KEY=VALUE with a Python name as KEY, got {pair!r}")
         try:
             options[key] = json.loads(value)
         except json.JSONDecodeError:
@@ -193,55 +215,78 @@ def _controller_options(pairs: Sequence[str]) -> dict[str, object]:
     return options
 
 
+#: Shorthand flags of space options: flag -> the option it sets.
+_SPACE_SHORTHANDS = {"--groups": "groups", "--blocks": "blocks", "--grouping": "grouping", "--grid": "grid"}
+
+
 def _space_options(args: argparse.Namespace) -> dict[str, object]:
-    """The space's keyword options from the flags that belong to it; a flag for another space is an error."""
+    """The space's keyword options from ``--space-option`` and the shorthand flags.
+
+    A shorthand the chosen space does not take is refused here, naming the spaces that
+    take it (read from the registry, so plug-in spaces are covered too).
+    """
+    import inspect
+
+    from nas.core.errors import ConfigError
+    from nas.core.plugins import SPACES
+
+    options = _key_values(args.space_option, "--space-option")
+    shorthands = {flag: getattr(args, option) for flag, option in _SPACE_SHORTHANDS.items()}
+    given = {flag: value for flag, value in shorthands.items() if value is not None}
+
+    def takes(space: str, option: str) -> bool:
+        return option in inspect.signature(SPACES.get(space)).parameters
+
+    misplaced = [flag for flag in given if not takes(args.space, _SPACE_SHORTHANDS[flag])]
+    if misplaced:
+        takers = sorted({s for s in SPACES.names() for f in misplaced if takes(s, _SPACE_SHORTHANDS[f])})
+        raise ConfigError(f"{', '.join(misplaced)} only apply to --space {' or '.join(takers) or '(none)'}, "
+                          f"not {args.space}")
+    for flag, value in given.items():
+        option = _SPACE_SHORTHANDS[flag]
+        if option in options:
+            raise ConfigError(f"{flag} and --space-option {option}=... both given; keep one")
+        options[option] = _grid(value) if option == "grid" else value
+    return options
+
+
+def _grid(text: str) -> object:
+    """``--grid``: ``"pow2"`` or sizes separated by commas."""
     from nas.core.errors import ConfigError
 
-    block = {"groups": args.groups, "blocks": args.blocks, "grouping": args.grouping}
-    given_block = {k: v for k, v in block.items() if v is not None}
-    if args.space == "block":
-        if args.grid is not None:
-            raise ConfigError("--grid applies to the per-feature and per-field spaces; the block space uses --blocks")
-        return given_block
-    if given_block:
-        flags = ", ".join(f"--{k}" for k in given_block)
-        raise ConfigError(f"{flags} only apply to --space block, not {args.space}")
-    if args.grid is None:
-        return {}
-    if args.grid == "pow2":
-        return {"grid": "pow2"}
+    if text == "pow2":
+        return "pow2"
     try:
-        return {"grid": [int(v) for v in args.grid.split(",")]}
+        return [int(v) for v in text.split(",")]
     except ValueError:
-        raise ConfigError(f"--grid must be 'pow2' or sizes separated by commas, got {args.grid!r}") from None
+        raise ConfigError(f"--grid must be 'pow2' or sizes separated by commas, got {text!r}") from None
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
-    from nas.search import run_search
-    from nas.summary import summary_table
+    from nas.app.api import search
+    from nas.app.summary import summary_table
 
-    metrics = run_search(_config_from_args(args), args.runs, args.name, progress=not args.quiet)
-    print(summary_table(metrics))
+    print(summary_table(search(**_search_arguments(args))))
     return 0
 
 
 def _cmd_resume(args: argparse.Namespace) -> int:
-    from nas.search import resume_run
-    from nas.summary import summary_table
+    from nas.app.api import resume
+    from nas.app.summary import summary_table
 
-    print(summary_table(resume_run(args.run, progress=not args.quiet)))
+    print(summary_table(resume(args.run, progress=not args.quiet)))
     return 0
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from nas.replay import evaluate_run
+    from nas.pipeline.replay import evaluate_run
 
     print(json.dumps(evaluate_run(args.run, args.split), indent=2))
     return 0
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from nas.replay import export_run
+    from nas.pipeline.replay import export_run
 
     manifest = export_run(args.run, args.out)
     print(f"exported to {manifest['folder']}: {manifest['bytes_stored']:,} bytes "
@@ -250,7 +295,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from nas.report import write_report
+    from nas.app.report import write_report
 
     for path in write_report(args.run):
         print(f"wrote {path}")
@@ -258,7 +303,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_controllers(args: argparse.Namespace) -> int:
-    from controllers import CONTROLLERS
+    from nas.core.plugins import CONTROLLERS
 
     rows = [("name", "kind", "learns from", "spaces", "context", "what it does")]
     for name in CONTROLLERS.names():

@@ -11,21 +11,114 @@ from typing import Any
 
 import torch
 
-from nas.backbones import TASKS, backbone_task, models_of_task
+from nas.pipeline.backbones import TASKS, backbone_task, models_of_task
 from nas.core.errors import ConfigError
-from nas.data_source import CLICK_FORMATS, TOP_K_FORMATS, DataSpec
-from nas.evaluate import EVALUATORS, FineTuneConfig
-from nas.supernet import SupernetOptions
+from nas.pipeline.data import CLICK_FORMATS, TOP_K_FORMATS, DataSpec
+from recsys.metrics import FITNESS_KS
 from recsys.train import SOFTMAX_NEGATIVES, SOFTMAX_TEMPERATURE, TrainConfig
 
-__all__ = ["D_MAX_DEFAULTS", "KS", "RETRAIN_MODES", "TRAINING_DEFAULTS", "SearchConfig", "TrainingOptions"]
+__all__ = [
+    "D_MAX_DEFAULTS",
+    "EVALUATORS",
+    "PROPOSAL_SOURCES",
+    "RETRAIN_MODES",
+    "SUPERNET_MODES",
+    "TRAINING_DEFAULTS",
+    "FineTuneConfig",
+    "SearchConfig",
+    "SupernetOptions",
+    "TrainingOptions",
+]
 
-#: Cut-offs of every evaluation of a run (those of BET's fitness, eq. 13).
-KS = (5, 10, 20)
-
-#: How the fittest allocations are retrained (see :func:`nas.search.halving_rungs` and
-#: :func:`nas.search.finetune_epochs`).
+#: How the fittest allocations are retrained (see :func:`nas.pipeline.search.halving_rungs` and
+#: :func:`nas.pipeline.search.finetune_epochs`).
 RETRAIN_MODES = ("full", "halving", "finetune")
+
+#: How the supernet is trained (see :mod:`nas.pipeline.supernet`).
+SUPERNET_MODES = ("sandwich", "full")
+#: Where the sandwich's random allocations come from.
+PROPOSAL_SOURCES = ("space", "controller")
+
+
+@dataclass(frozen=True)
+class SupernetOptions:
+    """How the supernet is trained.
+
+    Attributes:
+        mode: ``"sandwich"`` or ``"full"`` (see the module docstring).
+        random: random feasible allocations per step beside the largest and the smallest.
+        pool: random allocations drawn per epoch, among which each step picks ``random``.
+        proposals: ``"space"`` (uniform sizes, projected) or ``"controller"`` (the
+            controller's proposal distribution, when it has one).
+        epochs: most epochs of this first stage (the supernet, a one-shot controller's
+            search, or a rule controller's full-size reference); ``None`` trains it as long
+            as the retrained allocation.  A search needs the weights to rank sizes, not to
+            converge, so a shorter supernet buys most of a search's cost back (successive
+            halving sizes its early rungs by the supernet's best epoch, so they shorten too).
+    """
+
+    mode: str = "sandwich"
+    random: int = 2
+    pool: int = 16
+    proposals: str = "space"
+    epochs: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode not in SUPERNET_MODES:
+            raise ConfigError(f"supernet mode must be one of {SUPERNET_MODES}, got {self.mode!r}")
+        if self.proposals not in PROPOSAL_SOURCES:
+            raise ConfigError(f"supernet proposals must be one of {PROPOSAL_SOURCES}, got {self.proposals!r}")
+        if self.random < 0 or self.pool < max(1, self.random):
+            raise ConfigError(f"supernet needs 0 <= random <= pool and pool >= 1, got random={self.random}, pool={self.pool}")
+        if self.epochs is not None and self.epochs < 1:
+            raise ConfigError(f"--supernet-epochs must be at least 1, got {self.epochs}")
+
+
+
+#: How fitness is measured: masks on the supernet, or BET's fine-tune of each allocation.
+EVALUATORS = ("supernet", "finetune")
+
+
+@dataclass(frozen=True)
+class FineTuneConfig:
+    """How each allocation is fine-tuned from the pre-trained weights before it is ranked.
+
+    The default follows the protocol as summarised for this toolkit (SGD, lr 0.03
+    decayed ×0.98 after every step, 200 steps).  [BET] itself fine-tunes for
+    ``epochs = 10`` with the decay applied every 200 steps: :meth:`paper`.
+
+    Attributes:
+        steps: optimiser steps (ignored when ``epochs`` is set).
+        epochs: fine-tune for this many passes over the training pairs instead.
+        lr: initial SGD learning rate.
+        gamma: multiplicative learning-rate decay.
+        decay_every: steps between decays.
+        batch_size: BPR triples (click data: rows) per step.
+        reg: L2 weight of the loss (as in training).
+        optimizer: ``"sgd"`` (the protocol's) or ``"adam"``.
+    """
+
+    steps: int = 200
+    epochs: int | None = None
+    lr: float = 0.03
+    gamma: float = 0.98
+    decay_every: int = 1
+    batch_size: int = 2048
+    reg: float = 1e-4
+    optimizer: str = "sgd"
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in ("sgd", "adam"):
+            raise ConfigError(f"fine-tuning optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
+        if self.steps < 1 or (self.epochs is not None and self.epochs < 1):
+            raise ConfigError(f"fine-tuning needs at least one step, got steps={self.steps}, epochs={self.epochs}")
+        if self.lr <= 0 or not 0 < self.gamma <= 1 or self.decay_every < 1 or self.batch_size < 1:
+            raise ConfigError(f"fine-tuning options out of range: {self}")
+
+    @classmethod
+    def paper(cls, reg: float = 1e-4) -> FineTuneConfig:
+        """[BET, section 4.3]: 10 epochs, lr 0.03 decayed ×0.98 every 200 steps."""
+        return cls(epochs=10, decay_every=200, reg=reg)
 
 
 @dataclass(frozen=True)
@@ -64,12 +157,12 @@ class TrainingOptions:
     def to_train_config(self, seed: int, threads: int | None) -> TrainConfig:
         return TrainConfig(
             epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, reg=self.reg,
-            eval_every=self.eval_every, patience=self.patience, ks=KS, seed=seed, threads=threads,
+            eval_every=self.eval_every, patience=self.patience, ks=FITNESS_KS, seed=seed, threads=threads,
             sampling=self.sampling, loss=self.loss, temperature=self.temperature, negatives=self.negatives,
         )
 
 
-#: Training defaults of each task: BPR as LightGCN trains for top-k; paper 004's for click
+#: Training defaults of each task: BPR as LightGCN trains for top-k; [LERSBench]'s for click
 #: models (Adam at 1e-3, batch 2,048, at most 15 epochs, validation AUC every epoch with
 #: patience 2, L2 1e-5 on the looked-up vectors; see :class:`recsys.train_ctr.CTRTrainConfig`).
 TRAINING_DEFAULTS: dict[str, TrainingOptions] = {
@@ -77,7 +170,7 @@ TRAINING_DEFAULTS: dict[str, TrainingOptions] = {
     "click": TrainingOptions(epochs=15, batch_size=2048, lr=1e-3, reg=1e-5, eval_every=1, patience=2),
 }
 
-#: Full embedding width of each task unless given: 64 for top-k; 16 for click models (paper 004, Table 4).
+#: Full embedding width of each task unless given: 64 for top-k; 16 for click models [LERSBench, Table 4].
 D_MAX_DEFAULTS: dict[str, int] = {"top-k": 64, "click": 16}
 
 
@@ -88,7 +181,7 @@ class SearchConfig:
     Attributes:
         data: the dataset.
         model: backbone name (``embnas`` lists them in ``--help``); a top-k model needs
-            interaction data, a click model click data (:mod:`nas.backbones`).
+            interaction data, a click model click data (:mod:`nas.pipeline.backbones`).
         d_max: full embedding width (``None``: the model's task's default, :data:`D_MAX_DEFAULTS`).
         d_min: fewest dimensions any row keeps.
         budget: the budget as typed by the user: sparsity (``0.9``), parameters or bytes (``2MB``).
@@ -173,7 +266,7 @@ class SearchConfig:
 
     @property
     def task(self) -> str:
-        """The task of the model (``"top-k"`` or ``"click"``, see :mod:`nas.tasks`)."""
+        """The task of the model (``"top-k"`` or ``"click"``, see :mod:`nas.pipeline.tasks`)."""
         return backbone_task(self.model)
 
     def check_device(self) -> None:

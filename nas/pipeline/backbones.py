@@ -89,13 +89,13 @@ def factorisation_machine(embedding: EmbeddingProvider, data: CTRData) -> Any:
 
 @register_backbone("deepfm", task="click")
 def deep_fm(embedding: EmbeddingProvider, data: CTRData) -> Any:
-    """DeepFM: FM plus an MLP 400-400-400 on the concatenated field vectors (paper 004, Table 4)."""
+    """DeepFM: FM plus an MLP 400-400-400 on the concatenated field vectors [LERSBench, Table 4]."""
     return DeepFM(embedding, data.fields, hidden=(400, 400, 400), dropout=0.0)
 
 
 @register_backbone("dcnv2", task="click")
 def deep_cross_v2(embedding: EmbeddingProvider, data: CTRData) -> Any:
-    """DCN-v2: 3 full-rank cross layers stacked under an MLP 512-512 (paper 004, Table 4)."""
+    """DCN-v2: 3 full-rank cross layers stacked under an MLP 512-512 [LERSBench, Table 4]."""
     return DCNv2(embedding, data.fields, cross_layers=3, hidden=(512, 512), dropout=0.0, structure="stacked")
 
 
@@ -103,7 +103,7 @@ def _seed_from_torch() -> int:
     """A seed for a model's dense layers, drawn from torch's generator.
 
     The pipeline seeds that generator with the run's seed before calling a factory
-    (:func:`nas.search.build_model`), so another run seed gives other dense weights and
+    (:func:`nas.pipeline.search.build_model`), so another run seed gives other dense weights and
     the same seed the same ones.
     """
     return int(torch.randint(0, 2**31 - 1, ()))

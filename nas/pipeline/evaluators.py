@@ -4,11 +4,11 @@
   scores the validation data: no training at all, and many allocations share one pass
   (the embedding serves them as stacked variants; for top-k data the ranking work common
   to them, exclusions, truth look-ups and top-k, is done once per chunk of users).
-* :class:`FineTuneEvaluator` is BET's protocol (paper 003, section 4.3): copy the
+* :class:`FineTuneEvaluator` is BET's protocol [BET, section 4.3]: copy the
   pre-trained weights, fine-tune them under the allocation's masks with SGD at a
   decaying learning rate, then score.  Slower, closer to what retraining will give.
 
-Both measure the task's quality (:meth:`nas.tasks.Task.quality`) on validation and
+Both measure the task's quality (:meth:`nas.pipeline.tasks.Task.quality`) on validation and
 divide it by the full model's (BET eq. 12): for top-k data the mean over k in
 {5, 10, 20} of (Recall@k + NDCG@k) / 2 (BET eq. 13), for click data the AUC.  For top-k
 data a fixed, seeded subset of validation users makes the search-phase fitness cheap;
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -29,18 +28,19 @@ import torch
 from nas.core.allocation import Allocation
 from nas.core.errors import ConfigError
 from nas.core.evaluator import Evaluator
-from nas.embedding import MaskableEmbedding, stack_row_dims
-from nas.tasks import task_for
+from nas.pipeline.config import FineTuneConfig
+from nas.pipeline.embedding import MaskableEmbedding, stack_row_dims
+from nas.pipeline.tasks import Task, task_for
 from recsys.data import CTRData, InteractionData
 
-__all__ = ["FineTuneConfig", "FineTuneEvaluator", "SupernetEvaluator", "EVALUATORS"]
+__all__ = ["FineTuneEvaluator", "SupernetEvaluator"]
 
 
 class _ValidationEvaluator(Evaluator):
     """Shared set-up: a trained backbone on a maskable embedding and the validation data."""
 
     def __init__(
-        self, model: Any, data: InteractionData | CTRData, users: np.ndarray | None = None, training: Any = None
+        self, model: Any, data: InteractionData | CTRData | Task, users: np.ndarray | None = None, training: Any = None
     ) -> None:
         super().__init__()
         if not isinstance(model.embedding, MaskableEmbedding):
@@ -52,7 +52,7 @@ class _ValidationEvaluator(Evaluator):
                 "give a validation split (--valid) or use a controller that needs no fitness (equal, frequency)"
             )
         self.model = model
-        self.data = data
+        self.data = self.task.data
         self.users = users
 
     @property
@@ -89,7 +89,7 @@ class SupernetEvaluator(_ValidationEvaluator):
     name = "supernet"
 
     def __init__(
-        self, model: Any, data: InteractionData | CTRData, users: np.ndarray | None = None, batch: int | None = None
+        self, model: Any, data: InteractionData | CTRData | Task, users: np.ndarray | None = None, batch: int | None = None
     ) -> None:
         super().__init__(model, data, users)
         if batch is None:
@@ -125,48 +125,6 @@ class SupernetEvaluator(_ValidationEvaluator):
                 self.model.train()
 
 
-@dataclass(frozen=True)
-class FineTuneConfig:
-    """How each allocation is fine-tuned from the pre-trained weights before it is ranked.
-
-    The default follows the protocol as summarised for this toolkit (SGD, lr 0.03
-    decayed ×0.98 after every step, 200 steps).  Paper 003 itself fine-tunes for
-    ``epochs = 10`` with the decay applied every 200 steps: :meth:`paper`.
-
-    Attributes:
-        steps: optimiser steps (ignored when ``epochs`` is set).
-        epochs: fine-tune for this many passes over the training pairs instead.
-        lr: initial SGD learning rate.
-        gamma: multiplicative learning-rate decay.
-        decay_every: steps between decays.
-        batch_size: BPR triples (click data: rows) per step.
-        reg: L2 weight of the loss (as in training).
-        optimizer: ``"sgd"`` (the protocol's) or ``"adam"``.
-    """
-
-    steps: int = 200
-    epochs: int | None = None
-    lr: float = 0.03
-    gamma: float = 0.98
-    decay_every: int = 1
-    batch_size: int = 2048
-    reg: float = 1e-4
-    optimizer: str = "sgd"
-
-    def __post_init__(self) -> None:
-        if self.optimizer not in ("sgd", "adam"):
-            raise ConfigError(f"fine-tuning optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
-        if self.steps < 1 or (self.epochs is not None and self.epochs < 1):
-            raise ConfigError(f"fine-tuning needs at least one step, got steps={self.steps}, epochs={self.epochs}")
-        if self.lr <= 0 or not 0 < self.gamma <= 1 or self.decay_every < 1 or self.batch_size < 1:
-            raise ConfigError(f"fine-tuning options out of range: {self}")
-
-    @classmethod
-    def paper(cls, reg: float = 1e-4) -> FineTuneConfig:
-        """Paper 003, section 4.3: 10 epochs, lr 0.03 decayed ×0.98 every 200 steps."""
-        return cls(epochs=10, decay_every=200, reg=reg)
-
-
 class FineTuneEvaluator(_ValidationEvaluator):
     """BET's fitness: fine-tune a copy of the pre-trained weights under the allocation, then score it.
 
@@ -190,7 +148,7 @@ class FineTuneEvaluator(_ValidationEvaluator):
     def __init__(
         self,
         model: Any,
-        data: InteractionData | CTRData,
+        data: InteractionData | CTRData | Task,
         users: np.ndarray | None = None,
         config: FineTuneConfig | None = None,
         seed: int = 0,
@@ -230,7 +188,6 @@ class FineTuneEvaluator(_ValidationEvaluator):
 
 
 #: Evaluator names accepted by ``--evaluator``.
-EVALUATORS = ("supernet", "finetune")
 
 
 def _batched(items: Sequence[int], size: int) -> list[list[int]]:

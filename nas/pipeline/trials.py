@@ -31,7 +31,7 @@ from nas.core.controller import Controller, OneShotController
 from nas.core.errors import ResumeError
 from nas.core.evaluator import Evaluator
 from nas.core.space import SearchSpace
-from nas.runs import Run
+from nas.pipeline.runs import Run
 
 __all__ = ["Candidate", "ranked_candidates", "record_one_shot_choice", "run_trials", "save_controller_state"]
 
@@ -49,7 +49,7 @@ class Candidate:
 
     def load(self, run: Run) -> Allocation:
         """The candidate's allocation, from the run folder."""
-        return Allocation.load(run.path("candidates", f"{self.fingerprint}.npz"))
+        return run.load_allocation(f"candidates/{self.fingerprint}.npz")
 
 
 def run_trials(
@@ -145,9 +145,9 @@ def _record(
     note: dict[str, Any],
 ) -> None:
     """Keep the candidate's allocation, then log it: a logged trial always has its allocation."""
-    path = run.path("candidates", f"{allocation.fingerprint()}.npz")
-    if not path.exists():
-        allocation.save(path)
+    name = f"candidates/{allocation.fingerprint()}.npz"
+    if not run.has(name):
+        run.save_allocation(name, allocation)
     run.log_event(
         "trial", round=round_, index=index, trial=trial, fingerprint=allocation.fingerprint(),
         cost=allocation.cost, fitness=fitness, seconds=round(seconds, 4), **({"note": note} if note else {}),

@@ -24,7 +24,6 @@ weights learn most about the allocations that will be scored on them.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -34,51 +33,13 @@ from nas.core.budget import Budget
 from nas.core.controller import OneShotController
 from nas.core.errors import ConfigError
 from nas.core.space import SearchSpace
-from nas.embedding import MaskableEmbedding, stack_row_dims
-from nas.tasks import Batch, Variants, top_k_variants_loss, task_for
+from nas.pipeline.config import SupernetOptions
+from nas.pipeline.embedding import MaskableEmbedding, stack_row_dims
+from nas.pipeline.tasks import Batch, Task, Variants, top_k_variants_loss, task_for
 from recsys.data import CTRData, InteractionData
 from recsys.train import TrainHooks, TrainResult
 
-__all__ = ["SUPERNET_MODES", "SandwichLoss", "SupernetOptions", "train_one_shot", "train_supernet"]
-
-SUPERNET_MODES = ("sandwich", "full")
-#: Where the sandwich's random allocations come from.
-PROPOSAL_SOURCES = ("space", "controller")
-
-
-@dataclass(frozen=True)
-class SupernetOptions:
-    """How the supernet is trained.
-
-    Attributes:
-        mode: ``"sandwich"`` or ``"full"`` (see the module docstring).
-        random: random feasible allocations per step beside the largest and the smallest.
-        pool: random allocations drawn per epoch, among which each step picks ``random``.
-        proposals: ``"space"`` (uniform sizes, projected) or ``"controller"`` (the
-            controller's proposal distribution, when it has one).
-        epochs: most epochs of this first stage (the supernet, a one-shot controller's
-            search, or a rule controller's full-size reference); ``None`` trains it as long
-            as the retrained allocation.  A search needs the weights to rank sizes, not to
-            converge, so a shorter supernet buys most of a search's cost back (successive
-            halving sizes its early rungs by the supernet's best epoch, so they shorten too).
-    """
-
-    mode: str = "sandwich"
-    random: int = 2
-    pool: int = 16
-    proposals: str = "space"
-    epochs: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.mode not in SUPERNET_MODES:
-            raise ConfigError(f"supernet mode must be one of {SUPERNET_MODES}, got {self.mode!r}")
-        if self.proposals not in PROPOSAL_SOURCES:
-            raise ConfigError(f"supernet proposals must be one of {PROPOSAL_SOURCES}, got {self.proposals!r}")
-        if self.random < 0 or self.pool < max(1, self.random):
-            raise ConfigError(f"supernet needs 0 <= random <= pool and pool >= 1, got random={self.random}, pool={self.pool}")
-        if self.epochs is not None and self.epochs < 1:
-            raise ConfigError(f"--supernet-epochs must be at least 1, got {self.epochs}")
-
+__all__ = ["SandwichLoss", "train_one_shot", "train_supernet"]
 
 class SandwichLoss:
     """The per-step loss of sandwich training, for :class:`recsys.train.TrainHooks`.
@@ -93,7 +54,7 @@ class SandwichLoss:
             :meth:`~nas.core.controller.Controller.supernet_proposals`); ``None`` samples the space.
         variants_loss: the loss of a batch averaged over the allocations served at once,
             ``variants_loss(model, chosen, batch, reg)`` (a task's
-            :meth:`~nas.tasks.Task.variants_loss`); the default is top-k's BPR.
+            :meth:`~nas.pipeline.tasks.Task.variants_loss`); the default is top-k's BPR.
 
     Called as the trainer's loss hook, ``loss(model, *batch, reg)``: ``(users, pos, neg)``
     from the BPR trainer, ``(x, y)`` from the click trainer.
@@ -146,7 +107,7 @@ class SandwichLoss:
 
 def train_supernet(
     model: Any,
-    data: InteractionData | CTRData,
+    data: InteractionData | CTRData | Task,
     space: SearchSpace,
     budget: Budget | Sequence[Budget],
     config: Any,
@@ -182,7 +143,7 @@ def train_supernet(
 
 def train_one_shot(
     model: Any,
-    data: InteractionData | CTRData,
+    data: InteractionData | CTRData | Task,
     controller: OneShotController,
     config: Any,
     *,

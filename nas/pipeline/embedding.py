@@ -150,3 +150,15 @@ class MaskableEmbedding(PlainEmbedding):
         """Every table as served under the current allocation, detached (what an export stores)."""
         with torch.no_grad():
             return {name: self.table(name).detach().clone() for name in self.rows}
+
+    def served_tables(self, allocation: Allocation) -> dict[str, torch.Tensor]:
+        """Every table as served under ``allocation``, detached; the current allocation is left as it was."""
+        previous = self.allocation
+        same = previous is not None and previous.fingerprint() == allocation.fingerprint()
+        if not same:
+            self.set_allocation(allocation)
+        try:
+            return self.masked_tables()
+        finally:
+            if not same:
+                self.set_allocation(previous)

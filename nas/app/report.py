@@ -16,9 +16,10 @@ import numpy as np
 from nas.core.allocation import Allocation
 from nas.core._atomic import atomic_write
 from nas.core.errors import ArtifactError
-from nas.data_source import load_data
-from nas.runs import Run
-from nas.search import SearchConfig, build_search
+from nas.pipeline.data import load_data
+from nas.pipeline.runs import Run
+from nas.pipeline.build import build_space
+from nas.pipeline.config import SearchConfig
 
 __all__ = ["plot_allocation", "plot_fitness", "write_report"]
 
@@ -124,8 +125,8 @@ def write_report(folder: str | Path) -> list[Path]:
         raise ArtifactError(f"{folder} has no allocation yet; let `embnas search` finish the search first")
     config = SearchConfig.from_dict(run.config())
     data = load_data(config.data)
-    _, space, _ = build_search(config, data)
-    allocation = Allocation.load(run.path("allocation.npz"))
+    space = build_space(config, data)
+    allocation = run.load_allocation("allocation.npz")
     boundaries = None
     if hasattr(space, "boundaries") and hasattr(space, "sorted_rows"):
         # Group g of a table starts at sorted position boundaries[g]: mark the frequency there.

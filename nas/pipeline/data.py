@@ -1,6 +1,6 @@
 """Where a run's data comes from, described as plain data so a run can reload it.
 
-Two kinds of data, one per task (:mod:`nas.tasks`): *interactions* (users × items, for
+Two kinds of data, one per task (:mod:`nas.pipeline.tasks`): *interactions* (users × items, for
 top-k backbones) from the ``synthetic``, ``lightgcn`` and ``csv`` formats, and
 *click rows* (one id per field and a 0/1 label, for click backbones) from the
 ``synthetic-ctr``, ``ctr-csv`` and ``movielens-ctr`` formats.
@@ -25,13 +25,17 @@ from recsys.data import (
 )
 from recsys.errors import DataError
 
-__all__ = ["CLICK_FORMATS", "FORMATS", "DataSpec", "load_data"]
+__all__ = ["CLICK_FORMATS", "FORMATS", "MEMORY_FORMATS", "PATH_FORMATS", "TOP_K_FORMATS", "DataSpec", "load_data"]
 
 _SPLIT_NAMES = {"train": ("train",), "valid": ("valid", "val"), "test": ("test",)}
-#: Formats of interaction data (top-k backbones).
-TOP_K_FORMATS = ("synthetic", "lightgcn", "csv")
-#: Formats of click data (click backbones).
-CLICK_FORMATS = ("synthetic-ctr", "ctr-csv", "movielens-ctr")
+#: Formats of interaction data (top-k backbones); ``memory``: data handed over in memory.
+TOP_K_FORMATS = ("synthetic", "lightgcn", "csv", "memory")
+#: Formats of click data (click backbones); ``memory-ctr``: data handed over in memory.
+CLICK_FORMATS = ("synthetic-ctr", "ctr-csv", "movielens-ctr", "memory-ctr")
+#: What :meth:`DataSpec.from_path` reads (``auto``: told by the files).
+PATH_FORMATS = ("auto", "lightgcn", "csv", "ctr-csv", "movielens-ctr")
+#: Formats of data that only exists in memory: a run records its description, not the data.
+MEMORY_FORMATS = ("memory", "memory-ctr")
 FORMATS = TOP_K_FORMATS + CLICK_FORMATS
 #: Options of the click loaders, refused for interaction data.
 _CLICK_OPTIONS = ("label_col", "categorical", "numeric", "label_threshold", "oov_threshold")
@@ -43,7 +47,8 @@ class DataSpec:
 
     Attributes:
         format: ``"synthetic"`` (the built-in default), ``"lightgcn"`` or ``"csv"``
-            (interactions); ``"synthetic-ctr"``, ``"ctr-csv"`` or ``"movielens-ctr"`` (click rows).
+            (interactions); ``"synthetic-ctr"``, ``"ctr-csv"`` or ``"movielens-ctr"`` (click rows);
+            ``"memory"`` or ``"memory-ctr"`` for data given in memory (:meth:`in_memory`).
         train: LightGCN files of the training split (several are concatenated).
         valid: LightGCN files of the validation split (may be empty).
         test: LightGCN files of the test split.
@@ -59,7 +64,7 @@ class DataSpec:
         remap: map LightGCN ids to contiguous ones (for files with gaps or huge ids).
         label_col: click CSV: the label column (0/1, or a number compared with ``label_threshold``).
         categorical: click CSV: the categorical columns (one field, one embedding table each).
-        numeric: click CSV: the numeric columns (discretised by ``⌊ln² x⌋``, paper 004).
+        numeric: click CSV: the numeric columns (discretised by ``⌊ln² x⌋`` [LERSBench, section 5.1]).
         label_threshold: click data: a row clicks when its label is at least this
             (``movielens-ctr``: the rating, 4 when ``None``).
         oov_threshold: click data: the least train count of a value that keeps its own
@@ -107,8 +112,16 @@ class DataSpec:
 
     @property
     def task(self) -> str:
-        """``"click"`` for click rows, ``"top-k"`` for interactions (see :mod:`nas.tasks`)."""
+        """``"click"`` for click rows, ``"top-k"`` for interactions (see :mod:`nas.pipeline.tasks`)."""
         return "click" if self.format in CLICK_FORMATS else "top-k"
+
+    @classmethod
+    def in_memory(cls, data: InteractionData | CTRData) -> DataSpec:
+        """The description of data handed over in memory: its kind and name (the run checks its fingerprint)."""
+        if not isinstance(data, (InteractionData, CTRData)):
+            raise ConfigError(f"data in memory must be InteractionData or CTRData, got {type(data).__name__}")
+        kind = "memory-ctr" if isinstance(data, CTRData) else "memory"
+        return cls(kind, extra={"name": str(data.summary().get("name", type(data).__name__))})
 
     @classmethod
     def from_path(cls, path: str | Path, format: str = "auto", **options: Any) -> DataSpec:
@@ -124,7 +137,7 @@ class DataSpec:
             options: other :class:`DataSpec` fields.
         """
         path = Path(path)
-        formats = ("auto", "lightgcn", "csv", "ctr-csv", "movielens-ctr")
+        formats = PATH_FORMATS
         if format not in formats:
             raise ConfigError(f"unknown data format {format!r}; choose one of {formats}")
         if format in ("lightgcn", "movielens-ctr") and not path.is_dir():
@@ -184,6 +197,9 @@ def _recbole_stem(folder: Path) -> str:
 
 def load_data(spec: DataSpec) -> InteractionData | CTRData:
     """Load the data a :class:`DataSpec` describes: interactions, or click rows for the click formats."""
+    if spec.format in MEMORY_FORMATS:
+        raise ConfigError(f"this run searched data given in memory ({spec.extra.get('name', spec.format)}); hand the same "
+                          "data over again, e.g. nas.resume(run_dir, data=data)")
     if spec.format == "synthetic":
         return synthetic(seed=spec.seed, **spec.extra)
     if spec.format == "lightgcn":

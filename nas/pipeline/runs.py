@@ -6,6 +6,10 @@ line: each evaluated allocation, each stage that finished), ``checkpoints/``
 (safetensors), ``allocation.npz``, ``metrics.json`` and ``export/``.  Whole files
 are written to a temporary name and renamed; the event log is only appended to,
 and a torn last line (a crash mid-append) is ignored when it is read back.
+
+:class:`MemoryRun` keeps the same records in memory, for a search that must leave
+nothing on disk (``nas.search(..., run_dir=None)``): every stage reads and writes
+through the same few methods, so the stages do not know which kind they have.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import struct
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -20,12 +25,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, safe_open, save
+from safetensors.torch import load, save
 
 from nas.core._atomic import atomic_write, write_json
+from nas.core.allocation import Allocation
 from nas.core.errors import ArtifactError, ConfigError, ResumeError
 
-__all__ = ["Run", "config_hash"]
+__all__ = ["MemoryRun", "Run", "config_hash"]
 
 
 def config_hash(config: Mapping[str, Any]) -> str:
@@ -130,21 +136,22 @@ class Run:
         """Whether the run already holds ``name``."""
         return self.path(name).exists()
 
+    @property
+    def in_memory(self) -> bool:
+        """Whether the run lives in memory only (:class:`MemoryRun`)."""
+        return False
+
     def save_tensors(self, name: str, tensors: Mapping[str, torch.Tensor]) -> None:
         """Save a checkpoint (safetensors, atomically) under ``checkpoints/``."""
-        data = save({k: v.detach().contiguous().cpu() for k, v in tensors.items()})
-        with atomic_write(self.path("checkpoints", name), "wb") as handle:
-            handle.write(data)
+        self._write(f"checkpoints/{name}", save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}))
 
     def load_tensors(self, name: str) -> dict[str, torch.Tensor]:
         """Load a checkpoint written by :meth:`save_tensors` (never unpickles)."""
-        path = self.path("checkpoints", name)
+        data = self._read(f"checkpoints/{name}")
         try:
-            return load_file(str(path))
-        except FileNotFoundError:
-            raise ArtifactError(f"{path} does not exist") from None
+            return load(data)
         except Exception as error:  # safetensors raises its own error types for damaged files
-            raise ArtifactError(f"{path}: damaged checkpoint ({error})") from None
+            raise ArtifactError(f"{self.path('checkpoints', name)}: damaged checkpoint ({error})") from None
 
     def save_state(self, name: str, state: Any) -> None:
         """Save a nested state (dicts, lists, numbers, strings, tensors, arrays) in one safetensors file.
@@ -156,51 +163,118 @@ class Run:
         """
         tensors: dict[str, torch.Tensor] = {}
         skeleton = _flatten(state, tensors)
-        data = save(tensors, metadata={"state": json.dumps(skeleton)})
-        with atomic_write(self.path("checkpoints", name), "wb") as handle:
-            handle.write(data)
+        self._write(f"checkpoints/{name}", save(tensors, metadata={"state": json.dumps(skeleton)}))
 
     def load_state(self, name: str) -> Any:
         """Load a state written by :meth:`save_state`."""
-        path = self.path("checkpoints", name)
+        data = self._read(f"checkpoints/{name}")
         try:
-            tensors = load_file(str(path))
-            with safe_open(str(path), framework="pt") as handle:
-                skeleton = json.loads((handle.metadata() or {})["state"])
-        except FileNotFoundError:
-            raise ArtifactError(f"{path} does not exist") from None
+            tensors = load(data)
+            skeleton = json.loads(_safetensors_metadata(data)["state"])
         except Exception as error:  # safetensors and json raise their own types for damaged files
-            raise ArtifactError(f"{path}: damaged state ({error})") from None
+            raise ArtifactError(f"{self.path('checkpoints', name)}: damaged state ({error})") from None
         return _unflatten(skeleton, tensors)
 
-    # -- events --------------------------------------------------------------------------------------
-    def log_event(self, kind: str, **fields: Any) -> None:
-        """Append one event line, flushed and synced, so a crash loses at most the line being written."""
-        record = {"event": kind, "time": round(time.time(), 3), **fields}
-        line = json.dumps(record, separators=(",", ":"), default=float) + "\n"
-        with open(self.path("events.jsonl"), "a+b") as handle:
+    def save_allocation(self, name: str, allocation: Allocation) -> None:
+        """Save an allocation (``.npz``, atomically) as ``name``."""
+        self._write(name, allocation.to_bytes())
+
+    def load_allocation(self, name: str) -> Allocation:
+        """Load an allocation saved by :meth:`save_allocation`."""
+        return Allocation.from_bytes(self._read(name), source=str(self.path(name)))
+
+    def remove(self, name: str) -> None:
+        """Delete ``name`` if the run holds it."""
+        self.path(name).unlink(missing_ok=True)
+
+    # -- storage: the only methods that touch the folder -----------------------------------------------
+    def _write(self, name: str, data: bytes) -> None:
+        with atomic_write(self.path(name), "wb") as handle:
+            handle.write(data)
+
+    def _read(self, name: str) -> bytes:
+        path = self.path(name)
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            raise ArtifactError(f"{path} does not exist") from None
+
+    def _append(self, name: str, line: bytes) -> None:
+        with open(self.path(name), "a+b") as handle:
             # A crash mid-append leaves a torn line without its newline: end it first, so
             # this event starts a line of its own instead of being glued to the fragment.
             if handle.tell() > 0:
                 handle.seek(-1, os.SEEK_END)
                 if handle.read(1) != b"\n":
                     handle.write(b"\n")
-            handle.write(line.encode())
+            handle.write(line)
             handle.flush()
             os.fsync(handle.fileno())
 
+    # -- events --------------------------------------------------------------------------------------
+    def log_event(self, kind: str, **fields: Any) -> None:
+        """Append one event line, flushed and synced, so a crash loses at most the line being written."""
+        record = {"event": kind, "time": round(time.time(), 3), **fields}
+        self._append("events.jsonl", (json.dumps(record, separators=(",", ":"), default=float) + "\n").encode())
+
     def events(self, kind: str | None = None) -> Iterator[dict[str, Any]]:
         """The logged events in order (of one kind if given); a torn last line is skipped."""
-        path = self.path("events.jsonl")
-        if not path.exists():
+        if not self.has("events.jsonl"):
             return
-        for line in path.read_text().splitlines():
+        for line in self._read("events.jsonl").decode().splitlines():
             try:
                 record = json.loads(line)
             except json.JSONDecodeError:
                 continue
             if kind is None or record.get("event") == kind:
                 yield record
+
+
+class MemoryRun(Run):
+    """A run whose records live in memory: the same stages, nothing written to disk.
+
+    Args:
+        config: the JSON-able configuration of the run (as :meth:`Run.create` records it).
+    """
+
+    def __init__(self, config: Mapping[str, Any]) -> None:
+        super().__init__(Path("<in-memory run>"))
+        self._files: dict[str, bytes] = {}
+        self._write("config.json", json.dumps({"config_hash": config_hash(config), "config": dict(config)}).encode())
+
+    @property
+    def in_memory(self) -> bool:
+        return True
+
+    def write_json(self, name: str, data: Any) -> None:
+        self._write(name, json.dumps(data, indent=2).encode())
+
+    def read_json(self, name: str) -> Any:
+        return json.loads(self._read(name))
+
+    def has(self, name: str) -> bool:
+        return name in self._files
+
+    def remove(self, name: str) -> None:
+        self._files.pop(name, None)
+
+    def _write(self, name: str, data: bytes) -> None:
+        self._files[name] = bytes(data)
+
+    def _read(self, name: str) -> bytes:
+        try:
+            return self._files[name]
+        except KeyError:
+            raise ArtifactError(f"{self.path(name)} does not exist") from None
+
+    def _append(self, name: str, line: bytes) -> None:
+        self._files[name] = self._files.get(name, b"") + line
+
+
+def _safetensors_metadata(data: bytes) -> dict[str, str]:
+    """The ``__metadata__`` of a safetensors file's header (an 8-byte length, then JSON)."""
+    (length,) = struct.unpack("<Q", data[:8])
+    return json.loads(data[8 : 8 + length]).get("__metadata__") or {}
 
 
 def _flatten(value: Any, tensors: dict[str, torch.Tensor]) -> Any:

@@ -19,7 +19,7 @@ many allocations at once    :func:`ranking_metrics_many`          :func:`evaluat
 
 The fitness of an allocation is its numerator divided by the full model's (BET eq. 12)
 in both cases.  :func:`task_for` picks the task of a dataset; the backbone registry
-(:mod:`nas.backbones`) records which task each model belongs to.
+(:mod:`nas.pipeline.backbones`) records which task each model belongs to.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ from recsys.train import (
 from recsys.train_ctr import CTRTrainConfig, evaluate_ctr, evaluate_ctr_many, train_ctr
 
 if TYPE_CHECKING:
-    from nas.config import TrainingOptions
+    from nas.pipeline.config import TrainingOptions
     from nas.core.controller import OneShotController
 
 __all__ = ["TASKS", "Batch", "ClickTask", "Task", "TopKTask", "Variants", "top_k_variants_loss", "ctr_variants_loss", "task_for"]
@@ -119,7 +119,7 @@ class Task(ABC):
         data: the dataset the task trains and evaluates on.
     """
 
-    #: Registry name of the task (the ``task`` of its backbones, see :mod:`nas.backbones`).
+    #: Registry name of the task (the ``task`` of its backbones, see :mod:`nas.pipeline.backbones`).
     name: ClassVar[str] = ""
     #: The metrics the run summary shows, in order, and whether higher is better.
     headline: ClassVar[tuple[tuple[str, bool], ...]] = ()
@@ -266,7 +266,7 @@ class TopKTask(Task):
 class ClickTask(Task):
     """Click prediction from multi-field rows: binary cross-entropy training, AUC and log loss.
 
-    The tables start small (standard deviation 0.01, as paper 004's models and
+    The tables start small (standard deviation 0.01, as [LERSBench]'s models and
     ``benchmarks/ctr_movielens.py``): at 0.1 the pairwise terms of a dozen fields start
     large and the models overfit sooner.  Fitness is measured on every validation row
     (scoring rows is cheap next to ranking every item), so the run's ``fitness_users``
@@ -336,11 +336,16 @@ TASKS: dict[str, type[Task]] = {TopKTask.name: TopKTask, ClickTask.name: ClickTa
 def task_for(data: Any, training: Any = None) -> Task:
     """The task of a dataset: :class:`TopKTask` for interactions, :class:`ClickTask` for click rows.
 
+    A run builds its task once and hands it to every stage; the stages accept data too
+    (for direct use), and a task given where data is expected passes through unchanged.
+
     Args:
-        data: the dataset.
+        data: the dataset, or a task (returned as it is).
         training: the run's training options or trainer configuration; a top-k task trains
             with its ``loss``, ``temperature`` and ``negatives`` (BPR when ``None``).
     """
+    if isinstance(data, Task):
+        return data
     if isinstance(data, CTRData):
         return ClickTask(data)
     if isinstance(data, InteractionData):

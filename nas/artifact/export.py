@@ -1,6 +1,6 @@
 """Export an allocation's tables as a packed artifact that fits the byte budget.
 
-The export folder holds two files (read back by :mod:`nas.serving`)::
+The export folder holds two files (read back by :mod:`nas.artifact.serving`)::
 
     tables.safetensors   {name}.row_dims  (smallest unsigned dtype holding d_max)
                          {name}.values    1-D: each row's kept values, row after row
@@ -28,7 +28,8 @@ import tempfile
 from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -38,38 +39,44 @@ from nas.core._atomic import _fsync_dir, current_umask
 from nas.core.allocation import Allocation
 from nas.core.budget import Budget
 from nas.core.errors import ArtifactError, BudgetError, ConfigError
-from nas.core.storage import dims_dtype, export_bytes, value_itemsize
-from nas.embedding import MaskableEmbedding
-from nas.serving import FORMAT, FORMAT_VERSION, MANIFEST_FILE, TABLES_FILE, VALUE_DTYPES, manifest_digest
+from nas.core.accounting import dims_dtype, export_byte_limit, export_bytes, value_itemsize
+from nas.artifact.serving import FORMAT, FORMAT_VERSION, MANIFEST_FILE, TABLES_FILE, VALUE_DTYPES, manifest_digest
 
-__all__ = ["export_tables", "export_byte_limit"]
+__all__ = ["PackedTables", "ServedTables", "export_byte_limit", "export_tables", "pack_tables"]
 
 PathLike = str | os.PathLike[str]
 
 
-def export_byte_limit(budget: Budget, dtype: str | None = None, *, element_mask: bool = False) -> int:
-    """The most bytes an export under ``budget`` may take on disk.
+@dataclass(frozen=True)
+class PackedTables:
+    """An export's files in memory, before they are written.
 
-    Without element masks and in the budget's own dtype this is ``budget.max_bytes``.
-    Element masks add their bit-packed masks (``rows × d_max / 8`` bytes per table),
-    which a value budget pays on top; a byte budget never goes above the bytes the
-    user gave.
-
-    Args:
-        budget: the hard budget.
-        dtype: value dtype of the export (the budget's when ``None``).
-        element_mask: whether the export stores element masks.
+    Attributes:
+        files: file name -> bytes (``tables.safetensors``, ``manifest.json``).
+        manifest: the manifest, as written to ``manifest.json``.
+        limit: the most bytes the files may take (:func:`export_byte_limit`).
     """
-    dtype = budget.dtype if dtype is None else dtype
-    limit = export_bytes(budget.usable_values, budget.rows, budget.d_max, dtype, element_mask=element_mask)
-    if budget.kind == "bytes":
-        limit = min(limit, int(budget.amount))
-    return limit
+
+    files: Mapping[str, bytes]
+    manifest: dict[str, Any]
+    limit: int
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the files take on disk."""
+        return sum(len(data) for data in self.files.values())
+
+
+class ServedTables(Protocol):
+    """An embedding that can hand over its tables as served under an allocation (a trained model's)."""
+
+    def served_tables(self, allocation: Allocation) -> Mapping[str, torch.Tensor]:
+        """Every table, full-size, with the positions ``allocation`` drops at zero, detached."""
 
 
 def export_tables(
     folder: PathLike,
-    embedding: MaskableEmbedding | Mapping[str, torch.Tensor],
+    embedding: ServedTables | Mapping[str, torch.Tensor],
     allocation: Allocation,
     budget: Budget,
     *,
@@ -82,7 +89,9 @@ def export_tables(
     Args:
         folder: the export folder; an existing export there is replaced only once the
             new one is complete (a non-empty folder that is not an export is refused).
-        embedding: the trained model's maskable embedding (its values under
+        embedding: the trained model's embedding, anything with a
+            ``served_tables(allocation)`` method such as
+            :class:`~nas.pipeline.embedding.MaskableEmbedding` (its values under
             ``allocation`` are exported), or full-size tensors ``{name: (rows, d_max)}``
             that are masked by ``allocation`` the same way.
         allocation: what to keep; validated against ``budget`` first.
@@ -101,6 +110,29 @@ def export_tables(
         ConfigError: the tables do not match the allocation or the dtype is unknown.
         ArtifactError: the files would exceed the byte limit (a bug in the accounting)
             or the target is a folder that is not an export; nothing is left behind.
+    """
+    packed = pack_tables(embedding, allocation, budget, config_hash=config_hash, dtype=dtype, extra=extra)
+    _write_folder(Path(folder), packed.files, packed.nbytes, packed.limit)
+    return packed.manifest
+
+
+def pack_tables(
+    embedding: ServedTables | Mapping[str, torch.Tensor],
+    allocation: Allocation,
+    budget: Budget,
+    *,
+    config_hash: str = "",
+    dtype: str | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> PackedTables:
+    """The files of the export of ``allocation``, in memory: what :func:`export_tables` writes.
+
+    The arguments are those of :func:`export_tables` but the folder.
+
+    Raises:
+        BudgetError: the allocation breaks the budget.
+        ConfigError: the tables do not match the allocation or the dtype is unknown.
+        ArtifactError: the files would exceed the byte limit (a bug in the accounting).
     """
     allocation.validate(budget)
     dtype = budget.dtype if dtype is None else dtype
@@ -171,27 +203,18 @@ def export_tables(
     if total > limit:
         raise ArtifactError(
             f"the export would take {total:,} bytes, {total - limit:,} over its limit of {limit:,}: the metadata "
-            f"(safetensors header and a {len(manifest_text):,}-byte manifest) outgrew the reserve of nas.core.storage"
+            f"(safetensors header and a {len(manifest_text):,}-byte manifest) outgrew the reserve of nas.core.accounting"
             f"{' (shorten extra)' if extra else ''}; this is a bug in the byte accounting, nothing was written"
         )
-    _write_folder(Path(folder), {TABLES_FILE: payload, MANIFEST_FILE: manifest_text}, total, limit)
-    return manifest
+    return PackedTables({TABLES_FILE: payload, MANIFEST_FILE: manifest_text}, manifest, limit)
 
 
 # -- pieces ----------------------------------------------------------------------------------------
-def _served_tables(embedding: MaskableEmbedding | Mapping[str, torch.Tensor], allocation: Allocation,
+def _served_tables(embedding: ServedTables | Mapping[str, torch.Tensor], allocation: Allocation,
                    d_max: int) -> dict[str, torch.Tensor]:
     """Every table exactly as the masked model serves it under ``allocation``, on the CPU."""
-    if isinstance(embedding, MaskableEmbedding):
-        previous = embedding.allocation
-        same = previous is not None and previous.fingerprint() == allocation.fingerprint()
-        if not same:
-            embedding.set_allocation(allocation)
-        try:
-            tables = embedding.masked_tables()
-        finally:
-            if not same:
-                embedding.set_allocation(previous)
+    if not isinstance(embedding, Mapping):
+        tables = embedding.served_tables(allocation)
     else:
         masks = allocation.element_masks or {}
         tables = {}

@@ -1,0 +1,5 @@
+"""``python -m nas``: the ``embnas`` command."""
+
+from nas.app.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,149 @@
+"""The library API: :func:`search` and :func:`resume`, what ``embnas search`` and ``embnas resume`` call.
+
+Everything the command line offers is a keyword here, and the data may live in
+memory.  ``run_dir=None`` keeps the whole run in memory and writes nothing; a path
+gives the crash-safe run folder of the command line, which :func:`resume` continues.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from nas.core.errors import ConfigError
+from nas.pipeline.backbones import backbone_task
+from nas.pipeline.config import TRAINING_DEFAULTS, FineTuneConfig, SearchConfig, SupernetOptions, TrainingOptions
+from nas.pipeline.data import DataSpec
+from nas.pipeline.result import SearchResult
+from nas.pipeline.search import resume_run, run_search
+from recsys.data import CTRData, InteractionData
+
+__all__ = ["configure", "resume", "search"]
+
+#: Options given as dictionaries that stand for an options dataclass.
+_NESTED = {"supernet": SupernetOptions, "finetune": FineTuneConfig}
+
+
+def search(
+    data: InteractionData | CTRData | DataSpec | str | Path | None = None,
+    *,
+    budget: str | float | int = SearchConfig.budget,
+    model: str = SearchConfig.model,
+    controller: str = SearchConfig.controller,
+    space: str = SearchConfig.space,
+    trials: int = SearchConfig.trials,
+    seed: int = SearchConfig.seed,
+    train: TrainingOptions | Mapping[str, Any] | None = None,
+    run_dir: str | Path | None = None,
+    runs_root: str | Path | None = None,
+    progress: bool = True,
+    **options: Any,
+) -> SearchResult:
+    """Search embedding sizes under a hard budget: train, search, retrain the best, test and export.
+
+    Args:
+        data: the data: :class:`~recsys.data.InteractionData` or :class:`~recsys.data.CTRData`
+            in memory, a path (a LightGCN folder, a RecBole MovieLens folder, a CSV/TSV
+            file; see :meth:`DataSpec.from_path`), a :class:`~nas.pipeline.data.DataSpec`,
+            or ``None`` for the built-in synthetic data (click rows for a click model).
+        budget: a sparsity (``0.9`` keeps 10 % of the values), a parameter count
+            (``250000``) or bytes of the export (``"2MB"``, ``"512KiB"``).
+        model: the backbone (:data:`nas.BACKBONES`).
+        controller: the controller (:data:`nas.CONTROLLERS`; ``embnas controllers`` lists them).
+        space: the search space (:data:`nas.SPACES`).
+        trials: allocations evaluated by controllers that learn from fitness.
+        seed: fixes the whole run (data split, initialisations, sampling, controller).
+        train: training options: a :class:`~nas.pipeline.config.TrainingOptions`, or a
+            mapping of the fields to change from the model's task defaults (``{"epochs": 20}``).
+        run_dir: the run folder, made or continued (crash-safe: :func:`resume` goes on
+            after a crash); ``None`` keeps the run in memory and writes nothing.
+        runs_root: with no ``run_dir``, a new run folder named by time and hash inside it
+            (what ``embnas search`` does).
+        progress: draw progress bars.
+        **options: any other field of :class:`~nas.pipeline.config.SearchConfig`:
+            ``d_max``, ``d_min``, ``space_options``, ``controller_options``, ``ask_batch``,
+            ``fitness_users``, ``supernet``, ``evaluator``, ``finetune``, ``retrain_top``,
+            ``retrain``, ``device``, ``threads`` (``supernet`` and ``finetune`` also as mappings).
+
+    Returns:
+        The :class:`~nas.pipeline.result.SearchResult`: ``result.allocation``,
+        ``result.metrics["test"]``, ``result.export(folder)``.
+
+    Raises:
+        ConfigError: an option that cannot work (the message says what to change).
+        BudgetError: a budget below the smallest feasible one (which it names).
+        DataError: malformed data (naming file and line).
+    """
+    config = configure(data, budget=budget, model=model, controller=controller, space=space, trials=trials, seed=seed,
+                       train=train, **options)
+    in_memory = data if isinstance(data, (InteractionData, CTRData)) else None
+    return run_search(config, in_memory, run_dir, runs_root=runs_root, progress=progress)
+
+
+def configure(
+    data: InteractionData | CTRData | DataSpec | str | Path | None = None,
+    *,
+    model: str = SearchConfig.model,
+    seed: int = SearchConfig.seed,
+    train: TrainingOptions | Mapping[str, Any] | None = None,
+    **options: Any,
+) -> SearchConfig:
+    """The :class:`~nas.pipeline.config.SearchConfig` that :func:`search` runs with these arguments (checked).
+
+    The arguments are those of :func:`search` but where the run lives; options left out
+    take :class:`~nas.pipeline.config.SearchConfig`'s defaults.
+    """
+    fields = {f for f in SearchConfig.__dataclass_fields__ if f not in ("data", "train")}
+    unknown = sorted(set(options) - fields)
+    if unknown:
+        raise ConfigError(f"unknown search options {unknown}; the options are the fields of SearchConfig: "
+                          f"{', '.join(sorted(fields))}")
+    nested = {k: (_NESTED[k](**v) if isinstance(v, Mapping) else v) for k, v in options.items() if k in _NESTED}
+    if "budget" in options:
+        nested["budget"] = str(options["budget"])
+    return SearchConfig(data=_data_spec(data, model, seed), model=model, seed=seed, train=_training(train, model),
+                        **{**options, **nested})
+
+
+def resume(
+    run_dir: str | Path, *, data: InteractionData | CTRData | None = None, progress: bool = True
+) -> SearchResult:
+    """Continue a run folder where it stopped, or reload a finished one; the same result as an uninterrupted run.
+
+    Args:
+        run_dir: the run folder.
+        data: the data, when the run searched data given in memory (the same data: its
+            fingerprint is checked).
+        progress: draw progress bars.
+
+    Raises:
+        ArtifactError: ``run_dir`` is not a run folder.
+        ResumeError: the data changed since the run started.
+    """
+    return resume_run(run_dir, data, progress=progress)
+
+
+def _data_spec(data: Any, model: str, seed: int) -> DataSpec:
+    if isinstance(data, DataSpec):
+        return data
+    if isinstance(data, (InteractionData, CTRData)):
+        return DataSpec.in_memory(data)
+    if data is None:
+        return DataSpec("synthetic-ctr" if backbone_task(model) == "click" else "synthetic", seed=seed)
+    if isinstance(data, (str, Path)):
+        return DataSpec.from_path(data, seed=seed)
+    raise ConfigError(f"cannot search {type(data).__name__}; give InteractionData or CTRData in memory, a path, "
+                      "a DataSpec, or None for the built-in synthetic data")
+
+
+def _training(train: TrainingOptions | Mapping[str, Any] | None, model: str) -> TrainingOptions | None:
+    if train is None or isinstance(train, TrainingOptions):
+        return train
+    if isinstance(train, Mapping):
+        unknown = sorted(set(train) - set(TrainingOptions.__dataclass_fields__))
+        if unknown:
+            raise ConfigError(f"unknown training options {unknown}; choose from {sorted(TrainingOptions.__dataclass_fields__)}")
+        return replace(TRAINING_DEFAULTS[backbone_task(model)], **train)
+    raise ConfigError(f"train must be TrainingOptions or a mapping of its fields, got {type(train).__name__}")

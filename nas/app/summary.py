@@ -1,0 +1,86 @@
+"""The table printed at the end of a run: what the budget bought, side by side with the full model.
+
+Top-k runs show Recall and NDCG at 20 and 10, click runs AUC and log loss (lower is
+better: its ratio above 1 is a loss).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from nas.pipeline.result import SearchResult
+
+__all__ = ["summary_table"]
+
+
+def _rows_to_text(rows: list[tuple[str, str]]) -> str:
+    width = max(len(key) for key, _ in rows)
+    return "\n".join(f"  {key.ljust(width)}  {value}" for key, value in rows)
+
+
+def summary_table(result: SearchResult) -> str:
+    """A plain-text summary of a search's result."""
+    budget, allocation = result.budget, result.allocation
+    full, allocated = result.full_metrics["test"], result.metrics["test"]
+    tables = allocation.summary()
+    sizes = ", ".join(
+        f"{name} mean {stats['mean']:.2f} [{stats['min']}-{stats['max']}]" for name, stats in tables.items()
+    )
+    exported = "exported" if result.run_dir is not None else "in the export"
+    facts = [
+        ("run", str(result.run_dir) if result.run_dir is not None else "in memory (nothing written)"),
+        ("data", _data_text(result.data)),
+        ("search", f"{result.controller} controller, {result.space} space"),
+        ("budget", f"{budget.describe()}: at most {budget.max_values:,} values, {budget.max_bytes:,} bytes"),
+        ("used", f"{allocation.cost:,} values ({result.budget_used:.1%} of the budget, "
+                 f"retain ratio {result.retain_ratio:.4f}), {result.export_bytes:,} bytes {exported}"),
+        ("kept per row" if any(t["masked"] for t in tables.values()) else "row sizes", sizes),
+        *([("decisions", " ".join(str(v) for v in result.decisions))] if result.decisions else []),
+        *_search_facts(result),
+        ("time", _time_text(result)),
+    ]
+    header = f"  {'test metric':<12}{'full':>10}{'allocated':>11}{'ratio':>8}"
+    if result.reference == "sandwich":
+        facts.append(("full", "the sandwich-trained supernet with every row at d_max"))
+    elif result.reference == "one-shot":
+        facts.append(("full", "the supernet trained with the controller, every row at d_max and unmasked"))
+    lines = [header, "  " + "-" * (len(header) - 2)]
+    for key in _METRICS:
+        if key in full and key in allocated:
+            ratio = allocated[key] / full[key] if full[key] else float("nan")
+            lines.append(f"  {key:<12}{full[key]:>10.4f}{allocated[key]:>11.4f}{ratio:>8.3f}")
+    return _rows_to_text(facts) + "\n\n" + "\n".join(lines)
+
+
+#: The test metrics shown, in order, of whichever task the run had.
+_METRICS = ("recall@20", "ndcg@20", "recall@10", "ndcg@10", "auc", "logloss")
+
+
+def _data_text(data: Mapping[str, Any]) -> str:
+    if "fields" in data:  # click data
+        return (f"{data['name']}: {data['fields']} fields, {data['rows']:,} table rows, "
+                f"{data['train_rows']:,} train rows (click rate {data['train_click_rate']:.1%})")
+    return f"{data['name']}: {data['users']:,} users, {data['items']:,} items"
+
+
+def _search_facts(result: SearchResult) -> list[tuple[str, str]]:
+    if not result.trials:
+        return []
+    trials = result.trials
+    facts = [("trials", f"{trials} allocation{'s' if trials != 1 else ''} evaluated by the {result.evaluator} evaluator")]
+    if result.fitness_driven:
+        top = len({r.fingerprint for r in result.retrained})
+        how = {"halving": "by successive halving", "finetune": "fine-tuned from the supernet, the best retrained"}.get(
+            result.retrain, "by fitness") if top > 1 else "by fitness"
+        facts.append(("retrained", f"top {top} {how}; chosen on validation: fitness {result.fitness:.4f}, "
+                                   f"fingerprint {result.allocation.fingerprint()}"))
+    else:
+        facts.append(("fitness", f"{result.fitness:.4f} (the controller's proposal, retrained)"))
+    return facts
+
+
+def _time_text(result: SearchResult) -> str:
+    timing = result.timings
+    parts = ", ".join(f"{stage} {timing[stage]:.1f} s" for stage in ("supernet", "search", "retrain") if stage in timing)
+    return f"{result.seconds:.1f} s" + (f" ({parts})" if parts else "")

@@ -1,0 +1,518 @@
+"""The main job: train the supernet, search allocations under the budget, retrain the best, evaluate, export.
+
+The same stages serve every task (:mod:`nas.pipeline.tasks`): top-k backbones on interaction
+data, click backbones on click data; what differs between them (training, metrics,
+fitness) is the task's.  Each stage leaves its result in the run folder (``nas.pipeline.runs``)
+before the next starts, and long stages checkpoint as they go, so a run killed at any
+moment continues with ``embnas resume <run>`` and ends exactly as the uninterrupted run
+would have:
+
+1. *supernet*: one set of full-size weights trained so that any allocation can be
+   scored by masking (``nas.pipeline.supernet``); its training state is saved every epoch;
+2. *search*: the controller proposes, an evaluator measures fitness (``nas.pipeline.evaluators``),
+   every candidate is logged, the controller's state is saved each round (``nas.pipeline.trials``);
+3. *retrain*: the ``retrain_top`` fittest allocations are retrained from scratch with
+   early stopping, each to the end, by successive halving (``retrain="halving"``), or only
+   the best after a short fine-tune of each from the supernet (``retrain="finetune"``); the
+   best on validation is the run's answer;
+4. *test and export*: test metrics, the packed export and ``metrics.json`` (the
+   :class:`~nas.pipeline.result.SearchResult`, serialised).
+
+:func:`open_run` checks everything that can be checked before any training and builds
+the :class:`RunContext` every stage shares; one-shot and multi-trial controllers are
+told apart by their capability flags alone.  A run kept in memory (no run folder) goes
+through the same stages with a :class:`~nas.pipeline.runs.MemoryRun`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from functools import partial
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from nas.artifact.export import export_tables, pack_tables
+from nas.core.allocation import Allocation
+from nas.core.budget import Budget
+from nas.core.controller import Controller, OneShotController
+from nas.core.errors import ArtifactError, ConfigError
+from nas.core.space import SearchSpace
+from nas.pipeline.build import Data, Model, build_evaluator, build_model, build_search, load_checkpoint
+from nas.pipeline.config import SearchConfig, SupernetOptions
+from nas.pipeline.data import load_data
+from nas.pipeline.result import Retrained, SearchResult
+from nas.pipeline.runs import MemoryRun, Run
+from nas.pipeline.supernet import train_one_shot, train_supernet
+from nas.pipeline.tasks import Task, task_for
+from nas.pipeline.trials import Candidate, ranked_candidates, record_one_shot_choice, run_trials, save_controller_state
+from recsys.train import TrainHooks, TrainResult
+
+__all__ = [
+    "FINETUNE_SHARE",
+    "HALVING_RATE",
+    "RunContext",
+    "finetune_epochs",
+    "halving_rungs",
+    "open_run",
+    "resume_run",
+    "run_search",
+]
+
+#: Successive halving keeps the best ``1/HALVING_RATE`` of the candidates at each rung.
+HALVING_RATE = 3
+
+#: ``retrain="finetune"`` fine-tunes each candidate for ``1/FINETUNE_SHARE`` of the training horizon.
+FINETUNE_SHARE = 25
+
+#: Spaces with at most this many decisions have them listed in metrics.json and the summary.
+_LISTED_DECISIONS = 64
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What every stage of one search shares, built once by :func:`open_run`.
+
+    Attributes:
+        config: the run's configuration.
+        task: the data with the operations that depend on its kind, training with the
+            run's objective (built once, handed to every stage).
+        budget: the hard budget.
+        space: the search space.
+        controller: the controller.
+        run: the run folder, or a :class:`~nas.pipeline.runs.MemoryRun`.
+        train_config: the task's trainer configuration for this run.
+        progress: whether to draw progress bars.
+    """
+
+    config: SearchConfig
+    task: Task
+    budget: Budget
+    space: SearchSpace
+    controller: Controller | OneShotController
+    run: Run
+    train_config: Any
+    progress: bool
+
+    @property
+    def data(self) -> Data:
+        return self.task.data
+
+    def new_model(self) -> Model:
+        """A fresh backbone of the run (seeded by the run's seed)."""
+        return build_model(self.config, self.task)
+
+
+def open_run(
+    config: SearchConfig,
+    data: Data | None = None,
+    run_dir: str | Path | None = None,
+    *,
+    runs_root: str | Path | None = None,
+    progress: bool = True,
+) -> RunContext:
+    """Check everything that can be checked before training, then open the run.
+
+    Args:
+        config: the run's configuration.
+        data: the data in memory; ``None`` loads what ``config.data`` describes.
+        run_dir: the run folder, made or continued (the same configuration and data only).
+        runs_root: with no ``run_dir``, make a new folder here named by time and hash.
+            With neither, the run lives in memory and writes nothing.
+        progress: draw progress bars.
+
+    Raises:
+        ConfigError: a part of the configuration cannot work with this data.
+        BudgetError: the budget is infeasible (naming the smallest feasible one).
+        ResumeError: ``run_dir`` was made by another configuration or other data.
+    """
+    config.check_device()
+    data = load_data(config.data) if data is None else data
+    task = task_for(data, config.train)
+    budget, space, controller = build_search(config, task)
+    if controller.needs_fitness and not task.has_validation:
+        raise ConfigError(
+            f"the {config.controller} controller learns from validation fitness, and this dataset has no validation split"
+            f"{' with both labels' if task.name == 'click' else ''}; add one (valid.txt) or use --controller equal or frequency"
+        )
+    # The run is tied to its configuration and to the data's content: a folder made from
+    # other files refuses to continue. It is made only once data and budget are known good.
+    record = {**config.to_dict(), "data_fingerprint": data.fingerprint()}
+    if run_dir is not None:
+        folder = Path(run_dir)
+        run = Run.create(folder.parent, record, folder.name, upgrade=SearchConfig.upgrade)
+    elif runs_root is not None:
+        run = Run.create(runs_root, record, upgrade=SearchConfig.upgrade)
+    else:
+        run = MemoryRun(record)
+    run.log_event("start", data=data.summary(), budget=budget.to_dict())
+    return RunContext(config, task, budget, space, controller, run,
+                      task.train_config(config.train, config.seed, config.threads), progress)
+
+
+def resume_run(folder: str | Path, data: Data | None = None, *, progress: bool = True) -> SearchResult:
+    """Continue a run folder from where it stopped (or reload a finished one).
+
+    Args:
+        folder: the run folder.
+        data: the data, when the run searched data given in memory (the same data:
+            its fingerprint is checked).
+
+    Raises:
+        ArtifactError: when ``folder`` is not a run folder.
+        ResumeError: when the data changed since the run started.
+    """
+    run = Run(folder)
+    if not run.has("config.json"):
+        raise ArtifactError(f"{folder} is not a run folder (no config.json); give a folder made by `embnas search`")
+    return run_search(SearchConfig.from_dict(run.config()), data, run.folder, progress=progress)
+
+
+def run_search(
+    config: SearchConfig,
+    data: Data | None = None,
+    run_dir: str | Path | None = None,
+    *,
+    runs_root: str | Path | None = None,
+    progress: bool = True,
+) -> SearchResult:
+    """Run the whole job (see :func:`open_run` for the arguments) and return its result.
+
+    In a run folder, stages already finished (same configuration) are not redone, an
+    unfinished stage continues from its last checkpoint, and the result is also written
+    to ``metrics.json``.
+    """
+    started = time.perf_counter()
+    ctx = open_run(config, data, run_dir, runs_root=runs_root, progress=progress)
+    task, run = ctx.task, ctx.run
+    timing: dict[str, float] = {}
+
+    tic = time.perf_counter()
+    supernet, supernet_stats, reference = _train_supernet(ctx)
+    supernet_test = task.evaluate(supernet, "test")
+    timing["supernet"] = time.perf_counter() - tic
+
+    tic = time.perf_counter()
+    candidates = _search(ctx, supernet)
+    timing["search"] = time.perf_counter() - tic
+
+    tic = time.perf_counter()
+    # Intermediate rungs of successive halving are sized by how long the supernet took to peak.
+    horizon = max(int(supernet_stats.get("best_epoch") or config.train.epochs), 1)
+    retrained = _retrain(ctx, candidates, horizon)
+    # The best on validation among those trained to the end (the search's order breaks ties
+    # and stands in without validation).
+    winner = _by_validation([r for r in retrained if r.final])[0]
+    allocation, model = winner.allocation, winner.model
+    timing["retrain"] = time.perf_counter() - tic
+
+    run.save_allocation("allocation.npz", allocation)
+    run.save_tensors("allocated.safetensors", dict(model.state_dict()))  # type: ignore[attr-defined]
+    allocated_test = task.evaluate(model, "test")
+    export_bytes = _export(ctx, model, allocation)
+    timing["total"] = time.perf_counter() - started
+    space = ctx.space
+    result = SearchResult(
+        allocation=allocation,
+        budget=ctx.budget,
+        metrics={"valid": winner.stats["valid"] or {}, "test": allocated_test},
+        full_metrics={"valid": supernet_stats["valid"] or {}, "test": supernet_test},
+        reference=reference,
+        fitness=winner.candidate.fitness,
+        timings=timing,
+        run_dir=None if run.in_memory else run.folder,
+        task=task.name,
+        model=config.model,
+        controller=config.controller,
+        space=space.describe(),
+        data=ctx.data.summary(),
+        evaluator=config.evaluator if task.has_validation else None,
+        fitness_driven=ctx.controller.needs_fitness,
+        retrain=config.retrain,
+        retrained=tuple(Retrained(r.candidate.fingerprint, r.candidate.fitness, r.quality, r.seconds, r.epochs, r.final)
+                        for r in retrained),
+        trials=sum(1 for _ in run.events("trial")),
+        decisions=(tuple(int(v) for v in space.from_allocation(allocation))
+                   if space.n_decisions <= _LISTED_DECISIONS else None),
+        export_bytes=export_bytes,
+        config_hash=run.config_hash,
+        full_train_seconds=supernet_stats["seconds"],
+        allocated_train_seconds=winner.seconds,
+        trained_model=model,
+    )
+    run.write_json("metrics.json", result.to_dict())
+    run.log_event("done", seconds=result.seconds)
+    return result
+
+
+@dataclass
+class _Retrained:
+    """One retrained candidate: how far it got and how good it was on validation."""
+
+    candidate: Candidate
+    allocation: Allocation
+    model: Model
+    stats: dict[str, Any]
+    quality: float
+    seconds: float
+    epochs: int
+    final: bool
+
+
+def _by_validation(items: Sequence[T], quality: Callable[[T], float] = lambda r: r.quality) -> list[T]:  # type: ignore[attr-defined]
+    """``items`` best first by validation ``quality``; a NaN counts as the worst and ties keep the given order."""
+    return sorted(items, key=lambda item: -np.nan_to_num(quality(item), nan=-np.inf))
+
+
+def _train_supernet(ctx: RunContext) -> tuple[Model, dict[str, Any], str]:
+    """The first stage: the supernet (or the one-shot search, or a rule's full-size reference).
+
+    Returns the trained model, its training's stats and what it is as a reference
+    (``"sandwich"``, ``"full"`` or ``"one-shot"``).
+    """
+    config, controller = ctx.config, ctx.controller
+    supernet = ctx.new_model()
+    # A controller whose proposal ignores fitness needs no supernet: plain training gives the reference.
+    options = config.supernet if controller.needs_fitness else SupernetOptions(mode="full")
+    train_config = ctx.train_config if config.supernet.epochs is None else replace(ctx.train_config, epochs=config.supernet.epochs)
+    if not controller.multi_trial:
+        reference = "one-shot"
+        train = partial(_train_one_shot, ctx, train_config)
+    else:
+        reference = options.mode
+        proposals = controller.supernet_proposals if options.proposals == "controller" else None  # type: ignore[union-attr]
+
+        def train(model: Model, hooks: TrainHooks) -> TrainResult:
+            return train_supernet(model, ctx.task, ctx.space, ctx.budget, train_config, options, hooks=hooks,
+                                  progress=ctx.progress, proposals=proposals)
+    stats = _train_stage(ctx, "supernet", None, supernet, train)
+    return supernet, stats, reference
+
+
+def _train_one_shot(ctx: RunContext, train_config: Any, model: Model, hooks: TrainHooks) -> TrainResult:
+    """The supernet trained with the controller; its state is left where the search loop restores it from."""
+    result = train_one_shot(model, ctx.task, ctx.controller, train_config, hooks=hooks, progress=ctx.progress)  # type: ignore[arg-type]
+    save_controller_state(ctx.run, ctx.controller, rounds=0)  # type: ignore[arg-type]
+    return result
+
+
+def _search(ctx: RunContext, supernet: Model) -> list[Candidate]:
+    """The candidates to retrain: the controller's fittest (its one proposal when it ignores fitness).
+
+    A proposal that ignores fitness is still measured once when there is validation data,
+    so every run reports the fitness of its answer; so is a one-shot controller's choice.
+    """
+    config, task, run, controller = ctx.config, ctx.task, ctx.run, ctx.controller
+    searched = any(True for _ in run.events("searched"))
+    if not controller.multi_trial:
+        if not searched:
+            evaluator = build_evaluator(config, task, supernet) if task.has_validation else None
+            record_one_shot_choice(run, controller, supernet, ctx.budget, evaluator)  # type: ignore[arg-type]
+            run.log_event("searched", top=[c.fingerprint for c in ranked_candidates(run)[:1]], evaluator=config.evaluator,
+                          measured=evaluator.measured if evaluator is not None else 0)
+        return ranked_candidates(run)[:1]
+    if not task.has_validation:
+        allocation = ctx.space.to_allocation(controller.recommend())  # type: ignore[union-attr]
+        allocation.validate(ctx.budget)
+        name = f"candidates/{allocation.fingerprint()}.npz"
+        if not run.has(name):
+            run.save_allocation(name, allocation)
+        return [Candidate(allocation.fingerprint(), float("nan"), allocation.cost, 0)]
+    if not searched:
+        evaluator = build_evaluator(config, task, supernet)
+        trials = config.trials if controller.needs_fitness else 1
+        run_trials(run, controller, ctx.space, ctx.budget, evaluator, trials, config.ask_batch,  # type: ignore[arg-type]
+                   progress=ctx.progress)
+        ranked = ranked_candidates(run)
+        run.log_event("searched", top=[c.fingerprint for c in ranked[: config.retrain_top]], evaluator=config.evaluator,
+                      measured=evaluator.measured)
+    return ranked_candidates(run)[: config.retrain_top]
+
+
+def _retrain(ctx: RunContext, candidates: list[Candidate], horizon: int) -> list[_Retrained]:
+    """Retrain the candidates from scratch: each to the end (``full``), by successive halving, or the best after a fine-tune.
+
+    Successive halving (``halving``) trains every candidate for ``horizon / η²`` epochs
+    (``horizon``: the epoch at which the supernet peaked on validation, an estimate of
+    how long a training takes here), keeps the best ``1/η`` on validation, continues them
+    to ``horizon / η`` epochs, and so on until one is trained to the end with early
+    stopping (η = :data:`HALVING_RATE`).  A continued training resumes from its saved
+    state (weights, optimiser moments, sampler, early stopping), so the survivors'
+    training is one training paused at each rung.  With five candidates and η = 3 that
+    is about 1.7 full trainings instead of 5.
+    """
+    config, task, run = ctx.config, ctx.task, ctx.run
+    models: dict[str, tuple[Allocation, Model]] = {}
+    for candidate in candidates:
+        allocation = candidate.load(run)
+        allocation.validate(ctx.budget)
+        model = ctx.new_model()
+        model.embedding.set_allocation(allocation)
+        models[candidate.fingerprint] = (allocation, model)
+    if config.retrain == "finetune":
+        return _finetune_then_retrain(ctx, candidates, models, horizon)
+    epochs = config.train.epochs
+    rungs = (halving_rungs(len(candidates), epochs, horizon=horizon) if config.retrain == "halving"
+             else [(epochs, len(candidates))])
+    results: dict[str, _Retrained] = {}
+    alive = list(candidates)
+    bar = tqdm(total=sum(count for _, count in rungs), desc="retrain top", unit="training",
+               disable=not ctx.progress or len(candidates) == 1)
+    for rung, (rung_epochs, count) in enumerate(rungs):
+        final = rung == len(rungs) - 1
+        rung_config = replace(ctx.train_config, epochs=rung_epochs)
+        for candidate in alive[:count]:
+            allocation, model = models[candidate.fingerprint]
+            stats = _train_stage(
+                ctx, "retrain" if final else f"retrain-rung{rung}", candidate.fingerprint, model,
+                lambda model, hooks, c=rung_config: task.train(model, c, hooks, progress=ctx.progress),
+                partial=f"retrain-{candidate.fingerprint}.state.safetensors", final=final, last_epoch=rung_epochs,
+            )
+            earlier = results.get(candidate.fingerprint)
+            results[candidate.fingerprint] = _retrained(task, candidate, allocation, model, stats, final,
+                                                        earlier_seconds=earlier.seconds if earlier else 0.0)
+            bar.update(1)
+        # Survivors: the best on validation so far (the search's order breaks ties).
+        alive = _by_validation(alive[:count], lambda c: results[c.fingerprint].quality)
+    bar.close()
+    for candidate in candidates:  # the eliminated candidates' states are not needed any more
+        run.remove(f"checkpoints/retrain-{candidate.fingerprint}.state.safetensors")
+    return [results[c.fingerprint] for c in candidates]
+
+
+def _finetune_then_retrain(
+    ctx: RunContext, candidates: list[Candidate], models: dict[str, tuple[Allocation, Model]], horizon: int
+) -> list[_Retrained]:
+    """Judge the candidates by a short fine-tune from the supernet's weights; retrain the best from scratch.
+
+    Each candidate starts from the trained supernet under its allocation, so a few
+    epochs (:func:`finetune_epochs`, validated on the search's fitness users) show how
+    well it recovers, where a rung of successive halving from scratch shows little more
+    than how fast a fresh model starts.  Only the winner is trained to the end, from
+    scratch like every retrained allocation (the quality a user reproduces without the
+    supernet).
+    """
+    task, run = ctx.task, ctx.run
+    weights = run.load_tensors("supernet.safetensors")
+    # Judged on the search's fitness users: a ranking of all validation users after each
+    # fine-tune cost as much as the fine-tune itself.
+    short = task.validating_on_subset(replace(ctx.train_config, epochs=finetune_epochs(horizon)), ctx.config.fitness_users)
+    results: list[_Retrained] = []
+    bar = tqdm(total=len(candidates) + 1, desc="fine-tune top", unit="training", disable=not ctx.progress)
+    for candidate in candidates:
+        allocation, model = models[candidate.fingerprint]
+        model.load_state_dict(weights)  # type: ignore[attr-defined]  (the allocation is not part of the state)
+        stats = _train_stage(
+            ctx, "finetune", candidate.fingerprint, model,
+            lambda model, hooks: task.train(model, short, hooks, progress=False),
+            partial=f"finetune-{candidate.fingerprint}.state.safetensors", final=False, last_epoch=short.epochs,
+        )
+        results.append(_retrained(task, candidate, allocation, model, stats, final=False))
+        bar.update(1)
+    # The best after fine-tuning (the search's order breaks ties and stands in without validation).
+    best = _by_validation(results)[0]
+    model = ctx.new_model()
+    model.embedding.set_allocation(best.allocation)
+    stats = _train_stage(
+        ctx, "retrain", best.candidate.fingerprint, model,
+        lambda model, hooks: task.train(model, ctx.train_config, hooks, progress=ctx.progress),
+        partial=f"retrain-{best.candidate.fingerprint}.state.safetensors", last_epoch=ctx.train_config.epochs,
+    )
+    bar.update(1)
+    bar.close()
+    for candidate in candidates:
+        run.remove(f"checkpoints/finetune-{candidate.fingerprint}.state.safetensors")
+    return [*results, _retrained(task, best.candidate, best.allocation, model, stats, final=True)]
+
+
+def _retrained(
+    task: Task, candidate: Candidate, allocation: Allocation, model: Model, stats: dict[str, Any], final: bool,
+    earlier_seconds: float = 0.0,
+) -> _Retrained:
+    """A retrained candidate with its validation quality (``nan`` without validation)."""
+    return _Retrained(candidate, allocation, model, stats,
+                      quality=task.quality(stats["valid"]) if stats["valid"] else float("nan"),
+                      seconds=stats["seconds"] + earlier_seconds, epochs=stats["epochs_run"], final=final)
+
+
+def finetune_epochs(horizon: int) -> int:
+    """Epochs each candidate is fine-tuned from the supernet by ``retrain="finetune"``: a 25th of ``horizon``, at least 1."""
+    return max(1, -(-int(horizon) // FINETUNE_SHARE))
+
+
+def halving_rungs(n: int, epochs: int, *, horizon: int | None = None, rate: int | None = None) -> list[tuple[int, int]]:
+    """Successive-halving schedule: per rung, the epoch trained to and how many candidates train.
+
+    ``n`` candidates train to ``horizon / rate**(R-1)`` epochs, the best ``n / rate`` of them
+    (rounded up) continue to ``horizon / rate**(R-2)``, ... and the last one trains to
+    ``epochs`` (``horizon`` defaults to ``epochs``; it is capped by it).
+    """
+    rate = HALVING_RATE if rate is None else rate
+    horizon = epochs if horizon is None else min(horizon, epochs)
+    if n < 1 or epochs < 1 or horizon < 1 or rate < 2:
+        raise ValueError(f"halving needs n, epochs, horizon >= 1 and rate >= 2; got {n}, {epochs}, {horizon}, {rate}")
+    depth = 0
+    while rate**depth < n:
+        depth += 1
+    rungs = [(max(1, -(-horizon // rate ** (depth - r))), -(-n // rate**r)) for r in range(depth)]
+    return [*rungs, (epochs, 1)]
+
+
+def _train_stage(
+    ctx: RunContext,
+    stage: str,
+    key: str | None,
+    model: Model,
+    train: Callable[[Model, TrainHooks], TrainResult],
+    *,
+    partial: str | None = None,
+    final: bool = True,
+    last_epoch: int | None = None,
+) -> dict[str, Any]:
+    """Train ``model`` with ``train(model, hooks)``, or reload it when the run already finished this stage.
+
+    ``key`` names the allocation of a retrain stage.  The training state is saved every
+    ``checkpoint_every`` epochs (and at ``last_epoch`` and when training stops) to
+    ``checkpoints/<partial>`` (default ``<stage>.state.safetensors``); a training that was
+    interrupted continues from it.  A ``final`` stage saves the trained weights and then
+    drops the partial state; a non-final one (a rung of successive halving) keeps the
+    state for the next rung to continue from, and saves no weights.
+    """
+    run, checkpoint_every = ctx.run, ctx.config.train.checkpoint_every
+    name = stage if key is None else f"{stage}-{key}"
+    checkpoint, partial = f"{name}.safetensors", partial or f"{name}.state.safetensors"
+    finished = [e for e in run.events("trained") if e.get("stage") == stage and e.get("allocation") == key]
+    if finished and (not final or run.has(f"checkpoints/{checkpoint}")):
+        if final:
+            load_checkpoint(model, run, checkpoint)
+        return finished[-1]
+    resume = run.load_state(partial) if run.has(f"checkpoints/{partial}") else None
+
+    def save(state: dict[str, Any]) -> None:
+        if state["epoch"] % checkpoint_every == 0 or state["stopped"] or state["epoch"] == last_epoch:
+            run.save_state(partial, state)
+
+    result = train(model, TrainHooks(on_epoch_end=save, resume=resume))
+    if final:
+        run.save_tensors(checkpoint, dict(model.state_dict()))  # type: ignore[attr-defined]
+    stats = {"stage": stage, "allocation": key, "valid": result.best_valid, "seconds": result.seconds,
+             "best_epoch": result.best_epoch, "epochs_run": result.epochs_run}
+    run.log_event("trained", **stats)
+    if final:
+        run.remove(f"checkpoints/{partial}")
+    return stats
+
+
+def _export(ctx: RunContext, model: Model, allocation: Allocation) -> int:
+    """Export the answer into the run folder (in memory: only pack it); returns the export's bytes."""
+    run = ctx.run
+    if run.in_memory:
+        return pack_tables(model.embedding, allocation, ctx.budget, config_hash=run.config_hash).nbytes
+    manifest = export_tables(run.path("export"), model.embedding, allocation, ctx.budget, config_hash=run.config_hash)
+    return int(manifest["bytes_stored"])
