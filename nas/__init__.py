@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from nas.core.budget import Budget
     from nas.core.controller import Controller, OneShotController
     from nas.core.errors import ArtifactError, BudgetError, ConfigError, DataError, EmbnasError, ResumeError
+    from nas.core.errors import RunLockedError, StorageError, TrainingDiverged
     from nas.core.evaluator import Evaluator
     from nas.core.plugins import CONTROLLERS, SPACES, register_controller, register_space
     from nas.core.space import SearchSpace
@@ -72,6 +73,9 @@ _PUBLIC = {
     "DataError": "nas.core.errors",
     "ArtifactError": "nas.core.errors",
     "ResumeError": "nas.core.errors",
+    "RunLockedError": "nas.core.errors",
+    "StorageError": "nas.core.errors",
+    "TrainingDiverged": "nas.core.errors",
 }
 
 __all__ = [
@@ -90,6 +94,9 @@ __all__ = [
     "OneShotController",
     "PackedEmbedding",
     "ResumeError",
+    "RunLockedError",
+    "StorageError",
+    "TrainingDiverged",
     "SPACES",
     "SearchConfig",
     "SearchResult",

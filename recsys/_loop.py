@@ -8,11 +8,21 @@ validation metric with the best state kept and restored, the per-step hook, and 
 complete training state handed to ``on_epoch_end`` (and taken back by ``resume``: weights,
 optimiser, the batch source's state, the CPU generator and, on a GPU, the GPU's, the early
 stopping), so a training killed between epochs continues exactly as if it had never stopped.
+
+A training that diverges stops with :class:`~recsys.errors.TrainingDiverged`.  The loss is
+summed on the device without a host sync per step; every :data:`CHECK_EVERY` steps and at
+the end of the epoch one sync checks that sum (a single non-finite loss makes it
+non-finite), and at the end of each epoch the parameters, their last gradients and the
+optimiser's state are checked (a non-finite gradient poisons Adam's moments and the
+parameters at once, so it is found there even when it was transient).  These checks come
+before validation and before ``on_epoch_end``: a non-finite state is never scored, never
+kept as the best state and never handed to a checkpoint hook.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -21,9 +31,15 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["Fit", "OptimizerFactory", "TrainHooks", "TrainResult", "check_loop_options", "device_of", "fit"]
+from recsys.errors import TrainingDiverged
+
+__all__ = ["CHECK_EVERY", "Fit", "OptimizerFactory", "TrainHooks", "TrainResult", "check_loop_options", "device_of", "fit"]
 
 OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
+
+#: Steps between the checks of the summed loss (one host sync each): a diverged epoch is
+#: stopped within this many steps instead of running to its end, at no measurable cost.
+CHECK_EVERY = 64
 
 
 @dataclass
@@ -114,7 +130,12 @@ def fit(
     progress: bool,
     optimizer_factory: OptimizerFactory | None,
 ) -> TrainResult:
-    """Train ``model`` for at most ``epochs`` epochs; see the module docstring."""
+    """Train ``model`` for at most ``epochs`` epochs; see the module docstring.
+
+    Raises:
+        TrainingDiverged: a loss, gradient, parameter or optimiser state became non-finite;
+            the model is left holding its best validated state when there is one.
+    """
     start = time.perf_counter()
     previous_threads = torch.get_num_threads()
     if threads is not None:
@@ -169,7 +190,10 @@ def _fit(
             hooks.on_epoch_start(epoch)
         tic = time.perf_counter()
         total, count = torch.zeros((), device=device), 0
-        for batch in loop.batches(epoch):
+        recent: list[torch.Tensor] = []  # the losses since the last check, to name the first bad step
+        diverged = _Divergence(model, epoch, lr, reg, hooks, best_state, best_epoch)
+        step = 0
+        for step, batch in enumerate(loop.batches(epoch), 1):
             if device.type != "cpu":
                 batch = tuple(t.to(device, non_blocking=True) for t in batch)
             loss = step_loss(model, *batch, reg)
@@ -178,8 +202,15 @@ def _fit(
             optimizer.step()
             if hooks.after_step is not None:
                 hooks.after_step()
-            total += loss.detach() * len(batch[0])  # summed on the device: no sync per step
+            detached = loss.detach()
+            total += detached * len(batch[0])  # summed on the device: no sync per step
             count += len(batch[0])
+            recent.append(detached)
+            if step % CHECK_EVERY == 0:
+                diverged.check_loss(total, recent, step)
+                recent.clear()
+        diverged.check_loss(total, recent, step)
+        diverged.check_state(optimizer)
         record: dict[str, Any] = {"epoch": epoch, "loss": float(total) / max(count, 1), "seconds": time.perf_counter() - tic}
         postfix["loss"] = f"{record['loss']:.4f}"
         stop = False
@@ -220,6 +251,73 @@ def _fit(
                        seconds=time.perf_counter() - start, epochs_run=epochs_run)
 
 
+class _Divergence:
+    """The checks of one epoch for non-finite values, and the error that names what went wrong."""
+
+    def __init__(self, model: torch.nn.Module, epoch: int, lr: float, reg: float, hooks: TrainHooks,
+                 best_state: dict[str, Any] | None, best_epoch: int) -> None:
+        self.model, self.epoch, self.lr, self.reg, self.hooks = model, epoch, lr, reg, hooks
+        self.best_state, self.best_epoch = best_state, best_epoch
+
+    def check_loss(self, total: torch.Tensor, recent: list[torch.Tensor], step: int) -> None:
+        """Raise when the summed loss is not finite (one host sync), naming the first bad step among ``recent``."""
+        if bool(torch.isfinite(total)):
+            return
+        first: int | None = None
+        what = "the loss summed over the epoch overflowed"
+        if recent:
+            losses = torch.stack([t.reshape(()).float() for t in recent]).cpu()
+            bad = torch.nonzero(~torch.isfinite(losses)).flatten()
+            if len(bad):
+                index = int(bad[0])
+                first = step - len(recent) + index + 1
+                what = f"the loss became {float(losses[index])}"
+        self.fail(what, ["loss"], first)
+
+    def check_state(self, optimizer: torch.optim.Optimizer) -> None:
+        """Raise when a parameter, its last gradient or its optimiser state holds a non-finite value."""
+        found: list[str] = []
+        for name, param in self.model.named_parameters():
+            if not param.requires_grad:
+                continue
+            parts = []
+            if not _finite(param.detach()):
+                parts.append("parameter")
+            if param.grad is not None and not _finite(param.grad):
+                parts.append("gradient")
+            state = optimizer.state.get(param, {})
+            if any(torch.is_tensor(v) and v.is_floating_point() and not _finite(v) for v in state.values()):
+                parts.append("optimiser state")
+            if parts:
+                found.append(f"{name} ({', '.join(parts)})")
+        if found:
+            shown = ", ".join(found[:4]) + (f" and {len(found) - 4} more" if len(found) > 4 else "")
+            self.fail(f"non-finite values in {shown}", found, None)
+
+    def fail(self, what: str, found: list[str], step: int | None) -> None:
+        """Restore the best state (if any) and raise :class:`TrainingDiverged`."""
+        where = f"epoch {self.epoch}" + (f", step {step}" if step is not None else "")
+        parts = [
+            f"training diverged in {where}: {what}",
+            (f"the learning rate (lr={self.lr:g}) is likely too high, or the regularisation (reg={self.reg:g}) "
+             "too strong; lower them and train again"),
+        ]
+        if self.hooks.on_epoch_end is not None:
+            parts.append(f"nothing of epoch {self.epoch} was saved, so the last checkpoint written before it is kept")
+        best_epoch: int | None = None
+        if self.best_state is not None:
+            self.model.load_state_dict(self.best_state)
+            best_epoch = self.best_epoch
+            parts.append(f"the model holds its best state (epoch {best_epoch})")
+        raise TrainingDiverged("; ".join(parts), epoch=self.epoch, step=step, what=found, best_epoch=best_epoch)
+
+
+def _finite(tensor: torch.Tensor) -> bool:
+    """Whether every value of ``tensor`` (dense or sparse) is finite."""
+    values = tensor.coalesce().values() if tensor.is_sparse else tensor
+    return bool(torch.isfinite(values).all())
+
+
 def device_of(model: Any) -> torch.device:
     """The device of the model's first parameter (CPU for a model without parameters)."""
     parameters = getattr(model, "parameters", None)
@@ -231,14 +329,17 @@ def check_loop_options(epochs: int, batch_size: int, lr: float, reg: float, eval
                        threads: int | None) -> None:
     """Refuse loop options :func:`fit` cannot run with (every trainer's configuration checks these).
 
+    An infinite or NaN learning rate or regularisation is refused here: it would train
+    straight to non-finite weights.
+
     Raises:
         ValueError: naming the first option out of range and its value.
     """
     checks = [
         (epochs >= 1, f"epochs must be >= 1, got {epochs}"),
         (batch_size >= 1, f"batch_size must be >= 1, got {batch_size}"),
-        (lr > 0, f"lr must be > 0, got {lr}"),
-        (reg >= 0, f"reg must be >= 0, got {reg}"),
+        (lr > 0 and math.isfinite(lr), f"lr must be > 0 and finite, got {lr}"),
+        (reg >= 0 and math.isfinite(reg), f"reg must be >= 0 and finite, got {reg}"),
         (eval_every >= 1, f"eval_every must be >= 1, got {eval_every}"),
         (patience >= 1, f"patience must be >= 1 evaluation, got {patience}"),
         (threads is None or threads >= 1, f"threads must be >= 1 or None, got {threads}"),

@@ -10,6 +10,7 @@ epochs, the best state kept and restored at the end.  The loop itself
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -45,12 +46,12 @@ def top_k_loss(loss: str = "bpr", temperature: float = SOFTMAX_TEMPERATURE, nega
     random order), shared by every row.
 
     Raises:
-        ValueError: for an unknown objective, a temperature that is not positive or no negatives.
+        ValueError: for an unknown objective, a temperature that is not a finite positive number, or no negatives.
     """
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if not (temperature > 0 and math.isfinite(temperature)):
+        raise ValueError(f"temperature must be > 0 and finite, got {temperature}")
     if negatives < 1:
         raise ValueError(f"negatives must be at least 1, got {negatives}")
     if loss == "bpr":
@@ -191,6 +192,10 @@ def train_bpr(
 
     Returns:
         A :class:`TrainResult`; the model holds the returned best state.
+
+    Raises:
+        recsys.errors.TrainingDiverged: the loss or the weights became non-finite (a
+            learning rate too high, say); nothing of that epoch reaches ``hooks.on_epoch_end``.
     """
     sampler = BPRSampler(data.train, seed=config.seed, by=config.sampling)
     eval_users = _eval_users(data, config) if data.valid.nnz else None

@@ -160,6 +160,10 @@ def train_ctr(
     Returns:
         A :class:`~recsys.train.TrainResult` (``history[i]["valid"]`` holds
         ``{"auc", "logloss"}``); the model holds the best state.
+
+    Raises:
+        recsys.errors.TrainingDiverged: the loss or the weights became non-finite (a
+            learning rate too high, say); nothing of that epoch reaches ``hooks.on_epoch_end``.
     """
     if data.size("train") == 0:
         raise ValueError("the data has no train rows")

@@ -7,6 +7,7 @@ option) are printed as one line on stderr with a non-zero exit, never a tracebac
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 from collections.abc import Sequence
@@ -17,6 +18,8 @@ from typing import Any
 __all__ = ["main"]
 
 _EXIT_ERROR = 2
+#: The errors of a full disk or an exhausted quota.
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 def _add_search_options(parser: argparse.ArgumentParser) -> None:
@@ -458,16 +461,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``embnas`` command; returns the exit status."""
     args = build_parser().parse_args(argv)
     from nas.core.errors import EmbnasError
-    from recsys.errors import DataError
+    from recsys.errors import DataError, TrainingDiverged
 
     try:
         return int(args.handler(args))
-    except (EmbnasError, DataError) as error:
-        print(f"embnas: error: {error}", file=sys.stderr)
+    except (EmbnasError, DataError, TrainingDiverged) as error:
+        print(f"embnas: error: {_one_line(error)}", file=sys.stderr)
+        return _EXIT_ERROR
+    except OSError as error:
+        # Run folders say how to continue themselves (StorageError); this catches a full disk
+        # anywhere else (an export folder, a report's pictures).
+        if error.errno not in _DISK_FULL:
+            raise
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"embnas: error: {where}no space left on device; free space and run the command again (a run "
+              "continues with `embnas resume <run folder>`)", file=sys.stderr)
         return _EXIT_ERROR
     except KeyboardInterrupt:
         print("embnas: interrupted; continue with `embnas resume <run folder>`", file=sys.stderr)
         return 130
+
+
+def _one_line(error: BaseException) -> str:
+    """The error's message on one line (a message that quotes a file's content may hold line breaks)."""
+    return " ".join(str(error).splitlines())
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from nas.core.errors import ArtifactError
 from nas.pipeline.data import load_data
 from nas.pipeline.runs import Run
 from nas.pipeline.build import build_space
-from nas.pipeline.config import SearchConfig
+from nas.pipeline.replay import checked_budget, read_config
 
 __all__ = ["plot_allocation", "plot_fitness", "write_report"]
 
@@ -117,16 +117,23 @@ def _save_png(figure, path: str | Path) -> Path:  # noqa: ANN001 - a matplotlib 
 
 
 def write_report(folder: str | Path) -> list[Path]:
-    """Write the report pictures of a finished run into ``<run>/report/``; returns their paths."""
+    """Write the report pictures of a finished run into ``<run>/report/``; returns their paths.
+
+    Reads the run without locking it; every file read is checked (:mod:`nas.pipeline.runs`).
+
+    Raises:
+        ArtifactError: naming the run's file that is missing, damaged or changed since the run wrote it.
+    """
     run = Run(folder)
     if not run.has("config.json"):
         raise ArtifactError(f"{folder} is not a run folder (no config.json); give a folder made by `embnas search`")
     if not run.has("allocation.npz"):
         raise ArtifactError(f"{folder} has no allocation yet; let `embnas search` finish the search first")
-    config = SearchConfig.from_dict(run.config())
+    config = read_config(run)
     data = load_data(config.data)
     space = build_space(config, data)
     allocation = run.load_allocation("allocation.npz")
+    checked_budget(run, config, data, allocation)  # its tables and sizes are the data's before they are drawn
     boundaries = None
     if hasattr(space, "boundaries") and hasattr(space, "sorted_rows"):
         # Group g of a table starts at sorted position boundaries[g]: mark the frequency there.

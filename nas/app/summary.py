@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from nas.core.accounting import export_byte_limit, masked_value_limit
 from nas.pipeline.result import SearchResult
 
 __all__ = ["summary_table"]
@@ -21,7 +22,7 @@ def _rows_to_text(rows: list[tuple[str, str]]) -> str:
 
 def summary_table(result: SearchResult) -> str:
     """A plain-text summary of a search's result."""
-    budget, allocation = result.budget, result.allocation
+    allocation = result.allocation
     full, allocated = result.full_metrics["test"], result.metrics["test"]
     tables = allocation.summary()
     sizes = ", ".join(
@@ -32,7 +33,7 @@ def summary_table(result: SearchResult) -> str:
         ("run", str(result.run_dir) if result.run_dir is not None else "in memory (nothing written)"),
         ("data", _data_text(result.data)),
         ("search", f"{result.controller} controller, {result.space} space"),
-        ("budget", f"{budget.describe()}: at most {budget.max_values:,} values, {budget.max_bytes:,} bytes"),
+        ("budget", _budget_text(result)),
         ("used", f"{allocation.cost:,} values ({result.budget_used:.1%} of the budget, "
                  f"retain ratio {result.retain_ratio:.4f}), {result.export_bytes:,} bytes {exported}"),
         ("kept per row" if any(t["masked"] for t in tables.values()) else "row sizes", sizes),
@@ -55,6 +56,28 @@ def summary_table(result: SearchResult) -> str:
 
 #: The test metrics shown, in order, of whichever task the run had.
 _METRICS = ("recall@20", "ndcg@20", "recall@10", "ndcg@10", "auc", "logloss")
+
+
+def _budget_text(result: SearchResult) -> str:
+    """The budget and the limits that really apply to this allocation's export.
+
+    An allocation with element masks stores a bit per value slot on top of the values:
+    a value budget (sparsity, parameters) pays those bytes on top of its values, so the
+    export may take more than the budget's own byte figure; a byte budget holds them
+    within its bytes, leaving fewer values.  Both limits come from
+    :mod:`nas.core.accounting`, as the export's check does.
+    """
+    budget = result.budget
+    if not result.allocation.element_masks:
+        return f"{budget.describe()}: at most {budget.max_values:,} values, {budget.max_bytes:,} bytes"
+    limit = export_byte_limit(budget, element_mask=True)
+    values = masked_value_limit(budget)
+    if budget.kind == "bytes":
+        return f"{budget.describe()}: at most {values:,} values, {limit:,} bytes, element masks included"
+    masks = limit - budget.max_bytes
+    return (f"{budget.describe()}: at most {values:,} values, {limit:,} bytes with the element masks "
+            f"(stored on top of a value budget: {budget.max_bytes:,} bytes of values and row sizes "
+            f"+ {masks:,} bytes of masks)")
 
 
 def _data_text(data: Mapping[str, Any]) -> str:

@@ -14,6 +14,12 @@ The values are taken from the masked model itself, so the loader serves exactly
 what the model served.  The write is atomic at the folder level: everything is
 written and fsynced in a sibling temporary folder, checked against the byte limit
 from the files on disk, and only then swapped in for the target.
+
+Exports are byte-for-byte reproducible: the same tables, allocation and budget give
+the same files in every process.  The safetensors file is therefore written here
+(:func:`_safetensors_bytes`), not by ``safetensors.save``, whose metadata is a hash map
+serialised in a different order on every call.  Values that are not finite are
+refused: a diverged model is never exported.
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ import hashlib
 import json
 import os
 import shutil
+import struct
+import sys
 import tempfile
 from collections.abc import Mapping
 from importlib import metadata
@@ -33,14 +41,15 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
-from safetensors.torch import save as _save_safetensors
 
 from nas.core._atomic import _fsync_dir, current_umask
 from nas.core.allocation import Allocation
 from nas.core.budget import Budget
 from nas.core.errors import ArtifactError, BudgetError, ConfigError
 from nas.core.accounting import dims_dtype, export_byte_limit, export_bytes, value_itemsize
-from nas.artifact.serving import FORMAT, FORMAT_VERSION, MANIFEST_FILE, TABLES_FILE, VALUE_DTYPES, manifest_digest
+from nas.artifact.serving import (
+    FORMAT, FORMAT_VERSION, MANIFEST_FILE, MAX_D_MAX, TABLES_FILE, VALUE_DTYPES, manifest_digest,
+)
 
 __all__ = ["PackedTables", "ServedTables", "export_byte_limit", "export_tables", "pack_tables"]
 
@@ -135,6 +144,8 @@ def pack_tables(
         ArtifactError: the files would exceed the byte limit (a bug in the accounting).
     """
     allocation.validate(budget)
+    if budget.d_max > MAX_D_MAX:
+        raise ConfigError(f"d_max={budget.d_max:,} is wider than the {MAX_D_MAX:,} the serving loader accepts; use a smaller d_max")
     dtype = budget.dtype if dtype is None else dtype
     try:
         itemsize = value_itemsize(dtype)
@@ -165,7 +176,9 @@ def pack_tables(
             keep = torch.tensor(masks[name])
         else:
             keep = columns < torch.tensor(dims).unsqueeze(1)
-        values = table[keep].to(VALUE_DTYPES[dtype]).contiguous()
+        kept = table[keep]
+        values = kept.to(VALUE_DTYPES[dtype]).contiguous()
+        _check_finite(name, kept, values, dtype)
         tensors[f"{name}.row_dims"] = torch.from_numpy(dims.astype(d_type))
         tensors[f"{name}.values"] = values
         if name in masks:
@@ -195,7 +208,7 @@ def pack_tables(
         manifest["extra"] = dict(extra)
     # The payload carries the digest of the manifest's content, and the manifest the payload's
     # sha256, so an edit to either file is refused by the loader.
-    payload = _save_safetensors(tensors, metadata={"format": FORMAT, "manifest_sha256": manifest_digest(manifest)})
+    payload = _safetensors_bytes(tensors, {"format": FORMAT, "manifest_sha256": manifest_digest(manifest)})
     manifest["bytes_stored"] = 0
     manifest["files"] = {TABLES_FILE: {"bytes": len(payload), "sha256": hashlib.sha256(payload).hexdigest()}}
     manifest_text = _manifest_bytes(manifest, len(payload))
@@ -241,6 +254,54 @@ def _served_tables(embedding: ServedTables | Mapping[str, torch.Tensor], allocat
             raise ConfigError(f"table {name!r} holds {table.dtype}, not floating-point values")
         out[name] = table
     return out
+
+
+def _check_finite(name: str, kept: torch.Tensor, values: torch.Tensor, dtype: str) -> None:
+    """Refuse NaN and inf among the values to export (``kept``: as the model holds them; ``values``: as stored)."""
+    if bool(torch.isfinite(values).all()):
+        return
+    bad = int((~torch.isfinite(kept)).sum())
+    if bad:
+        raise ArtifactError(
+            f"table {name!r} holds {bad:,} non-finite values (NaN or inf) among those the allocation keeps: "
+            "the model diverged; nothing was exported (retrain it, e.g. with a lower learning rate)"
+        )
+    over = int((~torch.isfinite(values)).sum())
+    raise ConfigError(f"table {name!r}: {over:,} of its values overflow {dtype}; export them as float32")
+
+
+#: torch dtype -> safetensors dtype code, for the dtypes an export holds.
+_ST_CODES = {
+    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+    torch.uint32: "U32", torch.uint16: "U16", torch.uint8: "U8",
+}
+
+
+def _safetensors_bytes(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> bytes:
+    """A safetensors file holding ``tensors`` and ``metadata``, the same bytes in every process.
+
+    The layout is safetensors' own (an 8-byte little-endian header length, a JSON header
+    padded with spaces to a multiple of 8 bytes, then the little-endian tensor data), with
+    the tensors ordered by element size, widest first (so each one starts aligned), then by
+    name, and the metadata's keys sorted.  ``safetensors.torch.load`` reads it back, and so
+    does the loader of exports written by ``safetensors.save`` before.
+    """
+    order = sorted(tensors, key=lambda key: (-tensors[key].element_size(), key))
+    header: dict[str, Any] = {"__metadata__": dict(sorted(metadata.items()))}
+    chunks, offset = [], 0
+    for key in order:
+        tensor = tensors[key].detach().cpu().contiguous()
+        raw = tensor.reshape(-1).view(torch.uint8).reshape(-1, tensor.element_size())
+        if sys.byteorder == "big":
+            raw = raw.flip(1)
+        data = raw.numpy().tobytes()
+        header[key] = {"dtype": _ST_CODES[tensor.dtype], "shape": list(tensor.shape),
+                       "data_offsets": [offset, offset + len(data)]}
+        chunks.append(data)
+        offset += len(data)
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")  # as safetensors writes names
+    text += b" " * (-len(text) % 8)
+    return b"".join([struct.pack("<Q", len(text)), text, *chunks])
 
 
 def _manifest_bytes(manifest: dict[str, Any], payload_bytes: int) -> bytes:

@@ -12,8 +12,12 @@ and serves exactly the vectors the masked training model served (bit for bit,
 same dtype, masked positions ``+0.0``).
 
 Every problem with the artifact (missing or truncated file, tampered bytes, an
-edited manifest, an unknown format) raises :class:`PackedArtifactError` naming
-the file and what is wrong, never a raw JSON or safetensors traceback.
+edited manifest, an unknown format, hostile JSON, values that are not finite)
+raises :class:`PackedArtifactError` naming the file and what is wrong, on one
+line, never a raw JSON or safetensors traceback.  Only regular files are read
+(a FIFO or a link to ``/dev/zero`` is refused before reading), and never more
+bytes than their size on disk, which for the payload must be the size the
+manifest declares and for the manifest at most :data:`MAX_MANIFEST_BYTES`.
 
 Two in-memory layouts, chosen with ``layout`` in :meth:`PackedEmbedding.load`:
 
@@ -34,6 +38,8 @@ import hashlib
 import json
 import math
 import os
+import reprlib
+import stat
 import struct
 from collections.abc import Mapping
 from pathlib import Path
@@ -41,10 +47,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError
 from safetensors.torch import load as _load_safetensors
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "MANIFEST_FILE", "TABLES_FILE", "PackedArtifactError", "PackedEmbedding", "VALUE_DTYPES", "manifest_digest"]
+__all__ = [
+    "FORMAT", "FORMAT_VERSION", "MANIFEST_FILE", "MAX_D_MAX", "MAX_MANIFEST_BYTES", "TABLES_FILE", "PackedArtifactError",
+    "PackedEmbedding", "VALUE_DTYPES", "manifest_digest",
+]
 
 #: Value of ``manifest["format"]`` for artifacts this module reads.
 FORMAT = "embnas-packed-embedding"
@@ -78,6 +86,20 @@ _ST_DTYPES: dict[str, tuple[torch.dtype, int]] = {
 }
 #: Integer dtype of the same width as a value dtype, to clear elements with a bitwise AND.
 _BITS_DTYPES = {2: torch.int16, 4: torch.int32, 8: torch.int64}
+#: Most bytes ``manifest.json`` may take: real manifests take a few kB (a few hundred bytes a table).
+MAX_MANIFEST_BYTES = 8 << 20
+#: Widest table (``d_max``) the loader accepts: every lookup returns ``d_max`` values an id, and
+#: loading pads the value buffer by ``d_max``, so an absurd width in the manifest is refused up front.
+MAX_D_MAX = 1 << 16
+#: Widest table served with a precomputed ``(d_max + 1, d_max)`` prefix mask (at most a few MB); wider
+#: tables compute the mask per lookup.
+_PREFIX_TABLE_MAX_D = 1024
+#: Deepest JSON nesting accepted in the manifest or the safetensors header (the export writes 3 or 4).
+_MAX_JSON_DEPTH = 64
+#: Most digits of an integer in that JSON (2**64 has 20).
+_MAX_INT_DIGITS = 20
+#: Flags for opening artifact files: never block (a FIFO swapped in), never become a controlling tty.
+_OPEN_FLAGS = getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
 #: Rows expanded at a time when an element-mask table is rebuilt at load (bounds temporary memory).
 _BLOCK_ROWS = 1 << 16
 
@@ -92,7 +114,8 @@ class PackedArtifactError(ValueError):
 
 
 def _fail(path: Path | str, problem: str) -> PackedArtifactError:
-    return PackedArtifactError(f"{path}: {problem}")
+    """The error for ``path``, on one line whatever the problem's text (which may quote the file)."""
+    return PackedArtifactError(f"{path}: {' '.join(problem.splitlines())}")
 
 
 def manifest_digest(manifest: Mapping[str, Any]) -> str:
@@ -106,31 +129,137 @@ def manifest_digest(manifest: Mapping[str, Any]) -> str:
 
 
 # -- reading and checking the files --------------------------------------------------------------
-def _read_bytes(path: Path, missing: str) -> bytes:
-    """The file's bytes, or an error naming it: ``missing`` when absent, the OS reason otherwise."""
+def _brief(value: Any) -> str:
+    """A short one-line ``repr`` of a value read from the artifact (which may be huge or deep)."""
+    return _REPR.repr(value)
+
+
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 80
+_REPR.maxlevel = 3
+
+
+def _file_kind(mode: int) -> str:
+    for test, kind in ((stat.S_ISDIR, "folder"), (stat.S_ISFIFO, "FIFO"), (stat.S_ISCHR, "character device"),
+                       (stat.S_ISBLK, "block device"), (stat.S_ISSOCK, "socket")):
+        if test(mode):
+            return kind
+    return "special file"
+
+
+def _open_regular(path: Path, missing: str) -> tuple[int, int]:
+    """Open ``path`` for reading if it is a regular file: ``(fd, size in bytes)``.
+
+    A FIFO would block the reader forever and a device (``/dev/zero``) never ends, so
+    anything else is refused before it is read: ``stat`` first (so a special file is
+    never even opened), then the opened descriptor is checked again with ``fstat`` (so a
+    file swapped in between is caught).  ``O_NONBLOCK`` keeps that open from blocking.
+    """
     try:
-        return path.read_bytes()
+        before = os.stat(path)
+        if not stat.S_ISREG(before.st_mode):
+            raise _fail(path, f"is a {_file_kind(before.st_mode)}, not a regular file; refusing to read it")
+        fd = os.open(path, os.O_RDONLY | _OPEN_FLAGS)
     except FileNotFoundError:
         raise _fail(path, missing) from None
     except OSError as error:
         raise _fail(path, f"cannot be read ({error.strerror or error})") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise _fail(path, f"is a {_file_kind(info.st_mode)}, not a regular file; refusing to read it")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, info.st_size
+
+
+def _read_fd(fd: int, size: int, path: Path) -> bytes:
+    """Exactly ``size`` bytes from ``fd`` (then closed); a file that changes size meanwhile is refused."""
+    try:
+        chunks, left = [], size
+        while left > 0:
+            chunk = os.read(fd, min(left, 1 << 24))
+            if not chunk:
+                raise _fail(path, f"shrank while it was read (expected {size:,} bytes); the file is being changed")
+            chunks.append(chunk)
+            left -= len(chunk)
+        if os.read(fd, 1):
+            raise _fail(path, f"grew while it was read (expected {size:,} bytes); the file is being changed")
+        return b"".join(chunks)
+    except OSError as error:
+        raise _fail(path, f"cannot be read ({error.strerror or error})") from None
+    finally:
+        os.close(fd)
+
+
+def _parse_int(text: str) -> int:
+    if len(text.lstrip("-")) > _MAX_INT_DIGITS:
+        raise ValueError(f"an integer of {len(text.lstrip('-')):,} digits, more than the {_MAX_INT_DIGITS} any entry needs")
+    return int(text)
+
+
+def _parse_constant(text: str) -> Any:
+    raise ValueError(f"{text} is not standard JSON")
+
+
+def _parse_json(raw: bytes, path: Path, what: str, why: str) -> Any:
+    """Parse JSON from the artifact, turning every way hostile bytes can fail into one error naming the file.
+
+    ``what`` starts the problem (``""`` or ``"safetensors header "``) and ``why`` ends it.
+
+    Integers are capped at 20 digits (anything larger is no size or count this format holds;
+    Python's own cap on digits would raise a bare ``ValueError``), ``NaN`` and ``Infinity``
+    are refused, and nesting deeper than ``_MAX_JSON_DEPTH`` is refused: it would raise
+    ``RecursionError`` here or later, when the manifest's digest is computed.
+    """
+    try:
+        value = json.loads(raw.decode("utf-8"), parse_int=_parse_int, parse_constant=_parse_constant)
+    except RecursionError:
+        value, depth = None, _MAX_JSON_DEPTH + 1
+    except ValueError as error:  # JSONDecodeError, UnicodeDecodeError and the limits above
+        raise _fail(path, f"{what}is not valid JSON ({error}){why}") from None
+    else:
+        depth = _json_depth(value)
+    if depth > _MAX_JSON_DEPTH:
+        raise _fail(path, f"{what}nests deeper than {_MAX_JSON_DEPTH} levels, which this format never does{why}")
+    return value
+
+
+def _json_depth(value: Any) -> int:
+    """Nesting depth of parsed JSON (a scalar is 0), computed without recursion; stops past the limit."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, depth)
+        if deepest > _MAX_JSON_DEPTH:
+            break
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 def _read_manifest(folder: Path) -> tuple[dict[str, Any], int]:
     """Parse ``manifest.json``; return it with its size in bytes."""
     path = folder / MANIFEST_FILE
-    raw = _read_bytes(path, "missing; this folder is not an embnas export (or the export did not finish)")
-    try:
-        manifest = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise _fail(path, f"is not valid JSON ({error}); the file is truncated or was edited") from None
+    fd, size = _open_regular(path, "missing; this folder is not an embnas export (or the export did not finish)")
+    if size > MAX_MANIFEST_BYTES:
+        os.close(fd)
+        raise _fail(path, f"is {size:,} bytes, more than the {MAX_MANIFEST_BYTES:,} a manifest may take; refusing to read it")
+    raw = _read_fd(fd, size, path)
+    manifest = _parse_json(raw, path, "", "; the file is truncated or was edited")
     if not isinstance(manifest, dict):
         raise _fail(path, "does not hold a JSON object")
     if manifest.get("format") != FORMAT:
-        raise _fail(path, f"format is {manifest.get('format')!r}, expected {FORMAT!r}")
-    if manifest.get("format_version") != FORMAT_VERSION:
+        raise _fail(path, f"format is {_brief(manifest.get('format'))}, expected {FORMAT!r}")
+    if manifest.get("format_version") != FORMAT_VERSION or isinstance(manifest.get("format_version"), bool):
         raise _fail(
-            path, f"format_version is {manifest.get('format_version')!r}; this loader reads version {FORMAT_VERSION}"
+            path, f"format_version is {_brief(manifest.get('format_version'))}; this loader reads version {FORMAT_VERSION}"
         )
     return manifest, len(raw)
 
@@ -141,18 +270,22 @@ def _field(manifest: Mapping[str, Any], key: str, kind: type | tuple[type, ...],
         raise _fail(where, f"has no {key!r} entry")
     value = manifest[key]
     if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
-        raise _fail(where, f"{key!r} must be {getattr(kind, '__name__', kind)}, got {value!r}")
+        raise _fail(where, f"{key!r} must be {getattr(kind, '__name__', kind)}, got {_brief(value)}")
     if not isinstance(value, kind):
-        raise _fail(where, f"{key!r} must be {getattr(kind, '__name__', kind)}, got {value!r}")
+        raise _fail(where, f"{key!r} must be {getattr(kind, '__name__', kind)}, got {_brief(value)}")
     return value
 
 
 def _read_payload(folder: Path, manifest: Mapping[str, Any], verify: bool) -> tuple[bytes, int]:
-    """Read every payload file the manifest lists, checking size (always) and sha256 (``verify``)."""
+    """Read every payload file the manifest lists, checking size (always) and sha256 (``verify``).
+
+    The size the manifest declares must be the size of the regular file on disk, and no
+    more than that is ever read.
+    """
     where = str(folder / MANIFEST_FILE)
     files = _field(manifest, "files", dict, where)
     if set(files) != {TABLES_FILE}:
-        raise _fail(where, f"lists files {sorted(files)}, expected exactly [{TABLES_FILE!r}]")
+        raise _fail(where, f"lists files {_brief(sorted(files))}, expected exactly [{TABLES_FILE!r}]")
     total = 0
     payload = b""
     for name, entry in files.items():
@@ -161,76 +294,79 @@ def _read_payload(folder: Path, manifest: Mapping[str, Any], verify: bool) -> tu
         size = _field(entry, "bytes", int, where)
         digest = _field(entry, "sha256", str, where)
         path = folder / name
-        data = _read_bytes(path, "missing (the manifest lists it)")
-        if len(data) != size:
-            problem = "truncated" if len(data) < size else "longer than written"
-            raise _fail(path, f"is {len(data):,} bytes but the manifest says {size:,} ({problem}; the file was changed)")
+        fd, on_disk = _open_regular(path, "missing (the manifest lists it)")
+        if on_disk != size:
+            os.close(fd)
+            problem = "truncated" if on_disk < size else "longer than written"
+            raise _fail(path, f"is {on_disk:,} bytes but the manifest says {_brief(size)} ({problem}; the file was changed)")
+        data = _read_fd(fd, size, path)
         if verify:
             actual = hashlib.sha256(data).hexdigest()
             if actual != digest:
                 raise _fail(
-                    path, f"sha256 mismatch: the file hashes to {actual}, the manifest says {digest}; refusing a tampered artifact"
+                    path, f"sha256 mismatch: the file hashes to {actual}, the manifest says {_brief(digest)}; refusing a tampered artifact"
                 )
         total += len(data)
         payload = data
     return payload, total
 
 
-def _check_safetensors(path: Path, data: bytes) -> dict[str, dict[str, Any]]:
+def _check_safetensors(path: Path, data: bytes) -> tuple[dict[str, dict[str, Any]], str]:
     """Validate the safetensors framing ourselves, so a damaged file gives a clear message.
 
-    Returns the header (tensor name -> dtype, shape, data_offsets) without ``__metadata__``.
+    Returns the header (tensor name -> dtype, shape, data_offsets) without ``__metadata__``,
+    and the manifest digest the metadata records.
     """
     if len(data) < 8:
         raise _fail(path, f"is {len(data)} bytes, too short for a safetensors file (truncated)")
     (header_len,) = struct.unpack("<Q", data[:8])
     if header_len > len(data) - 8:
         raise _fail(path, f"header claims {header_len:,} bytes but only {len(data) - 8:,} follow (truncated)")
-    try:
-        header = json.loads(data[8 : 8 + header_len].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise _fail(path, "safetensors header is not valid JSON (damaged file)") from None
+    header = _parse_json(data[8 : 8 + header_len], path, "safetensors header ", " (damaged file)")
     if not isinstance(header, dict):
         raise _fail(path, "safetensors header is not a JSON object")
     metadata = header.pop("__metadata__", None)
     if not isinstance(metadata, dict) or not isinstance(metadata.get("manifest_sha256"), str):
         raise _fail(path, "carries no manifest digest in its metadata; it was not written by this export format")
-    header["__manifest_sha256__"] = metadata["manifest_sha256"]
     body = len(data) - 8 - header_len
-    end = 0
+    spans = []
     for name, info in header.items():
-        if name == "__manifest_sha256__":
-            continue
         if not isinstance(info, dict):
-            raise _fail(path, f"tensor {name!r} has a malformed header entry")
+            raise _fail(path, f"tensor {_brief(name)} has a malformed header entry")
         code, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
-        if code not in _ST_DTYPES:
-            raise _fail(path, f"tensor {name!r} has dtype {code!r}, not one this format uses")
+        if not isinstance(code, str) or code not in _ST_DTYPES:
+            raise _fail(path, f"tensor {_brief(name)} has dtype {_brief(code)}, not one this format uses")
         if not (isinstance(shape, list) and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape)):
-            raise _fail(path, f"tensor {name!r} has a malformed shape {shape!r}")
+            raise _fail(path, f"tensor {_brief(name)} has a malformed shape {_brief(shape)}")
         if not (
             isinstance(offsets, list)
             and len(offsets) == 2
             and all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
             and 0 <= offsets[0] <= offsets[1] <= body
         ):
-            raise _fail(path, f"tensor {name!r} lies outside the file ({offsets!r}, {body:,} data bytes; truncated?)")
+            raise _fail(path, f"tensor {_brief(name)} lies outside the file ({_brief(offsets)}, {body:,} data bytes; truncated?)")
         if offsets[1] - offsets[0] != math.prod(shape) * _ST_DTYPES[code][1]:
-            raise _fail(path, f"tensor {name!r} has {offsets[1] - offsets[0]:,} bytes, which does not match its shape {shape}")
-        end = max(end, offsets[1])
+            raise _fail(path, f"tensor {_brief(name)} has {offsets[1] - offsets[0]:,} bytes, which does not match its shape {_brief(shape)}")
+        spans.append((offsets[0], offsets[1]))
+    end = 0
+    for first, last in sorted(spans):
+        if first != end:
+            problem = "overlap" if first < end else f"leave bytes {end:,} to {first:,} unused"
+            raise _fail(path, f"tensors {problem} in the data section (damaged file)")
+        end = last
     if end != body:
         raise _fail(path, f"holds {body:,} data bytes but its tensors use {end:,}")
-    return header
+    return header, metadata["manifest_sha256"]
 
 
 def _tensor(tensors: Mapping[str, torch.Tensor], key: str, dtype: torch.dtype, length: int, path: Path) -> torch.Tensor:
     if key not in tensors:
-        raise _fail(path, f"has no tensor {key!r}")
+        raise _fail(path, f"has no tensor {_brief(key)}")
     tensor = tensors[key]
     if tensor.dtype != dtype:
-        raise _fail(path, f"tensor {key!r} is {tensor.dtype}, the manifest says {dtype}")
+        raise _fail(path, f"tensor {_brief(key)} is {tensor.dtype}, the manifest says {dtype}")
     if tuple(tensor.shape) != (length,):
-        raise _fail(path, f"tensor {key!r} has shape {tuple(tensor.shape)}, the manifest says ({length},)")
+        raise _fail(path, f"tensor {_brief(key)} has shape {tuple(tensor.shape)}, the manifest says ({length},)")
     return tensor
 
 
@@ -268,18 +404,25 @@ class _Table:
         self.starts = starts.to(index_dtype).to(device)
         self.dims = dims.to(torch.int32).to(device)
         self.bits_dtype = _BITS_DTYPES[values.element_size()]
-        columns = torch.arange(d_max)
-        prefix = columns.unsqueeze(0) < torch.arange(d_max + 1).unsqueeze(1)
-        self.prefix_bits = (-prefix.to(self.bits_dtype)).contiguous().to(device)
+        self.columns = torch.arange(d_max, dtype=torch.int32).to(device)
+        self.prefix_bits: torch.Tensor | None = None
+        if d_max <= _PREFIX_TABLE_MAX_D:  # (d_max + 1) x d_max entries: wide tables build the mask per lookup
+            prefix = self.columns.unsqueeze(0) < torch.arange(d_max + 1, dtype=torch.int32, device=device).unsqueeze(1)
+            self.prefix_bits = (-prefix.to(self.bits_dtype)).contiguous()
 
     def lookup(self, flat_ids: torch.Tensor) -> torch.Tensor:
         out = self.window.index_select(0, self.starts.index_select(0, flat_ids))
-        keep = self.prefix_bits.index_select(0, self.dims.index_select(0, flat_ids))
+        dims = self.dims.index_select(0, flat_ids)
+        if self.prefix_bits is not None:
+            keep = self.prefix_bits.index_select(0, dims)
+        else:
+            keep = -(self.columns < dims.unsqueeze(1)).to(self.bits_dtype)
         out.view(self.bits_dtype).bitwise_and_(keep)
         return out
 
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.buffer, self.starts, self.dims, self.prefix_bits))
+        parts = (self.buffer, self.starts, self.dims, self.columns, self.prefix_bits)
+        return sum(t.numel() * t.element_size() for t in parts if t is not None)
 
 
 class PackedEmbedding:
@@ -335,9 +478,11 @@ class PackedEmbedding:
         d_min = _field(manifest, "d_min", int, where)
         if not 0 <= d_min <= d_max or d_max < 1:
             raise _fail(where, f"has d_min={d_min}, d_max={d_max}; need 0 <= d_min <= d_max and d_max >= 1")
+        if d_max > MAX_D_MAX:
+            raise _fail(where, f"has d_max={d_max:,}, wider than the {MAX_D_MAX:,} this loader serves")
         dtype_name = _field(manifest, "dtype", str, where)
         if dtype_name not in VALUE_DTYPES:
-            raise _fail(where, f"value dtype {dtype_name!r} is not one of {sorted(VALUE_DTYPES)}")
+            raise _fail(where, f"value dtype {_brief(dtype_name)} is not one of {sorted(VALUE_DTYPES)}")
         value_dtype = VALUE_DTYPES[dtype_name]
         specs = _field(manifest, "tables", dict, where)
         if not specs:
@@ -352,49 +497,52 @@ class PackedEmbedding:
                 "(the manifest was edited)",
             )
         path = folder / TABLES_FILE
-        header = _check_safetensors(path, data)
-        if header.pop("__manifest_sha256__") != manifest_digest(manifest):
+        header, digest = _check_safetensors(path, data)
+        if digest != manifest_digest(manifest):
             raise _fail(where, "does not match the digest recorded in tables.safetensors (the manifest was edited)")
         try:
             tensors = _load_safetensors(data)
-        except (SafetensorError, RuntimeError, ValueError) as error:  # already framed-checked: a safety net
-            raise _fail(path, f"cannot be decoded ({error})") from None
+        except Exception as error:  # noqa: BLE001 - the framing was checked above: a safety net for anything else
+            raise _fail(path, f"cannot be decoded ({type(error).__name__}: {error})") from None
 
         expected_keys: set[str] = set()
         tables: dict[str, _Table | torch.Tensor] = {}
         total_values = 0
         for name, spec in specs.items():
             if not isinstance(spec, dict):
-                raise _fail(where, f"entry of table {name!r} is not an object")
+                raise _fail(where, f"entry of table {_brief(name)} is not an object")
             rows = _field(spec, "rows", int, where)
             stored = _field(spec, "values_stored", int, where)
             if _field(spec, "d_max", int, where) != d_max:
-                raise _fail(where, f"table {name!r} has d_max={spec['d_max']}, the export has {d_max}")
+                raise _fail(where, f"table {_brief(name)} has d_max={spec['d_max']}, the export has {d_max}")
             dims_name = _field(spec, "dims_dtype", str, where)
             if dims_name not in _DIMS_DTYPES:
-                raise _fail(where, f"table {name!r} has row-size dtype {dims_name!r}, not one of {sorted(_DIMS_DTYPES)}")
-            has_mask = bool(spec.get("element_mask", False))
+                raise _fail(where, f"table {_brief(name)} has row-size dtype {_brief(dims_name)}, not one of {sorted(_DIMS_DTYPES)}")
+            has_mask = _field(spec, "element_mask", bool, where) if "element_mask" in spec else False
             if rows < 1 or stored < 0:
-                raise _fail(where, f"table {name!r} has rows={rows}, values_stored={stored}")
+                raise _fail(where, f"table {_brief(name)} has rows={rows}, values_stored={stored}")
             row_dims = _tensor(tensors, f"{name}.row_dims", _DIMS_DTYPES[dims_name], rows, path).to(torch.int64)
             values = _tensor(tensors, f"{name}.values", value_dtype, stored, path)
             expected_keys |= {f"{name}.row_dims", f"{name}.values"}
+            if not bool(torch.isfinite(values).all()):
+                bad = int((~torch.isfinite(values)).sum())
+                raise _fail(path, f"table {_brief(name)} holds {bad:,} non-finite values (NaN or inf); refusing to serve them")
             low, high = int(row_dims.min()), int(row_dims.max())
             if low < d_min or high > d_max:
-                raise _fail(path, f"table {name!r} has row sizes in [{low}, {high}], outside [d_min={d_min}, d_max={d_max}]")
+                raise _fail(path, f"table {_brief(name)} has row sizes in [{low}, {high}], outside [d_min={d_min}, d_max={d_max}]")
             if has_mask:
                 key = f"{name}.mask"
                 expected_keys.add(key)
                 packed = _tensor(tensors, key, torch.uint8, (rows * d_max + 7) // 8, path)
                 values = _expand_masked(name, packed, row_dims, values, d_max, path)
             elif int(row_dims.sum()) != stored:
-                raise _fail(path, f"table {name!r}: row sizes add up to {int(row_dims.sum()):,} values but {stored:,} are stored")
+                raise _fail(path, f"table {_brief(name)}: row sizes add up to {int(row_dims.sum()):,} values but {stored:,} are stored")
             total_values += stored
             table = _Table(values, row_dims, d_max, torch.device(device))
             tables[name] = table
         if set(header) != expected_keys:
             extra = sorted(set(header) - expected_keys)
-            raise _fail(path, f"holds tensors {extra} that the manifest does not describe")
+            raise _fail(path, f"holds tensors {_brief(extra)} that the manifest does not describe")
         budget = manifest.get("budget")
         if isinstance(budget, dict) and isinstance(budget.get("max_values"), int) and total_values > budget["max_values"]:
             raise _fail(where, f"stores {total_values:,} values, over the budget of {budget['max_values']:,}")
@@ -457,7 +605,7 @@ def _expand_masked(name: str, packed: torch.Tensor, row_dims: torch.Tensor, valu
     rows = len(row_dims)
     total_bits = rows * d_max
     if total_bits % 8 and int(packed[-1]) & ((1 << (8 - total_bits % 8)) - 1):
-        raise _fail(path, f"table {name!r}: the mask has bits set past its last row")
+        raise _fail(path, f"table {_brief(name)}: the mask has bits set past its last row")
     starts = torch.zeros(rows, dtype=torch.int64)
     if rows > 1:
         torch.cumsum(row_dims[:-1], 0, out=starts[1:])
@@ -471,13 +619,13 @@ def _expand_masked(name: str, packed: torch.Tensor, row_dims: torch.Tensor, valu
         chunk = packed[byte0 : (bit1 + 7) // 8]
         mask = _unpack_bits(chunk, bit1 - byte0 * 8)[bit0 - byte0 * 8 :].view(last - first, d_max)
         if bool((mask & (columns >= row_dims[first:last, None])).any()):
-            raise _fail(path, f"table {name!r}: the mask keeps elements past a row's size")
+            raise _fail(path, f"table {_brief(name)}: the mask keeps elements past a row's size")
         position = (starts[first:last, None] + columns)[mask]
         count = position.numel()
         if taken + count > values.numel():
-            raise _fail(path, f"table {name!r}: the mask keeps more elements than the {values.numel():,} stored values")
+            raise _fail(path, f"table {_brief(name)}: the mask keeps more elements than the {values.numel():,} stored values")
         out[position] = values[taken : taken + count]
         taken += count
     if taken != values.numel():
-        raise _fail(path, f"table {name!r}: the mask keeps {taken:,} elements but {values.numel():,} values are stored")
+        raise _fail(path, f"table {_brief(name)}: the mask keeps {taken:,} elements but {values.numel():,} values are stored")
     return out

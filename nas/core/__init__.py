@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from nas.core.allocation import Allocation
     from nas.core.budget import Budget
     from nas.core.errors import ArtifactError, BudgetError, ConfigError, DataError, EmbnasError, ResumeError
+    from nas.core.errors import RunLockedError, StorageError, TrainingDiverged
     from nas.core.evaluator import Evaluator
     from nas.core.tables import TableSpec, table_specs
 
@@ -27,6 +28,9 @@ _PUBLIC = {
     "EmbnasError": "nas.core.errors",
     "Evaluator": "nas.core.evaluator",
     "ResumeError": "nas.core.errors",
+    "RunLockedError": "nas.core.errors",
+    "StorageError": "nas.core.errors",
+    "TrainingDiverged": "nas.core.errors",
     "TableSpec": "nas.core.tables",
     "table_specs": "nas.core.tables",
 }
@@ -41,6 +45,9 @@ __all__ = [
     "EmbnasError",
     "Evaluator",
     "ResumeError",
+    "RunLockedError",
+    "StorageError",
+    "TrainingDiverged",
     "TableSpec",
     "table_specs",
 ]

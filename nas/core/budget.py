@@ -10,9 +10,10 @@ be met; it is refused when it is built, with the minimum in the user's unit.
 from __future__ import annotations
 
 import math
-from fractions import Fraction
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from decimal import Decimal, InvalidOperation
+from fractions import Fraction
 from typing import Any
 
 from nas.core.errors import BudgetError
@@ -35,7 +36,9 @@ class Budget:
         d_min: fewest leading dimensions a row may keep.
         d_max: most leading dimensions a row may keep (the full width).
         kind: the unit the user gave: ``"sparsity"``, ``"params"`` or ``"bytes"``.
-        amount: the number the user gave in that unit (0.9, 1_000_000, 2**20...).
+        amount: the number the user gave in that unit: a float sparsity (0.9), or an exact
+            integer count of parameters or bytes (1_000_000, 2**20, or 10**30: a count is
+            never rounded through a float).
         dtype: value dtype of the export, used by byte budgets.
     """
 
@@ -44,7 +47,7 @@ class Budget:
     d_min: int = 1
     d_max: int = 64
     kind: str = "params"
-    amount: float = 0.0
+    amount: int | float = 0.0
     dtype: str = "float32"
     _frozen_rows: tuple[tuple[str, int], ...] = field(default=(), init=False, repr=False, compare=True)
 
@@ -60,6 +63,10 @@ class Budget:
             raise BudgetError(f"need 0 <= d_min <= d_max and d_max >= 1, got d_min={self.d_min}, d_max={self.d_max}")
         if self.kind not in _KINDS:
             raise BudgetError(f"unknown budget kind {self.kind!r}; choose one of {_KINDS}")
+        object.__setattr__(self, "max_values", int(self.max_values))
+        if self.kind != "sparsity" and isinstance(self.amount, float) and self.amount.is_integer():
+            # A count is an integer; budgets written before counts were kept exact hold it as a float.
+            object.__setattr__(self, "amount", int(self.amount))
         try:
             value_itemsize(self.dtype)
         except ValueError as error:
@@ -92,7 +99,7 @@ class Budget:
             params = int(params)
         if not isinstance(params, int) or params < 0:
             raise BudgetError(f"a parameter budget must be a non-negative integer, got {params!r}")
-        return cls(params, rows, d_min, d_max, "params", float(params), dtype)
+        return cls(params, rows, d_min, d_max, "params", params, dtype)
 
     @classmethod
     def from_bytes(cls, nbytes: int, rows: Mapping[str, int], d_max: int, d_min: int = 1, dtype: str = "float32") -> Budget:
@@ -101,22 +108,35 @@ class Budget:
             raise BudgetError(f"a byte budget must be a non-negative integer, got {nbytes!r}")
         spare = nbytes - fixed_bytes(rows, d_max)
         max_values = max(spare, -value_itemsize(dtype)) // value_itemsize(dtype)
-        return cls(int(max_values), rows, d_min, d_max, "bytes", float(nbytes), dtype)
+        return cls(int(max_values), rows, d_min, d_max, "bytes", nbytes, dtype)
 
     @classmethod
     def parse(cls, text: str, rows: Mapping[str, int], d_max: int, d_min: int = 1, dtype: str = "float32") -> Budget:
-        """Read a budget from the command line: ``0.9`` (sparsity), ``250000`` (parameters), ``2MB``/``512KiB``/``1000000B`` (bytes)."""
+        """Read a budget from the command line: ``0.9`` (sparsity), ``250000`` (parameters), ``2MB``/``512KiB``/``1000000B`` (bytes).
+
+        Counts are read exactly, never through a float: ``1000000000000000000000000000000``
+        is that many parameters, ``1.5MB`` is 1,500,000 bytes (a fraction of a byte is
+        rounded down).
+        """
         raw = text.strip()
         units = {"kib": 1024, "mib": 1024**2, "gib": 1024**3, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "b": 1}
         lowered = raw.lower()
         for suffix, scale in units.items():
             if lowered.endswith(suffix):
-                number = lowered[: -len(suffix)].strip()
                 try:
-                    nbytes = int(float(number) * scale)
-                except (ValueError, OverflowError):
-                    raise BudgetError(f"cannot read the byte budget {text!r}; write e.g. 2MB or 512KiB") from None
-                return cls.from_bytes(nbytes, rows, d_max, d_min, dtype)
+                    number = Decimal(lowered[: -len(suffix)].strip())
+                except (InvalidOperation, ValueError):
+                    number = Decimal("nan")
+                if not number.is_finite():
+                    raise BudgetError(f"cannot read the byte budget {text!r}; write e.g. 2MB or 512KiB")
+                return cls.from_bytes(math.floor(Fraction(number) * scale), rows, d_max, d_min, dtype)
+        try:
+            count = int(raw)
+        except ValueError:
+            pass
+        else:
+            if count >= 1:
+                return cls.from_params(count, rows, d_max, d_min, dtype)
         try:
             number = float(raw)
         except ValueError:
@@ -198,6 +218,12 @@ class Budget:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Budget:
-        """Rebuild a budget written by :meth:`to_dict` (re-checking its feasibility)."""
+        """Rebuild a budget written by :meth:`to_dict` (re-checking its feasibility).
+
+        Budgets written before counts were kept exact (``"amount": 1000000.0``) read back
+        with the integer count.
+        """
+        kind, amount = str(data["kind"]), data["amount"]
+        amount = float(amount) if kind == "sparsity" or not isinstance(amount, int) else int(amount)
         return cls(int(data["max_values"]), dict(data["rows"]), int(data["d_min"]), int(data["d_max"]),
-                   str(data["kind"]), float(data["amount"]), str(data.get("dtype", "float32")))
+                   kind, amount, str(data.get("dtype", "float32")))

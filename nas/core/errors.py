@@ -1,14 +1,25 @@
 """The errors of embnas, one root and a few clear kinds.
 
-``DataError`` is defined in :mod:`recsys.errors` (``recsys`` depends on nothing
-of the project) and re-exported here so callers find every kind in one place.
+``DataError`` and ``TrainingDiverged`` are defined in :mod:`recsys.errors` (``recsys``
+depends on nothing of the project) and re-exported here so callers find every kind in
+one place.
 """
 
 from __future__ import annotations
 
-from recsys.errors import DataError
+from recsys.errors import DataError, TrainingDiverged
 
-__all__ = ["ArtifactError", "BudgetError", "ConfigError", "DataError", "EmbnasError", "ResumeError"]
+__all__ = [
+    "ArtifactError",
+    "BudgetError",
+    "ConfigError",
+    "DataError",
+    "EmbnasError",
+    "ResumeError",
+    "RunLockedError",
+    "StorageError",
+    "TrainingDiverged",
+]
 
 
 class EmbnasError(Exception):
@@ -29,3 +40,11 @@ class ArtifactError(EmbnasError):
 
 class ResumeError(EmbnasError):
     """A run folder that cannot be resumed with the given configuration."""
+
+
+class RunLockedError(EmbnasError):
+    """A run folder another process (named by its PID) is writing: two writers would interleave its files."""
+
+
+class StorageError(EmbnasError):
+    """A run folder that cannot be written (a full disk, no permission); the message says how to continue."""

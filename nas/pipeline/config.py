@@ -6,7 +6,11 @@ folder only continues under the configuration that made it.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import math
+import numbers
+import os
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import torch
@@ -19,15 +23,20 @@ from recsys.train import SOFTMAX_NEGATIVES, SOFTMAX_TEMPERATURE, TrainConfig
 
 __all__ = [
     "D_MAX_DEFAULTS",
+    "D_MAX_LIMIT",
     "EVALUATORS",
     "PROPOSAL_SOURCES",
     "RETRAIN_MODES",
     "SUPERNET_MODES",
+    "TRAINING_COPIES",
     "TRAINING_DEFAULTS",
     "FineTuneConfig",
     "SearchConfig",
     "SupernetOptions",
     "TrainingOptions",
+    "available_memory",
+    "check_memory",
+    "training_memory",
 ]
 
 #: How the fittest allocations are retrained (see :func:`nas.pipeline.search.halving_rungs` and
@@ -38,6 +47,34 @@ RETRAIN_MODES = ("full", "halving", "finetune")
 SUPERNET_MODES = ("sandwich", "full")
 #: Where the sandwich's random allocations come from.
 PROPOSAL_SOURCES = ("space", "controller")
+
+
+def _refuse_non_finite(section: str, options: Any, flags: Mapping[str, str] | None = None) -> None:
+    """Refuse an infinite or NaN number anywhere in a configuration section's fields (option dicts included).
+
+    Every float option of a run is a rate, a weight or a factor: an infinite or NaN one
+    trains straight to NaN weights (or to nothing), so it is refused where it is given.
+
+    Raises:
+        ConfigError: naming the option (and its command-line flag, when it has one) and the value.
+    """
+    for item in fields(options):
+        for name, value in _numbers(item.name, getattr(options, item.name)):
+            if not math.isfinite(value):
+                flag = (flags or {}).get(item.name)
+                raise ConfigError(f"{section} option {name}{f' ({flag})' if flag else ''} must be a finite number, "
+                                  f"got {value!r}")
+
+
+def _numbers(name: str, value: Any) -> list[tuple[str, float]]:
+    """The real, non-integral numbers in ``value`` (searched through dicts and lists), by dotted name."""
+    if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral):
+        return [(name, float(value))]
+    if isinstance(value, Mapping):
+        return [found for key, inner in value.items() for found in _numbers(f"{name}.{key}", inner)]
+    if isinstance(value, (list, tuple)):
+        return [found for i, inner in enumerate(value) for found in _numbers(f"{name}[{i}]", inner)]
+    return []
 
 
 @dataclass(frozen=True)
@@ -64,6 +101,7 @@ class SupernetOptions:
     epochs: int | None = None
 
     def __post_init__(self) -> None:
+        _refuse_non_finite("supernet", self)
         if self.mode not in SUPERNET_MODES:
             raise ConfigError(f"supernet mode must be one of {SUPERNET_MODES}, got {self.mode!r}")
         if self.proposals not in PROPOSAL_SOURCES:
@@ -108,12 +146,21 @@ class FineTuneConfig:
     optimizer: str = "sgd"
 
     def __post_init__(self) -> None:
+        _refuse_non_finite("fine-tuning", self)
         if self.optimizer not in ("sgd", "adam"):
             raise ConfigError(f"fine-tuning optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
         if self.steps < 1 or (self.epochs is not None and self.epochs < 1):
             raise ConfigError(f"fine-tuning needs at least one step, got steps={self.steps}, epochs={self.epochs}")
-        if self.lr <= 0 or not 0 < self.gamma <= 1 or self.decay_every < 1 or self.batch_size < 1:
-            raise ConfigError(f"fine-tuning options out of range: {self}")
+        checks = [
+            (self.lr > 0, f"fine-tuning lr must be > 0, got {self.lr}"),
+            (0 < self.gamma <= 1, f"fine-tuning gamma must be in (0, 1], got {self.gamma}"),
+            (self.decay_every >= 1, f"fine-tuning decay_every must be at least 1 step, got {self.decay_every}"),
+            (self.batch_size >= 1, f"fine-tuning batch_size must be at least 1, got {self.batch_size}"),
+            (self.reg >= 0, f"fine-tuning reg must be >= 0, got {self.reg}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
 
     @classmethod
     def paper(cls, reg: float = 1e-4) -> FineTuneConfig:
@@ -147,6 +194,7 @@ class TrainingOptions:
     negatives: int = SOFTMAX_NEGATIVES
 
     def __post_init__(self) -> None:
+        _refuse_non_finite("training", self, _TRAINING_FLAGS)
         if self.checkpoint_every < 1:
             raise ConfigError(f"checkpoint_every must be at least 1 epoch, got {self.checkpoint_every}")
         try:
@@ -162,6 +210,11 @@ class TrainingOptions:
         )
 
 
+#: The command-line flags of the training options that have one (named in error messages).
+_TRAINING_FLAGS = {name: "--" + name.replace("_", "-") for name in ("epochs", "batch_size", "lr", "reg", "eval_every",
+                                                                    "patience", "sampling", "loss", "temperature", "negatives")}
+
+
 #: Training defaults of each task: BPR as LightGCN trains for top-k; [LERSBench]'s for click
 #: models (Adam at 1e-3, batch 2,048, at most 15 epochs, validation AUC every epoch with
 #: patience 2, L2 1e-5 on the looked-up vectors; see :class:`recsys.train_ctr.CTRTrainConfig`).
@@ -172,6 +225,12 @@ TRAINING_DEFAULTS: dict[str, TrainingOptions] = {
 
 #: Full embedding width of each task unless given: 64 for top-k; 16 for click models [LERSBench, Table 4].
 D_MAX_DEFAULTS: dict[str, int] = {"top-k": 64, "click": 16}
+
+#: The widest ``d_max`` a run accepts: the largest row size the export's ``uint16`` row sizes
+#: hold (:func:`nas.core.accounting.dims_dtype`), a thousand times the widths recommenders use
+#: (16 to 64).  A wider one is a typo (``--d-max 100000``) and would only fail later, when
+#: its tables do not fit in memory (:func:`check_memory` catches narrower ones that do not).
+D_MAX_LIMIT = 65_535
 
 
 @dataclass(frozen=True)
@@ -234,7 +293,11 @@ class SearchConfig:
     threads: int | None = None
 
     def __post_init__(self) -> None:
+        _refuse_non_finite("search", self, {"space_options": "--space-option", "controller_options": "--controller-option"})
         checks = [
+            (self.d_max is None or 1 <= self.d_max <= D_MAX_LIMIT,
+             f"--d-max must be between 1 and {D_MAX_LIMIT:,} (embedding widths are 16 to 64 in practice), got {self.d_max}"),
+            (0 <= self.d_min, f"--d-min must be non-negative, got {self.d_min}"),
             (self.trials >= 1, f"--trials must be at least 1, got {self.trials}"),
             (self.ask_batch >= 1, f"--ask-batch must be at least 1, got {self.ask_batch}"),
             (self.retrain_top >= 1, f"--retrain-top must be at least 1, got {self.retrain_top}"),
@@ -301,3 +364,77 @@ class SearchConfig:
         return cls(**{**fields, **nested})
 
 
+#: Copies of the full tables that training holds at once: the weights, their gradients and
+#: Adam's two moments (float32 each).  Early stopping's best state and a checkpoint add more,
+#: so this is a lower bound: what it refuses surely cannot run.
+TRAINING_COPIES = 4
+
+
+def training_memory(rows: Mapping[str, int], d_max: int, copies: int = TRAINING_COPIES) -> int:
+    """Bytes the full embedding tables need while training: ``copies × rows × d_max × 4`` (float32).
+
+    Args:
+        rows: rows of each table, by name.
+        d_max: the full width.
+        copies: full-size copies held at once (:data:`TRAINING_COPIES`).
+    """
+    return copies * sum(int(n) for n in rows.values()) * int(d_max) * 4
+
+
+def available_memory(device: str = "cpu") -> int | None:
+    """Bytes free for new tensors on ``device``, or ``None`` when that cannot be told.
+
+    A CUDA device reports its free memory (``torch.cuda.mem_get_info``); the CPU the
+    kernel's estimate of memory available without swapping (``MemAvailable`` of
+    ``/proc/meminfo``), else the free physical pages.
+    """
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            return None
+        try:
+            return int(torch.cuda.mem_get_info(torch.device(device))[0])
+        except (RuntimeError, AssertionError, ValueError):
+            return None
+    try:
+        with open("/proc/meminfo") as info:
+            for line in info:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024  # the kernel writes kB (KiB)
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_AVPHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_memory(config: SearchConfig, rows: Mapping[str, int], available: int | None = None) -> None:
+    """Refuse a run whose full tables cannot be trained in the memory of its device.
+
+    Called where the configuration meets the data (the table sizes are known only then),
+    before any training: a width that cannot fit otherwise runs until the first epoch
+    exhausts the memory.  Only the tables are counted (:func:`training_memory`), so the
+    check refuses what surely fails and lets through what might fit.
+
+    Args:
+        config: the run's configuration (its ``d_max`` and ``device``).
+        rows: rows of each embedding table, by name.
+        available: free bytes on the device; ``None`` measures them (:func:`available_memory`),
+            and the check is skipped when they cannot be measured.
+
+    Raises:
+        ConfigError: naming the bytes needed, the bytes available and what to change.
+    """
+    d_max = int(config.d_max or D_MAX_DEFAULTS[config.task])
+    needed = training_memory(rows, d_max)
+    if available is None:
+        available = available_memory(config.device)
+    if available is None or needed <= available:
+        return
+    total = sum(int(n) for n in rows.values())
+    raise ConfigError(
+        f"--d-max {d_max} needs at least {needed:,} bytes ({needed / 2**30:,.1f} GiB) to train the tables on {config.device}: "
+        f"{TRAINING_COPIES} copies (weights, gradients, Adam's two moments) of {total:,} rows x {d_max} float32 values, "
+        f"but only {available:,} bytes ({available / 2**30:,.1f} GiB) are available; lower --d-max "
+        f"(at most {max(available // (TRAINING_COPIES * total * 4), 0):,} fits) or use a device with more memory"
+    )

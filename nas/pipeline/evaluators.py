@@ -32,6 +32,7 @@ from nas.pipeline.config import FineTuneConfig
 from nas.pipeline.embedding import MaskableEmbedding, stack_row_dims
 from nas.pipeline.tasks import Task, task_for
 from recsys.data import CTRData, InteractionData
+from recsys.errors import TrainingDiverged
 
 __all__ = ["FineTuneEvaluator", "SupernetEvaluator"]
 
@@ -131,7 +132,9 @@ class FineTuneEvaluator(_ValidationEvaluator):
     Every allocation starts from the same weights and sees the same batches (the
     sampler is re-seeded each time), so differences in fitness come from the
     allocations alone, and the result does not depend on the order of evaluation.
-    The reference is the pre-trained full model without fine-tuning.
+    The reference is the pre-trained full model without fine-tuning.  A fine-tune whose
+    loss or weights become non-finite raises :class:`~recsys.errors.TrainingDiverged` instead
+    of scoring them (one check per allocation, after its last step).
 
     Args:
         model: the pre-trained backbone on a :class:`MaskableEmbedding`.
@@ -175,6 +178,7 @@ class FineTuneEvaluator(_ValidationEvaluator):
         batches = self.task.finetune_batches(config.batch_size, self.seed, epochs=config.epochs, steps=config.steps)
         self.embedding.set_allocation(allocation)
         self.model.train()  # type: ignore[attr-defined]
+        total = torch.zeros((), device=device)
         try:
             for batch in batches:
                 loss = self.task.batch_loss(self.model, tuple(t.to(device) for t in batch), config.reg)
@@ -182,12 +186,23 @@ class FineTuneEvaluator(_ValidationEvaluator):
                 loss.backward()
                 optimizer.step()
                 schedule.step()
+                total += loss.detach()  # no sync per step; checked once below
+            self._check_finite(total, params, allocation)
             return self._masked_quality(allocation)
         finally:
             self.embedding.set_allocation(None)
 
-
-#: Evaluator names accepted by ``--evaluator``.
+    def _check_finite(self, total: torch.Tensor, params: list[torch.nn.Parameter], allocation: Allocation) -> None:
+        """Refuse to score a fine-tune whose loss or weights became non-finite (its fitness would be noise)."""
+        what = "the loss" if not bool(torch.isfinite(total)) else (
+            "the weights" if not all(bool(torch.isfinite(p.detach()).all()) for p in params) else None)
+        if what is None:
+            return
+        config = self.config
+        raise TrainingDiverged(
+            f"fine-tuning allocation {allocation.fingerprint()} diverged: {what} became non-finite; the fine-tuning "
+            f"learning rate (lr={config.lr:g}, decayed x{config.gamma:g}) is likely too high, or its regularisation "
+            f"(reg={config.reg:g}) too strong; lower them (FineTuneConfig)", what=[what.removeprefix("the ")])
 
 
 def _batched(items: Sequence[int], size: int) -> list[list[int]]:

@@ -1,4 +1,10 @@
-"""Work on a finished run: reload its retrained model, re-evaluate it, or export it again."""
+"""Work on a finished run: reload its retrained model, re-evaluate it, or export it again.
+
+These read the run folder and take no lock: a run being written is read as it is
+(every file is whole; a run that has not reached its retrained model is refused).
+Every file read is checked against the digest the run recorded for it
+(:mod:`nas.pipeline.runs`).
+"""
 
 from __future__ import annotations
 
@@ -8,14 +14,32 @@ from typing import Any
 from nas.artifact.export import export_tables
 from nas.core.allocation import Allocation
 from nas.core.budget import Budget
-from nas.core.errors import ArtifactError
+from nas.core.errors import ArtifactError, BudgetError
 from nas.pipeline.build import Data, Model, build_model, load_checkpoint
 from nas.pipeline.config import SearchConfig
 from nas.pipeline.data import load_data
 from nas.pipeline.runs import Run
 from nas.pipeline.tasks import task_for
 
-__all__ = ["evaluate_run", "export_run", "load_allocated_model"]
+__all__ = ["evaluate_run", "export_run", "load_allocated_model", "read_config"]
+
+#: What :meth:`SearchConfig.from_dict` raises on a configuration of the wrong shape (ConfigError is a ValueError).
+_UNREADABLE = (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError, RecursionError)
+
+
+def read_config(run: Run) -> SearchConfig:
+    """The run's :class:`~nas.pipeline.config.SearchConfig`, read from its checked ``config.json``.
+
+    Raises:
+        ArtifactError: naming ``config.json`` when it is missing, damaged, edited (it no
+            longer matches its ``config_hash``) or not a configuration this version reads.
+    """
+    recorded = run.config()
+    try:
+        return SearchConfig.from_dict(recorded)
+    except _UNREADABLE as error:
+        raise ArtifactError(f"{run.path('config.json')}: not a search configuration this version reads "
+                            f"({type(error).__name__}: {str(error)[:200]})") from None
 
 
 def load_allocated_model(folder: str | Path, data: Data | None = None) -> tuple[Run, SearchConfig, Model, Allocation, Budget, Data]:
@@ -24,21 +48,38 @@ def load_allocated_model(folder: str | Path, data: Data | None = None) -> tuple[
     Args:
         folder: a finished run folder.
         data: the data, for a run that searched data given in memory.
+
+    Raises:
+        ArtifactError: naming the file that is missing, damaged, or changed since the run wrote it.
     """
     run = Run(folder)
     if not run.has("config.json"):
         raise ArtifactError(f"{folder} is not a run folder (no config.json); give a folder made by `embnas search`")
-    config = SearchConfig.from_dict(run.config())
+    config = read_config(run)
     if not run.has("allocation.npz") or not run.has("checkpoints/allocated.safetensors"):
         raise ArtifactError(f"{folder} has no retrained allocation yet; finish the run with `embnas search` first")
     data = load_data(config.data) if data is None else data
     allocation = run.load_allocation("allocation.npz")
-    budget = Budget.parse(config.budget, data.rows(), config.d_max, config.d_min)
-    allocation.validate(budget)
+    budget = checked_budget(run, config, data, allocation)
     model = build_model(config, data)
     model.embedding.set_allocation(allocation)
     load_checkpoint(model, run, "allocated.safetensors")
     return run, config, model, allocation, budget, data
+
+
+def checked_budget(run: Run, config: SearchConfig, data: Data, allocation: Allocation, name: str = "allocation.npz") -> Budget:
+    """The run's budget on ``data``, with ``allocation`` (the run's file ``name``) checked against it.
+
+    Raises:
+        ArtifactError: the allocation does not fit the data's tables or breaks the budget.
+        BudgetError: the configured budget is infeasible on this data.
+    """
+    budget = Budget.parse(config.budget, data.rows(), config.d_max, config.d_min)
+    try:
+        allocation.validate(budget)
+    except BudgetError as error:
+        raise ArtifactError(f"{run.path(name)}: does not fit the run's budget on its data ({error})") from None
+    return budget
 
 
 def evaluate_run(folder: str | Path, split: str = "test") -> dict[str, float]:

@@ -20,7 +20,7 @@ from typing import Any
 from nas.artifact.export import export_tables
 from nas.core.allocation import Allocation
 from nas.core.budget import Budget
-from nas.core.errors import ArtifactError
+from nas.core.errors import ArtifactError, EmbnasError
 from nas.pipeline.runs import Run
 
 __all__ = ["RESULT_FORMAT", "RESULT_VERSION", "Retrained", "SearchResult"]
@@ -213,12 +213,14 @@ class SearchResult:
         """
         if not isinstance(data, Mapping):
             raise ArtifactError(f"{source}: not a search result (a JSON object was expected)")
-        version = data.get("version", 1)
-        if data.get("format", RESULT_FORMAT) != RESULT_FORMAT or not isinstance(version, int):
-            raise ArtifactError(f"{source}: not an embnas search result (format {data.get('format')!r})")
+        version, kind = data.get("version", 1), data.get("format", RESULT_FORMAT)
+        if kind != RESULT_FORMAT or not isinstance(version, int) or isinstance(version, bool):
+            shown = repr(kind)[:60] if isinstance(kind, str) else f"a {type(kind).__name__}"
+            number = str(version)[:20] if isinstance(version, int) else f"a {type(version).__name__}"
+            raise ArtifactError(f"{source}: not an embnas search result (format {shown}, version {number})")
         if version > RESULT_VERSION:
-            raise ArtifactError(f"{source}: written by a newer embnas (result version {version}, this one reads up to "
-                                f"{RESULT_VERSION}); upgrade embnas to read it")
+            raise ArtifactError(f"{source}: written by a newer embnas (result version {str(version)[:20]}, this one reads "
+                                f"up to {RESULT_VERSION}); upgrade embnas to read it")
         try:
             chosen = data["allocation"]
             if chosen["fingerprint"] != allocation.fingerprint():
@@ -253,12 +255,22 @@ class SearchResult:
                 full_train_seconds=float(full.get("train_seconds", math.nan)),
                 allocated_train_seconds=float(allocated.get("train_seconds", math.nan)),
             )
-        except (KeyError, TypeError, ValueError) as error:
-            raise ArtifactError(f"{source}: damaged search result ({type(error).__name__}: {error})") from None
+        except ArtifactError:
+            raise
+        except (EmbnasError, KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError,
+                RecursionError) as error:  # wrong types, missing keys, numbers out of range, an infeasible budget
+            raise ArtifactError(f"{source}: damaged search result ({type(error).__name__}: {str(error)[:200]})") from None
 
     @classmethod
     def read(cls, run_dir: str | Path) -> SearchResult:
-        """The result of a finished run folder (``metrics.json`` and ``allocation.npz``), without its model."""
+        """The result of a finished run folder (``metrics.json`` and ``allocation.npz``), without its model.
+
+        Both files are checked against the digests the run recorded when it wrote them
+        (:mod:`nas.pipeline.runs`); the folder is not locked.
+
+        Raises:
+            ArtifactError: naming the file that is missing, damaged, or changed since the run wrote it.
+        """
         run = Run(run_dir)
         if not run.has("metrics.json"):
             raise ArtifactError(f"{run_dir} has no metrics.json: the run is not finished (continue it with "

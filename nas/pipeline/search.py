@@ -43,8 +43,9 @@ from nas.core.controller import Controller, OneShotController
 from nas.core.errors import ArtifactError, ConfigError
 from nas.core.space import SearchSpace
 from nas.pipeline.build import Data, Model, build_evaluator, build_model, build_search, load_checkpoint
-from nas.pipeline.config import SearchConfig, SupernetOptions
+from nas.pipeline.config import SearchConfig, SupernetOptions, check_memory
 from nas.pipeline.data import load_data
+from nas.pipeline.replay import read_config
 from nas.pipeline.result import Retrained, SearchResult
 from nas.pipeline.runs import MemoryRun, Run
 from nas.pipeline.supernet import train_one_shot, train_supernet
@@ -134,8 +135,10 @@ def open_run(
     """
     config.check_device()
     data = load_data(config.data) if data is None else data
+    data.check_trainable()  # untrainable data (no negative item, no train row) fails before a run folder exists
     task = task_for(data, config.train)
     budget, space, controller = build_search(config, task)
+    check_memory(config, budget.rows)  # a width that cannot fit is refused before the first epoch
     if controller.needs_fitness and not task.has_validation:
         raise ConfigError(
             f"the {config.controller} controller learns from validation fitness, and this dataset has no validation split"
@@ -151,7 +154,11 @@ def open_run(
         run = Run.create(runs_root, record, upgrade=SearchConfig.upgrade)
     else:
         run = MemoryRun(record)
-    run.log_event("start", data=data.summary(), budget=budget.to_dict())
+    try:
+        run.log_event("start", data=data.summary(), budget=budget.to_dict())
+    except BaseException:
+        run.close()  # the folder's lock: nothing will write it
+        raise
     return RunContext(config, task, budget, space, controller, run,
                       task.train_config(config.train, config.seed, config.threads), progress)
 
@@ -167,11 +174,13 @@ def resume_run(folder: str | Path, data: Data | None = None, *, progress: bool =
     Raises:
         ArtifactError: when ``folder`` is not a run folder.
         ResumeError: when the data changed since the run started.
+        RunLockedError: when another process is writing the folder.
     """
     run = Run(folder)
     if not run.has("config.json"):
         raise ArtifactError(f"{folder} is not a run folder (no config.json); give a folder made by `embnas search`")
-    return run_search(SearchConfig.from_dict(run.config()), data, run.folder, progress=progress)
+    run.check_unlocked()  # refused before the data is loaded; open_run takes the lock itself
+    return run_search(read_config(run), data, run.folder, progress=progress)
 
 
 def run_search(
@@ -186,11 +195,19 @@ def run_search(
 
     In a run folder, stages already finished (same configuration) are not redone, an
     unfinished stage continues from its last checkpoint, and the result is also written
-    to ``metrics.json``.
+    to ``metrics.json``.  The run folder is locked against other writers until it returns.
     """
     started = time.perf_counter()
     ctx = open_run(config, data, run_dir, runs_root=runs_root, progress=progress)
-    task, run = ctx.task, ctx.run
+    try:
+        return _run_stages(ctx, started)
+    finally:
+        ctx.run.close()
+
+
+def _run_stages(ctx: RunContext, started: float) -> SearchResult:
+    """The stages of :func:`run_search`, on the opened run."""
+    config, task, run = ctx.config, ctx.task, ctx.run
     timing: dict[str, float] = {}
 
     tic = time.perf_counter()
@@ -316,7 +333,7 @@ def _search(ctx: RunContext, supernet: Model) -> list[Candidate]:
             record_one_shot_choice(run, controller, supernet, ctx.budget, evaluator)  # type: ignore[arg-type]
             run.log_event("searched", top=[c.fingerprint for c in ranked_candidates(run)[:1]], evaluator=config.evaluator,
                           measured=evaluator.measured if evaluator is not None else 0)
-        return ranked_candidates(run)[:1]
+        return _logged_candidates(run, 1)
     if not task.has_validation:
         allocation = ctx.space.to_allocation(controller.recommend())  # type: ignore[union-attr]
         allocation.validate(ctx.budget)
@@ -332,7 +349,16 @@ def _search(ctx: RunContext, supernet: Model) -> list[Candidate]:
         ranked = ranked_candidates(run)
         run.log_event("searched", top=[c.fingerprint for c in ranked[: config.retrain_top]], evaluator=config.evaluator,
                       measured=evaluator.measured)
-    return ranked_candidates(run)[: config.retrain_top]
+    return _logged_candidates(run, config.retrain_top)
+
+
+def _logged_candidates(run: Run, n: int) -> list[Candidate]:
+    """The ``n`` fittest candidates of the log; a log that lost them all is refused (the search ran: its state says so)."""
+    ranked = ranked_candidates(run)[:n]
+    if not ranked:
+        raise ArtifactError(f"{run.path('events.jsonl')}: logs no evaluated candidate although the search's state says "
+                            "it ran (the log was truncated or edited); start a new run")
+    return ranked
 
 
 def _retrain(ctx: RunContext, candidates: list[Candidate], horizon: int) -> list[_Retrained]:
@@ -491,7 +517,7 @@ def _train_stage(
     if finished and (not final or run.has(f"checkpoints/{checkpoint}")):
         if final:
             load_checkpoint(model, run, checkpoint)
-        return finished[-1]
+        return _logged_stats(ctx, finished[-1])
     resume = run.load_state(partial) if run.has(f"checkpoints/{partial}") else None
 
     def save(state: dict[str, Any]) -> None:
@@ -507,6 +533,17 @@ def _train_stage(
     if final:
         run.remove(f"checkpoints/{partial}")
     return stats
+
+
+def _logged_stats(ctx: RunContext, event: dict[str, Any]) -> dict[str, Any]:
+    """A finished stage's logged stats, refused when its validation metrics are not the ones this task reads back."""
+    if event["valid"]:
+        try:
+            ctx.task.quality(event["valid"])
+        except (KeyError, TypeError, ValueError) as error:
+            raise ArtifactError(f"{ctx.run.path('events.jsonl')}: the {event['stage']} stage's logged validation "
+                                f"metrics are not this task's ({error}); the log was edited or damaged") from None
+    return event
 
 
 def _export(ctx: RunContext, model: Model, allocation: Allocation) -> int:

@@ -37,6 +37,7 @@ from nas.pipeline.config import SupernetOptions
 from nas.pipeline.embedding import MaskableEmbedding, stack_row_dims
 from nas.pipeline.tasks import Batch, Task, Variants, top_k_variants_loss, task_for
 from recsys.data import CTRData, InteractionData
+from recsys.errors import TrainingDiverged
 from recsys.train import TrainHooks, TrainResult
 
 __all__ = ["SandwichLoss", "train_one_shot", "train_supernet"]
@@ -156,6 +157,10 @@ def train_one_shot(
     weights do.  Each training state handed to ``hooks.on_epoch_end`` carries the
     controller's state under ``"controller"``, and a resumed state restores it, so a killed
     one-shot search continues exactly.
+
+    Raises:
+        recsys.errors.TrainingDiverged: the weights or the controller's architecture parameters
+            became non-finite (checked every epoch, before the state is saved).
     """
     if not isinstance(model.embedding, MaskableEmbedding):
         raise ConfigError("a one-shot search needs a model built on a MaskableEmbedding")
@@ -166,6 +171,14 @@ def train_one_shot(
     save = hooks.on_epoch_end
 
     def on_epoch_end(state: dict) -> None:
+        # The loop checked the model's weights; the architecture parameters are the controller's.
+        bad = [i for i, p in enumerate(controller.parameters()) if not bool(torch.isfinite(p.detach()).all())]
+        if bad:
+            raise TrainingDiverged(
+                f"training diverged in epoch {state['epoch']}: the {controller.name} controller's architecture "
+                f"parameters {bad} became non-finite; its learning rate (--controller-option lr=...) is likely too "
+                f"high; nothing of epoch {state['epoch']} was saved, so the last checkpoint written before it is kept",
+                epoch=state["epoch"], what=[f"controller parameter {i}" for i in bad])
         if save is not None:
             save({**state, "controller": controller.state_dict()})
 

@@ -31,10 +31,10 @@ from typing import BinaryIO
 
 import numpy as np
 
-from recsys.data._io import GZIP_MAGIC, PathLike
+from recsys.data._io import GZIP_MAGIC, PathLike, check_line_ends, quote
 from recsys.data.ctr import CTRData
 from recsys.data.dataset import SPLITS
-from recsys.data.tabular import _column
+from recsys.data.tabular import _column, check_sep
 from recsys.errors import DataError
 
 __all__ = [
@@ -157,17 +157,16 @@ class DelimitedChunks:
         chunk_rows: lines read at a time (the text of one chunk is all that is held).
 
     Raises:
-        DataError: the file is missing, unreadable, not UTF-8, or has no header.
-        ValueError: ``chunk_rows < 1`` or an empty ``sep``.
+        DataError: the file is missing, unreadable, not UTF-8, has no header or a
+            carriage return inside a line (old Mac line ends); ``sep`` is empty.
+        ValueError: ``chunk_rows < 1``.
     """
 
     def __init__(self, path: PathLike, sep: str, chunk_rows: int = CHUNK_ROWS) -> None:
         if int(chunk_rows) < 1:
             raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
-        if not sep:
-            raise ValueError("sep must be a non-empty string")
         self.path = Path(path)
-        self.sep = sep
+        self.sep = check_sep(sep, path)
         self.chunk_rows = int(chunk_rows)
         self.header, self.header_line = self._find_header()
 
@@ -191,6 +190,7 @@ class DelimitedChunks:
                 if not batch:
                     return
                 data = b"".join(batch)
+                check_line_ends(data, self.path, first)
                 try:
                     text = data.decode("utf-8")
                 except UnicodeDecodeError as exc:
@@ -329,9 +329,9 @@ def _labels(chunk: Chunk, label: str, threshold: float | None, path: Path) -> np
         if text == "":
             reason = f"empty label {label!r}"
         elif _number(text) is None:
-            reason = f"label {label!r} is not a finite number: {text!r}"
+            reason = f"label {label!r} is not a finite number: {quote(text)}"
         else:
-            reason = f"label {label!r} must be 0 or 1 (or give label_threshold), got {text!r}"
+            reason = f"label {label!r} must be 0 or 1 (or give label_threshold), got {quote(text)}"
         raise DataError(reason, path, line)
     return np.fromiter(map(value_of.__getitem__, chunk.labels), dtype=np.float32, count=len(chunk.labels))
 
@@ -352,7 +352,7 @@ def _tokens(field: Field, raw: Sequence[str], lines: np.ndarray, bins: Bins, cac
         bad = {text for text, number in zip(texts, numbers) if number is None}
         if bad:
             text, line = _first_line(raw, bad, lines)
-            raise DataError(f"numeric field {field.name!r} is not a finite number: {text!r}", path, line)
+            raise DataError(f"numeric field {field.name!r} is not a finite number: {quote(text)}", path, line)
         values = np.asarray(numbers, dtype=np.float64)
         if bins == LOG_SQUARE:
             tokens = log_square_buckets(values)

@@ -5,12 +5,17 @@ place that turns every malformed byte into a :class:`~recsys.errors.DataError`
 naming the file and the 1-based line. The happy path is vectorised (a
 ``bytes.translate`` check that only digits and whitespace occur, then
 ``np.fromstring``); the line of a fault is located only once a fault is known.
+
+Error messages quote the offending text through :func:`quote`, which keeps a
+bounded prefix: a malformed field of megabytes must give a readable one-line
+error, and quickly.
 """
 
 from __future__ import annotations
 
 import gzip
 import os
+import re
 import zlib
 from pathlib import Path
 from typing import NoReturn
@@ -19,15 +24,55 @@ import numpy as np
 
 from recsys.errors import DataError
 
-__all__ = ["GZIP_MAGIC", "PathLike", "read_bytes", "decode_text", "line_at", "parse_int_lines"]
+__all__ = [
+    "GZIP_MAGIC",
+    "QUOTE_LIMIT",
+    "PathLike",
+    "check_line_ends",
+    "decode_text",
+    "line_at",
+    "parse_int_lines",
+    "quote",
+    "read_bytes",
+]
 
 PathLike = str | os.PathLike[str]
 
 GZIP_MAGIC = b"\x1f\x8b"
 """First two bytes of every gzip stream; a file starting with them is gunzipped whatever its name."""
 
+QUOTE_LIMIT = 80
+"""Most characters of a field, line or token an error message quotes; longer ones are cut (see :func:`quote`)."""
+
 _ALLOWED = b"0123456789 \t\r\n"
 _INT64_MAX = int(np.iinfo(np.int64).max)
+_INT64_DIGITS = len(str(_INT64_MAX))
+_LONE_CR = re.compile(rb"(?<!\r)\r+(?=[^\r\n])")  # a run of \r inside a line (one start per run: linear)
+
+
+def quote(text: str | bytes, limit: int = QUOTE_LIMIT, *, bare: bool = False) -> str:
+    """``text`` for an error message: its ``repr``, or a prefix of ``limit`` characters, ``…`` and the full length.
+
+    A megabyte field gives ``'1111…1111'… (5,000,000 characters)``, not a megabyte
+    line; the shown part stays within about ``limit`` characters even when escapes
+    widen it. ``bytes`` are decoded (invalid UTF-8 replaced) after the cut, so only
+    the prefix is ever copied.
+
+    Args:
+        text: the field, line or token.
+        limit: most characters shown.
+        bare: show the text as it is instead of its ``repr`` (for ids: digits only).
+    """
+    size = len(text)
+    unit = "bytes" if isinstance(text, bytes) else "characters"
+    head = text[:limit]
+    if isinstance(head, bytes):
+        head = head.decode("utf-8", errors="replace")
+    shown = head if bare else repr(head)
+    while len(shown) > limit + 2 and len(head) > 1:  # escapes (``\\x00``) widen a repr: keep fewer characters
+        head = head[: len(head) * 3 // 4]
+        shown = head if bare else repr(head)
+    return shown if len(head) >= size else f"{shown}… ({size:,} {unit})"
 
 
 def read_bytes(path: PathLike) -> bytes:
@@ -61,6 +106,35 @@ def read_bytes(path: PathLike) -> bytes:
 def line_at(data: bytes, pos: int) -> int:
     """1-based line number of byte offset ``pos`` in ``data`` (lines end at ``\\n``)."""
     return data.count(b"\n", 0, pos) + 1
+
+
+def check_line_ends(data: bytes, path: PathLike, first_line: int = 1) -> None:
+    """Refuse a carriage return that does not end a CRLF line.
+
+    Lines are split at ``\\n`` only, so an old Mac file (lines ending in ``\\r``)
+    would read as one long line: a header with no rows, or one user holding every
+    id of the file. CRLF files are fine, and so are carriage returns just before
+    a line's end (``\\r\\r\\n``, or the end of the file), which stripping removes.
+
+    Args:
+        data: raw text, or a run of whole lines of it.
+        path: the file, for the message.
+        first_line: the 1-based line of the first line of ``data`` in ``path``.
+
+    Raises:
+        DataError: at the line of the first ``\\r`` inside a line.
+    """
+    if data.count(b"\r") == data.count(b"\r\n"):  # the common case, at memchr speed
+        return
+    found = _LONE_CR.search(data)
+    if found is None:
+        return
+    pos = found.start()
+    if b"\n" in data.rstrip(b"\r\n"):
+        reason = "a carriage return (\\r) inside a line (mixed line endings?); remove it or convert it to \\n"
+    else:
+        reason = "lines end with \\r only (old Mac line endings); convert them to \\n"
+    raise DataError(reason, path, first_line + data.count(b"\n", 0, pos))
 
 
 def decode_text(data: bytes, path: PathLike) -> str:
@@ -108,9 +182,15 @@ def parse_int_lines(
         raise DataError(f"parsed {values.size} ids but counted {total} tokens", path)
     if total and values.max() == _INT64_MAX:  # np.fromstring saturates ids beyond int64
         k = int(np.searchsorted(np.cumsum(counts), int(np.argmax(values)), side="right")) + 1
-        token = next(t for t in lines[k - 1].split() if int(t) >= _INT64_MAX).decode()
-        raise DataError(f"id {token} is too large (at most 2**63 - 2)", path, _physical(k, line_numbers))
+        token = next(t for t in lines[k - 1].split() if _too_large(t))
+        raise DataError(f"id {quote(token, bare=True)} is too large (at most 2**63 - 2)", path, _physical(k, line_numbers))
     return values, counts
+
+
+def _too_large(token: bytes) -> bool:
+    """Whether the digits ``token`` are at least ``2**63 - 1``, without ``int()`` on thousands of digits."""
+    digits = token.lstrip(b"0")
+    return len(digits) > _INT64_DIGITS or (len(digits) == _INT64_DIGITS and int(digits) >= _INT64_MAX)
 
 
 def _physical(k: int, line_numbers: np.ndarray | None) -> int:
@@ -127,13 +207,11 @@ def _raise_bad_token(data: bytes, path: PathLike, line_numbers: np.ndarray | Non
     start = data.rfind(b"\n", 0, pos) + 1
     end = data.find(b"\n", pos)
     line = data[start : len(data) if end < 0 else end]
-    bad = [tok for tok in line.split() if not tok.isdigit()]
-    if not bad:
+    token = next((tok for tok in line.split() if not tok.isdigit()), None)
+    if token is None:
         reason = f"unexpected character {chr(data[pos])!r}"
+    elif token.startswith(b"-") and token[1:].isdigit():
+        reason = f"negative id {quote(token, bare=True)}"
     else:
-        token = bad[0].decode("utf-8", errors="replace")
-        if token.startswith("-") and token[1:].isdigit():
-            reason = f"negative id {token}"
-        else:
-            reason = f"not a non-negative integer id: {token!r}"
+        reason = f"not a non-negative integer id: {quote(token)}"
     raise DataError(reason, path, _physical(k, line_numbers))

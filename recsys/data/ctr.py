@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from recsys.data.dataset import SPLITS
+from recsys.errors import DataError
 
 __all__ = ["CTRData", "shared_tensor"]
 
@@ -140,6 +141,22 @@ class CTRData:
     def size(self, split: str) -> int:
         """Rows of ``split``."""
         return int(self.y[split].shape[0])
+
+    def check_trainable(self) -> None:
+        """Refuse data a click model cannot train on, so that it fails before a run is made for it.
+
+        A click model trains on the train rows; each row draws its split at random, so a
+        very small file can leave none in train.
+
+        Raises:
+            DataError: when the train split has no row.
+        """
+        if self.size("train") == 0:
+            rows = sum(self.size(split) for split in SPLITS)
+            raise DataError(
+                f"dataset {self.name!r} has no train row: the random split put all {rows:,} of its rows in "
+                "valid/test; give more rows, or change the split's seed or fractions"
+            )
 
     def tensors(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         """``split``'s ids and labels as tensors on the same (read-only) memory, without a copy.

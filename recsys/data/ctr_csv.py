@@ -96,7 +96,8 @@ def load_ctr_csv(
             is not in the header (the message lists the columns found); a row has
             a different number of fields than the header; a label is empty, not
             a number, or (without a threshold) not 0/1; a numeric value is not a
-            finite number. Row errors name the file and 1-based line.
+            finite number; a carriage return inside a line (old Mac line ends); an
+            empty ``sep``. Row errors name the file and 1-based line.
         ValueError: a column requested twice or used as label and field, no
             fields, bad ``split``, ``oov_threshold < 0``, ``chunk_rows < 1``, or
             an unknown ``bins``.

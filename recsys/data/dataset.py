@@ -23,6 +23,8 @@ from functools import cached_property
 import numpy as np
 import scipy.sparse as sp
 
+from recsys.errors import DataError
+
 __all__ = ["COLD_POLICIES", "SPLITS", "InteractionData", "pairs_to_csr", "check_cold_policy"]
 
 COLD_POLICIES = ("keep", "drop")
@@ -145,6 +147,34 @@ class InteractionData:
         freq = np.bincount(self.train.indices, minlength=self.n_items).astype(np.int64)
         freq.flags.writeable = False
         return freq
+
+    def check_trainable(self) -> None:
+        """Refuse data a top-k model cannot train on, so that it fails before a run is made for it.
+
+        Training pairs each train pair with a negative, an item the user has no
+        train pair with (BPR and the sampled softmax alike, see
+        :class:`recsys.data.BPRSampler`). That needs a train pair, at least two
+        items, and no user who has a train pair with every item.
+
+        Raises:
+            DataError: saying what is missing and what to add.
+        """
+        if self.train.nnz == 0:
+            raise DataError(f"dataset {self.name!r} has no train pair: nothing to train on; give (user, item) pairs")
+        if self.n_items < 2:
+            raise DataError(
+                f"dataset {self.name!r} has {self.n_items} item: training needs at least 2, so that each user has "
+                "a negative item (one they did not interact with) to rank below their own; add pairs with other items"
+            )
+        full = np.flatnonzero(self.user_frequency >= self.n_items)
+        if full.size:
+            user = int(full[0]) if self.user_ids is None else int(self.user_ids[full[0]])
+            others = f" (and {full.size - 1:,} more such users)" if full.size > 1 else ""
+            raise DataError(
+                f"dataset {self.name!r}: user {user}{others} has a train pair with every one of the {self.n_items:,} "
+                "items, so training finds no negative item (one the user did not interact with) for them; "
+                "add items they did not interact with, or leave such users out"
+            )
 
     def frequencies(self) -> dict[str, np.ndarray]:
         """Train frequency of every row, by table name (``"user"``, ``"item"``)."""

@@ -25,12 +25,16 @@ Either way no id ever falls outside the tables. With ``remap=True`` the ids
 covered are renumbered ``0..n-1`` in increasing order of original id (the
 originals are kept in ``user_ids`` / ``item_ids``), which removes gaps;
 with ``remap=False`` (default) the ids are the row indices, as the published
-files already are 0-based and contiguous.
+files already are 0-based and contiguous (an id far beyond a file's number of
+ids, which would make tables of mostly empty rows, is refused: see
+:data:`_ROW_SLACK`).
 
 Every malformed input raises :class:`~recsys.errors.DataError` naming the file
 and 1-based line: a token that is not a non-negative integer, a user with two
 lines in one file, an item repeated on a user's line, a pair given twice across
-the files of one split, an empty file, an unreadable gzip, a missing file.
+the files of one split, an empty file, an unreadable gzip, a missing file, a
+carriage return inside a line (an old Mac file, whose ``\\r`` line ends would
+otherwise read as one user's line holding every id of the file).
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from recsys.data._arrays import first_repeat
-from recsys.data._io import PathLike, parse_int_lines, read_bytes
+from recsys.data._io import PathLike, check_line_ends, parse_int_lines, read_bytes
 from recsys.data.dataset import SPLITS, InteractionData, check_cold_policy, pairs_to_csr
 from recsys.errors import DataError
 
@@ -52,6 +56,15 @@ __all__ = ["load_lightgcn"]
 
 _MAX_ROW_ID = int(np.iinfo(np.int32).max) - 1
 """Largest id usable as a row index without ``remap``; larger ids need ``remap=True``."""
+
+_ROW_SLACK = 1 << 20
+"""Without ``remap``, a file's ids must stay below ``2 × (its number of ids) + _ROW_SLACK``.
+
+Ids are then row indices, so one id of two billion in a small file would make
+tables of two billion rows, nearly all empty (16 GiB for the row pointers alone):
+such a file needs ``remap=True``. Published files are 0-based and contiguous,
+far inside the bound.
+"""
 
 
 @dataclass(frozen=True)
@@ -120,7 +133,9 @@ def _as_paths(arg: PathLike | Sequence[PathLike] | None) -> tuple[str, ...]:
 
 def _read_file(path: str, max_id: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Parse one file: ``(line_users, pair_users, pair_items, pair_lines)``, checked for repeats."""
-    values, counts = parse_int_lines(read_bytes(path), path)
+    data = read_bytes(path)
+    check_line_ends(data, path)
+    values, counts = parse_int_lines(data, path)
     if values.size == 0:
         raise DataError("empty file (no user line)", path)
     filled = np.flatnonzero(counts)
@@ -143,10 +158,15 @@ def _read_file(path: str, max_id: int | None) -> tuple[np.ndarray, np.ndarray, n
     k = first_repeat(users, items)
     if k is not None:
         faults.append((int(lines[k]), f"item {items[k]} appears twice on the line of user {users[k]}"))
-    if max_id is not None and values.max() > max_id:
-        k = int(np.argmax(values > max_id))
+    limit = None if max_id is None else min(max_id, 2 * values.size + _ROW_SLACK)
+    if limit is not None and values.max() > limit:
+        k = int(np.argmax(values > limit))
         line = int(np.searchsorted(np.cumsum(counts), k, side="right")) + 1
-        faults.append((line, f"id {values[k]} is too large to be a row index; pass remap=True"))
+        if values[k] > max_id:
+            faults.append((line, f"id {values[k]} is too large to be a row index; pass remap=True"))
+        else:
+            faults.append((line, f"id {values[k]} as a row index would make tables of {values[k] + 1:,} rows for the "
+                                 f"{values.size:,} ids of this file, nearly all empty; pass remap=True"))
     if faults:
         line, reason = min(faults)
         raise DataError(reason, path, line)

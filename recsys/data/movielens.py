@@ -39,7 +39,7 @@ from recsys.data._ctr_encode import (
     RawChunk,
     encode,
 )
-from recsys.data._io import PathLike
+from recsys.data._io import PathLike, quote
 from recsys.data.ctr import CTRData
 from recsys.data.split import check_fractions
 from recsys.errors import DataError
@@ -74,7 +74,7 @@ def _side_table(path: Path, key: str, columns: list[str]) -> tuple[dict[str, int
     row: dict[str, int] = {}
     for k, text in enumerate(table[0]):  # the feature file's rows (943 users, 1,682 items)
         if text in row:
-            raise DataError(f"{key} {text!r} is given twice, first on line {int(lines[row[text]])}", path, int(lines[k]))
+            raise DataError(f"{key} {quote(text)} is given twice, first on line {int(lines[row[text]])}", path, int(lines[k]))
         row[text] = k
     return row, [np.array(column, dtype=object) for column in table[1:]]
 
@@ -85,7 +85,7 @@ def _join(row: dict[str, int], wanted: list[str], what: str, side: Path, chunk: 
     absent = np.flatnonzero(pos < 0)
     if absent.size:
         k = int(absent[0])
-        raise DataError(f"{what} {wanted[k]!r} is not in {side.name}", path, int(chunk.lines[k]))
+        raise DataError(f"{what} {quote(wanted[k])} is not in {side.name}", path, int(chunk.lines[k]))
     return pos
 
 

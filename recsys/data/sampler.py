@@ -33,6 +33,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from recsys.errors import DataError
+
 __all__ = ["BPRSampler", "REJECTION_ROUNDS", "SAMPLING"]
 
 SAMPLING = ("pair", "user")
@@ -53,8 +55,9 @@ class BPRSampler:
             then a uniform train item of the user); see the module docstring.
 
     Raises:
-        ValueError: some user has a train pair with every item, so no negative
-            exists for them.
+        DataError: some user has a train pair with every item, so no negative
+            exists for them (:meth:`recsys.data.InteractionData.check_trainable`
+            says so before a run starts).
     """
 
     def __init__(self, train: sp.spmatrix | sp.sparray, seed: int = 0, by: str = "pair") -> None:
@@ -68,7 +71,10 @@ class BPRSampler:
         degree = np.diff(csr.indptr).astype(np.int64)
         full = np.flatnonzero((degree > 0) & (degree >= self.n_items))
         if full.size:
-            raise ValueError(f"user {int(full[0])} has a train pair with every item: no negative item exists")
+            raise DataError(
+                f"user {int(full[0])} has a train pair with every item: no negative item exists; "
+                "add items the user did not interact with, or leave the user out"
+            )
         self._indptr = csr.indptr.astype(np.int64)
         self._users = np.repeat(np.arange(self.n_users, dtype=np.int64), degree)
         self._items = csr.indices.astype(np.int64)

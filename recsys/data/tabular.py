@@ -17,7 +17,8 @@ pair. Items that land only in valid/test stay as rows of train frequency 0
 Every malformed input raises :class:`~recsys.errors.DataError` naming the file
 and 1-based line: a ragged row, a missing column (naming the columns found), a
 non-integer or negative id, a non-numeric rating, a duplicate (user, item) row,
-an empty file.
+an empty file, lines that end in ``\\r`` alone (old Mac files). Quoted fields are
+cut to a bounded prefix (:func:`recsys.data._io.quote`).
 """
 
 from __future__ import annotations
@@ -29,12 +30,19 @@ from pathlib import Path
 import numpy as np
 
 from recsys.data._arrays import first_repeat
-from recsys.data._io import PathLike, decode_text, parse_int_lines, read_bytes
+from recsys.data._io import (
+    PathLike,
+    check_line_ends,
+    decode_text,
+    parse_int_lines,
+    quote,
+    read_bytes,
+)
 from recsys.data.dataset import InteractionData, pairs_to_csr
 from recsys.data.split import check_fractions, split_per_user
 from recsys.errors import DataError
 
-__all__ = ["load_interactions_csv", "default_sep"]
+__all__ = ["check_sep", "default_sep", "load_interactions_csv"]
 
 _TAB_SUFFIXES = (".tsv", ".tsv.gz", ".inter", ".inter.gz")
 
@@ -74,18 +82,18 @@ def load_interactions_csv(
         The three splits as binary CSR matrices over remapped ids.
 
     Raises:
-        DataError: the file is missing, unreadable or malformed (with the line).
-        ValueError: bad ``split`` fractions, ``min_rating`` without
-            ``rating_col``, or an empty ``sep``.
+        DataError: the file is missing, unreadable or malformed (with the line),
+            or ``sep`` is empty.
+        ValueError: bad ``split`` fractions, or ``min_rating`` without ``rating_col``.
     """
     fractions = check_fractions(split)
     if min_rating is not None and rating_col is None:
         raise ValueError("min_rating needs rating_col, the column to compare")
-    sep = default_sep(path) if sep is None else sep
-    if not sep:
-        raise ValueError("sep must be a non-empty string")
+    sep = check_sep(default_sep(path) if sep is None else sep, path)
 
-    lines = decode_text(read_bytes(path), path).replace("\r\n", "\n").split("\n")
+    raw = read_bytes(path)
+    check_line_ends(raw, path)
+    lines = decode_text(raw, path).replace("\r\n", "\n").split("\n")
     filled = np.flatnonzero(np.fromiter(map(bool, map(str.strip, lines)), dtype=bool, count=len(lines)))
     if filled.size == 0:
         raise DataError("empty file (no header, no rows)", path)
@@ -158,6 +166,24 @@ def load_interactions_csv(
     )
 
 
+def check_sep(sep: str, path: PathLike) -> str:
+    """Return ``sep`` if it can split a line: a non-empty string.
+
+    Raises:
+        DataError: naming the file, so that the CLI reports it as one line.
+    """
+    if not isinstance(sep, str) or not sep:
+        raise DataError(f"the field separator (sep) must be a non-empty string, got {sep!r}; e.g. ',' or a tab", path)
+    return sep
+
+
+_LISTED_COLUMNS = 20
+"""Most header columns an error message lists."""
+
+_LISTED_CHARACTERS = 40
+"""Most characters of each column name an error message lists."""
+
+
 def _column(header: Sequence[str], wanted: str, path: PathLike, line: int, sep: str) -> int:
     """Index of ``wanted`` in the header: an exact match, else a unique match of the part before ``':'``."""
     if wanted in header:
@@ -166,7 +192,9 @@ def _column(header: Sequence[str], wanted: str, path: PathLike, line: int, sep: 
     hits = [k for k, stem in enumerate(stems) if stem == wanted]
     if len(hits) == 1:
         return hits[0]
-    found = ", ".join(repr(h) for h in header)
+    found = ", ".join(quote(h, _LISTED_CHARACTERS) for h in header[:_LISTED_COLUMNS])
+    if len(header) > _LISTED_COLUMNS:
+        found += f", … ({len(header):,} columns)"
     if hits:
         raise DataError(f"column {wanted!r} is ambiguous in the header: {found}", path, line)
     raise DataError(f"no column {wanted!r} in the header (sep {sep!r}); columns found: {found}", path, line)
@@ -181,15 +209,15 @@ def _id_column(fields: list[str], column: str, lines: np.ndarray, path: PathLike
         if counts[k] == 0:
             what = f"empty {column} field"
         else:
-            what = f"expected one integer id in {column}, found {fields[k]!r}"
+            what = f"expected one integer id in {column}, found {quote(fields[k])}"
         raise DataError(what, path, int(lines[k]))
     return values
 
 
 def _rating_column(fields: list[str], column: str, lines: np.ndarray, path: PathLike) -> np.ndarray:
     """Parse the ratings as float64, or raise naming the line of the first non-finite or non-numeric one."""
-    try:
-        ratings = np.array(fields).astype(np.float64)
+    try:  # float() per field: linear in the text (a fixed-width numpy string array is not, for one huge field)
+        ratings = np.fromiter(map(float, fields), dtype=np.float64, count=len(fields))
     except ValueError:
         ratings = None
     if ratings is not None and np.isfinite(ratings).all():
@@ -200,5 +228,5 @@ def _rating_column(fields: list[str], column: str, lines: np.ndarray, path: Path
         except ValueError:
             ok = False
         if not ok:
-            raise DataError(f"{column} is not a finite number: {field!r}", path, int(lines[k]))
+            raise DataError(f"{column} is not a finite number: {quote(field)}", path, int(lines[k]))
     raise AssertionError("unreachable")  # pragma: no cover

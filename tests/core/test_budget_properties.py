@@ -220,3 +220,67 @@ def test_tell_refuses_decisions_off_the_grid_or_over_the_budget():
     with pytest.raises(BudgetError, match="over the budget"):
         controller.tell(np.full((1, 8), 4), [0.7])
     assert np.array_equal(controller.recommend(), good[0])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(1, 10**40))
+def test_parameter_counts_parse_exactly_however_large(n):
+    """A count never passes through a float: 10**30 stays 10**30, not 1000000000000000019884624838656."""
+    import json
+
+    rows = {"user": 10, "item": 20}
+    budget = Budget.parse(str(n), rows, 8, d_min=0)
+    assert budget.kind == "params" and budget.max_values == n and budget.amount == n and type(budget.amount) is int
+    assert budget.describe() == f"{n:,} parameters"
+    assert budget.usable_values == min(n, budget.full_values)  # a huge count just buys the full tables
+    again = Budget.from_dict(json.loads(json.dumps(budget.to_dict())))
+    assert again == budget and again.amount == n and again.max_values == n
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(10**4, 10**30), st.text("0123456789", max_size=6),
+       st.sampled_from(["B", "KB", "MB", "GB", "KiB", "MiB", "GiB", "kb", "mib"]))
+def test_byte_counts_with_units_parse_exactly(whole, fraction, unit):
+    """``2MB`` is 2 * 10**6 bytes and ``1.5MB`` 1,500,000, exactly; a fraction of a byte is rounded down."""
+    import json
+    import math
+    from fractions import Fraction
+
+    from nas.core.accounting import fixed_bytes
+
+    rows = {"user": 10, "item": 20}
+    scale = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}[unit.lower()]
+    number = f"{whole}.{fraction}" if fraction else str(whole)
+    expected = math.floor(Fraction(number) * scale)
+    budget = Budget.parse(number + unit, rows, 8, d_min=0)
+    assert budget.kind == "bytes" and budget.amount == expected and type(budget.amount) is int
+    assert budget.max_values == (expected - fixed_bytes(rows, 8)) // 4
+    assert budget.describe() == f"{expected:,} bytes"
+    assert Budget.from_dict(json.loads(json.dumps(budget.to_dict()))) == budget
+
+
+def test_byte_units_worked_examples_and_zero():
+    rows = {"user": 1000, "item": 2000}
+    assert Budget.parse("2MB", rows, 64).amount == 2_000_000
+    assert Budget.parse("1.5MB", rows, 64).amount == 1_500_000
+    assert Budget.parse("0.5MiB", rows, 64).amount == 2**19
+    assert Budget.parse("1000000000000000000000000000000", rows, 64).describe() == \
+        "1,000,000,000,000,000,000,000,000,000,000 parameters"
+    zero = Budget.parse("0", rows, 64)  # below 1: a sparsity, keeping everything
+    assert zero.kind == "sparsity" and zero.max_values == zero.full_values
+    for text in ("1/2MB", "1e400xMB", "-1MB", "0x10"):
+        with pytest.raises(BudgetError):
+            Budget.parse(text, rows, 64)
+
+
+def test_budget_dicts_written_with_float_counts_still_read():
+    """metrics.json and checkpoints written before counts were exact hold ``"amount": 1000000.0``."""
+    rows = {"user": 100, "item": 200}
+    old = {"max_values": 5000, "rows": rows, "d_min": 1, "d_max": 64, "kind": "params", "amount": 5000.0, "dtype": "float32"}
+    budget = Budget.from_dict(old)
+    assert budget == Budget.from_params(5000, rows, 64) and type(budget.amount) is int
+    assert budget.describe() == "5,000 parameters"
+    old_bytes = {**old, "max_values": (100_000 - 4096 - 1024 - 300) // 4, "kind": "bytes", "amount": 100000.0}
+    assert Budget.from_dict(old_bytes) == Budget.parse("100KB", rows, 64) and Budget.from_dict(old_bytes).amount == 100_000
+    old_sparsity = Budget.from_dict({**old, "max_values": 1920, "kind": "sparsity", "amount": 0.9})
+    assert old_sparsity == Budget.from_sparsity(0.9, rows, 64) and old_sparsity.describe() == "sparsity 0.9"

@@ -7,9 +7,11 @@ import hashlib
 import json
 import os
 import shutil
+import struct
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -21,13 +23,16 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 import nas.artifact.export as export_module
+import nas.artifact.serving as serving_module
 from nas.core.allocation import Allocation
 from nas.core.budget import Budget
-from nas.core.errors import ArtifactError, BudgetError
+from nas.core.errors import ArtifactError, BudgetError, ConfigError
 from nas.core.accounting import export_bytes
 from nas.pipeline.embedding import MaskableEmbedding
 from nas.artifact.export import export_byte_limit, export_tables
-from nas.artifact.serving import MANIFEST_FILE, TABLES_FILE, PackedArtifactError, PackedEmbedding, manifest_digest
+from nas.artifact.serving import (
+    MANIFEST_FILE, MAX_D_MAX, MAX_MANIFEST_BYTES, TABLES_FILE, PackedArtifactError, PackedEmbedding, manifest_digest,
+)
 
 _BITS = {2: torch.int16, 4: torch.int32, 8: torch.int64}
 
@@ -42,16 +47,25 @@ def assert_bit_identical(a: torch.Tensor, b: torch.Tensor) -> None:
     assert torch.equal(bits(a), bits(b))
 
 
-def make_embedding(rows: dict[str, int], d_max: int, seed: int) -> MaskableEmbedding:
-    """A maskable embedding whose weights include negatives, -0.0, inf and NaN."""
+def make_embedding(rows: dict[str, int], d_max: int, seed: int, dropped_by: Allocation | None = None) -> MaskableEmbedding:
+    """A maskable embedding whose weights include negatives and -0.0.
+
+    With ``dropped_by``, also -inf and NaN, in positions that allocation drops (served as +0.0);
+    the export refuses non-finite values it would keep (test_export_refuses_non_finite_values).
+    """
     embedding = MaskableEmbedding(rows, d_max, seed=seed)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for weight in embedding.weights.values():
+        for name, weight in embedding.weights.items():
             pick = torch.rand(weight.shape, generator=generator)
             weight[pick < 0.1] = -0.0
-            weight[(pick >= 0.1) & (pick < 0.12)] = float("-inf")
-            weight[(pick >= 0.12) & (pick < 0.14)] = float("nan")
+            if dropped_by is None:
+                continue
+            masks = dropped_by.element_masks or {}
+            keep = (torch.from_numpy(masks[name]) if name in masks
+                    else torch.arange(d_max) < torch.from_numpy(dropped_by.row_dims[name]).unsqueeze(1))
+            weight[(pick >= 0.1) & (pick < 0.12) & ~keep] = float("-inf")
+            weight[(pick >= 0.12) & (pick < 0.14) & ~keep] = float("nan")
     return embedding
 
 
@@ -92,7 +106,7 @@ def test_loaded_lookup_is_bit_identical_to_the_masked_model(case):
     allocation = random_allocation(rows, d_min, d_max, rng, with_masks)
     budget_values = max(allocation.cost, sum(rows.values()) * d_min) + slack
     budget = Budget.from_params(budget_values, rows, d_max, d_min)
-    embedding = make_embedding(rows, d_max, seed % 1000)
+    embedding = make_embedding(rows, d_max, seed % 1000, dropped_by=allocation)
     with tempfile.TemporaryDirectory() as tmp:
         export_tables(Path(tmp) / "export", embedding, allocation, budget)
         packed = PackedEmbedding.load(Path(tmp) / "export")
@@ -505,3 +519,282 @@ def test_benchmark_script_runs():
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["sizes"]["bytes_stored"] <= report["sizes"]["budget_max_bytes"]
     assert {row["ids"] for row in report["lookup"]} == {"uniform", "zipf"}
+
+
+# -- reported cases: hostile manifests and files, reproducible bytes, non-finite values ----------
+def _write_manifest_text(folder: Path, text: str) -> None:
+    (folder / MANIFEST_FILE).write_text(text)
+
+
+def test_deeply_nested_manifest_is_refused_naming_the_file(export):
+    """Case 1: 100,000 nested brackets raised RecursionError from json."""
+    _write_manifest_text(export, "[" * 100_000 + "]" * 100_000)
+    with pytest.raises(PackedArtifactError, match=r"manifest\.json: nests deeper than 64 levels"):
+        PackedEmbedding.load(export)
+    # Deep, but not deep enough to exhaust the parser: refused before the digest recurses into it.
+    manifest = {"format": "embnas-packed-embedding", "format_version": 1, "extra": [[[[]]]]}
+    text = json.dumps(manifest).replace("[[[[]]]]", "[" * 900 + "]" * 900)
+    _write_manifest_text(export, text)
+    with pytest.raises(PackedArtifactError, match=r"manifest\.json: nests deeper than 64 levels"):
+        PackedEmbedding.load(export)
+
+
+def test_deeply_nested_safetensors_header_is_refused_naming_the_file(export):
+    header = ("[" * 100_000 + "]" * 100_000).encode()
+    payload = struct.pack("<Q", len(header)) + header
+    (export / TABLES_FILE).write_bytes(payload)
+    _rewrite_manifest(export, lambda m: m["files"][TABLES_FILE].update(bytes=len(payload)))
+    with pytest.raises(PackedArtifactError, match=r"tables\.safetensors: safetensors header nests deeper"):
+        PackedEmbedding.load(export, verify=False)
+
+
+@pytest.mark.parametrize("token", ["1" + "0" * 5000, "-" + "9" * 4400, "123456789012345678901"])
+def test_manifest_with_a_5000_digit_integer_is_refused_naming_the_file(export, token):
+    """Case 1: Python's digit limit raised a bare ValueError naming no file."""
+    text = (export / MANIFEST_FILE).read_text()
+    _write_manifest_text(export, text.replace('"format_version": 1', f'"format_version": {token}'))
+    with pytest.raises(PackedArtifactError, match=r"manifest\.json: is not valid JSON \(an integer of \d[\d,]* digits"):
+        PackedEmbedding.load(export)
+
+
+@pytest.mark.parametrize("token", ["NaN", "Infinity", "-Infinity"])
+def test_manifest_with_non_standard_json_constants_is_refused(export, token):
+    text = (export / MANIFEST_FILE).read_text()
+    _write_manifest_text(export, text.replace('"d_min": 1', f'"d_min": {token}'))
+    with pytest.raises(PackedArtifactError, match=rf"manifest\.json: is not valid JSON \({token} is not standard JSON"):
+        PackedEmbedding.load(export)
+
+
+def test_manifest_errors_stay_on_one_short_line(export):
+    _rewrite_manifest(export, lambda m: m.update(format="x\n" * 100_000))
+    with pytest.raises(PackedArtifactError) as caught:
+        PackedEmbedding.load(export)
+    message = str(caught.value)
+    assert "\n" not in message and len(message) < 400 and message.startswith(f"{export / MANIFEST_FILE}: format is")
+
+
+def _load_in_thread(folder: Path) -> BaseException | None:
+    """Load ``folder`` in a daemon thread; the join's generous timeout only keeps a regression from hanging the suite."""
+    outcome: list[BaseException | None] = []
+
+    def load() -> None:
+        try:
+            PackedEmbedding.load(folder)
+            outcome.append(None)
+        except BaseException as error:  # noqa: BLE001 - handed to the test
+            outcome.append(error)
+
+    thread = threading.Thread(target=load, daemon=True)
+    thread.start()
+    thread.join(120)
+    assert outcome, "PackedEmbedding.load blocked"
+    return outcome[0]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+@pytest.mark.parametrize("name", [TABLES_FILE, MANIFEST_FILE])
+def test_fifo_artifact_file_is_refused_without_blocking(export, name):
+    """Case 2: a FIFO in place of either file blocked the loader forever."""
+    (export / name).unlink()
+    os.mkfifo(export / name)
+    error = _load_in_thread(export)
+    assert isinstance(error, PackedArtifactError)
+    assert str(error) == f"{export / name}: is a FIFO, not a regular file; refusing to read it"
+
+
+@pytest.mark.skipif(not Path("/dev/zero").exists(), reason="needs /dev/zero")
+@pytest.mark.parametrize("name", [TABLES_FILE, MANIFEST_FILE])
+def test_symlink_to_dev_zero_is_refused_without_reading(export, name):
+    """Case 2: a link to /dev/zero was read until MemoryError."""
+    (export / name).unlink()
+    (export / name).symlink_to("/dev/zero")
+    error = _load_in_thread(export)
+    assert isinstance(error, PackedArtifactError)
+    assert str(error) == f"{export / name}: is a character device, not a regular file; refusing to read it"
+
+
+@pytest.mark.parametrize("name", [TABLES_FILE, MANIFEST_FILE])
+def test_folder_in_place_of_an_artifact_file_is_refused(export, name):
+    (export / name).unlink()
+    (export / name).mkdir()
+    with pytest.raises(PackedArtifactError, match=rf"{name}: is a folder, not a regular file"):
+        PackedEmbedding.load(export)
+
+
+def test_oversized_manifest_is_refused_without_reading(export):
+    """A manifest past MAX_MANIFEST_BYTES (a sparse file: nothing is written) is refused from its size."""
+    with open(export / MANIFEST_FILE, "r+b") as handle:
+        handle.truncate(MAX_MANIFEST_BYTES + 1)
+    with pytest.raises(PackedArtifactError, match=rf"manifest\.json: is {MAX_MANIFEST_BYTES + 1:,} bytes, more than the"):
+        PackedEmbedding.load(export)
+
+
+@pytest.mark.parametrize("declared", [2**63, -1, 0])
+def test_payload_size_is_bounded_by_the_file_on_disk(export, declared):
+    """The manifest's size for the payload must be the file's: an enormous one is never used as a read size."""
+    _rewrite_manifest(export, lambda m: m["files"][TABLES_FILE].update(bytes=declared))
+    with pytest.raises(PackedArtifactError, match=r"tables\.safetensors: is [\d,]+ bytes but the manifest says"):
+        PackedEmbedding.load(export)
+
+
+def test_file_that_grows_while_read_is_refused(export):
+    """The size checked is the open descriptor's; bytes appended after that check are caught, not read."""
+    path = export / TABLES_FILE
+    fd, size = serving_module._open_regular(path, "missing")
+    with open(path, "ab") as handle:
+        handle.write(b"more")
+    with pytest.raises(PackedArtifactError, match=r"tables\.safetensors: grew while it was read"):
+        serving_module._read_fd(fd, size, path)
+
+
+_EXPORT_SCRIPT = """
+import sys
+import numpy as np
+import torch
+from nas.artifact.export import export_tables
+from nas.core.allocation import Allocation
+from nas.core.budget import Budget
+
+rows = {f"table{i}": 20 + i for i in range(8)}
+rng = np.random.default_rng(0)
+dims = {name: rng.integers(0, 9, n) for name, n in rows.items()}
+masks = {"table3": (rng.random((23, 8)) < 0.5) & (np.arange(8) < dims["table3"][:, None])}
+weights = {name: torch.from_numpy(rng.standard_normal((n, 8)).astype(np.float32)) for name, n in rows.items()}
+allocation = Allocation(dims, masks)
+budget = Budget.from_params(allocation.cost, rows, 8, d_min=0)
+export_tables(sys.argv[1], weights, allocation, budget, config_hash="c", extra={"z": 1, "a": {"y": 2, "b": 3}})
+"""
+
+
+def test_exports_are_byte_for_byte_reproducible_across_processes(tmp_path):
+    """Case 3: safetensors' metadata (a Rust HashMap) came out in a different order on every export."""
+    folders, processes = [tmp_path / "e1", tmp_path / "e2"], []
+    for seed, folder in zip(("1", "2"), folders):
+        env = {**os.environ, "PYTHONHASHSEED": seed, "PYTHONPATH": str(Path(export_module.__file__).parents[2])}
+        processes.append(subprocess.Popen([sys.executable, "-c", _EXPORT_SCRIPT, str(folder)], env=env))
+    assert [process.wait() for process in processes] == [0, 0]
+    for name in (TABLES_FILE, MANIFEST_FILE):
+        contents = {(folder / name).read_bytes() for folder in folders}
+        assert len(contents) == 1, name
+    payload = (folders[0] / TABLES_FILE).read_bytes()
+    (length,) = struct.unpack("<Q", payload[:8])
+    assert list(json.loads(payload[8 : 8 + length])["__metadata__"]) == ["format", "manifest_sha256"]
+    PackedEmbedding.load(folders[0])
+
+
+def test_repeated_exports_in_one_process_are_identical(pristine, tmp_path):
+    rows = {"user": 40, "item": 60}
+    allocation = random_allocation(rows, 1, 8, np.random.default_rng(5), masks=True)
+    budget = Budget.from_params(allocation.cost, rows, 8, d_min=1)
+    embedding = make_embedding(rows, 8, 1)
+    for name in ("a", "b", "c"):
+        export_tables(tmp_path / name, embedding, allocation, budget)
+    for name in (TABLES_FILE, MANIFEST_FILE):
+        assert len({(tmp_path / folder / name).read_bytes() for folder in "abc"}) == 1
+
+
+def test_the_written_payload_is_standard_safetensors(export):
+    """The hand-written payload reads back with safetensors itself, tensors and metadata alike."""
+    from safetensors import safe_open
+
+    manifest = json.loads((export / MANIFEST_FILE).read_text())
+    with safe_open(str(export / TABLES_FILE), "pt") as handle:
+        assert handle.metadata() == {"format": manifest["format"], "manifest_sha256": manifest_digest(manifest)}
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    assert tensors.keys() == st_load((export / TABLES_FILE).read_bytes()).keys() == {
+        f"{name}.{part}" for name in ("user", "item") for part in ("row_dims", "values")
+    }
+
+
+def test_exports_written_by_safetensors_save_still_load(export):
+    """Older exports (written by safetensors.save, metadata in any order) load exactly as before."""
+    before = PackedEmbedding.load(export)
+    _reseal(export, st_load((export / TABLES_FILE).read_bytes()))
+    after = PackedEmbedding.load(export)
+    for name in before.tables:
+        assert_bit_identical(after.table(name), before.table(name))
+
+
+def _tiny_interactions(path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    lines = ["user_id,item_id"] + [f"{u},{i}" for u in range(60) for i in rng.choice(80, 8, replace=False)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_embnas_export_of_a_run_is_byte_for_byte_reproducible(tmp_path, capsys):
+    """Case 3, end to end: `embnas export RUN` twice gives the same bytes (and those of the search's own export)."""
+    from nas.app.cli import main
+
+    data = _tiny_interactions(tmp_path / "interactions.csv")
+    assert main(["search", "--runs", str(tmp_path), "--name", "r", "--epochs", "1", "--eval-every", "1", "--quiet",
+                 "--fitness-users", "300", "--data", str(data), "--d-max", "8", "--budget", "0.5"]) == 0
+    run = tmp_path / "r"
+    assert main(["export", str(run), "--out", str(tmp_path / "again")]) == 0
+    assert main(["export", str(run)]) == 0  # replaces the search's own export
+    capsys.readouterr()
+    for name in (TABLES_FILE, MANIFEST_FILE):
+        assert (tmp_path / "again" / name).read_bytes() == (run / "export" / name).read_bytes(), name
+
+
+def test_export_refuses_non_finite_values(tmp_path):
+    """Case 4: NaN or inf among the kept values means the model diverged; nothing is written."""
+    rows = {"user": 6, "item": 4}
+    allocation = Allocation({"user": np.full(6, 3), "item": np.full(4, 2)})
+    budget = Budget.from_params(allocation.cost, rows, 4)
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        weights = {name: torch.randn(n, 4) for name, n in rows.items()}
+        weights["item"][2, 1] = bad
+        with pytest.raises(ArtifactError, match=r"table 'item' holds 1 non-finite values .*the model diverged"):
+            export_tables(tmp_path / "e", weights, allocation, budget)
+        assert list(tmp_path.iterdir()) == []
+    # In a dropped position it is never exported: the served value is +0.0.
+    weights["item"][2, 1], weights["item"][2, 3] = 0.0, float("nan")
+    export_tables(tmp_path / "e", weights, allocation, budget)
+    assert bool(torch.isfinite(PackedEmbedding.load(tmp_path / "e").table("item")).all())
+
+
+def test_export_refuses_values_that_overflow_the_stored_dtype(tmp_path):
+    rows = {"user": 3}
+    weights = {"user": torch.ones(3, 4)}
+    weights["user"][1, 0] = 1e6  # finite in float32, inf in float16
+    allocation = Allocation({"user": np.full(3, 2)})
+    with pytest.raises(ConfigError, match=r"table 'user': 1 of its values overflow float16; export them as float32"):
+        export_tables(tmp_path / "e", weights, allocation, Budget.from_params(6, rows, 4, dtype="float16"))
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_load_refuses_non_finite_values(export, bad):
+    """Case 4: an artifact holding non-finite values (resealed, so no other check objects) is refused."""
+    tensors = st_load((export / TABLES_FILE).read_bytes())
+    values = tensors["item.values"].clone()
+    values[3] = bad
+    _reseal(export, {**tensors, "item.values": values})
+    with pytest.raises(PackedArtifactError, match=r"tables\.safetensors: table 'item' holds 1 non-finite values"):
+        PackedEmbedding.load(export)
+
+
+def test_implausibly_wide_tables_are_refused(export, tmp_path):
+    """A manifest's d_max sizes buffers at load: past MAX_D_MAX it is refused (and never exported)."""
+    _rewrite_manifest(export, lambda m: m.update(d_max=MAX_D_MAX + 1))
+    _reseal(export, st_load((export / TABLES_FILE).read_bytes()))
+    with pytest.raises(PackedArtifactError, match=rf"manifest\.json: has d_max={MAX_D_MAX + 1:,}, wider than"):
+        PackedEmbedding.load(export)
+    rows = {"user": 2}
+    with pytest.raises(ConfigError, match="wider than"):
+        export_tables(tmp_path / "wide", {"user": torch.ones(2, MAX_D_MAX + 1)}, Allocation({"user": np.ones(2, dtype=int)}),
+                      Budget.from_params(2, rows, MAX_D_MAX + 1))
+
+
+def test_wide_tables_serve_without_a_prefix_table(tmp_path):
+    """Past 1,024 columns the prefix mask is computed per lookup (bounded memory), still bit for bit."""
+    rows = {"user": 5}
+    d_max = 1500
+    weights = {"user": torch.randn(5, d_max)}
+    allocation = Allocation({"user": np.array([0, 1, 1024, 1499, 1500])})
+    export_tables(tmp_path / "e", weights, allocation, Budget.from_params(allocation.cost, rows, d_max, d_min=0))
+    packed = PackedEmbedding.load(tmp_path / "e")
+    expected = torch.where(torch.arange(d_max) < torch.from_numpy(allocation.row_dims["user"]).unsqueeze(1), weights["user"], 0.0)
+    assert_bit_identical(packed.table("user"), expected)
+    assert packed.memory_bytes() < 5 * d_max * 4 + 64 * 1024
