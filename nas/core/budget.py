@@ -118,6 +118,8 @@ class Budget:
         is that many parameters, ``1.5MB`` is 1,500,000 bytes (a fraction of a byte is
         rounded down).
         """
+        if not isinstance(text, str):
+            raise BudgetError(f"a budget is text such as 0.9, 250000 or 2MB, got {type(text).__name__}")
         raw = text.strip()
         units = {"kib": 1024, "mib": 1024**2, "gib": 1024**3, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "b": 1}
         lowered = raw.lower()

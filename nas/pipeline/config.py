@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import numbers
 import os
+import reprlib
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
@@ -233,6 +234,25 @@ D_MAX_DEFAULTS: dict[str, int] = {"top-k": 64, "click": 16}
 D_MAX_LIMIT = 65_535
 
 
+#: The type every plain field of :class:`SearchConfig` must have (a configuration read
+#: from a damaged config.json is refused here, not deep inside a stage).
+_SEARCH_TYPES: dict[str, type | tuple[type, ...]] = {
+    "model": str, "budget": str, "space": str, "controller": str, "evaluator": str, "retrain": str, "device": str,
+    "space_options": dict, "controller_options": dict, "trials": int, "ask_batch": int, "fitness_users": int,
+    "retrain_top": int, "seed": int, "d_min": int, "d_max": (int, type(None)), "threads": (int, type(None)),
+    "data": DataSpec, "supernet": SupernetOptions, "finetune": FineTuneConfig, "train": (TrainingOptions, type(None)),
+}
+
+
+def _check_types(options: Any, types: Mapping[str, type | tuple[type, ...]]) -> None:
+    """Raise :class:`ConfigError` naming the first field whose value is not of its type (a bool is not an int)."""
+    for name, kind in types.items():
+        value = getattr(options, name)
+        if not isinstance(value, kind) or (isinstance(value, bool) and kind in (int, (int, type(None)))):
+            names = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
+            raise ConfigError(f"the option {name} must be {names}, got {reprlib.repr(value)}")
+
+
 @dataclass(frozen=True)
 class SearchConfig:
     """Everything that defines a run; written to ``config.json`` and hashed.
@@ -294,6 +314,7 @@ class SearchConfig:
 
     def __post_init__(self) -> None:
         _refuse_non_finite("search", self, {"space_options": "--space-option", "controller_options": "--controller-option"})
+        _check_types(self, _SEARCH_TYPES)
         checks = [
             (self.d_max is None or 1 <= self.d_max <= D_MAX_LIMIT,
              f"--d-max must be between 1 and {D_MAX_LIMIT:,} (embedding widths are 16 to 64 in practice), got {self.d_max}"),
