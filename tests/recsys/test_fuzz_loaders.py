@@ -286,18 +286,11 @@ def _fuzz(target: str, cases: int, tmp_path: Path) -> int:
     return ran
 
 
+@pytest.mark.parametrize("cases", [DEFAULT_CASES, pytest.param(SLOW_CASES, marks=pytest.mark.slow, id="slow")])
 @pytest.mark.parametrize("target", sorted(TARGETS))
-def test_fuzz_loader_raises_only_data_errors(target: str, tmp_path: Path) -> None:
+def test_fuzz_loader_raises_only_data_errors(target: str, cases: int, tmp_path: Path) -> None:
     start = time.perf_counter()
-    ran = _fuzz(target, DEFAULT_CASES, tmp_path)
-    print(f"\nfuzz {target}: {ran} cases in {time.perf_counter() - start:.1f} s")
-    assert ran == DEFAULT_CASES
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("target", sorted(TARGETS))
-def test_fuzz_loader_long(target: str, tmp_path: Path) -> None:
-    start = time.perf_counter()
-    ran = _fuzz(target, SLOW_CASES, tmp_path)
-    print(f"\nfuzz {target} (slow): {ran} cases in {time.perf_counter() - start:.1f} s")
-    assert ran == SLOW_CASES
+    ran = _fuzz(target, cases, tmp_path)
+    profile = " (slow)" if cases == SLOW_CASES else ""
+    print(f"\nfuzz {target}{profile}: {ran} cases in {time.perf_counter() - start:.1f} s")
+    assert ran == cases
