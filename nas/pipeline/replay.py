@@ -18,14 +18,10 @@ from nas.core.errors import ArtifactError, BudgetError
 from nas.pipeline.build import Data, Model, build_model, load_checkpoint
 from nas.pipeline.config import SearchConfig
 from nas.pipeline.data import load_data
-from nas.pipeline.runs import Run
+from nas.pipeline.runs import DAMAGED_JSON_ERRORS, Run
 from nas.pipeline.tasks import task_for
 
 __all__ = ["evaluate_run", "export_run", "load_allocated_model", "read_config"]
-
-#: What :meth:`SearchConfig.from_dict` raises on a configuration of the wrong shape (ConfigError is a ValueError).
-_UNREADABLE = (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError, RecursionError)
-
 
 def read_config(run: Run) -> SearchConfig:
     """The run's :class:`~nas.pipeline.config.SearchConfig`, read from its checked ``config.json``.
@@ -37,7 +33,7 @@ def read_config(run: Run) -> SearchConfig:
     recorded = run.config()
     try:
         return SearchConfig.from_dict(recorded)
-    except _UNREADABLE as error:
+    except DAMAGED_JSON_ERRORS as error:  # a configuration of the wrong shape (ConfigError is a ValueError)
         raise ArtifactError(f"{run.path('config.json')}: not a search configuration this version reads "
                             f"({type(error).__name__}: {str(error)[:200]})") from None
 

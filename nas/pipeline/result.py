@@ -21,7 +21,7 @@ from nas.artifact.export import export_tables
 from nas.core.allocation import Allocation
 from nas.core.budget import Budget
 from nas.core.errors import ArtifactError, EmbnasError
-from nas.pipeline.runs import Run
+from nas.pipeline.runs import DAMAGED_JSON_ERRORS, Run
 
 __all__ = ["RESULT_FORMAT", "RESULT_VERSION", "Retrained", "SearchResult"]
 
@@ -257,8 +257,7 @@ class SearchResult:
             )
         except ArtifactError:
             raise
-        except (EmbnasError, KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError,
-                RecursionError) as error:  # wrong types, missing keys, numbers out of range, an infeasible budget
+        except (EmbnasError, *DAMAGED_JSON_ERRORS) as error:  # wrong types, missing keys, an infeasible budget
             raise ArtifactError(f"{source}: damaged search result ({type(error).__name__}: {str(error)[:200]})") from None
 
     @classmethod

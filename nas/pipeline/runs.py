@@ -65,7 +65,7 @@ from nas.core.allocation import Allocation
 from nas.core.errors import ArtifactError, ConfigError, ResumeError, StorageError
 from nas.pipeline._lock import LOCK_FILE, FolderLock
 
-__all__ = ["HASHES_FILE", "LOCK_FILE", "MemoryRun", "Run", "config_hash"]
+__all__ = ["DAMAGED_JSON_ERRORS", "HASHES_FILE", "LOCK_FILE", "MemoryRun", "Run", "config_hash"]
 
 #: The append-only index of the sha256 of every file the run wrote whole.
 HASHES_FILE = "hashes.jsonl"
@@ -77,7 +77,7 @@ _APPENDED = frozenset({EVENTS_FILE, HASHES_FILE})
 
 #: Errors a damaged or edited JSON document raises when it is read or walked (huge
 #: numbers, deep nesting, wrong types), besides what the JSON decoder raises.
-_DAMAGED = (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError, RecursionError)
+DAMAGED_JSON_ERRORS = (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError, RecursionError)
 
 
 def config_hash(config: Mapping[str, Any]) -> str:
@@ -200,7 +200,7 @@ class Run:
                                 "expected); the file was edited or damaged")
         try:
             actual = config_hash(record["config"])
-        except _DAMAGED as error:
+        except DAMAGED_JSON_ERRORS as error:
             raise ArtifactError(f"{path}: damaged configuration ({type(error).__name__})") from None
         if actual != record["config_hash"]:
             raise ArtifactError(
@@ -218,7 +218,7 @@ class Run:
         if upgrade is not None:
             try:
                 recorded = dict(upgrade(recorded))
-            except _DAMAGED as error:  # a configuration this version cannot read (ConfigError is a ValueError)
+            except DAMAGED_JSON_ERRORS as error:  # a configuration this version cannot read (ConfigError is a ValueError)
                 raise ArtifactError(f"{self.path('config.json')}: not a configuration this version reads "
                                     f"({type(error).__name__}: {str(error)[:200]})") from None
         if config_hash(recorded) == config_hash(config):
