@@ -49,8 +49,7 @@ def summary_table(result: SearchResult) -> str:
     lines = [header, "  " + "-" * (len(header) - 2)]
     for key in _METRICS:
         if key in full and key in allocated:
-            ratio = allocated[key] / full[key] if full[key] else float("nan")
-            lines.append(f"  {key:<12}{full[key]:>10.4f}{allocated[key]:>11.4f}{ratio:>8.3f}")
+            lines.append(f"  {key:<12}{full[key]:>10.4f}{allocated[key]:>11.4f}{result.ratio(key):>8.3f}")
     return _rows_to_text(facts) + "\n\n" + "\n".join(lines)
 
 
