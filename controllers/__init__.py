@@ -7,6 +7,7 @@ from controllers.evolutionary import Evolutionary
 from controllers.optuna_search import OptunaSearch
 from controllers.policy_gradient import PolicyGradient
 from controllers.pruning import LearnableThresholds, MagnitudePruning
+from controllers.shape import FrequencyShape
 from nas.core.plugins import CONTROLLERS, register_controller
 
 __all__ = [
@@ -16,6 +17,7 @@ __all__ = [
     "EqualSizes",
     "Evolutionary",
     "FrequencyRule",
+    "FrequencyShape",
     "LearnableThresholds",
     "MagnitudePruning",
     "OptunaSearch",

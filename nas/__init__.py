@@ -8,6 +8,7 @@ Use it from Python::
     result.allocation, result.metrics["test"]["ndcg@20"]
     result.export("out/")                  # the packed tables, loaded by nas.PackedEmbedding
     result = nas.resume("runs/<id>")       # a run folder continues where it stopped
+    nas.compare("grid.toml", jobs=4)       # arms x budgets x seeds, compared seed by seed
 
 The layers, lowest first: :mod:`nas.core` (types and contracts), :mod:`nas.artifact`
 (the export and its serving loader), :mod:`nas.pipeline` (configuration, tasks,
@@ -31,6 +32,7 @@ from nas.core._lazy import lazy_names as _lazy_names
 
 if TYPE_CHECKING:
     from nas.app.api import resume, search
+    from nas.app.compare import compare
     from nas.artifact.serving import PackedEmbedding
     from nas.core.allocation import Allocation
     from nas.core.budget import Budget
@@ -49,6 +51,7 @@ if TYPE_CHECKING:
 _PUBLIC = {
     "search": "nas.app.api",
     "resume": "nas.app.api",
+    "compare": "nas.app.compare",
     "SearchResult": "nas.pipeline.result",
     "SearchConfig": "nas.pipeline.config",
     "TrainingOptions": "nas.pipeline.config",
@@ -103,6 +106,7 @@ __all__ = [
     "SearchSpace",
     "SupernetOptions",
     "TrainingOptions",
+    "compare",
     "register_backbone",
     "register_controller",
     "register_space",

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -10,6 +12,23 @@ import torch
 
 #: The fuzz tests' count lines of this run.
 _collected: list[str] = []
+
+
+@pytest.fixture(scope="session", autouse=True)
+def reference_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One cache of full reference models for the whole test run (never the user's own cache).
+
+    Tests that train the same reference (same data, backbone, recipe and seed) share it,
+    as runs do; subprocesses of the command line inherit it through the environment.
+    """
+    folder = tmp_path_factory.mktemp("embnas-cache")
+    previous = os.environ.get("EMBNAS_CACHE")
+    os.environ["EMBNAS_CACHE"] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop("EMBNAS_CACHE", None)
+    else:
+        os.environ["EMBNAS_CACHE"] = previous
 
 
 @pytest.fixture(scope="session")

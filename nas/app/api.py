@@ -1,7 +1,7 @@
 """The library API: :func:`search` and :func:`resume`, what ``embnas search`` and ``embnas resume`` call.
 
 Everything the command line offers is a keyword here, and the data may live in
-memory.  ``run_dir=None`` keeps the whole run in memory and writes nothing; a path
+memory.  ``run_dir=None`` keeps the whole run in memory (only the shared reference cache is written); a path
 gives the crash-safe run folder of the command line, which :func:`resume` continues.
 """
 
@@ -39,6 +39,7 @@ def search(
     run_dir: str | Path | None = None,
     runs_root: str | Path | None = None,
     progress: bool = True,
+    reference_cache: str | Path | None = None,
     **options: Any,
 ) -> SearchResult:
     """Search embedding sizes under a hard budget: train, search, retrain the best, test and export.
@@ -58,14 +59,18 @@ def search(
         train: training options: a :class:`~nas.pipeline.config.TrainingOptions`, or a
             mapping of the fields to change from the model's task defaults (``{"epochs": 20}``).
         run_dir: the run folder, made or continued (crash-safe: :func:`resume` goes on
-            after a crash); ``None`` keeps the run in memory and writes nothing.
+            after a crash); ``None`` keeps the run in memory (it writes only to the reference cache).
         runs_root: with no ``run_dir``, a new run folder named by time and hash inside it
             (what ``embnas search`` does).
         progress: draw progress bars.
+        reference_cache: where the plainly trained full models the results are compared with
+            are cached, shared by every run (default ``$EMBNAS_CACHE``, else
+            ``~/.cache/embnas``); ``reference="none"`` trains none.
         **options: any other field of :class:`~nas.pipeline.config.SearchConfig`:
             ``d_max``, ``d_min``, ``space_options``, ``controller_options``, ``ask_batch``,
             ``fitness_users``, ``supernet``, ``evaluator``, ``finetune``, ``retrain_top``,
-            ``retrain``, ``device``, ``threads`` (``supernet`` and ``finetune`` also as mappings).
+            ``retrain``, ``device``, ``threads``, ``reference`` (``supernet`` and ``finetune`` also
+            as mappings).
 
     Returns:
         The :class:`~nas.pipeline.result.SearchResult`: ``result.allocation``,
@@ -79,7 +84,7 @@ def search(
     config = configure(data, budget=budget, model=model, controller=controller, space=space, trials=trials, seed=seed,
                        train=train, **options)
     in_memory = data if isinstance(data, (InteractionData, CTRData)) else None
-    return run_search(config, in_memory, run_dir, runs_root=runs_root, progress=progress)
+    return run_search(config, in_memory, run_dir, runs_root=runs_root, progress=progress, reference_cache=reference_cache)
 
 
 def configure(
@@ -108,7 +113,11 @@ def configure(
 
 
 def resume(
-    run_dir: str | Path, *, data: InteractionData | CTRData | None = None, progress: bool = True
+    run_dir: str | Path,
+    *,
+    data: InteractionData | CTRData | None = None,
+    progress: bool = True,
+    reference_cache: str | Path | None = None,
 ) -> SearchResult:
     """Continue a run folder where it stopped, or reload a finished one; the same result as an uninterrupted run.
 
@@ -117,12 +126,13 @@ def resume(
         data: the data, when the run searched data given in memory (the same data: its
             fingerprint is checked).
         progress: draw progress bars.
+        reference_cache: where the full reference models are cached (as :func:`search`).
 
     Raises:
         ArtifactError: ``run_dir`` is not a run folder.
         ResumeError: the data changed since the run started.
     """
-    return resume_run(run_dir, data, progress=progress)
+    return resume_run(run_dir, data, progress=progress, reference_cache=reference_cache)
 
 
 def _data_spec(data: Any, model: str, seed: int) -> DataSpec:

@@ -28,6 +28,7 @@ def _add_search_options(parser: argparse.ArgumentParser) -> None:
         EVALUATORS,
         PROPOSAL_SOURCES,
         RETRAIN_MODES,
+        REFERENCES,
         SUPERNET_MODES,
         TRAINING_DEFAULTS,
         SearchConfig,
@@ -137,6 +138,12 @@ def _add_search_options(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--device", default=defaults.device, help="torch device (default: %(default)s)")
     run.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     run.add_argument("--runs", default="runs", help="folder of run folders (default: %(default)s)")
+    run.add_argument("--reference", choices=REFERENCES, default=defaults.reference,
+                     help="what the allocated model is compared with: a plainly trained full model of the same "
+                          "backbone, training and seed, trained once and cached for later runs; or none (the supernet "
+                          "at full size, which flatters the ratio) (default: %(default)s)")
+    run.add_argument("--reference-cache", type=Path,
+                     help="folder of the cached full reference models (default: $EMBNAS_CACHE, else ~/.cache/embnas)")
     run.add_argument("--name", help="run folder name (default: time and config hash)")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -181,8 +188,9 @@ def _search_arguments(args: argparse.Namespace) -> dict[str, Any]:
         space_options=_space_options(args), controller=args.controller,
         controller_options=_key_values(args.controller_option, "--controller-option"),
         trials=args.trials, ask_batch=args.ask_batch, fitness_users=args.fitness_users, retrain_top=args.retrain_top,
-        seed=args.seed, train=train, device=args.device, threads=args.threads,
+        seed=args.seed, train=train, device=args.device, threads=args.threads, reference=args.reference,
         run_dir=Path(args.runs) / args.name if args.name else None, runs_root=args.runs, progress=not args.quiet,
+        reference_cache=args.reference_cache,
         **protocol,
     )
 
@@ -192,7 +200,7 @@ def _config_from_args(args: argparse.Namespace):  # noqa: ANN202 - a SearchConfi
     from nas.app.api import configure
 
     arguments = _search_arguments(args)
-    for key in ("run_dir", "runs_root", "progress"):
+    for key in ("run_dir", "runs_root", "progress", "reference_cache"):
         arguments.pop(key)
     return configure(**arguments)
 
@@ -277,7 +285,7 @@ def _cmd_resume(args: argparse.Namespace) -> int:
     from nas.app.api import resume
     from nas.app.summary import summary_table
 
-    print(summary_table(resume(args.run, progress=not args.quiet)))
+    print(summary_table(resume(args.run, progress=not args.quiet, reference_cache=args.reference_cache)))
     return 0
 
 
@@ -303,6 +311,20 @@ def _cmd_report(args: argparse.Namespace) -> int:
     for path in write_report(args.run):
         print(f"wrote {path}")
     return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from nas.app.compare import compare
+
+    try:
+        comparison = compare(args.grid, args.out, jobs=args.jobs, report_only=args.report_only, progress=not args.quiet)
+    except KeyboardInterrupt:
+        print("embnas: interrupted; run the same command again to finish the cells that are missing", file=sys.stderr)
+        return 130
+    print(comparison.markdown, end="")
+    for path in comparison.paths.values():
+        print(f"wrote {path}")
+    return _EXIT_ERROR if comparison.failures else 0
 
 
 def _cmd_controllers(args: argparse.Namespace) -> int:
@@ -413,6 +435,8 @@ def build_parser() -> argparse.ArgumentParser:
                                  description="Continue a run folder where it stopped; the result is the one the uninterrupted run gives.")
     resume.add_argument("run", type=Path, help="the run folder (runs/<id>)")
     resume.add_argument("--quiet", action="store_true", help="no progress bars")
+    resume.add_argument("--reference-cache", type=Path,
+                        help="folder of the cached full reference models (default: $EMBNAS_CACHE, else ~/.cache/embnas)")
     resume.set_defaults(handler=_cmd_resume)
 
     evaluate = commands.add_parser("evaluate", help="re-evaluate a finished run's retrained model", description="Recompute the metrics of a run's retrained, allocated model.")
@@ -429,6 +453,21 @@ def build_parser() -> argparse.ArgumentParser:
                                  description="Write <run>/report/allocation.png: kept dimensions against log-frequency, per table.")
     report.add_argument("run", type=Path, help="the run folder (runs/<id>)")
     report.set_defaults(handler=_cmd_report)
+
+    grid = commands.add_parser("compare", help="compare allocations over a grid of arms x budgets x seeds (paired statistics)",
+                               description="Run every cell of a grid file (arms x budgets x seeds, each a search in its own "
+                                           "run folder) that is not finished, then compare each arm with the baselines seed "
+                                           "by seed: a 95 % t interval of the mean difference, 'better' or 'worse' only "
+                                           "when it excludes zero. Writes comparison.md, .json and .png. Running it again "
+                                           "finishes only what is missing; the exit status is 2 when a cell failed.")
+    grid.add_argument("grid", type=Path, metavar="GRID.toml", help="the grid file (see README: Compare allocations)")
+    grid.add_argument("--out", type=Path, help="output folder; the cells run in <out>/runs (default: beside the grid "
+                                               "file, named after it)")
+    grid.add_argument("--jobs", type=int, default=1, help="cells run side by side, one process and one torch thread "
+                                                          "each (default: %(default)s)")
+    grid.add_argument("--report-only", action="store_true", help="run nothing; write the outputs from the finished cells")
+    grid.add_argument("--quiet", action="store_true", help="no progress bar")
+    grid.set_defaults(handler=_cmd_compare)
 
     listing = commands.add_parser("controllers", help="list the available controllers", description="List registered controllers, built-in and from plug-ins.")
     listing.set_defaults(handler=_cmd_controllers)

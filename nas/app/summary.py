@@ -30,7 +30,7 @@ def summary_table(result: SearchResult) -> str:
     )
     exported = "exported" if result.run_dir is not None else "in the export"
     facts = [
-        ("run", str(result.run_dir) if result.run_dir is not None else "in memory (nothing written)"),
+        ("run", str(result.run_dir) if result.run_dir is not None else "in memory (no run folder)"),
         ("data", _data_text(result.data)),
         ("search", f"{result.controller} controller, {result.space} space"),
         ("budget", _budget_text(result)),
@@ -41,17 +41,27 @@ def summary_table(result: SearchResult) -> str:
         *_search_facts(result),
         ("time", _time_text(result)),
     ]
-    header = f"  {'test metric':<12}{'full':>10}{'allocated':>11}{'ratio':>8}"
-    if result.reference == "sandwich":
-        facts.append(("full", "the sandwich-trained supernet with every row at d_max"))
-    elif result.reference == "one-shot":
-        facts.append(("full", "the supernet trained with the controller, every row at d_max and unmasked"))
+    facts.append(("full", _REFERENCES.get(result.reference, result.reference)
+                  + (f" (cached in {result.reference_dir})" if result.reference_dir is not None else "")))
+    supernet = (result.supernet_metrics or {}).get("test") or {}
+    if supernet:
+        facts.append(("supernet", _REFERENCES.get(result.supernet or "", str(result.supernet)) + ", for comparison"))
+    header = (f"  {'test metric':<12}{'full':>10}" + (f"{'supernet':>10}" if supernet else "")
+              + f"{'allocated':>11}{'ratio':>8}")
     lines = [header, "  " + "-" * (len(header) - 2)]
     for key in _METRICS:
         if key in full and key in allocated:
-            lines.append(f"  {key:<12}{full[key]:>10.4f}{allocated[key]:>11.4f}{result.ratio(key):>8.3f}")
+            beside = f"{supernet[key]:>10.4f}" if key in supernet else (" " * 10 if supernet else "")
+            lines.append(f"  {key:<12}{full[key]:>10.4f}{beside}{allocated[key]:>11.4f}{result.ratio(key):>8.3f}")
     return _rows_to_text(facts) + "\n\n" + "\n".join(lines)
 
+
+#: What the "full" model of a result is, in words.
+_REFERENCES = {
+    "full": "a plainly trained full model (every row at d_max), same backbone, training and seed",
+    "sandwich": "the sandwich-trained supernet with every row at d_max",
+    "one-shot": "the supernet trained with the controller, every row at d_max and unmasked",
+}
 
 #: The test metrics shown, in order, of whichever task the run had.
 _METRICS = ("recall@20", "ndcg@20", "recall@10", "ndcg@10", "auc", "logloss")
@@ -104,5 +114,6 @@ def _search_facts(result: SearchResult) -> list[tuple[str, str]]:
 
 def _time_text(result: SearchResult) -> str:
     timing = result.timings
-    parts = ", ".join(f"{stage} {timing[stage]:.1f} s" for stage in ("supernet", "search", "retrain") if stage in timing)
+    parts = ", ".join(f"{stage} {timing[stage]:.1f} s" for stage in ("reference", "supernet", "search", "retrain")
+                      if stage in timing)
     return f"{result.seconds:.1f} s" + (f" ({parts})" if parts else "")

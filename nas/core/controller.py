@@ -54,6 +54,9 @@ class Controller(ABC):
     needs_fitness: ClassVar[bool] = True
     #: Names of the spaces it supports, or ``None`` for every space.
     spaces: ClassVar[tuple[str, ...] | None] = None
+    #: The supernet its fitness is designed for (``"sandwich"`` or ``"full"``), used when a
+    #: run leaves the choice to it (``--supernet auto``, the default); ``None``: the sandwich.
+    preferred_supernet: ClassVar[str | None] = None
     #: ``True`` when it reads the space's per-decision context (table, frequency): a space
     #: must then give ``table`` and ``log_frequency`` for every decision.
     needs_context: ClassVar[bool] = False

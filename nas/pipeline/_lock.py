@@ -38,18 +38,25 @@ class FolderLock:
         self._fd: int | None = fd
 
     @classmethod
-    def acquire(cls, folder: Path, storage: Callable[[Path], Any]) -> FolderLock | None:
+    def acquire(
+        cls, folder: Path, storage: Callable[[Path], Any], *, wait: Callable[[int | None], None] | None = None
+    ) -> FolderLock | None:
+        """Lock ``folder``; when another process holds it, raise :class:`RunLockedError`, or
+        with ``wait`` call ``wait(holder_pid)`` once and block until the holder is done."""
         if fcntl is None:  # pragma: no cover - no flock on this platform
             return None
         path = folder / LOCK_FILE
         with storage(path):
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~current_umask())
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = _holder(fd)
-            os.close(fd)
-            raise RunLockedError(_locked_message(folder, holder)) from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _holder(fd)
+                if wait is None:
+                    raise RunLockedError(_locked_message(folder, holder)) from None
+                wait(holder)
+                fcntl.flock(fd, fcntl.LOCK_EX)
         except BaseException:
             os.close(fd)
             raise

@@ -11,7 +11,7 @@ import numbers
 import os
 import reprlib
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 import torch
@@ -27,6 +27,7 @@ __all__ = [
     "D_MAX_LIMIT",
     "EVALUATORS",
     "PROPOSAL_SOURCES",
+    "REFERENCES",
     "RETRAIN_MODES",
     "SUPERNET_MODES",
     "TRAINING_COPIES",
@@ -44,8 +45,8 @@ __all__ = [
 #: :func:`nas.pipeline.search.finetune_epochs`).
 RETRAIN_MODES = ("full", "halving", "finetune")
 
-#: How the supernet is trained (see :mod:`nas.pipeline.supernet`).
-SUPERNET_MODES = ("sandwich", "full")
+#: How the supernet is trained (see :mod:`nas.pipeline.supernet`); ``auto`` leaves it to the controller.
+SUPERNET_MODES = ("auto", "sandwich", "full")
 #: Where the sandwich's random allocations come from.
 PROPOSAL_SOURCES = ("space", "controller")
 
@@ -83,7 +84,9 @@ class SupernetOptions:
     """How the supernet is trained.
 
     Attributes:
-        mode: ``"sandwich"`` or ``"full"`` (see the module docstring).
+        mode: ``"sandwich"``, ``"full"`` (see :mod:`nas.pipeline.supernet`), or ``"auto"``:
+            the supernet the controller's fitness is designed for
+            (:attr:`~nas.core.controller.Controller.preferred_supernet`), else the sandwich.
         random: random feasible allocations per step beside the largest and the smallest.
         pool: random allocations drawn per epoch, among which each step picks ``random``.
         proposals: ``"space"`` (uniform sizes, projected) or ``"controller"`` (the
@@ -95,7 +98,7 @@ class SupernetOptions:
             halving sizes its early rungs by the supernet's best epoch, so they shorten too).
     """
 
-    mode: str = "sandwich"
+    mode: str = "auto"
     random: int = 2
     pool: int = 16
     proposals: str = "space"
@@ -112,10 +115,17 @@ class SupernetOptions:
         if self.epochs is not None and self.epochs < 1:
             raise ConfigError(f"--supernet-epochs must be at least 1, got {self.epochs}")
 
+    def resolved(self, preferred: str | None) -> SupernetOptions:
+        """These options with ``auto`` replaced by ``preferred`` (a controller's choice), else the sandwich."""
+        return self if self.mode != "auto" else replace(self, mode=preferred or "sandwich")
+
 
 
 #: How fitness is measured: masks on the supernet, or BET's fine-tune of each allocation.
 EVALUATORS = ("supernet", "finetune")
+
+#: What the allocated model is compared with: a plainly trained, cached full model, or none (the supernet).
+REFERENCES = ("full", "none")
 
 
 @dataclass(frozen=True)
@@ -238,7 +248,7 @@ D_MAX_LIMIT = 65_535
 #: from a damaged config.json is refused here, not deep inside a stage).
 _SEARCH_TYPES: dict[str, type | tuple[type, ...]] = {
     "model": str, "budget": str, "space": str, "controller": str, "evaluator": str, "retrain": str, "device": str,
-    "space_options": dict, "controller_options": dict, "trials": int, "ask_batch": int, "fitness_users": int,
+    "reference": str, "space_options": dict, "controller_options": dict, "trials": int, "ask_batch": int, "fitness_users": int,
     "retrain_top": int, "seed": int, "d_min": int, "d_max": (int, type(None)), "threads": (int, type(None)),
     "data": DataSpec, "supernet": SupernetOptions, "finetune": FineTuneConfig, "train": (TrainingOptions, type(None)),
 }
@@ -288,6 +298,11 @@ class SearchConfig:
             model's task's defaults, :data:`TRAINING_DEFAULTS`).
         device: torch device.
         threads: torch threads (``None`` leaves torch's default).
+        reference: what the allocated model is compared with: ``"full"``, a plainly trained
+            full-size model of the same backbone, training and seed, trained once and
+            cached for every later run (:mod:`nas.pipeline.reference`); ``"none"`` trains
+            no reference and compares with the supernet at full size (cheaper, but a
+            supernet is weaker than a plainly trained model, so the ratio flatters).
     """
 
     data: DataSpec = field(default_factory=DataSpec)
@@ -311,6 +326,7 @@ class SearchConfig:
     train: TrainingOptions | None = None
     device: str = "cpu"
     threads: int | None = None
+    reference: str = "full"
 
     def __post_init__(self) -> None:
         _refuse_non_finite("search", self, {"space_options": "--space-option", "controller_options": "--controller-option"})
@@ -324,6 +340,7 @@ class SearchConfig:
             (self.retrain_top >= 1, f"--retrain-top must be at least 1, got {self.retrain_top}"),
             (self.retrain in RETRAIN_MODES, f"--retrain must be one of {RETRAIN_MODES}, got {self.retrain!r}"),
             (self.evaluator in EVALUATORS, f"--evaluator must be one of {EVALUATORS}, got {self.evaluator!r}"),
+            (self.reference in REFERENCES, f"--reference must be one of {REFERENCES}, got {self.reference!r}"),
             (self.seed >= 0, f"--seed must be non-negative, got {self.seed}"),
             (self.threads is None or self.threads >= 1, f"--threads must be at least 1, got {self.threads}"),
             (self.fitness_users >= 0, f"--fitness-users must be 0 (all) or more, got {self.fitness_users}"),
@@ -375,7 +392,8 @@ class SearchConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SearchConfig:
         """Inverse of :meth:`to_dict`."""
-        fields = {k: v for k, v in data.items() if k != "data_fingerprint"}
+        # A run recorded before the plainly trained reference existed compared with its supernet.
+        fields = {"reference": "none", **{k: v for k, v in data.items() if k != "data_fingerprint"}}
         nested = {
             "data": DataSpec.from_dict(data["data"]),
             "train": TrainingOptions(**data["train"]) if data.get("train") is not None else None,

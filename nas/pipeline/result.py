@@ -27,8 +27,9 @@ __all__ = ["RESULT_FORMAT", "RESULT_VERSION", "Retrained", "SearchResult"]
 
 #: Names ``metrics.json`` as a search result.
 RESULT_FORMAT = "embnas.search-result"
-#: Version of the ``metrics.json`` layout; files without one are version 1 (the same fields, untagged).
-RESULT_VERSION = 2
+#: Version of the ``metrics.json`` layout; files without one are version 1 (the same fields,
+#: untagged); version 3 added the supernet beside a plainly trained reference.
+RESULT_VERSION = 3
 
 Metrics = Mapping[str, float]
 
@@ -68,9 +69,11 @@ class SearchResult:
             NDCG@k for top-k data, AUC and log loss for click data) and ``"valid"`` (its best
             validation, empty without validation data).
         full_metrics: the full-size reference model's metrics, by split as ``metrics``.
-        reference: what the reference is: ``"sandwich"`` (the sandwich supernet with every
-            row at ``d_max``), ``"one-shot"`` (the supernet trained with a one-shot
-            controller, unmasked) or ``"full"`` (a plainly trained full model).
+        reference: what the reference is: ``"full"`` (a plainly trained full model of the
+            same backbone, recipe and seed, :mod:`nas.pipeline.reference`), or, in a run
+            with ``reference="none"``, its supernet: ``"sandwich"`` (the sandwich supernet
+            with every row at ``d_max``) or ``"one-shot"`` (the supernet trained with a
+            one-shot controller, unmasked).
         fitness: the chosen allocation's fitness in the search (``nan`` without validation).
         timings: seconds per stage: ``supernet``, ``search``, ``retrain`` and ``total``.
         run_dir: the run folder; ``None`` for a search kept in memory.
@@ -90,6 +93,10 @@ class SearchResult:
         config_hash: the hash of the run's configuration and data (recorded in the export).
         full_train_seconds: seconds the reference model trained.
         allocated_train_seconds: seconds the answer's retraining took.
+        supernet: what the supernet was (``"sandwich"``, ``"one-shot"``) when its full-size
+            quality is reported beside a plainly trained reference; else ``None``.
+        supernet_metrics: that supernet's full-size metrics, by split as ``metrics``.
+        reference_dir: the cache entry of the plainly trained reference (``None`` without one).
         trained_model: the retrained, allocated model itself: set by a search or a
             resume, ``None`` when read back from ``metrics.json`` (:meth:`read`).
     """
@@ -117,6 +124,9 @@ class SearchResult:
     config_hash: str
     full_train_seconds: float
     allocated_train_seconds: float
+    supernet: str | None = None
+    supernet_metrics: Mapping[str, Metrics] | None = None
+    reference_dir: Path | None = None
     trained_model: Any = field(default=None, compare=False, repr=False)
 
     # -- derived ------------------------------------------------------------------------------------
@@ -124,6 +134,13 @@ class SearchResult:
     def seconds(self) -> float:
         """Wall-clock seconds of the whole search."""
         return float(self.timings.get("total", math.nan))
+
+    @property
+    def cost_ratio(self) -> float:
+        """The search's wall time in full trainings: seconds (less the reference's training,
+        when this run trained it) over the seconds the full reference model trained."""
+        own = self.seconds - float(self.timings.get("reference", 0.0))
+        return own / self.full_train_seconds if self.full_train_seconds else math.nan
 
     @property
     def retain_ratio(self) -> float:
@@ -187,7 +204,11 @@ class SearchResult:
             "export": {"bytes_stored": self.export_bytes,
                        "folder": None if self.run_dir is None else str(self.run_dir / "export")},
             "full": {"valid": dict(self.full_metrics.get("valid") or {}), "test": dict(self.full_metrics["test"]),
-                     "train_seconds": self.full_train_seconds, "supernet": self.reference},
+                     "train_seconds": self.full_train_seconds, "supernet": self.reference,
+                     "cache": None if self.reference_dir is None else str(self.reference_dir)},
+            "supernet": None if self.supernet_metrics is None else {
+                "kind": self.supernet, "valid": dict(self.supernet_metrics.get("valid") or {}),
+                "test": dict(self.supernet_metrics["test"])},
             "allocated": {"valid": dict(self.metrics.get("valid") or {}), "test": dict(self.metrics["test"]),
                           "train_seconds": self.allocated_train_seconds},
             "retrain": self.retrain,
@@ -205,7 +226,7 @@ class SearchResult:
     def from_dict(cls, data: Mapping[str, Any], allocation: Allocation, *, source: str = "metrics.json") -> SearchResult:
         """Inverse of :meth:`to_dict`, given the allocation (stored beside it as ``allocation.npz``).
 
-        Reads version 1 (untagged, written before the result was typed) and version 2.
+        Reads version 1 (untagged, written before the result was typed) to :data:`RESULT_VERSION`.
 
         Raises:
             ArtifactError: the data is not a search result, is of a newer version, or does
@@ -226,8 +247,8 @@ class SearchResult:
             if chosen["fingerprint"] != allocation.fingerprint():
                 raise ArtifactError(f"{source}: describes allocation {chosen['fingerprint']}, but the allocation beside "
                                     f"it is {allocation.fingerprint()}")
-            full, allocated = data["full"], data["allocated"]
-            run = data.get("run")
+            full, allocated, supernet = data["full"], data["allocated"], data.get("supernet")
+            run, cache = data.get("run"), full.get("cache")
             return cls(
                 allocation=allocation,
                 budget=Budget.from_dict(data["budget"]),
@@ -254,6 +275,10 @@ class SearchResult:
                 config_hash=str(data.get("config_hash", "")),
                 full_train_seconds=float(full.get("train_seconds", math.nan)),
                 allocated_train_seconds=float(allocated.get("train_seconds", math.nan)),
+                supernet=None if supernet is None else str(supernet["kind"]),
+                supernet_metrics=None if supernet is None else {"valid": dict(supernet.get("valid") or {}),
+                                                                 "test": dict(supernet["test"])},
+                reference_dir=None if cache is None else Path(cache),
             )
         except ArtifactError:
             raise

@@ -109,6 +109,7 @@ class Run:
         name: str | None = None,
         *,
         upgrade: Callable[[dict[str, Any]], Mapping[str, Any]] | None = None,
+        wait: Callable[[int | None], None] | None = None,
     ) -> Run:
         """Make a new run folder under ``root`` (or continue one), lock it and write its ``config.json``.
 
@@ -121,10 +122,13 @@ class Run:
             upgrade: brings a configuration recorded by an earlier version up to date
                 (options added since take their defaults) before it is compared with
                 ``config``; the recorded file is left as it is.
+            wait: when another process writes the folder, ``wait(its_pid)`` is called and
+                the lock is waited for instead of refused (a shared cache entry being filled).
 
         Raises:
             ResumeError: when a folder of that name exists for another configuration.
-            RunLockedError: when another process is writing the folder (naming its PID).
+            RunLockedError: when another process is writing the folder (naming its PID) and
+                ``wait`` is not given.
             ArtifactError: when the folder's ``config.json`` is damaged or was edited.
             StorageError: when the folder cannot be made or written.
         """
@@ -135,7 +139,7 @@ class Run:
         run = cls(Path(root) / name)
         with run._storage(run.folder):
             run.folder.mkdir(parents=True, exist_ok=True)
-        run._lock = FolderLock.acquire(run.folder, run._storage)
+        run._lock = FolderLock.acquire(run.folder, run._storage, wait=wait)
         try:
             if run.has("config.json"):
                 run.check_config(config, upgrade=upgrade)

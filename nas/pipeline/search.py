@@ -38,15 +38,14 @@ from tqdm.auto import tqdm
 
 from nas.artifact.export import export_tables, pack_tables
 from nas.core.allocation import Allocation
-from nas.core.budget import Budget
-from nas.core.controller import Controller, OneShotController
 from nas.core.errors import ArtifactError, ConfigError
-from nas.core.space import SearchSpace
-from nas.pipeline.build import Data, Model, build_evaluator, build_model, build_search, load_checkpoint
+from nas.pipeline.build import Data, Model, build_evaluator, build_search
 from nas.pipeline.config import SearchConfig, SupernetOptions, check_memory
 from nas.pipeline.data import load_data
 from nas.pipeline.replay import read_config
+from nas.pipeline.reference import Reference, full_reference
 from nas.pipeline.result import Retrained, SearchResult
+from nas.pipeline.stages import RunContext, train_stage
 from nas.pipeline.runs import MemoryRun, Run
 from nas.pipeline.supernet import train_one_shot, train_supernet
 from nas.pipeline.tasks import Task, task_for
@@ -76,40 +75,6 @@ _LISTED_DECISIONS = 64
 T = TypeVar("T")
 
 
-@dataclass(frozen=True)
-class RunContext:
-    """What every stage of one search shares, built once by :func:`open_run`.
-
-    Attributes:
-        config: the run's configuration.
-        task: the data with the operations that depend on its kind, training with the
-            run's objective (built once, handed to every stage).
-        budget: the hard budget.
-        space: the search space.
-        controller: the controller.
-        run: the run folder, or a :class:`~nas.pipeline.runs.MemoryRun`.
-        train_config: the task's trainer configuration for this run.
-        progress: whether to draw progress bars.
-    """
-
-    config: SearchConfig
-    task: Task
-    budget: Budget
-    space: SearchSpace
-    controller: Controller | OneShotController
-    run: Run
-    train_config: Any
-    progress: bool
-
-    @property
-    def data(self) -> Data:
-        return self.task.data
-
-    def new_model(self) -> Model:
-        """A fresh backbone of the run (seeded by the run's seed)."""
-        return build_model(self.config, self.task)
-
-
 def open_run(
     config: SearchConfig,
     data: Data | None = None,
@@ -117,6 +82,7 @@ def open_run(
     *,
     runs_root: str | Path | None = None,
     progress: bool = True,
+    reference_cache: str | Path | None = None,
 ) -> RunContext:
     """Check everything that can be checked before training, then open the run.
 
@@ -125,8 +91,10 @@ def open_run(
         data: the data in memory; ``None`` loads what ``config.data`` describes.
         run_dir: the run folder, made or continued (the same configuration and data only).
         runs_root: with no ``run_dir``, make a new folder here named by time and hash.
-            With neither, the run lives in memory and writes nothing.
+            With neither, the run lives in memory (it writes only to the reference cache).
         progress: draw progress bars.
+        reference_cache: where the plainly trained full reference models are cached
+            (default :func:`nas.pipeline.reference.default_cache`).
 
     Raises:
         ConfigError: a part of the configuration cannot work with this data.
@@ -160,10 +128,13 @@ def open_run(
         run.close()  # the folder's lock: nothing will write it
         raise
     return RunContext(config, task, budget, space, controller, run,
-                      task.train_config(config.train, config.seed, config.threads), progress)
+                      task.train_config(config.train, config.seed, config.threads), progress,
+                      None if reference_cache is None else Path(reference_cache))
 
 
-def resume_run(folder: str | Path, data: Data | None = None, *, progress: bool = True) -> SearchResult:
+def resume_run(
+    folder: str | Path, data: Data | None = None, *, progress: bool = True, reference_cache: str | Path | None = None
+) -> SearchResult:
     """Continue a run folder from where it stopped (or reload a finished one).
 
     Args:
@@ -180,7 +151,7 @@ def resume_run(folder: str | Path, data: Data | None = None, *, progress: bool =
     if not run.has("config.json"):
         raise ArtifactError(f"{folder} is not a run folder (no config.json); give a folder made by `embnas search`")
     run.check_unlocked()  # refused before the data is loaded; open_run takes the lock itself
-    return run_search(read_config(run), data, run.folder, progress=progress)
+    return run_search(read_config(run), data, run.folder, progress=progress, reference_cache=reference_cache)
 
 
 def run_search(
@@ -190,6 +161,7 @@ def run_search(
     *,
     runs_root: str | Path | None = None,
     progress: bool = True,
+    reference_cache: str | Path | None = None,
 ) -> SearchResult:
     """Run the whole job (see :func:`open_run` for the arguments) and return its result.
 
@@ -198,7 +170,7 @@ def run_search(
     to ``metrics.json``.  The run folder is locked against other writers until it returns.
     """
     started = time.perf_counter()
-    ctx = open_run(config, data, run_dir, runs_root=runs_root, progress=progress)
+    ctx = open_run(config, data, run_dir, runs_root=runs_root, progress=progress, reference_cache=reference_cache)
     try:
         return _run_stages(ctx, started)
     finally:
@@ -210,10 +182,18 @@ def _run_stages(ctx: RunContext, started: float) -> SearchResult:
     config, task, run = ctx.config, ctx.task, ctx.run
     timing: dict[str, float] = {}
 
+    reference = None
+    if config.reference == "full":
+        tic = time.perf_counter()
+        reference = full_reference(ctx, ctx.reference_cache)
+        if reference.trained_here:
+            timing["reference"] = time.perf_counter() - tic
+
     tic = time.perf_counter()
-    supernet, supernet_stats, reference = _train_supernet(ctx)
+    supernet, supernet_stats, kind = _train_supernet(ctx, reference)
     supernet_test = task.evaluate(supernet, "test")
     timing["supernet"] = time.perf_counter() - tic
+    supernet_metrics = {"valid": supernet_stats["valid"] or {}, "test": supernet_test}
 
     tic = time.perf_counter()
     candidates = _search(ctx, supernet)
@@ -222,7 +202,7 @@ def _run_stages(ctx: RunContext, started: float) -> SearchResult:
     tic = time.perf_counter()
     # Intermediate rungs of successive halving are sized by how long the supernet took to peak.
     horizon = max(int(supernet_stats.get("best_epoch") or config.train.epochs), 1)
-    retrained = _retrain(ctx, candidates, horizon)
+    retrained = _retrain(ctx, candidates, horizon, supernet)
     # The best on validation among those trained to the end (the search's order breaks ties
     # and stands in without validation).
     winner = _by_validation([r for r in retrained if r.final])[0]
@@ -239,8 +219,8 @@ def _run_stages(ctx: RunContext, started: float) -> SearchResult:
         allocation=allocation,
         budget=ctx.budget,
         metrics={"valid": winner.stats["valid"] or {}, "test": allocated_test},
-        full_metrics={"valid": supernet_stats["valid"] or {}, "test": supernet_test},
-        reference=reference,
+        full_metrics=supernet_metrics if reference is None else reference.metrics,
+        reference=kind if reference is None else "full",
         fitness=winner.candidate.fitness,
         timings=timing,
         run_dir=None if run.in_memory else run.folder,
@@ -259,8 +239,12 @@ def _run_stages(ctx: RunContext, started: float) -> SearchResult:
                    if space.n_decisions <= _LISTED_DECISIONS else None),
         export_bytes=export_bytes,
         config_hash=run.config_hash,
-        full_train_seconds=supernet_stats["seconds"],
+        full_train_seconds=supernet_stats["seconds"] if reference is None else reference.seconds,
         allocated_train_seconds=winner.seconds,
+        # The supernet beside the reference, under its own name (unless it is the reference itself).
+        supernet=kind if reference is not None and kind != "full" else None,
+        supernet_metrics=supernet_metrics if reference is not None and kind != "full" else None,
+        reference_dir=None if reference is None else reference.folder,
         trained_model=model,
     )
     run.write_json("metrics.json", result.to_dict())
@@ -287,16 +271,23 @@ def _by_validation(items: Sequence[T], quality: Callable[[T], float] = lambda r:
     return sorted(items, key=lambda item: -np.nan_to_num(quality(item), nan=-np.inf))
 
 
-def _train_supernet(ctx: RunContext) -> tuple[Model, dict[str, Any], str]:
-    """The first stage: the supernet (or the one-shot search, or a rule's full-size reference).
+def _train_supernet(ctx: RunContext, reference: Reference | None) -> tuple[Model, dict[str, Any], str]:
+    """The first stage: the supernet (or the one-shot search, or a rule's full-size model).
 
-    Returns the trained model, its training's stats and what it is as a reference
-    (``"sandwich"``, ``"full"`` or ``"one-shot"``).
+    A plain full-size training as long as the reference's is the reference itself: its
+    weights come from the cache instead of a second training.
+
+    Returns the trained model, its training's stats and what it is (``"sandwich"``,
+    ``"full"`` or ``"one-shot"``).
     """
     config, controller = ctx.config, ctx.controller
     supernet = ctx.new_model()
     # A controller whose proposal ignores fitness needs no supernet: plain training gives the reference.
-    options = config.supernet if controller.needs_fitness else SupernetOptions(mode="full")
+    options = (config.supernet.resolved(controller.preferred_supernet) if controller.needs_fitness
+               else SupernetOptions(mode="full"))
+    if reference is not None and controller.multi_trial and options.mode == "full" and config.supernet.epochs is None:
+        reference.load_into(supernet)
+        return supernet, reference.stats, "full"
     train_config = ctx.train_config if config.supernet.epochs is None else replace(ctx.train_config, epochs=config.supernet.epochs)
     if not controller.multi_trial:
         reference = "one-shot"
@@ -308,7 +299,7 @@ def _train_supernet(ctx: RunContext) -> tuple[Model, dict[str, Any], str]:
         def train(model: Model, hooks: TrainHooks) -> TrainResult:
             return train_supernet(model, ctx.task, ctx.space, ctx.budget, train_config, options, hooks=hooks,
                                   progress=ctx.progress, proposals=proposals)
-    stats = _train_stage(ctx, "supernet", None, supernet, train)
+    stats = train_stage(ctx, "supernet", None, supernet, train)
     return supernet, stats, reference
 
 
@@ -361,7 +352,7 @@ def _logged_candidates(run: Run, n: int) -> list[Candidate]:
     return ranked
 
 
-def _retrain(ctx: RunContext, candidates: list[Candidate], horizon: int) -> list[_Retrained]:
+def _retrain(ctx: RunContext, candidates: list[Candidate], horizon: int, supernet: Model) -> list[_Retrained]:
     """Retrain the candidates from scratch: each to the end (``full``), by successive halving, or the best after a fine-tune.
 
     Successive halving (``halving``) trains every candidate for ``horizon / η²`` epochs
@@ -382,7 +373,7 @@ def _retrain(ctx: RunContext, candidates: list[Candidate], horizon: int) -> list
         model.embedding.set_allocation(allocation)
         models[candidate.fingerprint] = (allocation, model)
     if config.retrain == "finetune":
-        return _finetune_then_retrain(ctx, candidates, models, horizon)
+        return _finetune_then_retrain(ctx, candidates, models, horizon, supernet)
     epochs = config.train.epochs
     rungs = (halving_rungs(len(candidates), epochs, horizon=horizon) if config.retrain == "halving"
              else [(epochs, len(candidates))])
@@ -395,7 +386,7 @@ def _retrain(ctx: RunContext, candidates: list[Candidate], horizon: int) -> list
         rung_config = replace(ctx.train_config, epochs=rung_epochs)
         for candidate in alive[:count]:
             allocation, model = models[candidate.fingerprint]
-            stats = _train_stage(
+            stats = train_stage(
                 ctx, "retrain" if final else f"retrain-rung{rung}", candidate.fingerprint, model,
                 lambda model, hooks, c=rung_config: task.train(model, c, hooks, progress=ctx.progress),
                 partial=f"retrain-{candidate.fingerprint}.state.safetensors", final=final, last_epoch=rung_epochs,
@@ -413,7 +404,8 @@ def _retrain(ctx: RunContext, candidates: list[Candidate], horizon: int) -> list
 
 
 def _finetune_then_retrain(
-    ctx: RunContext, candidates: list[Candidate], models: dict[str, tuple[Allocation, Model]], horizon: int
+    ctx: RunContext, candidates: list[Candidate], models: dict[str, tuple[Allocation, Model]], horizon: int,
+    supernet: Model,
 ) -> list[_Retrained]:
     """Judge the candidates by a short fine-tune from the supernet's weights; retrain the best from scratch.
 
@@ -425,7 +417,7 @@ def _finetune_then_retrain(
     supernet).
     """
     task, run = ctx.task, ctx.run
-    weights = run.load_tensors("supernet.safetensors")
+    weights = {name: value.detach().clone() for name, value in supernet.state_dict().items()}
     # Judged on the search's fitness users: a ranking of all validation users after each
     # fine-tune cost as much as the fine-tune itself.
     short = task.validating_on_subset(replace(ctx.train_config, epochs=finetune_epochs(horizon)), ctx.config.fitness_users)
@@ -434,7 +426,7 @@ def _finetune_then_retrain(
     for candidate in candidates:
         allocation, model = models[candidate.fingerprint]
         model.load_state_dict(weights)  # type: ignore[attr-defined]  (the allocation is not part of the state)
-        stats = _train_stage(
+        stats = train_stage(
             ctx, "finetune", candidate.fingerprint, model,
             lambda model, hooks: task.train(model, short, hooks, progress=False),
             partial=f"finetune-{candidate.fingerprint}.state.safetensors", final=False, last_epoch=short.epochs,
@@ -445,7 +437,7 @@ def _finetune_then_retrain(
     best = _by_validation(results)[0]
     model = ctx.new_model()
     model.embedding.set_allocation(best.allocation)
-    stats = _train_stage(
+    stats = train_stage(
         ctx, "retrain", best.candidate.fingerprint, model,
         lambda model, hooks: task.train(model, ctx.train_config, hooks, progress=ctx.progress),
         partial=f"retrain-{best.candidate.fingerprint}.state.safetensors", last_epoch=ctx.train_config.epochs,
@@ -488,62 +480,6 @@ def halving_rungs(n: int, epochs: int, *, horizon: int | None = None, rate: int 
         depth += 1
     rungs = [(max(1, -(-horizon // rate ** (depth - r))), -(-n // rate**r)) for r in range(depth)]
     return [*rungs, (epochs, 1)]
-
-
-def _train_stage(
-    ctx: RunContext,
-    stage: str,
-    key: str | None,
-    model: Model,
-    train: Callable[[Model, TrainHooks], TrainResult],
-    *,
-    partial: str | None = None,
-    final: bool = True,
-    last_epoch: int | None = None,
-) -> dict[str, Any]:
-    """Train ``model`` with ``train(model, hooks)``, or reload it when the run already finished this stage.
-
-    ``key`` names the allocation of a retrain stage.  The training state is saved every
-    ``checkpoint_every`` epochs (and at ``last_epoch`` and when training stops) to
-    ``checkpoints/<partial>`` (default ``<stage>.state.safetensors``); a training that was
-    interrupted continues from it.  A ``final`` stage saves the trained weights and then
-    drops the partial state; a non-final one (a rung of successive halving) keeps the
-    state for the next rung to continue from, and saves no weights.
-    """
-    run, checkpoint_every = ctx.run, ctx.config.train.checkpoint_every
-    name = stage if key is None else f"{stage}-{key}"
-    checkpoint, partial = f"{name}.safetensors", partial or f"{name}.state.safetensors"
-    finished = [e for e in run.events("trained") if e.get("stage") == stage and e.get("allocation") == key]
-    if finished and (not final or run.has(f"checkpoints/{checkpoint}")):
-        if final:
-            load_checkpoint(model, run, checkpoint)
-        return _logged_stats(ctx, finished[-1])
-    resume = run.load_state(partial) if run.has(f"checkpoints/{partial}") else None
-
-    def save(state: dict[str, Any]) -> None:
-        if state["epoch"] % checkpoint_every == 0 or state["stopped"] or state["epoch"] == last_epoch:
-            run.save_state(partial, state)
-
-    result = train(model, TrainHooks(on_epoch_end=save, resume=resume))
-    if final:
-        run.save_tensors(checkpoint, dict(model.state_dict()))  # type: ignore[attr-defined]
-    stats = {"stage": stage, "allocation": key, "valid": result.best_valid, "seconds": result.seconds,
-             "best_epoch": result.best_epoch, "epochs_run": result.epochs_run}
-    run.log_event("trained", **stats)
-    if final:
-        run.remove(f"checkpoints/{partial}")
-    return stats
-
-
-def _logged_stats(ctx: RunContext, event: dict[str, Any]) -> dict[str, Any]:
-    """A finished stage's logged stats, refused when its validation metrics are not the ones this task reads back."""
-    if event["valid"]:
-        try:
-            ctx.task.quality(event["valid"])
-        except (KeyError, TypeError, ValueError) as error:
-            raise ArtifactError(f"{ctx.run.path('events.jsonl')}: the {event['stage']} stage's logged validation "
-                                f"metrics are not this task's ({error}); the log was edited or damaged") from None
-    return event
 
 
 def _export(ctx: RunContext, model: Model, allocation: Allocation) -> int:

@@ -2,7 +2,7 @@
 
 Two ways to train it:
 
-* ``"sandwich"`` (the default): every step averages the loss (BPR for top-k data,
+* ``"sandwich"``: every step averages the loss (BPR for top-k data,
   binary cross-entropy for click data) of the *largest*
   allocation (every row at ``d_max``), the *smallest* (every decision at its least
   size) and a few *random feasible* allocations of the active space under the budget.
@@ -11,7 +11,11 @@ Two ways to train it:
   (:meth:`MaskableEmbedding.set_variants`); a dot-product backbone that offers
   ``prefix_bpr_loss`` (MF) computes all of them from prefix sums instead, so a step
   costs little more than a plain one whatever the number of variants.
-* ``"full"``: plain full-size training (BET's pre-trained backbone).
+* ``"full"``: plain full-size training (BET's pre-trained backbone).  A run takes it from
+  the cache of full reference models (:mod:`nas.pipeline.reference`) instead of training it.
+
+``"auto"`` (the default of a run) is whichever of the two the controller's fitness is designed
+for (:attr:`~nas.core.controller.Controller.preferred_supernet`), else the sandwich.
 
 Random allocations are drawn per epoch into a small pool, seeded by the run's seed and
 the epoch number; each step picks from the pool.  A run resumed at an epoch boundary
@@ -134,7 +138,7 @@ def train_supernet(
         raise ConfigError("a supernet needs a model built on a MaskableEmbedding")
     task = task_for(data, config)
     hooks = hooks or TrainHooks()
-    if options.mode == "sandwich":
+    if options.resolved(None).mode == "sandwich":
         loss = SandwichLoss(space, budget, options, config.seed,
                             proposals if options.proposals == "controller" else None, variants_loss=task.variants_loss)
         hooks = TrainHooks(loss=loss, on_epoch_start=loss.on_epoch_start, on_epoch_end=hooks.on_epoch_end,

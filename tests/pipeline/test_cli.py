@@ -25,8 +25,12 @@ def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_search_writes_every_artifact(finished_run: Path):
     for name in ("config.json", "events.jsonl", "allocation.npz", "metrics.json", "export/manifest.json",
-                 "checkpoints/supernet.safetensors", "checkpoints/allocated.safetensors"):
+                 "checkpoints/allocated.safetensors"):
         assert (finished_run / name).is_file(), name
+    # The default (frequency) rule's full-size model is the cached reference: not trained a second time.
+    cache = Path(json.loads((finished_run / "metrics.json").read_text())["full"]["cache"])
+    assert (cache / "checkpoints" / "reference.safetensors").is_file() and (cache / "reference.json").is_file()
+    assert not (finished_run / "checkpoints" / "supernet.safetensors").exists()
     events = [json.loads(line) for line in (finished_run / "events.jsonl").read_text().splitlines()]
     assert [e["event"] for e in events][0] == "start"
     assert any(e["event"] == "trial" for e in events)
@@ -63,7 +67,9 @@ def test_summary_and_metrics(finished_run: Path):
     assert f"{metrics['export']['bytes_stored']:,} bytes exported" in text
     recall_line = next(line for line in text.splitlines() if line.strip().startswith("recall@20"))
     full, allocated = metrics["full"]["test"]["recall@20"], metrics["allocated"]["test"]["recall@20"]
-    assert recall_line.split()[1:4] == [f"{full:.4f}", f"{allocated:.4f}", f"{allocated / full:.3f}"]
+    beside = [f"{metrics['supernet']['test']['recall@20']:.4f}"] if metrics["supernet"] else []
+    assert recall_line.split()[1:] == [f"{full:.4f}", *beside, f"{allocated:.4f}", f"{allocated / full:.3f}"]
+    assert metrics["full"]["supernet"] == "full" and "a plainly trained full model" in text
 
 
 def test_evaluate_and_export_an_existing_run(finished_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]):

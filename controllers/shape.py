@@ -1,0 +1,147 @@
+"""``shape``: search the shape of the frequency rule instead of every row's size.
+
+Sizes grow with frequency in every allocation that wins (measured across the backbones and
+datasets of this project); what differs between data, backbones and budgets is *how
+steeply* they grow and how the budget splits between tables.  So this controller searches
+a two-parameter family that contains both rules:
+
+    size of row i  ∝  log(1 + f_i)^α · 2^(τ · z_t(i))
+
+where ``f_i`` is the row's training frequency and ``z_t(i)`` the standardised mean
+log-frequency of the row's table (a table of frequent rows has ``z > 0``); every vector is
+projected to spend the budget exactly.  ``α = 0, τ = 0`` is equal sizes, ``α = 1, τ = 0``
+the frequency rule; larger ``α`` gives the head more and the tail less, ``τ`` moves budget
+between tables.
+
+Why a family and not per-row decisions: a search with tens of fitness evaluations cannot
+learn tens of thousands of independent decisions (random per-row proposals lose to both
+rules), while it can rank a dozen well-placed shapes.  Fitness masks the plainly trained
+full model (``preferred_supernet``), which every run has anyway as its reference, so the
+search itself costs a few evaluations; the fittest shapes are then retrained, by
+successive halving in the default protocol, and the best on validation is the answer.  The design evaluates a grid of
+``alphas × tilts`` first (both rules first of all, so the search never ends without having
+measured them), then refines around the fittest by a pattern search that halves its steps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from nas.core.plugins import register_controller
+from nas.core.budget import Budget
+from nas.core.controller import Controller, ControllerState
+from nas.core.errors import ConfigError
+from nas.core.space import SearchSpace
+
+__all__ = ["FrequencyShape"]
+
+#: The default exponents of ``log(1 + f)`` the design evaluates (0: equal sizes, 1: the frequency rule).
+ALPHAS = (0.0, 1.0, 0.5, 1.5, 2.0, 3.0)
+#: The default tilts between tables (0 first: the rules are untilted).
+TILTS = (0.0, -1.0, 1.0)
+#: Halvings of the refinement steps before the pattern search falls back to random steps.
+_HALVINGS = 4
+
+
+@register_controller("shape")
+class FrequencyShape(Controller):
+    """Searches ``α`` (how steeply sizes grow with log-frequency) and ``τ`` (the tilt between tables).
+
+    Args:
+        space: the search space (any space whose context gives ``table`` and ``log_frequency``).
+        budget: the hard budget.
+        seed: seeds the random steps taken once the pattern search has converged.
+        alphas: exponents of the initial design.
+        tilts: tilts of the initial design (``2^τ`` is the factor between tables one
+            standard deviation apart in mean log-frequency).
+    """
+
+    needs_context = True
+    #: Fitness masks the plainly trained full model, which the run already has (the cached
+    #: reference): the search trains no supernet of its own.
+    preferred_supernet = "full"
+
+    def __init__(
+        self,
+        space: SearchSpace,
+        budget: Budget,
+        seed: int = 0,
+        *,
+        alphas: Sequence[float] = ALPHAS,
+        tilts: Sequence[float] = TILTS,
+    ) -> None:
+        super().__init__(space, budget, seed)
+        if not alphas or not tilts or min(alphas) < 0:
+            raise ConfigError(f"the shape controller needs at least one non-negative alpha and one tilt, got "
+                              f"alphas={list(alphas)}, tilts={list(tilts)}")
+        self.design = [(float(a), float(t)) for t in tilts for a in alphas]
+        context = space.context()
+        self._log_frequency = np.asarray(context["log_frequency"], dtype=np.float64)
+        self._table_z = _table_z(np.asarray(context["table"]), self._log_frequency)
+        self.evaluated: list[tuple[float, float, float]] = []  # (alpha, tilt, fitness), in the order told
+        self._asked: list[tuple[float, float]] = []
+        self._halvings = 0
+
+    def direction(self, alpha: float, tilt: float) -> np.ndarray:
+        """The unprojected sizes of shape ``(alpha, tilt)`` (``0^0 = 1``: at ``alpha = 0`` unseen rows count like others)."""
+        return np.power(self._log_frequency, alpha) * np.exp2(tilt * self._table_z)
+
+    # -- the search --------------------------------------------------------------------------------
+    def _ask(self, n: int) -> np.ndarray:
+        self._asked = []
+        for _ in range(n):
+            self._asked.append(self._next())
+        return np.stack([self.direction(a, t) for a, t in self._asked])
+
+    def _tell(self, decisions: np.ndarray, fitness: np.ndarray) -> None:
+        shapes = self._asked if len(self._asked) == len(fitness) else [(np.nan, np.nan)] * len(fitness)
+        self.evaluated += [(a, t, float(f)) for (a, t), f in zip(shapes, fitness)]
+        self._asked = []
+
+    def _next(self) -> tuple[float, float]:
+        """The first unmeasured design point, else the best point's nearest unmeasured neighbour."""
+        seen = {(a, t) for a, t, _ in self.evaluated} | set(self._asked)
+        for point in self.design:
+            if point not in seen:
+                return point
+        measured = [(a, t, f) for a, t, f in self.evaluated if np.isfinite(a)]
+        alpha, tilt, _ = max(measured, key=lambda e: e[2])
+        while self._halvings <= _HALVINGS:
+            step_a, step_t = self._steps()
+            for point in ((alpha + step_a, tilt), (alpha - step_a, tilt), (alpha, tilt + step_t), (alpha, tilt - step_t)):
+                point = (round(max(point[0], 0.0), 6), round(point[1], 6))
+                if point not in seen:
+                    return point
+            self._halvings += 1
+        return (round(max(alpha + self.rng.normal(0, 0.25), 0.0), 6), round(tilt + self.rng.normal(0, 0.25), 6))
+
+    def _steps(self) -> tuple[float, float]:
+        """The pattern search's steps: half the design's spacing, halved after each round without a new point."""
+        def spacing(values: list[float]) -> float:
+            gaps = np.diff(sorted(set(values)))
+            return float(gaps.min()) if len(gaps) else 0.5
+        scale = 0.5 ** (self._halvings + 1)
+        return spacing([a for a, _ in self.design]) * scale, spacing([t for _, t in self.design]) * scale
+
+    # -- state ---------------------------------------------------------------------------------------
+    def _state(self) -> ControllerState:
+        return {"evaluated": [list(e) for e in self.evaluated], "halvings": self._halvings}
+
+    def _load_state(self, state: ControllerState) -> None:
+        self.evaluated = [(float(a), float(t), float(f)) for a, t, f in state.get("evaluated", [])]
+        self._halvings = int(state.get("halvings", 0))
+
+    def notes(self) -> list[dict[str, float]]:
+        """The shape of each candidate of the last ask, logged with its trial."""
+        return [{"alpha": a, "tilt": t} for a, t in self._asked]
+
+
+def _table_z(table: np.ndarray, log_frequency: np.ndarray) -> np.ndarray:
+    """Per decision: its table's mean log-frequency, standardised across tables (0 with one table)."""
+    tables = np.unique(table)
+    means = np.array([log_frequency[table == t].mean() for t in tables])
+    spread = means.std()
+    z = (means - means.mean()) / spread if spread > 0 else np.zeros_like(means)
+    return z[np.searchsorted(tables, table)]

@@ -1,0 +1,497 @@
+"""``embnas compare``: which allocation beats which, over a grid of arms × budgets × seeds.
+
+A single search says little about a method: two seeds of one method often differ more
+than two methods do.  :func:`compare` runs every cell of a grid (:mod:`nas.app.grid`),
+each a search in its own run folder, and compares the arms seed by seed with a paired t
+interval (:mod:`nas.app.stats`): an arm is called better than a baseline only when the
+95 % interval of their mean difference excludes zero.
+
+The run folders make the grid crash-safe and incremental: a finished cell is read
+back, never rerun; an unfinished one continues from its checkpoints; a cell that fails
+is reported (and logged to ``failures.jsonl``) while the others go on.  Running the
+same command again after a crash or Ctrl-C therefore finishes only what is missing.
+
+Outputs, in the output folder: ``comparison.md`` (a table per budget),
+``comparison.json`` (the same numbers with every cell's seed and run folder) and
+``comparison.png`` (quality against bytes stored, one line per arm).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from nas.app.grid import Cell, Grid, feasible_cells, plan_cells, read_grid
+from nas.app.stats import PairedDifference, Spread, paired_difference, spread
+from nas.core._atomic import atomic_write, write_json
+from nas.core.errors import ArtifactError, ConfigError
+from nas.pipeline.config import SearchConfig
+from nas.pipeline.data import load_data
+from nas.pipeline.result import SearchResult
+from nas.pipeline.runs import Run, config_hash
+
+__all__ = ["COMPARISON_FORMAT", "CellFailure", "Comparison", "Group", "compare"]
+
+#: Names ``comparison.json``.
+COMPARISON_FORMAT = "embnas.comparison"
+#: Version of the ``comparison.json`` layout.
+COMPARISON_VERSION = 1
+#: The append-only log of the cells that failed, one JSON object per line.
+FAILURES_FILE = "failures.jsonl"
+
+
+@dataclass(frozen=True)
+class Group:
+    """The cells of one arm at one budget, over the seeds.
+
+    Attributes:
+        arm: the arm.
+        budget: the budget, as typed in the grid.
+        quality: the test metric over the finished seeds.
+        values: the test metric by seed.
+        bytes: mean bytes of the export (``nan`` with no finished seed).
+        cost: mean cost of the search in full-model trainings (``nan`` where unknown).
+        versus: the paired difference from each baseline, by the baseline's name (not
+            the arm itself).
+        runs: the run folder of each finished seed.
+    """
+
+    arm: str
+    budget: str
+    quality: Spread
+    values: Mapping[int, float]
+    bytes: float
+    cost: float
+    versus: Mapping[str, PairedDifference]
+    runs: Mapping[int, Path]
+
+
+@dataclass(frozen=True)
+class CellFailure:
+    """A cell that did not finish in this call.
+
+    Attributes:
+        arm: the arm.
+        budget: the budget.
+        seed: the seed.
+        run: its run folder.
+        error: the error's type.
+        message: the error's message, on one line.
+    """
+
+    arm: str
+    budget: str
+    seed: int
+    run: Path
+    error: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """What :func:`compare` found, and where it wrote it.
+
+    Attributes:
+        metric: the test metric compared.
+        higher_is_better: whether a larger metric is better (``False`` for log loss).
+        arms: the arms, in the grid's order.
+        budgets: the budgets compared (those the data can meet).
+        seeds: the grid's seeds.
+        baselines: the arms the others are compared with.
+        groups: one :class:`Group` per arm and budget.
+        full_model: the plainly trained full-size model's test metric over the seeds
+            (``None`` when no finished cell trained one).
+        missing: the cells without a result, as ``(arm, budget, seed)``.
+        dropped: a line for each budget left out because the data cannot meet it.
+        failures: the cells that failed in this call.
+        markdown: the tables of ``comparison.md``.
+        paths: the files written: ``"markdown"``, ``"json"``, ``"png"``.
+    """
+
+    metric: str
+    higher_is_better: bool
+    arms: tuple[str, ...]
+    budgets: tuple[str, ...]
+    seeds: tuple[int, ...]
+    baselines: tuple[str, ...]
+    groups: tuple[Group, ...]
+    full_model: Spread | None
+    missing: tuple[tuple[str, str, int], ...]
+    dropped: tuple[str, ...]
+    failures: tuple[CellFailure, ...]
+    markdown: str
+    paths: Mapping[str, Path]
+
+    def group(self, arm: str, budget: str) -> Group:
+        """The :class:`Group` of ``arm`` at ``budget``."""
+        for group in self.groups:
+            if group.arm == arm and group.budget == budget:
+                return group
+        raise KeyError(f"no group for arm {arm!r} at budget {budget!r}")
+
+
+def compare(
+    grid: str | Path | Mapping[str, Any],
+    out: str | Path | None = None,
+    *,
+    jobs: int = 1,
+    report_only: bool = False,
+    progress: bool = True,
+) -> Comparison:
+    """Run the cells of a grid that are not finished, then compare the arms; returns the comparison.
+
+    Everything that can be checked is checked before any cell runs: a wrong option is
+    one :class:`~nas.core.errors.ConfigError` naming the arm or budget, and nothing runs;
+    a budget the data cannot meet only drops its cells (a line on stderr says so).  A
+    cell that fails is a line on stderr and a line in ``<out>/failures.jsonl``; the
+    others go on.
+
+    Args:
+        grid: the grid file (TOML, see :mod:`nas.app.grid`), or its content as a mapping.
+        out: the output folder; default: beside the grid file, named after it
+            (``grids/lastfm.toml`` -> ``grids/lastfm/``).  Cells run in ``<out>/runs/``.
+        jobs: cells run side by side, each in a process of its own with one torch thread.
+        report_only: run nothing; write the outputs from the cells already finished.
+        progress: draw a bar over the cells.
+
+    Returns:
+        The :class:`Comparison`; its files are ``comparison.md``, ``comparison.json`` and
+        ``comparison.png`` in ``out``.
+
+    Raises:
+        ConfigError: the grid cannot run as written (naming the arm or budget), or a
+            cell's folder holds a run of another configuration.
+        DataError: the grid's data is malformed.
+    """
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ConfigError(f"jobs must be at least 1, got {jobs!r}")
+    spec = read_grid(grid)
+    if out is None:
+        if spec.source is None:
+            raise ConfigError("give the output folder (out=...) for a grid given as a mapping")
+        out = spec.source.parent / spec.source.stem
+    out = Path(out).absolute()  # the outputs name the run folders wherever the command ran
+    cells = plan_cells(spec, out)
+    # The data once, here: a budget it cannot meet drops its cells before anything runs
+    # (and out of the report, which then reads the same whether cells ran or not).
+    data = load_data(cells[0].config.data)
+    cells, dropped = feasible_cells(cells, data.rows())
+    for line in dropped:
+        print(f"embnas: {line}", file=sys.stderr)
+    _check_recorded(cells)
+    failures: list[CellFailure] = []
+    todo = [cell for cell in cells if not _finished(cell)]
+    if todo and not report_only:
+        from nas.app._cells import run_cells
+
+        def failed(cell: Cell, outcome: tuple[str, str, str | None]) -> None:
+            failures.append(_record_failure(out, cell, *outcome))
+
+        run_cells(todo, jobs=jobs, total=len(cells), progress=progress, failed=failed)
+    results, unreadable = _results(cells)
+    for cell, error in unreadable:
+        failures.append(_record_failure(out, cell, type(error).__name__, " ".join(str(error).splitlines()), None))
+    comparison = _compare(spec, cells, results, dropped, failures, out)
+    _write(comparison, spec, cells, results, out)
+    return comparison
+
+
+# -- cells -----------------------------------------------------------------------------------------------
+def _finished(cell: Cell) -> bool:
+    return (cell.folder / "metrics.json").exists()
+
+
+def _check_recorded(cells: Sequence[Cell]) -> None:
+    """Refuse a cell folder that holds a run of another configuration (the grid changed since).
+
+    A finished cell is read back rather than rerun, so a result of an older grid would
+    otherwise be reported as this grid's.
+
+    Raises:
+        ConfigError: naming the cell, its folder and what differs.
+    """
+    for cell in cells:
+        if not (cell.folder / "config.json").exists():
+            continue
+        try:
+            recorded = SearchConfig.upgrade(Run(cell.folder).config())
+        except (ArtifactError, ConfigError, KeyError, TypeError, ValueError) as error:
+            raise ConfigError(f"{cell.label}: {cell.folder} holds a configuration this grid cannot check "
+                              f"({' '.join(str(error).splitlines())}); delete the folder to run the cell again") from None
+        recorded.pop("data_fingerprint", None)
+        expected = cell.config.to_dict()
+        if config_hash(recorded) != config_hash(expected):
+            keys = sorted(k for k in set(recorded) | set(expected)
+                          if config_hash({k: recorded.get(k)}) != config_hash({k: expected.get(k)}))
+            raise ConfigError(f"{cell.label}: {cell.folder} holds a run of another configuration (it differs in "
+                              f"{', '.join(keys)}); the grid changed since it ran: delete that folder or give another "
+                              "output folder")
+
+
+def _record_failure(out: Path, cell: Cell, error: str, message: str, trace: str | None) -> CellFailure:
+    """Say that a cell failed (a line on stderr) and append it to ``failures.jsonl``."""
+    from tqdm.auto import tqdm
+
+    shown = message if trace is None else f"{error}: {message} (unexpected; the traceback is in {out / FAILURES_FILE})"
+    tqdm.write(f"embnas: {cell.label} failed: {shown}", file=sys.stderr)
+    record = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "arm": cell.arm, "budget": cell.budget,
+              "seed": cell.seed, "run": str(cell.folder), "error": error, "message": message,
+              **({"traceback": trace} if trace is not None else {})}
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / FAILURES_FILE, "a", encoding="utf-8") as log:  # append-only: a torn last line is all a crash costs
+        log.write(json.dumps(record) + "\n")
+        log.flush()
+        os.fsync(log.fileno())
+    return CellFailure(cell.arm, cell.budget, cell.seed, cell.folder, error, message)
+
+
+def _results(cells: Sequence[Cell]) -> tuple[dict[Cell, SearchResult], list[tuple[Cell, Exception]]]:
+    """The results of the finished cells, and the cells whose result cannot be read (with why)."""
+    results: dict[Cell, SearchResult] = {}
+    unreadable: list[tuple[Cell, Exception]] = []
+    for cell in cells:
+        if _finished(cell):
+            try:
+                results[cell] = SearchResult.read(cell.folder)
+            except ArtifactError as error:
+                unreadable.append((cell, error))
+    return results, unreadable
+
+
+# -- statistics ------------------------------------------------------------------------------------------
+def _compare(spec: Grid, cells: Sequence[Cell], results: Mapping[Cell, SearchResult], dropped: Sequence[str],
+             failures: Sequence[CellFailure], out: Path) -> Comparison:
+    metric = spec.metric
+    for cell, result in results.items():
+        if metric not in result.metrics["test"]:
+            raise ConfigError(f"{cell.label}: its result has no test metric {metric!r} (it has "
+                              f"{', '.join(sorted(result.metrics['test']))}); set metric in the grid to one of them")
+    budgets = tuple(dict.fromkeys(cell.budget for cell in cells))
+    arms = tuple(arm.name for arm in spec.arms)
+    values: dict[tuple[str, str], dict[int, float]] = {}
+    for cell, result in results.items():
+        values.setdefault((cell.arm, cell.budget), {})[cell.seed] = float(result.metrics["test"][metric])
+    groups = []
+    for arm in arms:
+        for budget in budgets:
+            mine = [(cell, result) for cell, result in results.items() if cell.arm == arm and cell.budget == budget]
+            own = values.get((arm, budget), {})
+            versus = {base: paired_difference(own, values.get((base, budget), {}), higher_better=spec.higher_is_better)
+                      for base in spec.baselines if base != arm}
+            groups.append(Group(
+                arm=arm, budget=budget, quality=spread(list(own.values())), values=dict(sorted(own.items())),
+                bytes=_mean([r.export_bytes for _, r in mine]), cost=_mean([r.cost_ratio for _, r in mine]),
+                versus=versus, runs={cell.seed: cell.folder for cell, _ in sorted(mine, key=lambda m: m[0].seed)},
+            ))
+    missing = tuple((cell.arm, cell.budget, cell.seed) for cell in cells if cell not in results)
+    comparison = Comparison(
+        metric=metric, higher_is_better=spec.higher_is_better, arms=arms, budgets=budgets, seeds=spec.seeds,
+        baselines=spec.baselines, groups=tuple(groups), full_model=_full_model(results, metric), missing=missing,
+        dropped=tuple(dropped), failures=tuple(failures), markdown="",
+        paths={"markdown": out / "comparison.md", "json": out / "comparison.json", "png": out / "comparison.png"},
+    )
+    return _with_markdown(comparison, len(cells))
+
+
+def _full_model_values(results: Mapping[Cell, SearchResult], metric: str) -> dict[int, float]:
+    """The plainly trained full model's test metric by seed (the mean over the cells of a seed that trained one)."""
+    by_seed: dict[int, list[float]] = {}
+    for cell, result in results.items():
+        if result.reference == "full" and metric in result.full_metrics.get("test", {}):
+            by_seed.setdefault(cell.seed, []).append(float(result.full_metrics["test"][metric]))
+    return {seed: _mean(found) for seed, found in sorted(by_seed.items())}
+
+
+def _full_model(results: Mapping[Cell, SearchResult], metric: str) -> Spread | None:
+    found = _full_model_values(results, metric)
+    return spread(list(found.values())) if found else None
+
+
+def _mean(values: Sequence[float]) -> float:
+    finite = [float(v) for v in values if math.isfinite(float(v))]
+    return sum(finite) / len(finite) if finite else math.nan
+
+
+# -- comparison.md ---------------------------------------------------------------------------------------
+def _with_markdown(comparison: Comparison, planned: int) -> Comparison:
+    return replace(comparison, markdown=_markdown(comparison, planned))
+
+
+def _markdown(c: Comparison, planned: int) -> str:
+    direction = "higher" if c.higher_is_better else "lower"
+    finished = planned - len(c.missing)
+    lines = [
+        f"# Comparison of allocations: test {c.metric}",
+        "",
+        f"{direction.capitalize()} is better. {finished} of {planned} cells finished; seeds {', '.join(map(str, c.seeds))}.",
+        "Δ is the arm minus the baseline, paired by seed (the seeds finished in both), with its 95 % t interval",
+        "and as % of the baseline's mean: \"better\" or \"worse\" only when the interval excludes zero, \"level\"",
+        "when it holds zero, \"n/a\" with fewer than 2 paired seeds. bytes: the export's mean size;",
+        "× one training: the search's cost in trainings of the full model.",
+    ]
+    for budget in c.budgets:
+        baselines = list(c.baselines)
+        header = ["arm", "n", f"{c.metric} (mean ± sd)", "bytes", "× one training"]
+        right = [False, True, True, True, True]
+        for base in baselines:
+            header += [f"Δ vs {base} [95 % CI] (%)", f"vs {base}"]
+            right += [True, False]
+        rows = []
+        for arm in c.arms:
+            group = c.group(arm, budget)
+            row = [arm, str(group.quality.n), _mean_sd(group.quality), _bytes(group.bytes), _number(group.cost, 2)]
+            for base in baselines:
+                diff = group.versus.get(base)
+                row += ["—", "—"] if diff is None else [_difference(diff), diff.verdict]
+            rows.append(row)
+        if c.full_model is not None:
+            rows.append(["full model", str(c.full_model.n), _mean_sd(c.full_model), "", ""] + [""] * (2 * len(baselines)))
+        lines += ["", f"## Budget {budget}", "", _table(header, right, rows)]
+    if c.dropped:
+        lines += ["", *(f"- {line[0].upper()}{line[1:]}" for line in c.dropped)]
+    if c.missing:
+        shown = "; ".join(f"{arm} {budget} seed {seed}" for arm, budget, seed in c.missing[:20])
+        more = f" and {len(c.missing) - 20} more" if len(c.missing) > 20 else ""
+        lines += ["", f"Not finished: {shown}{more}. Run the same command again to finish them."]
+    return "\n".join(lines) + "\n"
+
+
+def _table(header: list[str], right: list[bool], rows: list[list[str]]) -> str:
+    """A markdown table, its columns padded to one width so that it also reads as plain text."""
+    widths = [max(3, *(len(row[i]) for row in [header, *rows])) for i in range(len(header))]
+    rule = ["-" * (w - 1) + ":" if r else "-" * w for w, r in zip(widths, right)]
+    lines = [[cell.rjust(w) if r else cell.ljust(w) for cell, w, r in zip(row, widths, right)] for row in [header, *rows]]
+    return "\n".join("| " + " | ".join(cells) + " |" for cells in [lines[0], rule, *lines[1:]])
+
+
+def _number(value: float, digits: int = 4, sign: bool = False) -> str:
+    if not math.isfinite(value):
+        return "n/a"
+    return f"{value:+.{digits}f}" if sign else f"{value:.{digits}f}"
+
+
+def _mean_sd(quality: Spread) -> str:
+    if quality.n == 0:
+        return "n/a"
+    return _number(quality.mean) + ("" if not math.isfinite(quality.sd) else f" ± {_number(quality.sd)}")
+
+
+def _bytes(value: float) -> str:
+    return f"{value:,.0f}" if math.isfinite(value) else "n/a"
+
+
+def _difference(diff: PairedDifference) -> str:
+    if diff.n == 0:
+        return "n/a"
+    interval = f" [{_number(diff.low, sign=True)}, {_number(diff.high, sign=True)}]" if diff.n >= 2 else ""
+    percent = f" ({diff.percent:+.1f} %)" if math.isfinite(diff.percent) else ""
+    return f"{_number(diff.mean, sign=True)}{interval}{percent}"
+
+
+# -- files -----------------------------------------------------------------------------------------------
+def _write(c: Comparison, spec: Grid, cells: Sequence[Cell], results: Mapping[Cell, SearchResult], out: Path) -> None:
+    """Write ``comparison.md``, ``comparison.json`` and ``comparison.png``, each atomically."""
+    with atomic_write(c.paths["markdown"], "w") as handle:
+        handle.write(c.markdown)
+    write_json(c.paths["json"], _plain(_json(c, spec, cells, results)))
+    _plot(c, c.paths["png"])
+
+
+def _json(c: Comparison, spec: Grid, cells: Sequence[Cell], results: Mapping[Cell, SearchResult]) -> dict[str, Any]:
+    by_group: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for cell in cells:
+        result = results.get(cell)
+        entry: dict[str, Any] = {"seed": cell.seed, "run": str(cell.folder), "finished": result is not None}
+        if result is not None:
+            entry.update({c.metric: float(result.metrics["test"][c.metric]), "bytes": result.export_bytes,
+                          "cost_ratio": result.cost_ratio, "reference": result.reference,
+                          "full_model": result.full_metrics.get("test", {}).get(c.metric)})
+        by_group.setdefault((cell.arm, cell.budget), []).append(entry)
+    full = _full_model_values(results, c.metric)
+    return {
+        "format": COMPARISON_FORMAT,
+        "version": COMPARISON_VERSION,
+        "grid": None if spec.source is None else str(spec.source),
+        "metric": c.metric,
+        "higher_is_better": c.higher_is_better,
+        "arms": list(c.arms),
+        "budgets": list(c.budgets),
+        "seeds": list(c.seeds),
+        "baselines": list(c.baselines),
+        "confidence": 0.95,
+        "full_model": None if c.full_model is None else {**_spread(c.full_model),
+                                                         "by_seed": {str(s): v for s, v in full.items()}},
+        "groups": [
+            {"arm": g.arm, "budget": g.budget, **_spread(g.quality), "bytes": g.bytes, "cost_ratio": g.cost,
+             "versus": {base: {"n": d.n, "mean": d.mean, "sd": d.sd, "low": d.low, "high": d.high,
+                               "percent": d.percent, "verdict": d.verdict, "seeds": list(d.seeds)}
+                        for base, d in g.versus.items()},
+             "cells": by_group.get((g.arm, g.budget), [])}
+            for g in c.groups
+        ],
+        "missing": [{"arm": a, "budget": b, "seed": s} for a, b, s in c.missing],
+        "dropped": list(c.dropped),
+        "failures": [{"arm": f.arm, "budget": f.budget, "seed": f.seed, "run": str(f.run), "error": f.error,
+                      "message": f.message} for f in c.failures],
+    }
+
+
+def _spread(value: Spread) -> dict[str, Any]:
+    return {"n": value.n, "mean": value.mean, "sd": value.sd}
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with every non-finite float as ``null`` (JSON has no NaN)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+# -- comparison.png --------------------------------------------------------------------------------------
+def _plot(c: Comparison, path: Path) -> Path:
+    """Quality against bytes stored: a line per arm through its budgets, the full model as a horizontal line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6.5, 4.5))
+    drawn = False
+    for arm in c.arms:
+        points = sorted((g.bytes, g.quality.mean, g.quality.sd) for g in c.groups
+                        if g.arm == arm and g.quality.n and math.isfinite(g.bytes))
+        if not points:
+            continue
+        x, y, sd = zip(*points)
+        axis.errorbar(x, y, yerr=[s if math.isfinite(s) else 0.0 for s in sd], marker="o", capsize=3, label=arm)
+        drawn = True
+    if c.full_model is not None and math.isfinite(c.full_model.mean):
+        axis.axhline(c.full_model.mean, color="black", linestyle="--", linewidth=1.0, label="full model")
+        if math.isfinite(c.full_model.sd):
+            axis.axhspan(c.full_model.mean - c.full_model.sd, c.full_model.mean + c.full_model.sd, color="black", alpha=0.08)
+    if drawn:
+        axis.set_xscale("log")
+        axis.legend(loc="best")
+    else:
+        axis.text(0.5, 0.5, "no finished cells yet", ha="center", va="center", transform=axis.transAxes)
+    axis.set_xlabel("bytes stored (export)")
+    axis.set_ylabel(f"test {c.metric} (mean ± sd over seeds)")
+    axis.set_title(f"{c.metric}: {'higher' if c.higher_is_better else 'lower'} is better")
+    figure.tight_layout()
+    try:
+        with atomic_write(path, "wb") as handle:
+            figure.savefig(handle, format="png", dpi=110)
+    finally:
+        plt.close(figure)
+    return path

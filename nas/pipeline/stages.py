@@ -1,0 +1,118 @@
+"""What the stages of a search share: the :class:`RunContext`, and one crash-safe training stage.
+
+:func:`train_stage` is how every training of a run happens (the supernet, each retrained
+allocation, the cached full reference model): the state saved as it goes, a killed
+training continued from its last checkpoint, a finished one reloaded instead of redone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nas.core.budget import Budget
+from nas.core.controller import Controller, OneShotController
+from nas.core.errors import ArtifactError
+from nas.core.space import SearchSpace
+from nas.pipeline.build import Data, Model, build_model, load_checkpoint
+from nas.pipeline.config import SearchConfig
+from nas.pipeline.runs import Run
+from nas.pipeline.tasks import Task
+from recsys.train import TrainHooks, TrainResult
+
+__all__ = ["RunContext", "logged_stats", "train_stage"]
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What every stage of one search shares, built once by :func:`nas.pipeline.search.open_run`.
+
+    Attributes:
+        config: the run's configuration.
+        task: the data with the operations that depend on its kind, training with the
+            run's objective (built once, handed to every stage).
+        budget: the hard budget.
+        space: the search space.
+        controller: the controller.
+        run: the run folder, or a :class:`~nas.pipeline.runs.MemoryRun`.
+        train_config: the task's trainer configuration for this run.
+        progress: whether to draw progress bars.
+        reference_cache: where plainly trained full reference models are cached (``None``:
+            :func:`nas.pipeline.reference.default_cache`).
+    """
+
+    config: SearchConfig
+    task: Task
+    budget: Budget
+    space: SearchSpace
+    controller: Controller | OneShotController
+    run: Run
+    train_config: Any
+    progress: bool
+    reference_cache: Path | None = None
+
+    @property
+    def data(self) -> Data:
+        return self.task.data
+
+    def new_model(self) -> Model:
+        """A fresh backbone of the run (seeded by the run's seed)."""
+        return build_model(self.config, self.task)
+
+
+def train_stage(
+    ctx: RunContext,
+    stage: str,
+    key: str | None,
+    model: Model,
+    train: Callable[[Model, TrainHooks], TrainResult],
+    *,
+    partial: str | None = None,
+    final: bool = True,
+    last_epoch: int | None = None,
+) -> dict[str, Any]:
+    """Train ``model`` with ``train(model, hooks)``, or reload it when the run already finished this stage.
+
+    ``key`` names the allocation of a retrain stage.  The training state is saved every
+    ``checkpoint_every`` epochs (and at ``last_epoch`` and when training stops) to
+    ``checkpoints/<partial>`` (default ``<stage>.state.safetensors``); a training that was
+    interrupted continues from it.  A ``final`` stage saves the trained weights and then
+    drops the partial state; a non-final one (a rung of successive halving) keeps the
+    state for the next rung to continue from, and saves no weights.
+    """
+    run, checkpoint_every = ctx.run, ctx.config.train.checkpoint_every
+    name = stage if key is None else f"{stage}-{key}"
+    checkpoint, partial = f"{name}.safetensors", partial or f"{name}.state.safetensors"
+    finished = [e for e in run.events("trained") if e.get("stage") == stage and e.get("allocation") == key]
+    if finished and (not final or run.has(f"checkpoints/{checkpoint}")):
+        if final:
+            load_checkpoint(model, run, checkpoint)
+        return logged_stats(ctx, finished[-1])
+    resume = run.load_state(partial) if run.has(f"checkpoints/{partial}") else None
+
+    def save(state: dict[str, Any]) -> None:
+        if state["epoch"] % checkpoint_every == 0 or state["stopped"] or state["epoch"] == last_epoch:
+            run.save_state(partial, state)
+
+    result = train(model, TrainHooks(on_epoch_end=save, resume=resume))
+    if final:
+        run.save_tensors(checkpoint, dict(model.state_dict()))  # type: ignore[attr-defined]
+    stats = {"stage": stage, "allocation": key, "valid": result.best_valid, "seconds": result.seconds,
+             "best_epoch": result.best_epoch, "epochs_run": result.epochs_run}
+    run.log_event("trained", **stats)
+    if final:
+        run.remove(f"checkpoints/{partial}")
+    return stats
+
+
+def logged_stats(ctx: RunContext, event: dict[str, Any]) -> dict[str, Any]:
+    """A finished stage's logged stats, refused when its validation metrics are not the ones this task reads back."""
+    if event["valid"]:
+        try:
+            ctx.task.quality(event["valid"])
+        except (KeyError, TypeError, ValueError) as error:
+            raise ArtifactError(f"{ctx.run.path('events.jsonl')}: the {event['stage']} stage's logged validation "
+                                f"metrics are not this task's ({error}); the log was edited or damaged") from None
+    return event

@@ -1,0 +1,255 @@
+"""``embnas compare``: a grid of cells runs, resumes, survives a failed cell, and reports what the run folders hold."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import nas
+from nas.app.cli import main
+from nas.pipeline._lock import FolderLock
+from nas.pipeline.result import SearchResult
+
+#: Tiny cells: 500 rows of width 8, one epoch (every row at d_min=1 needs 500 of the 4,000 values).
+GRID = """\
+data = { format = "synthetic", extra = { n_users = 200, n_items = 300 } }
+model = "mf"
+budgets = ["0.5", "0.7", "1"]
+seeds = [0, 1]
+[options]
+d_max = 8
+train = { epochs = 1 }
+[arms.equal]
+[arms.frequency]
+controller = "frequency"
+"""
+ARMS, BUDGETS, SEEDS = ("equal", "frequency"), ("0.5", "0.7"), (0, 1)
+
+
+def run_cli(*argv: str) -> tuple[int, str, str]:
+    """``embnas ARGV`` in this process: the exit status, stdout and stderr."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        status = main(list(argv))
+    return status, out.getvalue(), err.getvalue()
+
+
+def write_grid(folder: Path, text: str = GRID) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    grid = folder / "grid.toml"
+    grid.write_text(text)
+    return grid
+
+
+def cell(out: Path, arm: str, budget: str, seed: int) -> Path:
+    return out / "runs" / arm / budget / f"seed{seed}"
+
+
+def stamps(out: Path) -> dict[Path, tuple[int, int]]:
+    """Inode and modification time of every cell's metrics.json: what a rewrite would change."""
+    return {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in sorted(out.glob("runs/*/*/*/metrics.json"))}
+
+
+@pytest.fixture(autouse=True)
+def reference_cache(tmp_path_factory, monkeypatch):
+    """Full reference models are cached under ``EMBNAS_CACHE``: a folder of the test's own."""
+    monkeypatch.setenv("EMBNAS_CACHE", str(tmp_path_factory.getbasetemp() / "embnas-cache"))
+
+
+@pytest.fixture(scope="module")
+def ran(tmp_path_factory):
+    """The grid, run once by the command with two cells side by side."""
+    folder = tmp_path_factory.mktemp("compare")
+    grid = write_grid(folder)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("EMBNAS_CACHE", str(tmp_path_factory.getbasetemp() / "embnas-cache"))
+        status, stdout, stderr = run_cli("compare", str(grid), "--jobs", "2", "--quiet")
+    return {"folder": folder, "grid": grid, "out": folder / "grid", "status": status, "stdout": stdout,
+            "stderr": stderr}
+
+
+def test_every_feasible_cell_runs_and_the_outputs_say_how_they_compare(ran):
+    out = ran["out"]
+    assert ran["status"] == 0, ran["stderr"]
+    # The budget no allocation can meet is dropped with one line; the other budgets ran.
+    skipped = [line for line in ran["stderr"].splitlines() if "budget 1" in line]
+    assert len(skipped) == 1 and "is skipped" in skipped[0] and "smallest feasible budget is 500 parameters" in skipped[0]
+    assert not any(out.glob("runs/*/1"))
+    finished = {p.parts[-4:-1] for p in out.glob("runs/*/*/*/metrics.json")}
+    assert finished == {(a, b, f"seed{s}") for a in ARMS for b in BUDGETS for s in SEEDS}
+    markdown = (out / "comparison.md").read_text()
+    assert markdown in ran["stdout"]  # the table is printed at the end
+    for budget in BUDGETS:
+        section = markdown.split(f"## Budget {budget}\n")[1].split("##")[0]
+        rows = [line for line in section.splitlines() if line.startswith("| ")]
+        assert [r.split("|")[1].strip() for r in rows[2:]] == ["equal", "frequency", "full model"]
+        assert "Δ vs equal [95 % CI] (%)" in rows[0] and "vs frequency" in rows[0]
+    assert "Budget 1 is skipped" in markdown
+    assert (out / "comparison.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (out / "failures.jsonl").exists()
+
+
+def test_the_json_holds_what_the_run_folders_hold(ran):
+    report = json.loads((ran["out"] / "comparison.json").read_text())
+    assert report["format"] == "embnas.comparison" and report["metric"] == "ndcg@20" and report["higher_is_better"]
+    assert report["budgets"] == list(BUDGETS) and report["seeds"] == list(SEEDS)
+    assert report["baselines"] == ["equal", "frequency"] and report["missing"] == []
+    read = {(g["arm"], g["budget"]): {c["seed"]: SearchResult.read(c["run"]) for c in g["cells"]}
+            for g in report["groups"]}
+    for group in report["groups"]:
+        results = read[(group["arm"], group["budget"])]
+        assert sorted(results) == list(SEEDS)
+        for entry in group["cells"]:
+            result = results[entry["seed"]]
+            assert Path(entry["run"]) == result.run_dir
+            assert entry["ndcg@20"] == result.metrics["test"]["ndcg@20"]
+            assert entry["bytes"] == result.export_bytes and entry["cost_ratio"] == pytest.approx(result.cost_ratio)
+        quality = [results[s].metrics["test"]["ndcg@20"] for s in SEEDS]
+        assert group["n"] == 2 and group["mean"] == pytest.approx(np.mean(quality))
+        assert group["sd"] == pytest.approx(np.std(quality, ddof=1))
+        assert group["bytes"] == pytest.approx(np.mean([results[s].export_bytes for s in SEEDS]))
+        for base, diff in group["versus"].items():
+            assert base != group["arm"]
+            theirs = read[(base, group["budget"])]
+            differences = [results[s].metrics["test"]["ndcg@20"] - theirs[s].metrics["test"]["ndcg@20"] for s in SEEDS]
+            assert diff["n"] == 2 and diff["seeds"] == list(SEEDS)
+            assert diff["mean"] == pytest.approx(np.mean(differences))
+            assert diff["low"] < diff["mean"] < diff["high"] and diff["verdict"] in ("better", "worse", "level")
+    full = {s: r.full_metrics["test"]["ndcg@20"] for runs in read.values() for s, r in runs.items() if r.reference == "full"}
+    assert report["full_model"]["n"] == len(full) == 2
+    assert report["full_model"]["mean"] == pytest.approx(np.mean(list(full.values())))
+
+
+def test_a_rerun_runs_only_what_is_missing_and_a_failing_cell_loses_nothing(ran, tmp_path):
+    shutil.copytree(ran["folder"], tmp_path, dirs_exist_ok=True)
+    grid, out = tmp_path / "grid.toml", tmp_path / "grid"
+    gone, locked = cell(out, "equal", "0.5", 1), cell(out, "frequency", "0.7", 0)
+    shutil.rmtree(gone)  # a cell never run (or lost)
+    (locked / "metrics.json").unlink()  # an unfinished cell ...
+    lock = FolderLock.acquire(locked, lambda path: contextlib.nullcontext())  # ... that another writer holds
+    kept = stamps(out)
+    try:
+        status, stdout, stderr = run_cli("compare", str(grid), "--jobs", "1", "--quiet")
+    finally:
+        lock.release()
+    assert status == 2
+    failed = [line for line in stderr.splitlines() if "failed" in line]
+    assert len(failed) == 1 and "arm frequency, budget 0.7, seed 0 failed:" in failed[0] and "is being written" in failed[0]
+    assert (gone / "metrics.json").is_file(), "the missing cell ran"
+    assert not (locked / "metrics.json").exists()
+    assert stamps(out) == {**kept, gone / "metrics.json": stamps(out)[gone / "metrics.json"]}, "finished cells untouched"
+    logged = [json.loads(line) for line in (out / "failures.jsonl").read_text().splitlines()]
+    assert [(f["arm"], f["budget"], f["seed"], f["error"]) for f in logged] == [("frequency", "0.7", 0, "RunLockedError")]
+    report = json.loads((out / "comparison.json").read_text())
+    assert report["missing"] == [{"arm": "frequency", "budget": "0.7", "seed": 0}]
+    assert report["failures"][0]["error"] == "RunLockedError"
+    group = next(g for g in report["groups"] if g["arm"] == "frequency" and g["budget"] == "0.7")
+    assert group["n"] == 1 and group["versus"]["equal"]["verdict"] == "n/a"  # one paired seed: no interval
+    assert "Not finished: frequency 0.7 seed 0" in stdout
+
+    # --report-only writes the outputs again from what is finished, and runs nothing.
+    before = stamps(out)
+    status, stdout, _ = run_cli("compare", str(grid), "--report-only", "--quiet")
+    assert status == 0 and stamps(out) == before and not (locked / "metrics.json").exists()
+    assert "7 of 8 cells finished" in stdout
+
+
+def test_report_only_on_a_new_grid_runs_nothing(tmp_path):
+    grid = {"data": {"format": "synthetic", "extra": {"n_users": 200, "n_items": 300}}, "model": "mf",
+            "budgets": ["0.5"], "seeds": [0, 1], "options": {"d_max": 8, "train": {"epochs": 1}},
+            "arms": {"equal": {}, "frequency": {}}}
+    comparison = nas.compare(grid, tmp_path / "out", report_only=True, progress=False)
+    assert not (tmp_path / "out" / "runs").exists()
+    assert comparison.missing == tuple((a, "0.5", s) for a in ARMS for s in SEEDS)
+    assert comparison.group("frequency", "0.5").quality.n == 0 and comparison.full_model is None
+    assert comparison.group("frequency", "0.5").versus["equal"].verdict == "n/a"
+    assert all(path.is_file() for path in comparison.paths.values())
+    assert "0 of 4 cells finished" in comparison.markdown
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"[arms.frequency]\ncontroller = \"frequency\"": "[arms.frequency]\ncontroller = \"no-such\""},
+     "arm 'frequency': unknown controller 'no-such'; available:"),
+    ({"[options]\n": "[options]\nepochz = 3\n"}, "arm 'equal': unknown search options ['epochz']"),
+    ({"[options]\n": "[options]\nbudget = \"0.9\"\n"}, "[options] sets 'budget'; the grid sets it once"),
+    ({"budgets = [": "baselines = [\"bet\"]\nbudgets = ["}, "baselines ['bet'] are not arms"),
+    ({"\"1\"]": "\"lots\"]"}, "budget 'lots': cannot read the budget"),
+    ({"train = { epochs = 1 }": "train = { epochs = 0 }"}, "arm 'equal': training option"),
+    ({"model = \"mf\"": "model = \"mf\"\nmetric = \"auc\""}, "metric 'auc' is not a test metric of the top-k model"),
+])
+def test_a_grid_that_cannot_run_is_one_line_before_anything_runs(tmp_path, change, message):
+    text = GRID
+    for old, new in change.items():
+        assert old in text
+        text = text.replace(old, new)
+    grid = write_grid(tmp_path, text)
+    status, stdout, stderr = run_cli("compare", str(grid), "--quiet")
+    assert status == 2 and stdout == ""
+    assert stderr.count("\n") == 1 and message in stderr, stderr
+    assert not (tmp_path / "grid").exists(), "nothing ran, nothing was written"
+
+
+def test_a_finished_cell_of_another_grid_is_refused(ran, tmp_path):
+    shutil.copytree(ran["folder"], tmp_path, dirs_exist_ok=True)
+    grid = write_grid(tmp_path, GRID.replace("epochs = 1", "epochs = 1, lr = 0.01"))
+    status, _, stderr = run_cli("compare", str(grid), "--report-only", "--quiet")
+    errors = [line for line in stderr.splitlines() if line.startswith("embnas: error:")]
+    assert status == 2 and len(errors) == 1
+    assert "arm equal, budget 0.5, seed 0:" in errors[0] and "another configuration (it differs in train)" in errors[0]
+
+
+def _gone(pid: int) -> bool:
+    """Whether process ``pid`` has ended (a zombie nobody reaped has ended too)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return True
+    return state in ("Z", "X")
+
+
+def _wait_for(condition, what: str, limit: float = 120.0) -> None:
+    """Wait until ``condition()`` holds (a liveness wait, not a timing claim: the limit only ends a hung test)."""
+    deadline = time.monotonic() + limit
+    while not condition():
+        assert time.monotonic() < deadline, f"still waiting for {what}"
+        time.sleep(0.1)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
+def test_a_killed_harness_leaves_no_worker_holding_a_run_folder(tmp_path):
+    # One long cell: it is still training when the harness is killed.
+    grid = write_grid(tmp_path, GRID.replace('budgets = ["0.5", "0.7", "1"]', 'budgets = ["0.5"]')
+                      .replace("seeds = [0, 1]", "seeds = [0]").replace("[arms.equal]\n", "")
+                      .replace("epochs = 1", "epochs = 100000, eval_every = 10000, patience = 100"))
+    folder = cell(tmp_path / "grid", "frequency", "0.5", 0)
+    root = Path(__file__).resolve().parents[2]
+    harness = subprocess.Popen([sys.executable, "-m", "nas", "compare", str(grid), "--quiet"], cwd=tmp_path,
+                               env={**os.environ, "PYTHONPATH": str(root)}, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    worker = None
+    try:
+        lock = folder / "lock"
+        _wait_for(lambda: lock.exists() and lock.read_text().strip().isdigit(), "the worker to lock the cell's folder")
+        worker = int(lock.read_text())
+        assert worker != harness.pid
+        harness.send_signal(signal.SIGKILL)
+        harness.wait()
+        _wait_for(lambda: _gone(worker), "the worker to end with its harness")
+        FolderLock.acquire(folder, lambda path: contextlib.nullcontext()).release()  # the folder is free again
+    finally:
+        if harness.poll() is None:
+            harness.kill()
+            harness.wait()
+        if worker is not None and not _gone(worker):
+            os.kill(worker, signal.SIGKILL)

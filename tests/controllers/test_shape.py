@@ -1,0 +1,81 @@
+"""The shape search: both rules are its first proposals, it climbs towards the fittest shape, it resumes exactly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from controllers import CONTROLLERS
+from nas.core import Budget
+from nas.testing import synthetic_fields
+from search_spaces import PerFeatureSpace
+
+
+def _space_and_budget(sparsity: str = "0.8"):
+    fields = synthetic_fields({"user": 300, "item": 500}, exponent=1.1, seed=0)
+    space = PerFeatureSpace(fields.tables, fields.frequencies, 1, 32)
+    return space, Budget.parse(sparsity, space.rows(), 32, 1)
+
+
+def _shape(space, budget, **options):
+    return CONTROLLERS.get("shape")(space, budget, seed=0, **options)
+
+
+def test_its_first_two_proposals_are_equal_sizes_and_the_frequency_rule():
+    space, budget = _space_and_budget()
+    rules = [CONTROLLERS.get(name)(space, budget, seed=0).ask(1)[0] for name in ("equal", "frequency")]
+    shape = _shape(space, budget)
+    first = shape.ask(2)
+    np.testing.assert_array_equal(first[0], rules[0])
+    np.testing.assert_array_equal(first[1], rules[1])
+    assert shape.notes() == [{"alpha": 0.0, "tilt": 0.0}, {"alpha": 1.0, "tilt": 0.0}]
+
+
+def test_a_steeper_alpha_gives_the_frequent_rows_more():
+    space, budget = _space_and_budget("0.9")
+    shape = _shape(space, budget)
+    frequency = space.context()["log_frequency"]
+    head, tail = frequency >= np.quantile(frequency, 0.99), frequency <= np.quantile(frequency, 0.5)
+    sizes = {alpha: space.project(shape.direction(alpha, 0.0), budget) for alpha in (1.0, 3.0)}
+    assert sizes[3.0][head].mean() > sizes[1.0][head].mean()
+    assert sizes[3.0][tail].mean() <= sizes[1.0][tail].mean()
+
+
+def test_a_positive_tilt_moves_budget_to_the_table_of_more_frequent_rows():
+    space, budget = _space_and_budget()
+    shape = _shape(space, budget)
+    table, frequency = space.context()["table"], space.context()["log_frequency"]
+    richer = int(np.argmax([frequency[table == t].mean() for t in (0, 1)]))
+    spent = {tilt: space.project(shape.direction(1.0, tilt), budget) for tilt in (-1.0, 1.0)}
+    assert spent[1.0][table == richer].sum() > spent[-1.0][table == richer].sum()
+
+
+def test_after_the_design_it_refines_around_the_fittest_shape():
+    """Fitness peaks at alpha 2.3, tilt 0: the design finds 2, the refinement moves closer."""
+    space, budget = _space_and_budget()
+    shape = _shape(space, budget, alphas=(0.0, 1.0, 2.0, 3.0), tilts=(0.0,))
+    for _ in range(14):
+        shape.ask(1)
+        alpha, tilt = shape.notes()[0]["alpha"], shape.notes()[0]["tilt"]
+        shape.tell(shape._last_asked, [-abs(alpha - 2.3) - abs(tilt)])
+    best = max(shape.evaluated, key=lambda e: e[2])
+    assert [e[:2] for e in shape.evaluated[:4]] == [(0.0, 0.0), (1.0, 0.0), (2.0, 0.0), (3.0, 0.0)]
+    assert abs(best[0] - 2.3) < 0.2 and best[1] == 0.0
+
+
+def test_a_restored_state_proposes_what_the_original_would():
+    space, budget = _space_and_budget()
+    original = _shape(space, budget, alphas=(0.0, 1.0), tilts=(0.0,))
+    for fitness in (0.1, 0.3, 0.2):
+        decisions = original.ask(1)
+        original.tell(decisions, [fitness])
+    restored = _shape(space, budget, alphas=(0.0, 1.0), tilts=(0.0,))
+    restored.load_state_dict(original.state_dict())
+    np.testing.assert_array_equal(restored.ask(1), original.ask(1))
+    assert restored.notes() == original.notes()
+
+
+def test_a_design_without_alphas_is_refused():
+    space, budget = _space_and_budget()
+    with pytest.raises(ValueError, match="alpha"):
+        _shape(space, budget, alphas=())
