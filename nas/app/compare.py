@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from nas.app.grid import Cell, Grid, feasible_cells, plan_cells, read_grid
+from nas.app.report import save_png
 from nas.app.stats import PairedDifference, Spread, paired_difference, spread
 from nas.core._atomic import atomic_write, write_json
 from nas.core.errors import ArtifactError, ConfigError
@@ -488,10 +489,4 @@ def _plot(c: Comparison, path: Path) -> Path:
     axis.set_xlabel("bytes stored (export)")
     axis.set_ylabel(f"test {c.metric} (mean ± sd over seeds)")
     axis.set_title(f"{c.metric}: {'higher' if c.higher_is_better else 'lower'} is better")
-    figure.tight_layout()
-    try:
-        with atomic_write(path, "wb") as handle:
-            figure.savefig(handle, format="png", dpi=110)
-    finally:
-        plt.close(figure)
-    return path
+    return save_png(figure, path)

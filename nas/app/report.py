@@ -21,7 +21,7 @@ from nas.pipeline.runs import Run
 from nas.pipeline.build import build_space
 from nas.pipeline.replay import checked_budget, read_config
 
-__all__ = ["plot_allocation", "plot_fitness", "write_report"]
+__all__ = ["plot_allocation", "plot_fitness", "save_png", "write_report"]
 
 _MAX_POINTS = 20_000
 
@@ -64,7 +64,7 @@ def plot_allocation(
         axis.set_ylabel("kept dimensions")
     if title:
         figure.suptitle(title)
-    return _save_png(figure, path)
+    return save_png(figure, path)
 
 
 def plot_fitness(trials: list[dict], path: str | Path, *, title: str = "") -> Path:
@@ -99,10 +99,10 @@ def plot_fitness(trials: list[dict], path: str | Path, *, title: str = "") -> Pa
     axis.legend(loc="lower right")
     if title:
         axis.set_title(title)
-    return _save_png(figure, path)
+    return save_png(figure, path)
 
 
-def _save_png(figure, path: str | Path) -> Path:  # noqa: ANN001 - a matplotlib Figure
+def save_png(figure, path: str | Path) -> Path:  # noqa: ANN001 - a matplotlib Figure
     """Lay out ``figure``, write it as a PNG atomically, and free it."""
     import matplotlib.pyplot as plt
 
