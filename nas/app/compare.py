@@ -28,6 +28,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from nas.app.grid import Cell, Grid, feasible_cells, plan_cells, read_grid
 from nas.app.report import save_png
 from nas.app.stats import PairedDifference, Spread, paired_difference, spread
@@ -460,29 +462,43 @@ def _plain(value: Any) -> Any:
 
 
 # -- comparison.png --------------------------------------------------------------------------------------
+#: Factor between the x positions of neighbouring arms at one budget (log axis).
+_DODGE = 1.03
+
 def _plot(c: Comparison, path: Path) -> Path:
     """Quality against bytes stored: a line per arm through its budgets, the full model as a horizontal line."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import EngFormatter, NullFormatter
 
     figure, axis = plt.subplots(figsize=(6.5, 4.5))
-    drawn = False
-    for arm in c.arms:
+    drawn: list[float] = []
+    for index, arm in enumerate(c.arms):
         points = sorted((g.bytes, g.quality.mean, g.quality.sd) for g in c.groups
                         if g.arm == arm and g.quality.n and math.isfinite(g.bytes))
         if not points:
             continue
         x, y, sd = zip(*points)
-        axis.errorbar(x, y, yerr=[s if math.isfinite(s) else 0.0 for s in sd], marker="o", capsize=3, label=arm)
-        drawn = True
+        # Arms of one budget store nearly the same bytes: each is drawn a little aside (the table has the bytes).
+        dodge = _DODGE ** (index - (len(c.arms) - 1) / 2)
+        axis.errorbar([v * dodge for v in x], y, yerr=[s if math.isfinite(s) else 0.0 for s in sd], marker="o",
+                      capsize=3, label=arm)
+        drawn += x
     if c.full_model is not None and math.isfinite(c.full_model.mean):
         axis.axhline(c.full_model.mean, color="black", linestyle="--", linewidth=1.0, label="full model")
         if math.isfinite(c.full_model.sd):
             axis.axhspan(c.full_model.mean - c.full_model.sd, c.full_model.mean + c.full_model.sd, color="black", alpha=0.08)
     if drawn:
         axis.set_xscale("log")
+        axis.set_xlim(min(drawn) / 1.3, max(drawn) * 1.3)
+        # A tick at each budget (its arms' mean bytes): the budgets are what the reader compares.
+        ticks = [float(np.mean([g.bytes for g in c.groups if g.budget == budget and math.isfinite(g.bytes)] or [np.nan]))
+                 for budget in c.budgets]
+        axis.set_xticks([t for t in ticks if math.isfinite(t)])
+        axis.xaxis.set_major_formatter(EngFormatter(unit="B", places=1))
+        axis.xaxis.set_minor_formatter(NullFormatter())
         axis.legend(loc="best")
     else:
         axis.text(0.5, 0.5, "no finished cells yet", ha="center", va="center", transform=axis.transAxes)
