@@ -24,7 +24,7 @@ import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,9 @@ __all__ = ["COMPARISON_FORMAT", "CellFailure", "Comparison", "Group", "compare"]
 COMPARISON_FORMAT = "embnas.comparison"
 #: Version of the ``comparison.json`` layout.
 COMPARISON_VERSION = 1
+#: The stages whose time a comparison reports, in the order a search runs them.
+STAGES = ("reference", "supernet", "search", "retrain", "total")
+
 #: The append-only log of the cells that failed, one JSON object per line.
 FAILURES_FILE = "failures.jsonl"
 
@@ -64,6 +67,9 @@ class Group:
         versus: the paired difference from each baseline, by the baseline's name (not
             the arm itself).
         runs: the run folder of each finished seed.
+        seconds: mean wall seconds of each stage (:data:`STAGES`) over the finished seeds;
+            ``reference`` counts 0 for a cell that found the full model cached.
+        full_seconds: mean training seconds of the full reference model.
     """
 
     arm: str
@@ -74,6 +80,8 @@ class Group:
     cost: float
     versus: Mapping[str, PairedDifference]
     runs: Mapping[int, Path]
+    seconds: Mapping[str, float] = field(default_factory=dict)
+    full_seconds: float = math.nan
 
 
 @dataclass(frozen=True)
@@ -292,6 +300,8 @@ def _compare(spec: Grid, cells: Sequence[Cell], results: Mapping[Cell, SearchRes
                 arm=arm, budget=budget, quality=spread(list(own.values())), values=dict(sorted(own.items())),
                 bytes=_mean([r.export_bytes for _, r in mine]), cost=_mean([r.cost_ratio for _, r in mine]),
                 versus=versus, runs={cell.seed: cell.folder for cell, _ in sorted(mine, key=lambda m: m[0].seed)},
+                seconds={stage: _mean([r.timings.get(stage, 0.0) for _, r in mine]) for stage in STAGES},
+                full_seconds=_mean([r.full_train_seconds for _, r in mine]),
             ))
     missing = tuple((cell.arm, cell.budget, cell.seed) for cell in cells if cell not in results)
     comparison = Comparison(
@@ -357,6 +367,13 @@ def _markdown(c: Comparison, planned: int) -> str:
         if c.full_model is not None:
             rows.append(["full model", str(c.full_model.n), _mean_sd(c.full_model), "", ""] + [""] * (2 * len(baselines)))
         lines += ["", f"## Budget {budget}", "", _table(header, right, rows)]
+        timed = [c.group(arm, budget) for arm in c.arms if c.group(arm, budget).quality.n]
+        if timed:
+            full = _mean([g.full_seconds for g in timed])
+            lines += ["", f"Where the time goes (mean seconds per stage; the full model's training: {_number(full, 0)} s; "
+                          "reference: its training, where a cell found it not yet cached):", "",
+                      _table(["arm", *STAGES], [False, *[True] * len(STAGES)],
+                             [[g.arm, *(_number(g.seconds.get(stage, math.nan), 0) for stage in STAGES)] for g in timed])]
     if c.dropped:
         lines += ["", *(f"- {line[0].upper()}{line[1:]}" for line in c.dropped)]
     if c.missing:
@@ -433,6 +450,7 @@ def _json(c: Comparison, spec: Grid, cells: Sequence[Cell], results: Mapping[Cel
                                                          "by_seed": {str(s): v for s, v in full.items()}},
         "groups": [
             {"arm": g.arm, "budget": g.budget, **_spread(g.quality), "bytes": g.bytes, "cost_ratio": g.cost,
+             "seconds": dict(g.seconds), "full_seconds": g.full_seconds,
              "versus": {base: {"n": d.n, "mean": d.mean, "sd": d.sd, "low": d.low, "high": d.high,
                                "percent": d.percent, "verdict": d.verdict, "seeds": list(d.seeds)}
                         for base, d in g.versus.items()},

@@ -92,8 +92,13 @@ def test_every_feasible_cell_runs_and_the_outputs_say_how_they_compare(ran):
     assert markdown in ran["stdout"]  # the table is printed at the end
     for budget in BUDGETS:
         section = markdown.split(f"## Budget {budget}\n")[1].split("##")[0]
-        rows = [line for line in section.splitlines() if line.startswith("| ")]
+        comparison, timing = section.split("Where the time goes")
+        rows = [line for line in comparison.splitlines() if line.startswith("| ")]
         assert [r.split("|")[1].strip() for r in rows[2:]] == ["equal", "frequency", "full model"]
+        stages = [line for line in timing.splitlines() if line.startswith("| ")]
+        assert [c.strip() for c in stages[0].split("|")[1:-1]] == ["arm", "reference", "supernet", "search", "retrain",
+                                                                     "total"]
+        assert [r.split("|")[1].strip() for r in stages[2:]] == ["equal", "frequency"]
         assert "Δ vs equal [95 % CI] (%)" in rows[0] and "vs frequency" in rows[0]
     assert "Budget 1 is skipped" in markdown
     assert (out / "comparison.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -119,6 +124,9 @@ def test_the_json_holds_what_the_run_folders_hold(ran):
         assert group["n"] == 2 and group["mean"] == pytest.approx(np.mean(quality))
         assert group["sd"] == pytest.approx(np.std(quality, ddof=1))
         assert group["bytes"] == pytest.approx(np.mean([results[s].export_bytes for s in SEEDS]))
+        for stage in ("reference", "supernet", "search", "retrain", "total"):
+            assert group["seconds"][stage] == pytest.approx(np.mean([results[s].timings.get(stage, 0.0) for s in SEEDS]))
+        assert group["full_seconds"] == pytest.approx(np.mean([results[s].full_train_seconds for s in SEEDS]))
         for base, diff in group["versus"].items():
             assert base != group["arm"]
             theirs = read[(base, group["budget"])]
