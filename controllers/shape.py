@@ -29,10 +29,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from nas.core.plugins import register_controller
 from nas.core.budget import Budget
 from nas.core.controller import Controller, ControllerState
 from nas.core.errors import ConfigError
+from nas.core.plugins import register_controller
 from nas.core.space import SearchSpace
 
 __all__ = ["FrequencyShape"]

@@ -45,8 +45,8 @@ from nas.pipeline.data import load_data
 from nas.pipeline.replay import read_config
 from nas.pipeline.reference import Reference, full_reference
 from nas.pipeline.result import Retrained, SearchResult
-from nas.pipeline.stages import RunContext, train_stage
 from nas.pipeline.runs import MemoryRun, Run
+from nas.pipeline.stages import RunContext, train_stage
 from nas.pipeline.supernet import train_one_shot, train_supernet
 from nas.pipeline.tasks import Task, task_for
 from nas.pipeline.trials import Candidate, ranked_candidates, record_one_shot_choice, run_trials, save_controller_state
