@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from nas.app.api import configure
-from nas.app.stats import LOWER_IS_BETTER
+from nas.app.stats import higher_is_better
 from nas.core.budget import Budget
 from nas.core.errors import BudgetError, ConfigError
 from nas.core.plugins import CONTROLLERS
@@ -102,7 +102,7 @@ class Grid:
     @property
     def higher_is_better(self) -> bool:
         """Whether a larger :attr:`metric` is the better model."""
-        return self.metric not in LOWER_IS_BETTER
+        return higher_is_better(self.metric)
 
     def data_for(self, seed: int) -> str | DataSpec | None:
         """The ``data`` argument of :func:`nas.app.api.search` for ``seed``.

@@ -191,9 +191,12 @@ def _run_stages(ctx: RunContext, started: float) -> SearchResult:
 
     tic = time.perf_counter()
     supernet, supernet_stats, kind = _train_supernet(ctx, reference)
-    supernet_test = task.evaluate(supernet, "test")
+    # Reported as the reference without one, beside it otherwise; a plain full-size first stage
+    # with a reference is not reported (when it is the reference, its metrics are known already).
+    reported = reference is None or kind != "full"
+    supernet_metrics = ({"valid": supernet_stats["valid"] or {}, "test": task.evaluate(supernet, "test")}
+                        if reported else None)
     timing["supernet"] = time.perf_counter() - tic
-    supernet_metrics = {"valid": supernet_stats["valid"] or {}, "test": supernet_test}
 
     tic = time.perf_counter()
     candidates = _search(ctx, supernet)
@@ -242,8 +245,8 @@ def _run_stages(ctx: RunContext, started: float) -> SearchResult:
         full_train_seconds=supernet_stats["seconds"] if reference is None else reference.seconds,
         allocated_train_seconds=winner.seconds,
         # The supernet beside the reference, under its own name (unless it is the reference itself).
-        supernet=kind if reference is not None and kind != "full" else None,
-        supernet_metrics=supernet_metrics if reference is not None and kind != "full" else None,
+        supernet=kind if reference is not None and reported else None,
+        supernet_metrics=supernet_metrics if reference is not None else None,
         reference_dir=None if reference is None else reference.folder,
         trained_model=model,
     )
