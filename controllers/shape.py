@@ -25,6 +25,7 @@ measured them), then refines around the fittest by a pattern search that halves 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -73,9 +74,13 @@ class FrequencyShape(Controller):
         tilts: Sequence[float] = TILTS,
     ) -> None:
         super().__init__(space, budget, seed)
-        if not alphas or not tilts or min(alphas) < 0:
-            raise ConfigError(f"the shape controller needs at least one non-negative alpha and one tilt, got "
-                              f"alphas={list(alphas)}, tilts={list(tilts)}")
+        for name, given in (("alphas", alphas), ("tilts", tilts)):
+            if (isinstance(given, (str, bytes)) or not isinstance(given, Sequence) or not given
+                    or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in given)):
+                raise ConfigError(f"the shape controller's {name} must be a non-empty list of finite numbers, "
+                                  f"got {given!r} (e.g. --controller-option {name}=[0,1,2])")
+        if min(alphas) < 0:
+            raise ConfigError(f"the shape controller's alphas must be non-negative, got {list(alphas)}")
         self.design = [(float(a), float(t)) for t in tilts for a in alphas]
         context = space.context()
         self._log_frequency = np.asarray(context["log_frequency"], dtype=np.float64)

@@ -31,12 +31,13 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from nas.core.errors import ArtifactError
+from nas.core.errors import ArtifactError, StorageError
 from nas.pipeline.build import Model, load_checkpoint
 from nas.pipeline.runs import DAMAGED_JSON_ERRORS, Run, config_hash
 from nas.pipeline.stages import RunContext, train_stage
 
-__all__ = ["REFERENCE_FORMAT", "REFERENCE_VERSION", "Reference", "default_cache", "full_reference", "reference_key"]
+__all__ = ["REFERENCE_FORMAT", "REFERENCE_VERSION", "Reference", "cache_folder", "default_cache", "full_reference",
+           "reference_key"]
 
 #: Names a cache entry's record as a reference model's.
 REFERENCE_FORMAT = "embnas.reference"
@@ -90,6 +91,28 @@ def default_cache() -> Path:
     return Path(base) / "embnas"
 
 
+def cache_folder(cache: str | Path | None = None) -> Path:
+    """The folder of the cached references (``cache``, else :func:`default_cache`), made if missing.
+
+    A run checks it before it makes its own folder, so a cache that cannot be written is
+    one line and leaves nothing behind.
+
+    Raises:
+        StorageError: the folder cannot be made or written (naming it).
+    """
+    root = (Path(cache) if cache is not None else default_cache()) / "references"
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        writable = os.access(root, os.W_OK | os.X_OK)
+    except OSError as error:
+        raise StorageError(f"{root}: the cache of full reference models cannot be made ({error.strerror}); give "
+                           "another --reference-cache (or EMBNAS_CACHE)") from None
+    if not writable:
+        raise StorageError(f"{root}: the cache of full reference models is not writable; give another "
+                           "--reference-cache (or EMBNAS_CACHE)")
+    return root
+
+
 def reference_key(ctx: RunContext) -> dict[str, Any]:
     """What determines the trained reference model: two runs with equal keys share it.
 
@@ -122,7 +145,7 @@ def full_reference(ctx: RunContext, cache: str | Path | None = None) -> Referenc
         ArtifactError: the entry's files were altered or damaged since they were written
             (naming the file and the entry to delete to train it again).
     """
-    root = (Path(cache) if cache is not None else default_cache()) / "references"
+    root = cache_folder(cache)
     key = reference_key(ctx)
 
     def waiting(pid: int | None) -> None:

@@ -43,7 +43,7 @@ from nas.pipeline.build import Data, Model, build_evaluator, build_search
 from nas.pipeline.config import SearchConfig, SupernetOptions, check_memory
 from nas.pipeline.data import load_data
 from nas.pipeline.replay import read_config
-from nas.pipeline.reference import Reference, full_reference
+from nas.pipeline.reference import Reference, cache_folder, full_reference
 from nas.pipeline.result import Retrained, SearchResult
 from nas.pipeline.runs import MemoryRun, Run
 from nas.pipeline.stages import RunContext, train_stage
@@ -107,6 +107,8 @@ def open_run(
     task = task_for(data, config.train)
     budget, space, controller = build_search(config, task)
     check_memory(config, budget.rows)  # a width that cannot fit is refused before the first epoch
+    if config.reference == "full":
+        cache_folder(reference_cache)  # a cache that cannot be written is refused before a run folder exists
     if controller.needs_fitness and not task.has_validation:
         raise ConfigError(
             f"the {config.controller} controller learns from validation fitness, and this dataset has no validation split"

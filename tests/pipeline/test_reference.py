@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import nas
-from nas.core.errors import ArtifactError
+from nas.core.errors import ArtifactError, StorageError
 from nas.pipeline._lock import FolderLock
 from nas.pipeline.config import SearchConfig
 
@@ -118,3 +118,11 @@ def test_a_second_process_waits_for_the_entry_instead_of_failing(tmp_path):
     held.release()
     thread.join(10)
     assert acquired.is_set() and holders and holders[0] is not None
+
+
+def test_a_cache_that_cannot_be_written_is_one_line_and_leaves_no_run_folder(tmp_path):
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder")
+    with pytest.raises(StorageError, match="cache of full reference models cannot be made"):
+        _search(tmp_path, "run", blocked, budget=0.9)
+    assert not (tmp_path / "run").exists()
