@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from controllers import CONTROLLERS
 from nas.core import Budget
+from nas.core.errors import ConfigError
 from nas.testing import synthetic_fields
 from search_spaces import PerFeatureSpace
 
@@ -75,7 +78,27 @@ def test_a_restored_state_proposes_what_the_original_would():
     assert restored.notes() == original.notes()
 
 
-def test_a_design_without_alphas_is_refused():
+@pytest.mark.parametrize("options, match", [
+    ({"alphas": ()}, "alphas must be a non-empty list"),
+    ({"alphas": (-1.0,)}, "alphas must be non-negative"),
+    ({"alphas": "abc"}, "alphas must be a non-empty list of finite numbers"),
+    ({"tilts": (1.0, "x")}, "tilts must be a non-empty list of finite numbers"),
+    ({"tilts": (float("nan"),)}, "tilts must be a non-empty list of finite numbers"),
+])
+def test_a_design_that_cannot_work_is_one_configuration_error(options, match):
     space, budget = _space_and_budget()
-    with pytest.raises(ValueError, match="alpha"):
-        _shape(space, budget, alphas=())
+    with pytest.raises(ConfigError, match=match):
+        _shape(space, budget, **options)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(alpha=st.floats(0.0, 8.0), tilt=st.floats(-4.0, 4.0), retained=st.floats(0.02, 1.0))
+def test_every_shape_stays_within_the_budget(alpha, tilt, retained):
+    """Whatever its alpha, tilt and the budget, a shape's proposal is on the grid and within the budget."""
+    space, _ = _space_and_budget()
+    full = sum(t.rows for t in space.tables) * 32
+    budget = Budget.parse(str(max(int(full * retained), space.minimum_cost())), space.rows(), 32, 1)
+    shape = _shape(space, budget, alphas=(alpha,), tilts=(tilt,))
+    decisions = shape.ask(1)[0]
+    assert np.isin(decisions, space.grid).all()
+    assert space.cost(decisions) <= budget.max_values
