@@ -18,6 +18,7 @@ import pytest
 
 import nas
 from nas.app.cli import main
+from nas.core.errors import RunLockedError
 from nas.pipeline._lock import FolderLock
 from nas.pipeline.result import SearchResult
 
@@ -226,6 +227,15 @@ def _gone(pid: int) -> bool:
     return state in ("Z", "X")
 
 
+def _lock_is_free(folder: Path) -> bool:
+    """Whether no process holds ``folder``'s lock (taken and released at once when free)."""
+    try:
+        FolderLock.acquire(folder, lambda path: contextlib.nullcontext()).release()
+    except RunLockedError:
+        return False
+    return True
+
+
 def _wait_for(condition, what: str, limit: float = 120.0) -> None:
     """Wait until ``condition()`` holds (a liveness wait, not a timing claim: the limit only ends a hung test)."""
     deadline = time.monotonic() + limit
@@ -254,7 +264,9 @@ def test_a_killed_harness_leaves_no_worker_holding_a_run_folder(tmp_path):
         harness.send_signal(signal.SIGKILL)
         harness.wait()
         _wait_for(lambda: _gone(worker), "the worker to end with its harness")
-        FolderLock.acquire(folder, lambda path: contextlib.nullcontext()).release()  # the folder is free again
+        # The folder is free again. A process's other threads may still be closing its files
+        # for a moment after its main thread shows as ended, so the lock is waited for too.
+        _wait_for(lambda: _lock_is_free(folder), "the worker's lock on the cell's folder to be released")
     finally:
         if harness.poll() is None:
             harness.kill()
