@@ -24,7 +24,7 @@ import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from nas.app.report import save_png
 from nas.app.stats import PairedDifference, Spread, paired_difference, spread
 from nas.core._atomic import atomic_write, write_json
 from nas.core.errors import ArtifactError, ConfigError
+from nas.pipeline.build import Data
 from nas.pipeline.config import SearchConfig
 from nas.pipeline.data import load_data
 from nas.pipeline.result import SearchResult
@@ -196,7 +197,7 @@ def compare(
     cells, dropped = feasible_cells(cells, data.rows())
     for line in dropped:
         print(f"embnas: {line}", file=sys.stderr)
-    _check_recorded(cells)
+    _check_recorded(cells, data)
     failures: list[CellFailure] = []
     todo = [cell for cell in cells if not _finished(cell)]
     if todo and not report_only:
@@ -219,15 +220,22 @@ def _finished(cell: Cell) -> bool:
     return (cell.folder / "metrics.json").exists()
 
 
-def _check_recorded(cells: Sequence[Cell]) -> None:
-    """Refuse a cell folder that holds a run of another configuration (the grid changed since).
+def _check_recorded(cells: Sequence[Cell], data: Data) -> None:
+    """Refuse a cell folder that holds a run of another configuration or other data.
 
-    A finished cell is read back rather than rerun, so a result of an older grid would
-    otherwise be reported as this grid's.
+    A finished cell is read back rather than rerun, so a result of an older grid, or of
+    the same grid over files that changed since, would otherwise be reported as this one's.
+
+    Args:
+        cells: the grid's cells.
+        data: the data of the first cell (the others load their own only where it differs
+            and a folder needs checking, as a split drawn by the seed does).
 
     Raises:
         ConfigError: naming the cell, its folder and what differs.
     """
+    loaded = {config_hash(asdict(cells[0].config.data)): data} if cells else {}
+    fingerprints: dict[str, str] = {}
     for cell in cells:
         if not (cell.folder / "config.json").exists():
             continue
@@ -236,7 +244,7 @@ def _check_recorded(cells: Sequence[Cell]) -> None:
         except (ArtifactError, ConfigError, KeyError, TypeError, ValueError) as error:
             raise ConfigError(f"{cell.label}: {cell.folder} holds a configuration this grid cannot check "
                               f"({' '.join(str(error).splitlines())}); delete the folder to run the cell again") from None
-        recorded.pop("data_fingerprint", None)
+        fingerprint = recorded.pop("data_fingerprint", None)
         expected = cell.config.to_dict()
         if config_hash(recorded) != config_hash(expected):
             keys = sorted(k for k in set(recorded) | set(expected)
@@ -244,6 +252,12 @@ def _check_recorded(cells: Sequence[Cell]) -> None:
             raise ConfigError(f"{cell.label}: {cell.folder} holds a run of another configuration (it differs in "
                               f"{', '.join(keys)}); the grid changed since it ran: delete that folder or give another "
                               "output folder")
+        key = config_hash(asdict(cell.config.data))
+        if fingerprint is not None and key not in fingerprints:
+            fingerprints[key] = (loaded.get(key) or load_data(cell.config.data)).fingerprint()
+        if fingerprint is not None and fingerprint != fingerprints[key]:
+            raise ConfigError(f"{cell.label}: {cell.folder} holds a run on other data (the grid's data files changed "
+                              "since it ran): delete that folder or give another output folder")
 
 
 def _record_failure(out: Path, cell: Cell, error: str, message: str, trace: str | None) -> CellFailure:

@@ -218,6 +218,25 @@ def test_a_finished_cell_of_another_grid_is_refused(ran, tmp_path):
     assert "arm equal, budget 0.5, seed 0:" in errors[0] and "another configuration (it differs in train)" in errors[0]
 
 
+def test_a_finished_cell_on_data_that_changed_since_is_refused(tmp_path):
+    rng = np.random.default_rng(0)
+    lines = [" ".join(str(i) for i in [u, *rng.choice(40, size=4, replace=False)]) for u in range(30)]
+    train, test = tmp_path / "train.txt", tmp_path / "test.txt"
+    train.write_text("\n".join(lines) + "\n")
+    test.write_text("\n".join(f"{u} {u + 1}" for u in range(30)) + "\n")
+    text = GRID.replace('data = { format = "synthetic", extra = { n_users = 200, n_items = 300 } }',
+                        'data = { format = "lightgcn", train = ["train.txt"], test = ["test.txt"] }')
+    text = text.replace('budgets = ["0.5", "0.7", "1"]', 'budgets = ["0.5"]').replace("seeds = [0, 1]", "seeds = [0]")
+    grid = write_grid(tmp_path, text)
+    status, _, stderr = run_cli("compare", str(grid), "--quiet")
+    assert status == 0, stderr
+    train.write_text("\n".join(lines[:-1]) + "\n" + lines[-1].rsplit(" ", 1)[0] + "\n")  # one interaction fewer
+    status, _, stderr = run_cli("compare", str(grid), "--report-only", "--quiet")
+    errors = [line for line in stderr.splitlines() if line.startswith("embnas: error:")]
+    assert status == 2 and len(errors) == 1, stderr
+    assert "arm equal, budget 0.5, seed 0:" in errors[0] and "a run on other data" in errors[0]
+
+
 def _gone(pid: int) -> bool:
     """Whether process ``pid`` has ended (a zombie nobody reaped has ended too)."""
     try:
