@@ -2,7 +2,11 @@
 
 The export (``nas.artifact.export``) stores, per table, the leading ``row_dims[r]`` values
 of every row packed one after another, plus the ``row_dims`` array itself, plus
-metadata (the safetensors header and ``manifest.json``).  Every byte figure of embnas
+metadata (the safetensors header and ``manifest.json``).  When precision is searched it
+stores, per table and precision, the values of the rows at that precision (bit-packed
+below a byte) and the integer rows' scales, and one code per row for size and precision
+(:mod:`nas.core.precision`): a row costs a whole number of *bits*, and everything else is
+fixed by the tables (:func:`precision_fixed_bytes`).  Every byte figure of embnas
 comes from this module: the budget turns bytes into values with it
 (:meth:`~nas.core.budget.Budget.from_bytes`), the export checks the files it wrote
 against :func:`export_byte_limit`, and element-mask controllers size their masks by
@@ -11,24 +15,27 @@ against :func:`export_byte_limit`, and element-mask controllers size their masks
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from nas.core.errors import BudgetError
+from nas.core.precision import code_dtype
 
 if TYPE_CHECKING:
     from nas.core.budget import Budget
 
 __all__ = [
     "METADATA_RESERVE_BASE",
+    "METADATA_RESERVE_PER_BUFFER",
     "METADATA_RESERVE_PER_TABLE",
     "dims_dtype",
     "export_byte_limit",
     "export_bytes",
     "fixed_bytes",
     "masked_value_limit",
+    "precision_fixed_bytes",
     "value_itemsize",
 ]
 
@@ -36,6 +43,9 @@ __all__ = [
 METADATA_RESERVE_BASE = 4096
 #: Extra metadata bytes set aside per table (its entries in the header and manifest).
 METADATA_RESERVE_PER_TABLE = 512
+#: Extra bytes set aside per table and precision when precision is searched: the header
+#: entries of its value and scale buffers, and the byte its bit-packed values may pad to.
+METADATA_RESERVE_PER_BUFFER = 192
 
 _VALUE_DTYPES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
 
@@ -64,6 +74,15 @@ def fixed_bytes(rows: Mapping[str, int], d_max: int, *, element_mask: bool = Fal
         total += METADATA_RESERVE_PER_TABLE + int(n) * itemsize
         if element_mask:
             total += (int(n) * d_max + 7) // 8
+    return total
+
+
+def precision_fixed_bytes(rows: Mapping[str, int], d_min: int, d_max: int, precisions: Sequence[str]) -> int:
+    """Bytes an export with searched precision needs before any value or scale: row codes, padding, metadata."""
+    itemsize = code_dtype(d_min, d_max, len(precisions)).itemsize
+    total = METADATA_RESERVE_BASE
+    for n in rows.values():
+        total += METADATA_RESERVE_PER_TABLE + len(precisions) * METADATA_RESERVE_PER_BUFFER + int(n) * itemsize
     return total
 
 

@@ -15,6 +15,7 @@ import numpy as np
 from nas.core._atomic import atomic_write
 from nas.core.budget import Budget
 from nas.core.errors import ArtifactError, BudgetError
+from nas.core.precision import PRECISIONS
 
 __all__ = ["Allocation"]
 
@@ -28,13 +29,21 @@ class Allocation:
     than a prefix add ``element_masks``: a boolean ``(rows, d_max)`` array per table whose
     kept elements all lie inside the prefix; the cost then counts the kept elements.
 
+    When precision is searched, every row also has a precision: ``row_precisions``
+    holds, per table, each row's index into ``precisions`` (names of
+    :data:`nas.core.precision.PRECISIONS`, widest first).
+
     Attributes:
         row_dims: table name -> int64 array of row sizes.
         element_masks: optional table name -> bool array ``(rows, d_max)``.
+        row_precisions: optional table name -> uint8 array of precision indices.
+        precisions: the precision names ``row_precisions`` indexes (empty without them).
     """
 
     row_dims: Mapping[str, np.ndarray]
     element_masks: Mapping[str, np.ndarray] | None = None
+    row_precisions: Mapping[str, np.ndarray] | None = None
+    precisions: tuple[str, ...] = ()
     _cost: int = field(default=0, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -65,6 +74,36 @@ class Allocation:
         else:
             cost = sum(int(d.sum()) for d in dims.values())
         object.__setattr__(self, "_cost", cost)
+        self._check_precisions(dims)
+
+    def _check_precisions(self, dims: Mapping[str, np.ndarray]) -> None:
+        if self.row_precisions is None:
+            if self.precisions:
+                raise ValueError("precisions are named but no row_precisions say which row has which")
+            return
+        if not self.precisions:
+            raise ValueError("row_precisions need the precision names they index (precisions=...)")
+        if self.element_masks is not None:
+            raise ValueError("element masks keep arbitrary values; they are not searched with precision")
+        object.__setattr__(self, "precisions", tuple(str(name) for name in self.precisions))
+        unknown = [name for name in self.precisions if name not in PRECISIONS]
+        if unknown:
+            raise ValueError(f"unknown precisions {unknown}; choose from {', '.join(PRECISIONS)}")
+        if len(set(self.precisions)) != len(self.precisions):
+            raise ValueError(f"precisions {self.precisions} name one precision twice")
+        chosen = {}
+        for name, index in self.row_precisions.items():
+            index = np.asarray(index)
+            if name not in dims or index.shape != dims[name].shape or not np.issubdtype(index.dtype, np.integer):
+                raise ValueError(f"row_precisions of table {name!r} must be an integer array of one index per row")
+            if index.size and (int(index.min()) < 0 or int(index.max()) >= len(self.precisions)):
+                raise ValueError(f"row_precisions of table {name!r} must index the {len(self.precisions)} precisions")
+            index = index.astype(np.uint8, copy=True)
+            index.setflags(write=False)
+            chosen[str(name)] = index
+        if set(chosen) != set(dims):
+            raise ValueError(f"row_precisions must cover every table, got {sorted(chosen)} for {sorted(dims)}")
+        object.__setattr__(self, "row_precisions", {name: chosen[name] for name in dims})
 
     @property
     def tables(self) -> tuple[str, ...]:
@@ -75,6 +114,35 @@ class Allocation:
     def cost(self) -> int:
         """Embedding values kept over all tables (exact; computed once)."""
         return self._cost
+
+    def bits(self) -> int:
+        """Bits the rows' values and scales take at their precisions (exact; see :mod:`nas.core.precision`).
+
+        Raises:
+            ValueError: for an allocation without precisions.
+        """
+        if self.row_precisions is None:
+            raise ValueError("an allocation without precisions is counted in values, not bits")
+        total = 0
+        for name, dims in self.row_dims.items():
+            index = self.row_precisions[name]
+            for k, precision in enumerate(self.precisions):
+                chosen = index == k
+                total += int(PRECISIONS[precision].row_bits(dims[chosen]).sum())
+        return total
+
+    def cost_in(self, budget: Budget) -> int:
+        """The cost in the unit ``budget`` counts (:attr:`Budget.unit`): values, or bits."""
+        if budget.unit == "values":
+            return self.cost
+        if self.row_precisions is None:
+            raise BudgetError(f"{budget.describe()} counts the bits of rows at precisions {', '.join(budget.precisions)}, "
+                              "and this allocation has none")
+        stray = sorted(set(self.precisions) - set(budget.precisions))
+        if stray:
+            raise BudgetError(f"the allocation stores rows at {', '.join(stray)}, not among the budget's "
+                              f"precisions {', '.join(budget.precisions)}")
+        return self.bits()
 
     def rows(self) -> dict[str, int]:
         """Row count of every table."""
@@ -94,7 +162,7 @@ class Allocation:
                 raise BudgetError(
                     f"table {name!r} has row sizes in [{low}, {high}], outside [d_min={budget.d_min}, d_max={budget.d_max}]"
                 )
-        budget.check_cost(self.cost)
+        budget.check_cost(self.cost_in(budget))
 
     def fingerprint(self) -> str:
         """Short sha256 of the sizes (and masks), to key caches and events."""
@@ -104,6 +172,8 @@ class Allocation:
             digest.update(dims.tobytes())
             if self.element_masks and name in self.element_masks:
                 digest.update(np.packbits(self.element_masks[name]).tobytes())
+            if self.row_precisions is not None:  # without precisions the digest is what it always was
+                digest.update(",".join(self.precisions).encode() + b"\0" + self.row_precisions[name].tobytes())
         return digest.hexdigest()[:16]
 
     def kept_per_row(self, table: str) -> np.ndarray:
@@ -112,12 +182,18 @@ class Allocation:
         return masks[table].sum(axis=1).astype(np.int64) if table in masks else self.row_dims[table]
 
     def summary(self) -> dict[str, dict[str, Any]]:
-        """Per table: mean, min and max values kept per row, their total, and whether elements are masked."""
+        """Per table: mean, min and max values kept per row, their total, and whether elements are masked.
+
+        With precisions, also the rows at each precision (``"rows_at"``: name -> count).
+        """
         out = {}
         for name in self.row_dims:
             kept = self.kept_per_row(name)
             out[name] = {"mean": float(kept.mean()), "min": int(kept.min()), "max": int(kept.max()),
                          "values": int(kept.sum()), "masked": bool(self.element_masks and name in self.element_masks)}
+            if self.row_precisions is not None:
+                counts = np.bincount(self.row_precisions[name], minlength=len(self.precisions))
+                out[name]["rows_at"] = {p: int(c) for p, c in zip(self.precisions, counts)}
         return out
 
     # -- files: npz with allow_pickle=False, never pickle ----------------------------------------
@@ -132,6 +208,9 @@ class Allocation:
         for name, mask in (self.element_masks or {}).items():
             arrays[f"element_mask/{name}"] = np.packbits(mask, axis=1)
             arrays[f"element_mask_width/{name}"] = np.asarray([mask.shape[1]], dtype=np.int64)
+        if self.row_precisions is not None:
+            arrays["precisions"] = np.asarray(self.precisions, dtype="<U8")
+            arrays.update({f"row_precision/{name}": index for name, index in self.row_precisions.items()})
         buffer = io.BytesIO()
         np.savez(buffer, **arrays)
         return buffer.getvalue()
@@ -164,6 +243,8 @@ class Allocation:
                     name = key.split("/", 1)[1]
                     width = int(files[f"element_mask_width/{name}"][0])
                     masks[name] = np.unpackbits(value, axis=1)[:, :width].astype(bool)
-            return cls(dims, masks or None)
+            precisions = {key.split("/", 1)[1]: value for key, value in files.items() if key.startswith("row_precision/")}
+            names = tuple(str(n) for n in files["precisions"]) if "precisions" in files else ()
+            return cls(dims, masks or None, precisions or None, names)
         except (KeyError, ValueError, IndexError) as error:
             raise ArtifactError(f"{path}: inconsistent allocation file ({error})") from None

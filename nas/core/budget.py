@@ -5,19 +5,27 @@ over all tables (``max_values``), whatever unit the user gave it in: a sparsity,
 a parameter count, or bytes of the exported artifact.  Every row keeps at least
 ``d_min`` and at most ``d_max`` values, so a budget below ``rows × d_min`` cannot
 be met; it is refused when it is built, with the minimum in the user's unit.
+
+When precision is searched (``precisions``) under a byte budget, a value no longer has
+one price: the budget is then held in bits (``max_bits``), and a row of ``d`` values at
+precision ``p`` costs ``d * bits(p)`` plus its scale (:mod:`nas.core.precision`).
+:meth:`Budget.row_cost` gives every precision's price in the budget's own :attr:`unit`,
+so a space prices any (size, precision) candidate without knowing which unit it is.
+Sparsity and parameter budgets keep counting values, whatever their precision.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 from typing import Any
 
-from nas.core.errors import BudgetError
-from nas.core.accounting import export_bytes, fixed_bytes, value_itemsize
+from nas.core.errors import BudgetError, ConfigError
+from nas.core.accounting import export_bytes, fixed_bytes, precision_fixed_bytes, value_itemsize
+from nas.core.precision import PRECISIONS, parse_precisions
 
 __all__ = ["Budget"]
 
@@ -40,6 +48,11 @@ class Budget:
             integer count of parameters or bytes (1_000_000, 2**20, or 10**30: a count is
             never rounded through a float).
         dtype: value dtype of the export, used by byte budgets.
+        precisions: the precisions rows may be stored at, widest first (empty: every value
+            at ``dtype``, precision not searched).
+        max_bits: with precisions under a byte budget, the most bits the rows' values and
+            scales may take (the hard limit; :attr:`max_values` then bounds the values
+            at the narrowest precision).  Unused otherwise.
     """
 
     max_values: int
@@ -49,6 +62,8 @@ class Budget:
     kind: str = "params"
     amount: int | float = 0.0
     dtype: str = "float32"
+    precisions: tuple[str, ...] = ()
+    max_bits: int = 0
     _frozen_rows: tuple[tuple[str, int], ...] = field(default=(), init=False, repr=False, compare=True)
 
     def __post_init__(self) -> None:
@@ -71,6 +86,18 @@ class Budget:
             value_itemsize(self.dtype)
         except ValueError as error:
             raise BudgetError(str(error)) from None
+        if self.precisions:
+            try:
+                object.__setattr__(self, "precisions", parse_precisions(self.precisions))
+            except ConfigError as error:
+                raise BudgetError(str(error)) from None
+        object.__setattr__(self, "max_bits", int(self.max_bits))
+        if self.unit == "bits" and self.max_bits < self.min_cost:
+            raise BudgetError(
+                f"budget {self.describe()} is infeasible: every row at d_min={self.d_min} and its cheapest precision "
+                f"({self.cheapest_precision}) already needs {self.min_cost:,} bits; the smallest feasible budget is "
+                f"{self.minimum_in_unit()}"
+            )
         if self.max_values < self.min_values:
             raise BudgetError(
                 f"budget {self.describe()} is infeasible: every row at d_min={self.d_min} already needs "
@@ -78,11 +105,13 @@ class Budget:
             )
 
     def __hash__(self) -> int:
-        return hash((self.max_values, self._frozen_rows, self.d_min, self.d_max, self.kind, self.amount, self.dtype))
+        return hash((self.max_values, self._frozen_rows, self.d_min, self.d_max, self.kind, self.amount, self.dtype,
+                     self.precisions, self.max_bits))
 
     # -- construction ---------------------------------------------------------------------------
     @classmethod
-    def from_sparsity(cls, sparsity: float, rows: Mapping[str, int], d_max: int, d_min: int = 1, dtype: str = "float32") -> Budget:
+    def from_sparsity(cls, sparsity: float, rows: Mapping[str, int], d_max: int, d_min: int = 1, dtype: str = "float32",
+                      precisions: Sequence[str] = ()) -> Budget:
         """Keep at most ``(1 - sparsity)`` of the full ``total_rows × d_max`` values (0.9 keeps 10 %)."""
         if not (isinstance(sparsity, (int, float)) and 0.0 <= sparsity < 1.0) or math.isnan(sparsity):
             raise BudgetError(f"sparsity must be in [0, 1), got {sparsity!r}")
@@ -90,28 +119,44 @@ class Budget:
         # Exact decimal arithmetic: in floating point 1 - 0.9 = 0.0999..., which loses a
         # whole value once the table holds millions of them.
         max_values = math.floor(full * (1 - Fraction(repr(float(sparsity)))))
-        return cls(max_values, rows, d_min, d_max, "sparsity", float(sparsity), dtype)
+        return cls(max_values, rows, d_min, d_max, "sparsity", float(sparsity), dtype, tuple(precisions))
 
     @classmethod
-    def from_params(cls, params: int, rows: Mapping[str, int], d_max: int, d_min: int = 1, dtype: str = "float32") -> Budget:
+    def from_params(cls, params: int, rows: Mapping[str, int], d_max: int, d_min: int = 1, dtype: str = "float32",
+                    precisions: Sequence[str] = ()) -> Budget:
         """Keep at most ``params`` embedding values over all tables."""
         if isinstance(params, float) and params.is_integer():
             params = int(params)
         if not isinstance(params, int) or params < 0:
             raise BudgetError(f"a parameter budget must be a non-negative integer, got {params!r}")
-        return cls(params, rows, d_min, d_max, "params", params, dtype)
+        return cls(params, rows, d_min, d_max, "params", params, dtype, tuple(precisions))
 
     @classmethod
-    def from_bytes(cls, nbytes: int, rows: Mapping[str, int], d_max: int, d_min: int = 1, dtype: str = "float32") -> Budget:
-        """Keep at most what fits in an export of ``nbytes`` bytes, metadata and row sizes included."""
+    def from_bytes(cls, nbytes: int, rows: Mapping[str, int], d_max: int, d_min: int = 1, dtype: str = "float32",
+                   precisions: Sequence[str] = ()) -> Budget:
+        """Keep at most what fits in an export of ``nbytes`` bytes, metadata and row codes included.
+
+        With ``precisions`` the limit is held in bits (:attr:`max_bits`): what the bytes
+        leave for values and scales once the row codes, padding and metadata are set aside.
+        """
         if not isinstance(nbytes, int) or nbytes < 0:
             raise BudgetError(f"a byte budget must be a non-negative integer, got {nbytes!r}")
+        if precisions:
+            try:
+                chosen = parse_precisions(precisions)
+            except ConfigError as error:
+                raise BudgetError(str(error)) from None
+            spare = nbytes - precision_fixed_bytes(rows, d_min, d_max, chosen)
+            max_bits = max(spare, -1) * 8
+            narrowest = min(PRECISIONS[name].bits for name in chosen)
+            return cls(max(max_bits, -1) // narrowest, rows, d_min, d_max, "bytes", nbytes, dtype, chosen, max_bits)
         spare = nbytes - fixed_bytes(rows, d_max)
         max_values = max(spare, -value_itemsize(dtype)) // value_itemsize(dtype)
         return cls(int(max_values), rows, d_min, d_max, "bytes", nbytes, dtype)
 
     @classmethod
-    def parse(cls, text: str, rows: Mapping[str, int], d_max: int, d_min: int = 1, dtype: str = "float32") -> Budget:
+    def parse(cls, text: str, rows: Mapping[str, int], d_max: int, d_min: int = 1, dtype: str = "float32",
+              precisions: Sequence[str] = ()) -> Budget:
         """Read a budget from the command line: ``0.9`` (sparsity), ``250000`` (parameters), ``2MB``/``512KiB``/``1000000B`` (bytes).
 
         Counts are read exactly, never through a float: ``1000000000000000000000000000000``
@@ -131,14 +176,14 @@ class Budget:
                     number = Decimal("nan")
                 if not number.is_finite():
                     raise BudgetError(f"cannot read the byte budget {text!r}; write e.g. 2MB or 512KiB")
-                return cls.from_bytes(math.floor(Fraction(number) * scale), rows, d_max, d_min, dtype)
+                return cls.from_bytes(math.floor(Fraction(number) * scale), rows, d_max, d_min, dtype, precisions)
         try:
             count = int(raw)
         except ValueError:
             pass
         else:
             if count >= 1:
-                return cls.from_params(count, rows, d_max, d_min, dtype)
+                return cls.from_params(count, rows, d_max, d_min, dtype, precisions)
         try:
             number = float(raw)
         except ValueError:
@@ -148,12 +193,12 @@ class Budget:
         if not math.isfinite(number):
             raise BudgetError(f"the budget must be a finite number, got {text!r}")
         if number < 1.0:
-            return cls.from_sparsity(number, rows, d_max, d_min, dtype)
+            return cls.from_sparsity(number, rows, d_max, d_min, dtype, precisions)
         if not number.is_integer() or "." in raw or "e" in raw.lower():
             raise BudgetError(
                 f"cannot read the budget {text!r}: a sparsity is below 1 (like 0.9), a parameter count is a whole number (like 250000)"
             )
-        return cls.from_params(int(number), rows, d_max, d_min, dtype)
+        return cls.from_params(int(number), rows, d_max, d_min, dtype, precisions)
 
     # -- derived quantities -----------------------------------------------------------------------
     @property
@@ -172,6 +217,44 @@ class Budget:
         return self.total_rows * self.d_max
 
     @property
+    def unit(self) -> str:
+        """What the budget counts: ``"bits"`` for a byte budget with searched precision, ``"values"`` otherwise."""
+        return "bits" if self.precisions and self.kind == "bytes" else "values"
+
+    def row_cost(self, precision: str | None = None) -> tuple[int, int]:
+        """The price of a row at ``precision`` in the budget's :attr:`unit`: per value kept, and per row.
+
+        A row of ``d`` values costs ``per_value * d + per_row``: ``(1, 0)`` when the budget
+        counts values; ``(bits, scale bits)`` when it counts bits.
+        """
+        if self.unit == "values":
+            return 1, 0
+        if precision not in self.precisions:
+            raise BudgetError(f"precision {precision!r} is not one of the budget's {', '.join(self.precisions)}")
+        chosen = PRECISIONS[precision]
+        return chosen.bits, int(chosen.row_bits(0))
+
+    @property
+    def max_cost(self) -> int:
+        """The hard limit in the budget's :attr:`unit`."""
+        return self.max_bits if self.unit == "bits" else self.max_values
+
+    @property
+    def min_cost(self) -> int:
+        """Cost of every row at ``d_min`` and its cheapest precision: no feasible allocation costs less."""
+        if self.unit == "values":
+            return self.min_values
+        per_value, per_row = self.row_cost(self.cheapest_precision)
+        return self.total_rows * (per_value * self.d_min + per_row)
+
+    @property
+    def cheapest_precision(self) -> str | None:
+        """The precision of the cheapest row at ``d_min`` (the narrower on a tie); ``None`` without precisions."""
+        if not self.precisions:
+            return None
+        return min(reversed(self.precisions), key=lambda p: PRECISIONS[p].row_bits(self.d_min))
+
+    @property
     def usable_values(self) -> int:
         """The most values an allocation can actually keep: the budget, or the full tables if smaller."""
         return min(self.max_values, self.full_values)
@@ -179,7 +262,14 @@ class Budget:
     @property
     def max_bytes(self) -> int:
         """Bytes an export that spends the whole budget may take."""
-        return export_bytes(self.usable_values, self.rows, self.d_max, self.dtype)
+        if not self.precisions:
+            return export_bytes(self.usable_values, self.rows, self.d_max, self.dtype)
+        fixed = precision_fixed_bytes(self.rows, self.d_min, self.d_max, self.precisions)
+        if self.unit == "bits":
+            return fixed + self.max_bits // 8
+        chosen = [PRECISIONS[name] for name in self.precisions]
+        widest = max(p.bits for p in chosen) * self.usable_values + self.total_rows * max(int(p.row_bits(0)) for p in chosen)
+        return fixed + -(-widest // 8)
 
     def retain_ratio(self, values: int) -> float:
         """Share of the full tables' values that ``values`` keeps (1 - sparsity)."""
@@ -198,17 +288,21 @@ class Budget:
         if self.kind == "sparsity":
             highest = 1.0 - self.min_values / self.full_values
             return f"sparsity {math.floor(highest * 1e6) / 1e6:g} ({self.min_values:,} values)"
+        if self.kind == "bytes" and self.unit == "bits":
+            fixed = precision_fixed_bytes(self.rows, self.d_min, self.d_max, self.precisions)
+            return f"{fixed + -(-self.min_cost // 8):,} bytes"
         if self.kind == "bytes":
             return f"{export_bytes(self.min_values, self.rows, self.d_max, self.dtype):,} bytes"
         return f"{self.min_values:,} parameters"
 
     # -- checks and serialisation ------------------------------------------------------------------
-    def check_cost(self, values: int) -> None:
-        """Raise :class:`BudgetError` naming the overshoot when ``values`` exceeds the budget."""
-        if values > self.max_values:
+    def check_cost(self, cost: int) -> None:
+        """Raise :class:`BudgetError` naming the overshoot when ``cost`` (in the budget's :attr:`unit`) exceeds it."""
+        if cost > self.max_cost:
+            verb = "takes" if self.unit == "bits" else "keeps"
             raise BudgetError(
-                f"allocation keeps {values:,} values, {values - self.max_values:,} over the budget "
-                f"of {self.max_values:,} ({self.describe()})"
+                f"allocation {verb} {cost:,} {self.unit}, {cost - self.max_cost:,} over the budget "
+                f"of {self.max_cost:,} ({self.describe()})"
             )
 
     def to_dict(self) -> dict[str, Any]:
@@ -216,6 +310,9 @@ class Budget:
         data = asdict(self)
         data.pop("_frozen_rows")
         data["rows"] = dict(self.rows)
+        data["precisions"] = list(self.precisions)
+        if not self.precisions:  # a budget without searched precision reads as it always did
+            del data["precisions"], data["max_bits"]
         return data
 
     @classmethod
@@ -228,4 +325,5 @@ class Budget:
         kind, amount = str(data["kind"]), data["amount"]
         amount = float(amount) if kind == "sparsity" or not isinstance(amount, int) else int(amount)
         return cls(int(data["max_values"]), dict(data["rows"]), int(data["d_min"]), int(data["d_max"]),
-                   kind, amount, str(data.get("dtype", "float32")))
+                   kind, amount, str(data.get("dtype", "float32")), tuple(data.get("precisions", ())),
+                   int(data.get("max_bits", 0)))
