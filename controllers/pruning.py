@@ -93,7 +93,7 @@ class _ElementPruning(OneShotController):
 
     def choose(self) -> np.ndarray:
         """The space's decisions nearest the mask's prefixes (the element mask itself is :meth:`allocation`)."""
-        return self.space.from_allocation(self.allocation())
+        return self.space.decisions(self.allocation())
 
 
 @register_controller("magprune")

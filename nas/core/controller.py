@@ -62,11 +62,18 @@ class Controller(ABC):
     needs_context: ClassVar[bool] = False
     #: Most candidates one ``ask`` may request, or ``None`` for no limit (instances may set their own).
     max_ask: int | None = None
+    #: ``True`` when it proposes a precision for every decision beside its size, so it can
+    #: search a space told to (:meth:`~nas.core.space.SearchSpace.with_precisions`); its
+    #: proposals are then whole decision vectors, sizes followed by precision indices.
+    searches_precision: ClassVar[bool] = False
 
     def __init__(self, space: SearchSpace, budget: Budget, seed: int = 0) -> None:
         space.check_budget(budget)
         if self.spaces is not None and space.name not in self.spaces:
             raise ConfigError(f"controller {self.name!r} supports the spaces {self.spaces}, not {space.name!r}")
+        if space.precisions and not self.searches_precision:
+            raise ConfigError(f"the {self.name} controller does not search precisions; drop --precisions to search "
+                              "sizes alone, or choose a controller that searches both")
         if self.needs_context:
             context = space.context()
             missing = [k for k in ("table", "log_frequency") if len(np.asarray(context.get(k, ()))) != space.n_decisions]
@@ -83,10 +90,10 @@ class Controller(ABC):
 
     # -- public protocol ---------------------------------------------------------------------------
     def ask(self, n: int = 1) -> np.ndarray:
-        """``n`` feasible decision vectors, shape ``(n, n_decisions)``, each within the budget."""
+        """``n`` feasible decision vectors, shape ``(n, space.vector_length)``, each within the budget."""
         if n < 1:
             raise ValueError(f"ask for at least one candidate, got n={n}")
-        raw = np.asarray(self._ask(n), dtype=np.float64).reshape(n, self.space.n_decisions)
+        raw = np.asarray(self._ask(n), dtype=np.float64).reshape(n, self.space.vector_length)
         proposals = np.stack([self.space.project(row, self.budget) for row in raw])
         self._last_asked = proposals.copy()
         return proposals
@@ -104,16 +111,22 @@ class Controller(ABC):
         """Report the fitness of decision vectors the loop evaluated (higher is better)."""
         batch = np.atleast_2d(np.asarray(decisions, dtype=np.int64))
         values = np.atleast_1d(np.asarray(fitness, dtype=np.float64))
-        if batch.shape != (len(values), self.space.n_decisions):
+        if batch.shape != (len(values), self.space.vector_length):
             raise ValueError(f"tell got decisions of shape {batch.shape} for {len(values)} fitness values")
         if not np.isfinite(values).all():
             raise ValueError(f"fitness must be finite, got {values.tolist()}")
-        off_grid = ~np.isin(batch, self.space.grid)
+        n = self.space.n_decisions
+        off_grid = ~np.isin(batch[:, :n], self.space.grid)
         if off_grid.any():
             row, column = (int(i) for i in np.argwhere(off_grid)[0])
             raise ValueError(f"told decisions must be grid values from ask(); row {row} has {batch[row, column]} at {column}")
+        stray = (batch[:, n:] < 0) | (batch[:, n:] >= len(self.space.precisions))
+        if stray.any():
+            row, column = (int(i) for i in np.argwhere(stray)[0])
+            raise ValueError(f"told precisions must index the space's {len(self.space.precisions)}; "
+                             f"row {row} has {batch[row, n + column]} for decision {column}")
         for row in batch:
-            self.budget.check_cost(self.space.cost(row))
+            self.budget.check_cost(self.space.cost_in(row, self.budget))
         for row, value in zip(batch, values):
             self.n_told += 1
             if value > self.best_fitness:
@@ -169,7 +182,7 @@ class Controller(ABC):
     # -- hooks ---------------------------------------------------------------------------------------
     @abstractmethod
     def _ask(self, n: int) -> np.ndarray:
-        """Raw proposals ``(n, n_decisions)``: any non-negative sizes; the base class projects them."""
+        """Raw proposals ``(n, space.vector_length)``: any non-negative sizes (then precision indices); the base class projects them."""
 
     def _tell(self, decisions: np.ndarray, fitness: np.ndarray) -> None:  # noqa: B027 - optional hook
         """Learn from evaluated decisions (the default learns nothing)."""
@@ -246,11 +259,11 @@ class OneShotController(Controller):
 
     @abstractmethod
     def choose(self) -> np.ndarray:
-        """The final discrete decisions (grid values) under the budget."""
+        """The final discrete decision vector (grid values, then precision indices) under the budget."""
 
     def allocation(self) -> Allocation:
         """What the controller deploys; must meet the budget (checked by the loop)."""
-        return self.space.to_allocation(self.ask(1)[0])
+        return self.space.allocation(self.ask(1)[0])
 
     def _ask(self, n: int) -> np.ndarray:
         return np.tile(np.asarray(self.choose(), dtype=np.float64), (n, 1))

@@ -10,6 +10,16 @@ enforced; :meth:`SearchSpace.sample` only returns projected decisions.
 Asked with ``monotone=True``, :meth:`SearchSpace.project` also keeps the
 frequency order of :meth:`SearchSpace.frequency_order`: within a table a more
 frequent decision never ends with fewer dimensions than a rarer one.
+
+**Precision.**  A space told to search precisions (:meth:`SearchSpace.with_precisions`)
+gives every decision a precision beside its size: a decision *vector* is then the
+sizes followed by one precision index per decision (into :attr:`SearchSpace.precisions`),
+``2 × n_decisions`` long (:meth:`SearchSpace.split`, :meth:`SearchSpace.join`).  A space
+maps sizes to rows as before; the rows of a decision share its precision, which the
+base class adds (:meth:`SearchSpace.allocation`), so no space needs code for it.  Under
+a budget in bits a decision's candidate ``(v, p)`` costs ``weights[i] * (a_p * v + b_p)``
+(:meth:`~nas.core.budget.Budget.row_cost`): still linear in the sizes once the
+precisions are fixed, which is how the projection keeps enforcing the budget in one place.
 """
 
 from __future__ import annotations
@@ -23,6 +33,7 @@ import numpy as np
 from nas.core.allocation import Allocation
 from nas.core.budget import Budget
 from nas.core.errors import BudgetError, ConfigError
+from nas.core.precision import parse_precisions
 from nas.core.projection import DEFAULT_FILL, FrequencyOrder, project_linear
 from nas.core.tables import TableSpec
 
@@ -45,6 +56,8 @@ class SearchSpace(ABC):
 
     #: Registry name of the space, e.g. ``"per-feature"``.
     name: ClassVar[str] = ""
+    #: Precisions searched beside the sizes, widest first (:meth:`with_precisions`); empty: sizes only.
+    precisions: tuple[str, ...] = ()
 
     def __init__(self, tables: Sequence[TableSpec], frequencies: Mapping[str, np.ndarray], d_min: int, d_max: int) -> None:
         if not tables:
@@ -120,9 +133,11 @@ class SearchSpace(ABC):
         if cached is not None:
             return cached
         low, high = int(self.grid[0]), int(self.grid[-1])
+        if low == high:  # one candidate size cannot tell decisions apart: probe with two sizes off the grid
+            low, high = 0, 1
         index = np.arange(self.n_decisions)
         rows = {name: np.zeros(count, dtype=np.int64) for name, count in self.rows().items()}
-        if low != high:
+        if self.n_decisions > 1:
             for bit in range(max(int(self.n_decisions - 1).bit_length(), 0)):
                 values = np.where((index >> bit) & 1, high, low)
                 for name, dims in self.to_allocation(values).row_dims.items():
@@ -149,6 +164,100 @@ class SearchSpace(ABC):
         """Rows of every table."""
         return {t.name: t.rows for t in self.tables}
 
+    # -- precision -----------------------------------------------------------------------------------
+    def with_precisions(self, precisions: Sequence[str]) -> SearchSpace:
+        """Search a precision for every decision beside its size (``()``: sizes only); returns the space.
+
+        Raises:
+            ConfigError: an unknown precision, or a space whose rows take their size from
+                several decisions (a row's precision would then be undefined).
+        """
+        chosen = parse_precisions(precisions) if len(precisions) else ()
+        if chosen:
+            self.row_decisions()  # raises for a space without a row-to-decision map
+        self.precisions = chosen
+        return self
+
+    @property
+    def vector_length(self) -> int:
+        """Length of a decision vector: the sizes, and with precisions one precision index per decision."""
+        return self.n_decisions * (2 if self.precisions else 1)
+
+    def split(self, vector: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """A decision vector's sizes and precision indices (``None`` without precisions); not copied."""
+        vector = np.asarray(vector)
+        if vector.shape != (self.vector_length,):
+            raise ValueError(f"a decision vector of the {self.name} space has {self.vector_length} values, got shape {vector.shape}")
+        n = self.n_decisions
+        return (vector[:n], vector[n:]) if self.precisions else (vector, None)
+
+    def join(self, sizes: np.ndarray, precision: np.ndarray | None) -> np.ndarray:
+        """The decision vector of ``sizes`` and precision indices (``precision`` ignored without precisions)."""
+        sizes = np.asarray(sizes, dtype=np.int64)
+        if not self.precisions:
+            return sizes
+        return np.concatenate([sizes, np.asarray(precision, dtype=np.int64)])
+
+    def allocation(self, vector: np.ndarray) -> Allocation:
+        """The allocation a decision vector stands for: :meth:`to_allocation`, with each row's precision."""
+        sizes, precision = self.split(vector)
+        plain = self.to_allocation(sizes)
+        if precision is None:
+            return plain
+        rows = self.row_decisions()
+        index = np.asarray(precision, dtype=np.int64)
+        return Allocation(plain.row_dims, row_precisions={name: index[rows[name]] for name in plain.row_dims},
+                          precisions=self.precisions)
+
+    def decisions(self, allocation: Allocation) -> np.ndarray:
+        """The decision vector that best describes ``allocation`` (:meth:`from_allocation`, and precisions).
+
+        A decision takes the precision of its first row (all its rows share it when the
+        allocation came from this space); a row at a precision the space does not search
+        raises ``ValueError``.
+        """
+        sizes = self.from_allocation(allocation)
+        if not self.precisions:
+            return sizes
+        if allocation.row_precisions is None:
+            raise ValueError(f"the space searches precisions {', '.join(self.precisions)}; the allocation has none")
+        precision = np.zeros(self.n_decisions, dtype=np.int64)
+        for name, decision in self.row_decisions().items():
+            names = np.asarray(allocation.precisions)[allocation.row_precisions[name]]
+            unknown = sorted(set(names.tolist()) - set(self.precisions))
+            if unknown:
+                raise ValueError(f"table {name!r} has rows at {', '.join(unknown)}, which the space does not search")
+            first = np.unique(decision, return_index=True)
+            precision[first[0]] = [self.precisions.index(str(p)) for p in names[first[1]]]
+        return self.join(sizes, precision)
+
+    def _precision_costs(self, budget: Budget) -> tuple[np.ndarray, np.ndarray]:
+        """Per precision index: the budget's price per value and per row (:meth:`Budget.row_cost`)."""
+        prices = [budget.row_cost(p) for p in self.precisions]
+        return np.array([a for a, _ in prices], dtype=np.int64), np.array([b for _, b in prices], dtype=np.int64)
+
+    def cost_in(self, vector: np.ndarray, budget: Budget) -> int:
+        """Exact cost of a decision vector in the unit ``budget`` counts (values, or bits)."""
+        sizes, precision = self.split(vector)
+        sizes = np.asarray(sizes, dtype=np.int64)
+        if precision is None or budget.unit == "values":
+            return int(self.weights @ sizes)
+        per_value, per_row = self._precision_costs(budget)
+        index = np.asarray(precision, dtype=np.int64)
+        return int(self.weights @ (per_value[index] * sizes + per_row[index]))
+
+    def candidate_costs_in(self, index: int | np.ndarray, budget: Budget) -> np.ndarray:
+        """Cost of every (size, precision) candidate of decision(s) ``index`` in the budget's unit.
+
+        Shape ``(..., len(grid), len(precisions))`` (one precision column without precisions).
+        """
+        weights = np.asarray(self.weights[index], dtype=np.int64)[..., None, None]
+        if not self.precisions or budget.unit == "values":
+            per_value, per_row = np.ones(max(len(self.precisions), 1), np.int64), np.zeros(max(len(self.precisions), 1), np.int64)
+        else:
+            per_value, per_row = self._precision_costs(budget)
+        return weights * (self.grid[:, None] * per_value[None, :] + per_row[None, :])
+
     def cost(self, decisions: np.ndarray) -> int:
         """Exact number of embedding values that ``decisions`` keep."""
         return int(self.weights @ np.asarray(decisions, dtype=np.int64))
@@ -165,8 +274,20 @@ class SearchSpace(ABC):
         """Cost with every decision at its largest candidate: a budget this large keeps everything."""
         return int(self.weights.sum()) * int(self.grid[-1])
 
+    def minimum_cost_in(self, budget: Budget) -> int:
+        """Cost in the budget's unit with every decision at its smallest size and cheapest precision there."""
+        if not self.precisions or budget.unit == "values":
+            return self.minimum_cost()
+        per_value, per_row = self._precision_costs(budget)
+        return int(self.weights.sum()) * int((per_value * int(self.grid[0]) + per_row).min())
+
     def check_budget(self, budget: Budget) -> None:
         """Raise unless ``budget`` describes this space's tables and bounds and can be met in it."""
+        if tuple(budget.precisions) != self.precisions:
+            raise ConfigError(
+                f"the budget's precisions ({', '.join(budget.precisions) or 'none'}) are not the space's "
+                f"({', '.join(self.precisions) or 'none'}); build both with the same precisions"
+            )
         if dict(budget.rows) != self.rows():
             raise ConfigError(f"the budget's tables {dict(budget.rows)} are not the space's tables {self.rows()}")
         if (budget.d_min, budget.d_max) != (self.d_min, self.d_max):
@@ -174,10 +295,11 @@ class SearchSpace(ABC):
                 f"the budget's bounds [d_min={budget.d_min}, d_max={budget.d_max}] differ from the space's "
                 f"[{self.d_min}, {self.d_max}]; build both from the same d_min and d_max"
             )
-        if self.minimum_cost() > budget.max_values:
+        if self.minimum_cost_in(budget) > budget.max_cost:
+            cheapest = " and its cheapest precision" if budget.unit == "bits" else ""
             raise BudgetError(
-                f"{budget.describe()} allows {budget.max_values:,} values but the {self.name} space needs at least "
-                f"{self.minimum_cost():,} (every decision at its smallest size {int(self.grid[0])})"
+                f"{budget.describe()} allows {budget.max_cost:,} {budget.unit} but the {self.name} space needs at least "
+                f"{self.minimum_cost_in(budget):,} (every decision at its smallest size {int(self.grid[0])}{cheapest})"
             )
 
     def project(
@@ -204,14 +326,53 @@ class SearchSpace(ABC):
         """
         self.check_budget(budget)
         order = self.frequency_order() if monotone else None
-        return project_linear(decisions, self.weights, self.grid, budget.max_values, fill=fill, order=order)
+        if not self.precisions:
+            return project_linear(decisions, self.weights, self.grid, budget.max_values, fill=fill, order=order)
+        sizes, precision = self.split(np.asarray(decisions, dtype=np.float64))
+        index = np.asarray(precision, dtype=np.float64)
+        with np.errstate(invalid="ignore"):
+            bad = ~np.isfinite(index) | (index < 0) | (index >= len(self.precisions)) | (index != np.floor(index))
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise ValueError(f"the precision of decision {i} is {index[i]:g}; it must be an index into the "
+                             f"{len(self.precisions)} precisions ({', '.join(self.precisions)})")
+        index = index.astype(np.int64)
+        if budget.unit == "values":
+            return self.join(project_linear(sizes, self.weights, self.grid, budget.max_values, fill=fill, order=order), index)
+        index = self._fit_precisions(index, budget)
+        per_value, per_row = self._precision_costs(budget)
+        capacity = budget.max_bits - int(self.weights @ per_row[index])
+        projected = project_linear(sizes, self.weights * per_value[index], self.grid, capacity, fill=fill, order=order)
+        return self.join(projected, index)
+
+    def _fit_precisions(self, index: np.ndarray, budget: Budget) -> np.ndarray:
+        """Precisions under which every decision at its smallest size fits the budget.
+
+        Where the proposal's do not fit, the rarest decisions move to the cheapest
+        precision at the smallest size, as few as it takes, so the frequent rows keep
+        what the controller chose for them.
+        """
+        per_value, per_row = self._precision_costs(budget)
+        at_smallest = per_value * int(self.grid[0]) + per_row
+        excess = int(self.weights @ at_smallest[index]) - budget.max_bits
+        if excess <= 0:
+            return index
+        cheapest = int(np.argmin(at_smallest))
+        saving = self.weights * (at_smallest[index] - at_smallest[cheapest])
+        rarest_first = np.argsort(self.context()["log_frequency"], kind="stable")
+        enough = int(np.searchsorted(np.cumsum(saving[rarest_first]), excess)) + 1
+        fitted = index.copy()
+        fitted[rarest_first[:enough]] = cheapest
+        return fitted
 
     def sample(self, rng: np.random.Generator, budget: Budget, *, monotone: bool = False) -> np.ndarray:
-        """A random feasible decision vector: uniform grid values, projected to the budget.
+        """A random feasible decision vector: uniform grid values (and precisions), projected to the budget.
 
         The same generator state gives the same vector.
         """
         raw = self.grid[rng.integers(0, len(self.grid), size=self.n_decisions)]
+        if self.precisions:
+            raw = self.join(raw, rng.integers(0, len(self.precisions), size=self.n_decisions))
         return self.project(raw, budget, monotone=monotone)
 
     def describe(self) -> str:

@@ -240,7 +240,7 @@ def _run_stages(ctx: RunContext, started: float) -> SearchResult:
         retrained=tuple(Retrained(r.candidate.fingerprint, r.candidate.fitness, r.quality, r.seconds, r.epochs, r.final)
                         for r in retrained),
         trials=sum(1 for _ in run.events("trial")),
-        decisions=(tuple(int(v) for v in space.from_allocation(allocation))
+        decisions=(tuple(int(v) for v in space.decisions(allocation))
                    if space.n_decisions <= _LISTED_DECISIONS else None),
         export_bytes=export_bytes,
         config_hash=run.config_hash,
@@ -331,7 +331,7 @@ def _search(ctx: RunContext, supernet: Model) -> list[Candidate]:
                           measured=evaluator.measured if evaluator is not None else 0)
         return _logged_candidates(run, 1)
     if not task.has_validation:
-        allocation = ctx.space.to_allocation(controller.recommend())  # type: ignore[union-attr]
+        allocation = ctx.space.allocation(controller.recommend())  # type: ignore[union-attr]
         allocation.validate(ctx.budget)
         name = f"candidates/{allocation.fingerprint()}.npz"
         if not run.has(name):

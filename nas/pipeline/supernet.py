@@ -81,9 +81,10 @@ class SandwichLoss:
         self.budgets = [budget] if isinstance(budget, Budget) else list(budget)
         self.options = options
         self.seed = seed
-        self._ends = [
-            space.to_allocation(np.full(space.n_decisions, space.grid[-1])),
-            space.to_allocation(np.full(space.n_decisions, space.grid[0])),
+        n = space.n_decisions
+        self._ends = [  # the largest at the widest precision, the smallest at the narrowest
+            space.allocation(space.join(np.full(n, space.grid[-1]), np.zeros(n))),
+            space.allocation(space.join(np.full(n, space.grid[0]), np.full(n, max(len(space.precisions) - 1, 0)))),
         ]
         self._stack: dict[str, torch.Tensor] = {}
         self._picks = torch.Generator()
@@ -92,10 +93,10 @@ class SandwichLoss:
         """Draw this epoch's pool of random allocations (a function of seed and epoch only)."""
         rng = np.random.default_rng([self.seed, epoch])
         if self.proposals is not None:
-            pool = [self.space.to_allocation(row) for row in self.proposals(rng, self.options.pool)]
+            pool = [self.space.allocation(row) for row in self.proposals(rng, self.options.pool)]
         else:
             budgets = [self.budgets[i % len(self.budgets)] for i in range(self.options.pool)]
-            pool = [self.space.to_allocation(self.space.sample(rng, budget)) for budget in budgets]
+            pool = [self.space.allocation(self.space.sample(rng, budget)) for budget in budgets]
         self._stack = stack_row_dims(self._ends + pool)
         self._picks.manual_seed(int(rng.integers(2**62)))
 

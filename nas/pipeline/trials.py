@@ -84,7 +84,7 @@ def run_trials(
         n = min(ask_batch, trials - round_ * ask_batch)
         decisions = controller.ask(n)
         notes = controller.notes()
-        allocations = [space.to_allocation(row) for row in decisions]
+        allocations = [space.allocation(row) for row in decisions]
         fitness = np.empty(n)
         previous = logged.get(round_, {})
         for index, event in previous.items():

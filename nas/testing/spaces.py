@@ -21,6 +21,10 @@ huge, tiny, all zero, on and off the grid), and checks:
   bounds, idempotent, the fill rule (:func:`fill_rule_violation`), and with
   ``monotone`` no rarer row of a table keeping more dimensions than a more frequent one;
 * **sampling**: feasible, and the same seed gives the same decisions;
+* **precision** (:func:`check_precisions`): the same space searching a drawn list of
+  precisions under byte budgets: sizes and precisions projected within the bits, the
+  space's cost equal to the allocation's, the fill rule at the chosen precisions,
+  idempotence, the order, and a bad precision index named;
 * **errors**: an infeasible budget raises :class:`BudgetError` naming the minimum,
   NaN / infinite / negative decisions a ``ValueError`` naming the index.
 
@@ -29,7 +33,7 @@ The individual checks are public too, to be called on one space and budget.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,9 +41,11 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from nas.core.accounting import precision_fixed_bytes
 from nas.core.allocation import Allocation
 from nas.core.budget import Budget
 from nas.core.errors import BudgetError
+from nas.core.precision import PRECISIONS
 from nas.core.projection import DEFAULT_FILL
 from nas.core.space import SearchSpace
 from nas.core.tables import TableSpec
@@ -52,6 +58,8 @@ __all__ = [
     "block_options",
     "check_allocation_round_trip",
     "check_errors",
+    "check_precision_projection",
+    "check_precisions",
     "check_projection",
     "check_search_space",
     "check_structure",
@@ -215,11 +223,28 @@ def fill_rule_violation(
     within the budget left (with ``monotone``, raising a decision while a more
     frequent decision of its table holds the same value would break the order, so
     such a decision does not count).
+
+    With precisions, ``values`` is a whole decision vector, and the rule holds for its
+    sizes at its precisions: each size step costs its precision's price, and the
+    budget left for the sizes is what the integer rows' scales leave.
     """
-    grid, weights = space.grid, space.weights
     values = np.asarray(values, dtype=np.int64)
-    capacity, cost = budget.max_values, space.cost(values)
-    if space.maximum_cost() <= capacity:
+    sizes, precision = space.split(values) if space.precisions else (values, None)
+    weights, capacity = space.weights, budget.max_values
+    if precision is not None and budget.unit == "bits":
+        prices = [budget.row_cost(p) for p in space.precisions]
+        per_value = np.array([a for a, _ in prices], dtype=np.int64)[precision]
+        per_row = np.array([b for _, b in prices], dtype=np.int64)[precision]
+        weights, capacity = weights * per_value, budget.max_bits - int(space.weights @ per_row)
+    return _fill_violation(space, sizes, weights, capacity, monotone=monotone, fill=fill)
+
+
+def _fill_violation(
+    space: SearchSpace, values: np.ndarray, weights: np.ndarray, capacity: int, *, monotone: bool, fill: float
+) -> str | None:
+    grid = space.grid
+    cost = int(weights @ values)
+    if int(weights.sum()) * int(grid[-1]) <= capacity:
         return None if np.all(values == grid[-1]) else "every decision at the top of the grid fits, but not all are there"
     if cost > capacity:
         return f"cost {cost:,} exceeds the budget of {capacity:,}"
@@ -239,7 +264,7 @@ def fill_rule_violation(
         i = int(np.flatnonzero(fits)[0])
         return (
             f"spends {cost:,} of {capacity:,} ({cost / capacity:.2%} < {fill:.0%}) although decision {i} "
-            f"could still rise from {values[i]} for {int(step[i]):,} values"
+            f"could still rise from {values[i]} for {int(step[i]):,}"
         )
     return None
 
@@ -262,6 +287,82 @@ def check_projection(space: SearchSpace, raw: np.ndarray, budget: Budget, *, mon
         problem = row_order_violation(space, allocation)
         assert problem is None, problem
     return projected
+
+
+def check_precision_projection(space: SearchSpace, raw: np.ndarray, budget: Budget, *, monotone: bool = False) -> np.ndarray:
+    """Project a raw (sizes, precisions) vector of a space with precisions and check the result; returns it.
+
+    Sizes on the grid and precisions among the space's; the cost in the budget's unit equal
+    to the allocation's (``bits()`` under a byte budget) and within the budget; the fill rule
+    for the sizes at the chosen precisions; idempotence; the round trip through the
+    allocation; with ``monotone``, the frequency order of the sizes.
+    """
+    projected = space.project(raw, budget, monotone=monotone)
+    assert isinstance(projected, np.ndarray) and projected.dtype == np.int64, f"project must return int64, got {projected!r}"
+    assert projected.shape == (space.vector_length,)
+    sizes, precision = space.split(projected)
+    assert np.isin(sizes, space.grid).all(), "projected sizes must be grid values"
+    assert precision.min() >= 0 and precision.max() < len(space.precisions), "projected precisions must index the space's"
+    cost = space.cost_in(projected, budget)
+    assert cost <= budget.max_cost, f"the projection costs {cost:,} {budget.unit}, which exceeds the budget of {budget.max_cost:,}"
+    allocation = space.allocation(projected)
+    assert allocation.precisions == space.precisions
+    assert cost == (allocation.bits() if budget.unit == "bits" else allocation.cost), "the space's cost is not the allocation's"
+    allocation.validate(budget)
+    assert np.array_equal(space.decisions(allocation), projected), "decisions(allocation(v)) != v"
+    problem = fill_rule_violation(space, projected, budget, monotone=monotone)
+    assert problem is None, problem
+    assert np.array_equal(space.project(projected, budget, monotone=monotone), projected), "project is not idempotent"
+    if monotone:
+        problem = row_order_violation(space, allocation)
+        assert problem is None, problem
+    return projected
+
+
+def check_precisions(space: SearchSpace, share: float, rng: np.random.Generator, kinds: Sequence[str]) -> None:
+    """A byte budget at ``share`` between the space's cheapest and dearest allocation, and raw vectors projected onto it.
+
+    Below the cheapest, the budget or the space refuses it naming the minimum; otherwise
+    every raw kind (with random, out-of-range-free precisions) is projected plain and
+    monotone, a sample is checked, and a bad precision index is a ``ValueError`` naming
+    its decision.
+    """
+    rows, chosen = space.rows(), space.precisions
+    fixed = precision_fixed_bytes(rows, space.d_min, space.d_max, chosen)
+    bits = [PRECISIONS[p] for p in chosen]
+    total = int(space.weights.sum())
+    lowest = total * min(int(p.row_bits(int(space.grid[0]))) for p in bits)
+    highest = total * max(int(p.row_bits(int(space.grid[-1]))) for p in bits)
+    nbytes = max(0, fixed + int(np.floor(lowest + share * (highest - lowest))) // 8)
+    try:
+        budget = Budget.from_bytes(nbytes, rows, space.d_max, space.d_min, precisions=chosen)
+    except BudgetError as error:
+        assert "smallest feasible budget is" in str(error), f"the error must name the minimum: {error}"
+        return
+    if budget.max_bits < space.minimum_cost_in(budget):
+        try:
+            space.project(np.zeros(space.vector_length), budget)
+        except BudgetError as error:
+            assert f"{space.minimum_cost_in(budget):,}" in str(error), f"the error must name the minimum: {error}"
+            return
+        raise AssertionError("a byte budget below the space's minimum was accepted")
+    for kind in kinds:
+        raw = space.join(raw_decisions(kind, space, rng), rng.integers(0, len(chosen), space.n_decisions))
+        check_precision_projection(space, raw, budget)
+        check_precision_projection(space, raw, budget, monotone=True)
+    sample_seed = int(rng.integers(0, 2**32))
+    first = space.sample(np.random.default_rng(sample_seed), budget)
+    assert np.array_equal(first, space.sample(np.random.default_rng(sample_seed), budget)), "sample is not deterministic"
+    check_precision_projection(space, first, budget)
+    raw = space.join(np.full(space.n_decisions, float(space.grid[-1])), np.zeros(space.n_decisions))
+    i = int(rng.integers(0, space.n_decisions))
+    raw[space.n_decisions + i] = len(chosen)
+    try:
+        space.project(raw, budget)
+    except ValueError as error:
+        assert f"precision of decision {i}" in str(error), f"the error for a bad precision must name decision {i}: {error}"
+    else:
+        raise AssertionError("project accepted a precision index past the last precision")
 
 
 def check_errors(space: SearchSpace, budget: Budget, rng: np.random.Generator) -> None:
@@ -330,6 +431,7 @@ def check_search_space(
     max_fields: int = 6,
     max_rows: int = 120,
     hypothesis_settings: Mapping[str, Any] | None = None,
+    precisions: bool = True,
 ) -> None:
     """Run the conformance suite on the spaces ``factory`` builds; raises on the first failure.
 
@@ -343,6 +445,8 @@ def check_search_space(
         max_fields: most fields a layout has.
         max_rows: most rows a field has.
         hypothesis_settings: extra :func:`hypothesis.settings` arguments (``derandomize``...).
+        precisions: also search precisions under byte budgets (:func:`check_precisions`)
+            in every example, with a drawn list of precisions.
     """
     config = {
         "max_examples": max_examples,
@@ -356,8 +460,8 @@ def check_search_space(
     @given(data=st.data())
     def conforms(data: st.DataObject) -> None:
         layout = data.draw(layouts(max_fields=max_fields, max_rows=max_rows), label="layout")
-        chosen = data.draw(options(layout), label="options") if options is not None else {}
-        space = factory(layout.tables, layout.frequencies, layout.d_min, layout.d_max, **chosen)
+        options_drawn = data.draw(options(layout), label="options") if options is not None else {}
+        space = factory(layout.tables, layout.frequencies, layout.d_min, layout.d_max, **options_drawn)
         seed = data.draw(st.integers(0, 2**32 - 1), label="seed")
         rng = np.random.default_rng(seed)
         check_structure(space)
@@ -383,5 +487,14 @@ def check_search_space(
             assert space.cost(first) <= capacity
             check_allocation_round_trip(space, first)
             check_errors(space, budget, rng)
+        if precisions:
+            chosen = data.draw(st.lists(st.sampled_from(list(PRECISIONS)), min_size=1, max_size=5, unique=True),
+                               label="precisions")
+            space = factory(layout.tables, layout.frequencies, layout.d_min, layout.d_max, **options_drawn)
+            space.with_precisions(chosen)
+            for share in data.draw(st.lists(shares, min_size=budgets_per_example, max_size=budgets_per_example),
+                                   label="byte shares"):
+                kinds = data.draw(st.lists(st.sampled_from(RAW_KINDS), min_size=2, max_size=3, unique=True), label="raw")
+                check_precisions(space, share, rng, kinds)
 
     conforms()
