@@ -8,6 +8,11 @@ Masked positions are exact ``+0.0`` (``torch.where``, not a multiplication that
 would give ``-0.0`` for negative weights), so the exported packed table serves
 bit-identical vectors.
 
+An allocation with a precision per row (:mod:`nas.core.precision`) is served as its
+export stores it: every looked-up row is masked, then quantised to its precision
+(:func:`nas.pipeline.quantise.fake_quantise`, straight-through gradients), so a model
+trained under it learns the values it will ship with.
+
 Several allocations can also be served *at once* (:meth:`MaskableEmbedding.set_variants`):
 a lookup then returns one masked copy of the vectors per allocation, stacked in a
 leading dimension.  The rows are gathered once and only the cheap comparison is
@@ -24,6 +29,7 @@ import torch
 from torch import nn
 
 from nas.core.allocation import Allocation
+from nas.pipeline.quantise import RowPrecision, fake_quantise
 from recsys.embedding import PlainEmbedding
 
 __all__ = ["MaskableEmbedding", "SoftMask", "stack_row_dims"]
@@ -65,6 +71,7 @@ class MaskableEmbedding(PlainEmbedding):
         self.register_buffer("columns", torch.arange(self.dim), persistent=False)
         self._row_dims: dict[str, torch.Tensor] = {}
         self._masks: dict[str, torch.Tensor] = {}
+        self._precision: dict[str, RowPrecision] = {}
         self._variants: dict[str, torch.Tensor] = {}
         self._scale: SoftMask | None = None
         self.allocation: Allocation | None = None
@@ -72,7 +79,7 @@ class MaskableEmbedding(PlainEmbedding):
     def set_allocation(self, allocation: Allocation | None) -> None:
         """Apply ``allocation`` to every later lookup; ``None`` restores the full tables."""
         self.allocation = allocation
-        self._row_dims, self._masks, self._variants = {}, {}, {}
+        self._row_dims, self._masks, self._variants, self._precision = {}, {}, {}, {}
         if allocation is None:
             return
         if allocation.rows() != self.rows:
@@ -84,6 +91,8 @@ class MaskableEmbedding(PlainEmbedding):
             self._row_dims[name] = torch.tensor(dims, dtype=torch.int64, device=device)
         for name, mask in (allocation.element_masks or {}).items():
             self._masks[name] = torch.tensor(mask, dtype=torch.bool, device=device)
+        for name, index in (allocation.row_precisions or {}).items():
+            self._precision[name] = RowPrecision(torch.tensor(index, dtype=torch.int64, device=device), allocation.precisions)
 
     def set_variants(self, row_dims: Mapping[str, torch.Tensor] | None) -> None:
         """Serve ``A`` prefix allocations at once (``None`` restores the full tables).
@@ -134,16 +143,22 @@ class MaskableEmbedding(PlainEmbedding):
             dims = dims[ids]
         return self.columns < dims.unsqueeze(-1)
 
+    def _quantised(self, table: str, ids: torch.Tensor | None, vectors: torch.Tensor) -> torch.Tensor:
+        precision = self._precision.get(table)
+        return vectors if precision is None else fake_quantise(vectors, *precision.rows(ids))
+
     def lookup(self, table: str, ids: torch.Tensor) -> torch.Tensor:
         vectors = nn.functional.embedding(ids, self.weights[table])
         keep = self._keep(table, ids)
         vectors = vectors if keep is None else torch.where(keep, vectors, torch.zeros((), dtype=vectors.dtype))
+        vectors = self._quantised(table, ids, vectors)
         return vectors if self._scale is None else vectors * self._scale(table, ids)
 
     def table(self, table: str) -> torch.Tensor:
         weight = self.weights[table]
         keep = self._keep(table, None)
         weight = weight if keep is None else torch.where(keep, weight, torch.zeros((), dtype=weight.dtype))
+        weight = self._quantised(table, None, weight)
         return weight if self._scale is None else weight * self._scale(table, None)
 
     def masked_tables(self) -> dict[str, torch.Tensor]:

@@ -1,0 +1,116 @@
+"""Rows at their precision: the quantisation the model trains through and the export stores.
+
+One function, :func:`quantise_rows`, turns rows of float32 values into what their
+precision keeps (:mod:`nas.core.precision`): ``fp32`` as it is, ``fp16`` rounded to half
+precision, an integer precision as integers ``q`` in ``[-levels, levels]`` and one fp16
+scale per row.  The model's lookups (fake quantisation, :func:`fake_quantise`) and the
+export call the same function on the same values, so the loader's ``q * scale`` is the
+model's vector bit for bit:
+
+* the scale is rounded up to fp16 *before* the values are divided by it (so no value
+  is clipped), and both the model and the loader multiply an exact integer by that
+  scale in float32;
+* ``-0.0`` never appears: ``q`` and fp16 values are normalised to ``+0.0``, and a row
+  whose scale is zero (all its kept values zero) keeps ``q = 0``;
+* fp16 values and scales are clipped to fp16's finite range first, so nothing becomes
+  infinite.
+
+Gradients pass straight through (:func:`fake_quantise`): the forward pass sees the
+stored vector, the backward pass treats the rounding as the identity, as
+quantisation-aware training usually does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from nas.core.precision import PRECISIONS
+
+__all__ = ["FP16_MAX", "RowPrecision", "fake_quantise", "quantise_rows"]
+
+#: The largest finite fp16 value.
+FP16_MAX = float(torch.finfo(torch.float16).max)
+
+
+class RowPrecision:
+    """Per-row precision parameters of a table, as tensors a lookup can index.
+
+    Args:
+        index: each row's index into ``precisions`` (int tensor).
+        precisions: the precision names.
+
+    Attributes:
+        levels: per row, the largest integer an integer precision stores (0 for floats), float32.
+        half: per row, whether the row is stored at fp16.
+    """
+
+    def __init__(self, index: torch.Tensor, precisions: Sequence[str]) -> None:
+        chosen = [PRECISIONS[name] for name in precisions]
+        levels = torch.tensor([float(p.levels) if p.integer else 0.0 for p in chosen], dtype=torch.float32)
+        half = torch.tensor([p.name == "fp16" for p in chosen], dtype=torch.bool)
+        index = index.to(torch.int64)
+        self.levels = levels.to(index.device)[index]
+        self.half = half.to(index.device)[index]
+
+    def rows(self, ids: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(levels, half)`` for the rows ``ids`` (every row when ``None``)."""
+        return (self.levels, self.half) if ids is None else (self.levels[ids], self.half[ids])
+
+
+def quantise_rows(values: torch.Tensor, levels: torch.Tensor, half: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """What each row's precision stores: the integers (or float values) and the integer rows' scales.
+
+    Args:
+        values: ``(..., d)`` float32 rows, zero past each row's size.
+        levels: ``(...)`` the largest integer of each row's precision, 0 for a float row.
+        half: ``(...)`` whether a float row is stored at fp16.
+
+    Returns:
+        ``(stored, scale)``: ``stored`` is ``(..., d)`` float32 holding, for an integer row,
+        its integers (exact in float32), for an fp16 row its values rounded to fp16, for
+        an fp32 row its values; ``scale`` is ``(...)`` float32, exact in fp16, zero for
+        float rows.  An integer row's vector is ``stored * scale``.
+    """
+    integer = levels > 0
+    peak = values.abs().amax(dim=-1)
+    scale = torch.where(integer, peak / torch.where(integer, levels, 1.0), 0.0)
+    scale = _fp16_at_least(scale.clamp(max=FP16_MAX))
+    usable = scale > 0
+    q = torch.round(values / torch.where(usable, scale, 1.0).unsqueeze(-1))
+    q = torch.minimum(torch.maximum(q, -levels.unsqueeze(-1)), levels.unsqueeze(-1)) + 0.0  # + 0.0: no -0.0
+    q = torch.where(usable.unsqueeze(-1), q, 0.0)
+    rounded = values.clamp(-FP16_MAX, FP16_MAX).to(torch.float16).to(torch.float32) + 0.0
+    stored = torch.where(integer.unsqueeze(-1), q, torch.where(half.unsqueeze(-1), rounded, values))
+    return stored, scale
+
+
+def _fp16_at_least(scale: torch.Tensor) -> torch.Tensor:
+    """The smallest fp16 value at or above each (non-negative) scale, as float32.
+
+    Rounding the scale up keeps every kept value within ``levels * scale``, so nothing is
+    clipped and each value is within half a step of what is stored.
+    """
+    half = scale.to(torch.float16)
+    up = torch.nextafter(half, torch.full_like(half, FP16_MAX))
+    return torch.where(half.to(torch.float32) < scale, up, half).to(torch.float32)
+
+
+def fake_quantise(values: torch.Tensor, levels: torch.Tensor, half: torch.Tensor) -> torch.Tensor:
+    """The vectors the stored rows give back, with straight-through gradients to ``values``."""
+    stored, scale = quantise_rows(values.detach(), levels, half)
+    served = torch.where((levels > 0).unsqueeze(-1), stored * scale.unsqueeze(-1), stored)
+    return _StraightThrough.apply(values, served)
+
+
+class _StraightThrough(torch.autograd.Function):
+    """``served`` forwards (exactly: no ``x + (y - x)`` rounding), the gradient flows to ``values`` unchanged."""
+
+    @staticmethod
+    def forward(ctx, values: torch.Tensor, served: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+        return served
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # noqa: ANN001
+        return grad, None

@@ -1,0 +1,78 @@
+"""Rows at their precision: what the model trains through is what the export stores, exactly."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from nas.core.allocation import Allocation
+from nas.core.precision import PRECISIONS
+from nas.pipeline.embedding import MaskableEmbedding
+from nas.pipeline.quantise import FP16_MAX, RowPrecision, fake_quantise, quantise_rows
+
+NAMES = list(PRECISIONS)
+
+
+@settings(max_examples=200, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), width=st.integers(1, 24), magnitude=st.sampled_from([1e-9, 1e-3, 0.1, 1.0, 1e3, 1e6]))
+def test_each_precision_stores_what_it_promises(seed, width, magnitude):
+    rng = np.random.default_rng(seed)
+    n = 40
+    values = torch.from_numpy((rng.standard_normal((n, width)) * magnitude).astype(np.float32))
+    dims = torch.from_numpy(rng.integers(0, width + 1, n))
+    values = torch.where(torch.arange(width) < dims[:, None], values, 0.0)  # zero past each row's size
+    index = torch.from_numpy(rng.integers(0, len(NAMES), n))
+    precision = RowPrecision(index, NAMES)
+    stored, scale = quantise_rows(values, precision.levels, precision.half)
+    served = fake_quantise(values, precision.levels, precision.half)
+    for row in range(n):
+        chosen = PRECISIONS[NAMES[int(index[row])]]
+        kept = slice(0, int(dims[row]))
+        assert torch.all(served[row, int(dims[row]):] == 0)
+        if chosen.integer:
+            q = stored[row]
+            assert torch.equal(q, torch.round(q)) and q.abs().max() <= chosen.levels
+            assert float(scale[row]) == float(scale[row].to(torch.float16))  # exact in fp16
+            assert torch.equal(served[row], q * scale[row])
+            error = (served[row, kept] - values[row, kept]).abs()
+            if float(values[row].abs().max()) <= FP16_MAX * chosen.levels:
+                assert torch.all(error <= scale[row] * 0.5), "within half a step: the scale is rounded up, nothing is clipped"
+            else:  # beyond what an fp16 scale can reach: clipped to the largest stored magnitude
+                assert float(scale[row]) == FP16_MAX and float(served[row].abs().max()) == FP16_MAX * chosen.levels
+        elif chosen.name == "fp16":
+            assert torch.equal(served[row], values[row].clamp(-FP16_MAX, FP16_MAX).half().float())
+        else:
+            assert torch.equal(served[row], values[row])
+    zeros = served == 0
+    assert not torch.signbit(served[zeros]).any(), "a stored zero is +0.0, as the loader rebuilds it"
+    assert torch.isfinite(served).all()
+
+
+def test_gradients_pass_straight_through_the_rounding():
+    values = torch.randn(6, 5, requires_grad=True)
+    levels, half = torch.tensor([0.0, 0.0, 127.0, 7.0, 1.0, 1.0]), torch.tensor([False, True] + [False] * 4)
+    weights = torch.randn(6, 5)
+    (fake_quantise(values, levels, half) * weights).sum().backward()
+    assert torch.equal(values.grad, weights)
+
+
+def test_the_maskable_embedding_serves_each_row_at_its_precision():
+    embedding = MaskableEmbedding({"user": 5, "item": 4}, 8, seed=1)
+    allocation = Allocation(
+        {"user": np.array([8, 6, 3, 1, 0]), "item": np.array([8, 8, 2, 5])},
+        row_precisions={"user": np.array([0, 1, 2, 3, 4]), "item": np.array([4, 3, 2, 1])},
+        precisions=tuple(NAMES),
+    )
+    embedding.set_allocation(allocation)
+    table = embedding.table("user")
+    ids = torch.tensor([[4, 0], [2, 2]])
+    assert torch.equal(embedding.lookup("user", ids), table[ids])
+    raw = embedding.weights["user"].detach()
+    assert torch.equal(table[0], raw[0]) and torch.equal(table[1, :6], raw[1, :6].half().float())
+    assert not table[4].detach().any()  # a row of size 0
+    item = embedding.table("item")
+    assert len(torch.unique(item[0].abs())) <= 2  # int2: -scale, 0, +scale
+    embedding.set_allocation(Allocation(allocation.row_dims))
+    assert torch.equal(embedding.table("user")[1, :6], raw[1, :6])  # without precisions: the plain masked row
