@@ -10,6 +10,17 @@ The export folder holds two files (read back by :mod:`nas.artifact.serving`)::
     manifest.json        format, version, tables, budget, bytes_stored, sha256 of the payload,
                          config hash, allocation fingerprint, creator
 
+An allocation with a precision per row (:mod:`nas.core.precision`) is written in format
+version 2 instead, which stores each row's size and precision in one code and the
+values of each precision in a buffer of their own::
+
+    tables.safetensors   {name}.codes        one code a row: (size - d_min) * len(precisions) + precision
+                         {name}.{p}.values   the kept values of the rows at precision p, row after row:
+                                             F32 / F16 as they are, int8 as I8, int4 and int2 bit-packed
+                                             into U8 (two or four to a byte, lowest bits first, two's
+                                             complement, the last byte padded with zeros)
+                         {name}.{p}.scales   F16, one per row at an integer precision p
+
 The values are taken from the masked model itself, so the loader serves exactly
 what the model served.  The write is atomic at the folder level: everything is
 written and fsynced in a sibling temporary folder, checked against the byte limit
@@ -47,8 +58,11 @@ from nas.core.allocation import Allocation
 from nas.core.budget import Budget
 from nas.core.errors import ArtifactError, BudgetError, ConfigError
 from nas.core.accounting import dims_dtype, export_byte_limit, export_bytes, value_itemsize
+from nas.core.precision import PRECISIONS, encode_codes
+from nas.artifact.quantise import RowPrecision, quantise_rows
 from nas.artifact.serving import (
-    FORMAT, FORMAT_VERSION, MANIFEST_FILE, MAX_D_MAX, TABLES_FILE, VALUE_DTYPES, manifest_digest,
+    FORMAT, FORMAT_VERSION, MANIFEST_FILE, MAX_D_MAX, PRECISION_FORMAT_VERSION, TABLES_FILE, VALUE_DTYPES,
+    manifest_digest,
 )
 
 __all__ = ["PackedTables", "ServedTables", "export_byte_limit", "export_tables", "pack_tables"]
@@ -146,6 +160,10 @@ def pack_tables(
     allocation.validate(budget)
     if budget.d_max > MAX_D_MAX:
         raise ConfigError(f"d_max={budget.d_max:,} is wider than the {MAX_D_MAX:,} the serving loader accepts; use a smaller d_max")
+    if allocation.row_precisions is not None:
+        if dtype not in (None, "float32"):
+            raise ConfigError(f"an allocation with precisions stores each row at its own precision; dtype={dtype!r} does not apply")
+        return _pack_precisions(embedding, allocation, budget, config_hash=config_hash, extra=extra)
     dtype = budget.dtype if dtype is None else dtype
     try:
         itemsize = value_itemsize(dtype)
@@ -204,6 +222,99 @@ def pack_tables(
         "allocation": allocation.fingerprint(),
         "created_by": f"embnas {_version()}",
     }
+    return _finish(manifest, tensors, limit, extra)
+
+
+def _pack_precisions(
+    embedding: ServedTables | Mapping[str, torch.Tensor],
+    allocation: Allocation,
+    budget: Budget,
+    *,
+    config_hash: str,
+    extra: Mapping[str, Any] | None,
+) -> PackedTables:
+    """The files of an allocation with a precision per row (format version 2, see the module notes)."""
+    precisions = allocation.precisions
+    limit = int(budget.amount) if budget.unit == "bits" else budget.max_bytes
+    # Quantised from the raw weights, as the model's lookups quantise them: quantising the
+    # served (already quantised) values again could move a scale by one fp16 step.
+    raw = embedding if isinstance(embedding, Mapping) else getattr(embedding, "weights", None)
+    if not hasattr(raw, "items"):
+        raise ConfigError("an allocation with precisions is exported from the embedding's raw weights: pass an "
+                          "embedding with a .weights mapping (a MaskableEmbedding) or the full-size tables")
+    served = _served_tables(dict(raw.items()), Allocation(allocation.row_dims), budget.d_max)
+    tensors: dict[str, torch.Tensor] = {}
+    specs: dict[str, dict[str, Any]] = {}
+    columns = torch.arange(budget.d_max)
+    for name, dims in allocation.row_dims.items():
+        index = allocation.row_precisions[name]
+        codes = encode_codes(dims, index, budget.d_min, budget.d_max, len(precisions))
+        tensors[f"{name}.codes"] = torch.from_numpy(codes)
+        table = served[name]
+        rows_at: dict[str, dict[str, int]] = {}
+        for k, precision in enumerate(precisions):
+            rows = np.flatnonzero(index == k)
+            if not rows.size:
+                continue
+            chosen = PRECISIONS[precision]
+            values = table[torch.from_numpy(rows)]
+            keep = columns < torch.from_numpy(dims[rows]).unsqueeze(1)
+            row_precision = RowPrecision(torch.full((len(rows),), k, dtype=torch.int64), precisions)
+            stored, scale = quantise_rows(torch.where(keep, values.to(torch.float32), 0.0), row_precision.levels, row_precision.half)
+            kept = stored[keep]
+            _check_finite(name, values[keep], kept, "float32")
+            if chosen.integer:
+                tensors[f"{name}.{precision}.values"] = _pack_integers(kept, chosen.bits)
+                tensors[f"{name}.{precision}.scales"] = scale.to(torch.float16)
+            else:
+                tensors[f"{name}.{precision}.values"] = kept.to(torch.float16 if precision == "fp16" else torch.float32)
+            rows_at[precision] = {"rows": int(rows.size), "values_stored": int(kept.numel())}
+        specs[name] = {
+            "rows": len(dims),
+            "d_max": budget.d_max,
+            "values_stored": int(dims.sum()),
+            "codes_dtype": codes.dtype.name,
+            "precisions": rows_at,
+        }
+    manifest = {
+        "format": FORMAT,
+        "format_version": PRECISION_FORMAT_VERSION,
+        "tables": specs,
+        "precisions": list(precisions),
+        "d_min": budget.d_min,
+        "d_max": budget.d_max,
+        "dtype": "float32",
+        "values_stored": sum(spec["values_stored"] for spec in specs.values()),
+        "bits_stored": allocation.bits(),
+        "budget": {**budget.to_dict(), "max_bytes": budget.max_bytes},
+        "bytes_limit": limit,
+        "config_hash": config_hash,
+        "allocation": allocation.fingerprint(),
+        "created_by": f"embnas {_version()}",
+    }
+    return _finish(manifest, tensors, limit, extra)
+
+
+def _pack_integers(values: torch.Tensor, bits: int) -> torch.Tensor:
+    """Integers in ``[-2**(bits-1), 2**(bits-1))`` as stored: int8 as is, narrower ones bit-packed into bytes.
+
+    Two's complement, ``8 // bits`` to a byte, the first value in the lowest bits; the
+    last byte is padded with zeros.
+    """
+    q = values.to(torch.int8)
+    if bits == 8:
+        return q.contiguous()
+    per_byte = 8 // bits
+    mask = (1 << bits) - 1
+    padded = torch.zeros(-(-q.numel() // per_byte) * per_byte, dtype=torch.int16)
+    padded[: q.numel()] = q.to(torch.int16) & mask
+    shifts = torch.arange(per_byte, dtype=torch.int16) * bits
+    return (padded.view(-1, per_byte) << shifts).sum(dim=1).to(torch.uint8)
+
+
+def _finish(manifest: dict[str, Any], tensors: Mapping[str, torch.Tensor], limit: int,
+            extra: Mapping[str, Any] | None) -> PackedTables:
+    """The payload and the manifest that seal each other, checked against the byte limit."""
     if extra is not None:
         manifest["extra"] = dict(extra)
     # The payload carries the digest of the manifest's content, and the manifest the payload's
@@ -273,7 +384,7 @@ def _check_finite(name: str, kept: torch.Tensor, values: torch.Tensor, dtype: st
 #: torch dtype -> safetensors dtype code, for the dtypes an export holds.
 _ST_CODES = {
     torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
-    torch.uint32: "U32", torch.uint16: "U16", torch.uint8: "U8",
+    torch.uint32: "U32", torch.uint16: "U16", torch.uint8: "U8", torch.int8: "I8",
 }
 
 

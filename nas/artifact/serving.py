@@ -11,6 +11,13 @@ It reads the folder written by :func:`nas.artifact.export.export_tables`::
 and serves exactly the vectors the masked training model served (bit for bit,
 same dtype, masked positions ``+0.0``).
 
+An export of an allocation with a precision per row (format version 2) holds one code
+per row for its size and precision, and per precision a buffer of values (fp32, fp16,
+int8, or int4 / int2 bit-packed two or four to a byte) with one fp16 scale per integer
+row.  The loader keeps each precision's values as stored (int4 and int2 widened to one
+byte a value) and dequantises at lookup, ``float32(q) * float32(scale)``: the very
+product the model's fake quantisation computed, so those vectors are bit-identical too.
+
 Every problem with the artifact (missing or truncated file, tampered bytes, an
 edited manifest, an unknown format, hostile JSON, values that are not finite)
 raises :class:`PackedArtifactError` naming the file and what is wrong, on one
@@ -50,14 +57,21 @@ import torch.nn.functional as F
 from safetensors.torch import load as _load_safetensors
 
 __all__ = [
-    "FORMAT", "FORMAT_VERSION", "MANIFEST_FILE", "MAX_D_MAX", "MAX_MANIFEST_BYTES", "TABLES_FILE", "PackedArtifactError",
-    "PackedEmbedding", "VALUE_DTYPES", "manifest_digest",
+    "FORMAT", "FORMAT_VERSION", "MANIFEST_FILE", "MAX_D_MAX", "MAX_MANIFEST_BYTES", "PRECISION_FORMAT_VERSION",
+    "STORED_PRECISIONS", "TABLES_FILE", "PackedArtifactError", "PackedEmbedding", "VALUE_DTYPES", "manifest_digest",
 ]
 
 #: Value of ``manifest["format"]`` for artifacts this module reads.
 FORMAT = "embnas-packed-embedding"
-#: The manifest version this loader reads.
+#: The manifest version of exports without precisions.
 FORMAT_VERSION = 1
+#: The manifest version of exports with a precision per row.
+PRECISION_FORMAT_VERSION = 2
+#: Precision name -> (bits a value, integer with a per-row fp16 scale); as ``nas.core.precision``,
+#: which this module may not import.
+STORED_PRECISIONS: dict[str, tuple[int, bool]] = {
+    "fp32": (32, False), "fp16": (16, False), "int8": (8, True), "int4": (4, True), "int2": (2, True),
+}
 #: Name of the manifest inside an export folder.
 MANIFEST_FILE = "manifest.json"
 #: Name of the payload inside an export folder.
@@ -81,11 +95,12 @@ _ST_DTYPES: dict[str, tuple[torch.dtype, int]] = {
     "BF16": (torch.bfloat16, 2),
     "F64": (torch.float64, 8),
     "U8": (torch.uint8, 1),
+    "I8": (torch.int8, 1),
     "U16": (torch.uint16, 2),
     "U32": (torch.uint32, 4),
 }
 #: Integer dtype of the same width as a value dtype, to clear elements with a bitwise AND.
-_BITS_DTYPES = {2: torch.int16, 4: torch.int32, 8: torch.int64}
+_BITS_DTYPES = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 #: Most bytes ``manifest.json`` may take: real manifests take a few kB (a few hundred bytes a table).
 MAX_MANIFEST_BYTES = 8 << 20
 #: Widest table (``d_max``) the loader accepts: every lookup returns ``d_max`` values an id, and
@@ -257,9 +272,10 @@ def _read_manifest(folder: Path) -> tuple[dict[str, Any], int]:
         raise _fail(path, "does not hold a JSON object")
     if manifest.get("format") != FORMAT:
         raise _fail(path, f"format is {_brief(manifest.get('format'))}, expected {FORMAT!r}")
-    if manifest.get("format_version") != FORMAT_VERSION or isinstance(manifest.get("format_version"), bool):
+    version = manifest.get("format_version")
+    if version not in (FORMAT_VERSION, PRECISION_FORMAT_VERSION) or isinstance(version, bool):
         raise _fail(
-            path, f"format_version is {_brief(manifest.get('format_version'))}; this loader reads version {FORMAT_VERSION}"
+            path, f"format_version is {_brief(version)}; this loader reads versions {FORMAT_VERSION} and {PRECISION_FORMAT_VERSION}"
         )
     return manifest, len(raw)
 
@@ -397,6 +413,7 @@ class _Table:
         self.d_max = d_max
         self.rows = len(dims)
         self.values = n
+        self.device = device
         buffer = torch.zeros(n + d_max, dtype=values.dtype)
         buffer[:n] = values
         self.buffer = buffer.to(device)
@@ -439,11 +456,11 @@ class PackedEmbedding:
         manifest: the manifest the tables were loaded from.
     """
 
-    def __init__(self, tables: Mapping[str, _Table | torch.Tensor], dim: int, dtype: torch.dtype,
+    def __init__(self, tables: Mapping[str, _Table | _MixedTable | torch.Tensor], dim: int, dtype: torch.dtype,
                  manifest: Mapping[str, Any], layout: str) -> None:
         self._tables = dict(tables)
         self.rows: dict[str, int] = {
-            name: (t.rows if isinstance(t, _Table) else int(t.shape[0])) for name, t in self._tables.items()
+            name: (int(t.shape[0]) if isinstance(t, torch.Tensor) else t.rows) for name, t in self._tables.items()
         }
         self.dim = int(dim)
         self.dtype = dtype
@@ -506,8 +523,11 @@ class PackedEmbedding:
             raise _fail(path, f"cannot be decoded ({type(error).__name__}: {error})") from None
 
         expected_keys: set[str] = set()
-        tables: dict[str, _Table | torch.Tensor] = {}
+        tables: dict[str, _Table | _MixedTable | torch.Tensor] = {}
         total_values = 0
+        if manifest["format_version"] == PRECISION_FORMAT_VERSION:
+            tables, expected_keys = _load_precisions(manifest, specs, tensors, d_min, d_max, torch.device(device), path, where)
+            specs = {}
         for name, spec in specs.items():
             if not isinstance(spec, dict):
                 raise _fail(where, f"entry of table {_brief(name)} is not an object")
@@ -563,7 +583,7 @@ class PackedEmbedding:
         stored = self._get(table)
         if isinstance(stored, torch.Tensor):
             return F.embedding(ids.to(stored.device), stored)
-        flat = ids.reshape(-1).to(stored.starts.device)
+        flat = ids.reshape(-1).to(stored.device)
         return stored.lookup(flat).view(*ids.shape, self.dim)
 
     def table(self, table: str) -> torch.Tensor:
@@ -571,7 +591,7 @@ class PackedEmbedding:
         stored = self._get(table)
         if isinstance(stored, torch.Tensor):
             return stored
-        return stored.lookup(torch.arange(stored.rows, device=stored.starts.device))
+        return stored.lookup(torch.arange(stored.rows, device=stored.device))
 
     def memory_bytes(self) -> int:
         """Bytes the loaded tables hold in memory (values, offsets, sizes, masks)."""
@@ -585,7 +605,7 @@ class PackedEmbedding:
         """Table names, in order."""
         return tuple(self._tables)
 
-    def _get(self, table: str) -> _Table | torch.Tensor:
+    def _get(self, table: str) -> _Table | _MixedTable | torch.Tensor:
         try:
             return self._tables[table]
         except KeyError:
@@ -629,3 +649,138 @@ def _expand_masked(name: str, packed: torch.Tensor, row_dims: torch.Tensor, valu
     if taken != values.numel():
         raise _fail(path, f"table {_brief(name)}: the mask keeps {taken:,} elements but {values.numel():,} values are stored")
     return out
+
+
+# -- exports with a precision per row (format version 2) -----------------------------------------
+class _MixedTable:
+    """One table whose rows are stored at several precisions: a packed table per precision.
+
+    ``group[r]`` is the precision of row ``r`` and ``local[r]`` its row in that precision's
+    table; an integer precision's rows are multiplied by their scales at lookup.
+    """
+
+    def __init__(self, groups: list[tuple[_Table, torch.Tensor | None] | None], group: torch.Tensor,
+                 local: torch.Tensor, d_max: int, device: torch.device) -> None:
+        self.groups = groups
+        self.group = group.to(device)
+        self.local = local.to(device)
+        self.rows = len(group)
+        self.d_max = d_max
+        self.device = device
+
+    def lookup(self, flat_ids: torch.Tensor) -> torch.Tensor:
+        group = self.group.index_select(0, flat_ids)
+        local = self.local.index_select(0, flat_ids)
+        out = torch.empty(len(flat_ids), self.d_max, dtype=torch.float32, device=self.device)
+        for k, entry in enumerate(self.groups):
+            if entry is None:
+                continue
+            table, scales = entry
+            chosen = torch.nonzero(group == k).squeeze(1)
+            if not chosen.numel():
+                continue
+            rows = local.index_select(0, chosen)
+            vectors = table.lookup(rows).to(torch.float32)
+            if scales is not None:
+                vectors = vectors * scales.index_select(0, rows).unsqueeze(1)
+            out.index_copy_(0, chosen, vectors)
+        return out
+
+    def nbytes(self) -> int:
+        total = self.group.numel() * self.group.element_size() + self.local.numel() * self.local.element_size()
+        for entry in self.groups:
+            if entry is not None:
+                total += entry[0].nbytes() + (0 if entry[1] is None else entry[1].numel() * entry[1].element_size())
+        return total
+
+
+def _load_precisions(manifest: Mapping[str, Any], specs: Mapping[str, Any], tensors: Mapping[str, torch.Tensor],
+                     d_min: int, d_max: int, device: torch.device, path: Path,
+                     where: str) -> tuple[dict[str, _MixedTable], set[str]]:
+    """The tables of a format-version-2 export, every code, count, value and scale checked."""
+    precisions = _field(manifest, "precisions", list, where)
+    if not precisions or any(not isinstance(p, str) or p not in STORED_PRECISIONS for p in precisions) \
+            or len(set(precisions)) != len(precisions):
+        raise _fail(where, f"lists precisions {_brief(precisions)}, not distinct names among {sorted(STORED_PRECISIONS)}")
+    n_codes = (d_max - d_min + 1) * len(precisions)
+    tables: dict[str, _MixedTable] = {}
+    keys: set[str] = set()
+    total_bits = 0
+    for name, spec in specs.items():
+        if not isinstance(spec, dict):
+            raise _fail(where, f"entry of table {_brief(name)} is not an object")
+        rows = _field(spec, "rows", int, where)
+        if rows < 1 or _field(spec, "d_max", int, where) != d_max:
+            raise _fail(where, f"table {_brief(name)} has rows={rows}, d_max={spec['d_max']}")
+        codes_name = _field(spec, "codes_dtype", str, where)
+        if codes_name not in _DIMS_DTYPES:
+            raise _fail(where, f"table {_brief(name)} has code dtype {_brief(codes_name)}, not one of {sorted(_DIMS_DTYPES)}")
+        codes = _tensor(tensors, f"{name}.codes", _DIMS_DTYPES[codes_name], rows, path).to(torch.int64)
+        keys.add(f"{name}.codes")
+        if int(codes.max()) >= n_codes:
+            raise _fail(path, f"table {_brief(name)} has a row code {int(codes.max())}, past the {n_codes} codes of "
+                              f"sizes {d_min}..{d_max} at {len(precisions)} precisions")
+        dims, index = codes // len(precisions) + d_min, codes % len(precisions)
+        listed = _field(spec, "precisions", dict, where)
+        group = index.to(torch.int8 if len(precisions) < 128 else torch.int64)
+        local = torch.zeros(rows, dtype=torch.int64)
+        groups: list[tuple[_Table, torch.Tensor | None] | None] = []
+        for k, precision in enumerate(precisions):
+            members = torch.nonzero(index == k).squeeze(1)
+            if not members.numel():
+                if precision in listed:
+                    raise _fail(where, f"table {_brief(name)} lists rows at {precision}, and no row code says so")
+                groups.append(None)
+                continue
+            entry = listed.get(precision)
+            if not isinstance(entry, dict):
+                raise _fail(where, f"table {_brief(name)} has rows at {precision} that its entry does not list")
+            sizes = dims.index_select(0, members)
+            count = int(sizes.sum())
+            if _field(entry, "rows", int, where) != members.numel() or _field(entry, "values_stored", int, where) != count:
+                raise _fail(where, f"table {_brief(name)}: the counts at {precision} do not match the row codes")
+            bits, integer = STORED_PRECISIONS[precision]
+            values, scales = _stored_values(tensors, f"{name}.{precision}", precision, count, members.numel(), path)
+            keys.add(f"{name}.{precision}.values")
+            if integer:
+                keys.add(f"{name}.{precision}.scales")
+            local[members] = torch.arange(members.numel())
+            groups.append((_Table(values, sizes, d_max, device), None if scales is None else scales.to(device)))
+            total_bits += count * bits + (16 * members.numel() if integer else 0)
+        tables[name] = _MixedTable(groups, group, local, d_max, device)
+    bits_stored = _field(manifest, "bits_stored", int, where)
+    if bits_stored != total_bits:
+        raise _fail(where, f"says {bits_stored:,} bits are stored but the codes make {total_bits:,}")
+    budget = manifest.get("budget")
+    if isinstance(budget, dict) and isinstance(budget.get("max_bits"), int) and budget.get("kind") == "bytes" \
+            and total_bits > budget["max_bits"]:
+        raise _fail(where, f"stores {total_bits:,} bits, over the budget of {budget['max_bits']:,}")
+    return tables, keys
+
+
+def _stored_values(tensors: Mapping[str, torch.Tensor], key: str, precision: str, count: int, rows: int,
+                   path: Path) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One precision's values as served before scaling (fp32, fp16, or int8 integers) and its scales."""
+    bits, integer = STORED_PRECISIONS[precision]
+    if not integer:
+        values = _tensor(tensors, f"{key}.values", torch.float32 if bits == 32 else torch.float16, count, path)
+        if not bool(torch.isfinite(values).all()):
+            raise _fail(path, f"{_brief(key)} holds values that are not finite; refusing to serve them")
+        return values, None
+    levels = 2 ** (bits - 1) - 1
+    if bits == 8:
+        values = _tensor(tensors, f"{key}.values", torch.int8, count, path)
+    else:
+        per_byte = 8 // bits
+        packed = _tensor(tensors, f"{key}.values", torch.uint8, -(-count // per_byte), path)
+        shifts = torch.arange(per_byte, dtype=torch.uint8) * bits
+        fields = ((packed.unsqueeze(1) >> shifts) & ((1 << bits) - 1)).reshape(-1).to(torch.int16)
+        if bool(fields[count:].any()):
+            raise _fail(path, f"{_brief(key)} has bits set in the padding after its last value")
+        values = (fields[:count] - (fields[:count] >= 2 ** (bits - 1)).to(torch.int16) * (1 << bits)).to(torch.int8)
+    if count and int(values.to(torch.int16).abs().max()) > levels:
+        raise _fail(path, f"{_brief(key)} holds an integer beyond ±{levels}, which {precision} never stores")
+    scales = _tensor(tensors, f"{key}.scales", torch.float16, rows, path).to(torch.float32)
+    if not bool((torch.isfinite(scales) & (scales >= 0)).all()):
+        raise _fail(path, f"{_brief(key)} has a scale that is negative or not finite; refusing to serve it")
+    return values, scales
