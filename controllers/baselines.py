@@ -3,39 +3,77 @@
 * ``equal``: every decision the same size, the budget spread evenly;
 * ``random``: random feasible allocations, the best by fitness kept;
 * ``frequency``: sizes grow with log-frequency, the classic hand rule.
+
+Searching precisions too (``--precisions``), the rules store every row at one precision
+(option ``precision``, float32 by default) and spend the budget on sizes at that
+precision; ``random`` draws a precision per decision as it draws a size.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from nas.core.plugins import register_controller
+from nas.core.budget import Budget
 from nas.core.controller import Controller
+from nas.core.errors import ConfigError
+from nas.core.plugins import register_controller
+from nas.core.space import SearchSpace
 
 __all__ = ["EqualSizes", "FrequencyRule", "RandomSearch"]
 
 
+class _OnePrecision(Controller):
+    """A rule that stores every row at one precision when the space searches precisions.
+
+    Args:
+        precision: the precision of every row, one of the space's (default: fp32 when it is
+            among them, else the widest); only with precisions.
+    """
+
+    searches_precision = True
+
+    def __init__(self, space: SearchSpace, budget: Budget, seed: int = 0, precision: str | None = None) -> None:
+        super().__init__(space, budget, seed)
+        if precision is not None and precision not in space.precisions:
+            among = f"one of the searched {', '.join(space.precisions)}" if space.precisions else "used with --precisions"
+            raise ConfigError(f"the {self.name} controller's precision {precision!r} must be {among}")
+        chosen = precision or ("fp32" if "fp32" in space.precisions else (space.precisions or ("fp32",))[0])
+        self.precision = chosen if space.precisions else None
+
+    def _rows(self, sizes: np.ndarray) -> np.ndarray:
+        """``(n, n_decisions)`` sizes as whole decision vectors, every decision at the rule's precision."""
+        if self.precision is None:
+            return sizes
+        index = np.full_like(sizes, self.space.precisions.index(self.precision))
+        return np.concatenate([sizes, index], axis=1)
+
+
 @register_controller("equal")
-class EqualSizes(Controller):
+class EqualSizes(_OnePrecision):
     """The same size for every decision: what a fixed-width table gives under the budget."""
 
     needs_fitness = False
 
     def _ask(self, n: int) -> np.ndarray:
-        return np.ones((n, self.space.n_decisions))
+        return self._rows(np.ones((n, self.space.n_decisions)))
 
 
 @register_controller("random")
 class RandomSearch(Controller):
     """Uniformly random grid values per decision, projected to the budget; keeps the fittest."""
 
+    searches_precision = True
+
     def _ask(self, n: int) -> np.ndarray:
         grid = self.space.grid
-        return grid[self.rng.integers(0, len(grid), size=(n, self.space.n_decisions))].astype(np.float64)
+        sizes = grid[self.rng.integers(0, len(grid), size=(n, self.space.n_decisions))].astype(np.float64)
+        if not self.space.precisions:
+            return sizes
+        return np.concatenate([sizes, self.rng.integers(0, len(self.space.precisions), size=sizes.shape)], axis=1)
 
 
 @register_controller("frequency")
-class FrequencyRule(Controller):
+class FrequencyRule(_OnePrecision):
     """Sizes proportional to ``log(1 + frequency)``, scaled to spend the budget.
 
     Rows never seen in training get the smallest size; the most frequent rows the
@@ -47,4 +85,4 @@ class FrequencyRule(Controller):
 
     def _ask(self, n: int) -> np.ndarray:
         log_frequency = self.space.context()["log_frequency"]
-        return np.tile(log_frequency, (n, 1))
+        return self._rows(np.tile(log_frequency, (n, 1)))

@@ -21,6 +21,12 @@ search itself costs a few evaluations; the fittest shapes are then retrained, by
 successive halving in the default protocol, and the best on validation is the answer.  The design evaluates a grid of
 ``alphas × tilts`` first (both rules first of all, so the search never ends without having
 measured them), then refines around the fittest by a pattern search that halves its steps.
+
+Searching precisions too (``--precisions``), a shape also has one precision ``p`` for all its
+rows: the search first measures the frequency rule at every precision, then runs its design
+at the fittest precision so far, and the pattern search also steps to the neighbouring
+precisions.  A narrower precision buys more dimensions for the same bytes; which trade wins
+is what the fitness (and then the retraining, quantised) decides.
 """
 
 from __future__ import annotations
@@ -60,6 +66,7 @@ class FrequencyShape(Controller):
     """
 
     needs_context = True
+    searches_precision = True
     #: Fitness masks the plainly trained full model, which the run already has (the cached
     #: reference): the search trains no supernet of its own.
     preferred_supernet = "full"
@@ -85,42 +92,58 @@ class FrequencyShape(Controller):
         context = space.context()
         self._log_frequency = np.asarray(context["log_frequency"], dtype=np.float64)
         self._table_z = _table_z(np.asarray(context["table"]), self._log_frequency)
-        self.evaluated: list[tuple[float, float, float]] = []  # (alpha, tilt, fitness), in the order told
-        self._asked: list[tuple[float, float]] = []
+        # (alpha, tilt, precision index, fitness), in the order told; the index is 0 without precisions
+        self.evaluated: list[tuple[float, float, int, float]] = []
+        self._asked: list[tuple[float, float, int]] = []
         self._halvings = 0
 
-    def direction(self, alpha: float, tilt: float) -> np.ndarray:
-        """The unprojected sizes of shape ``(alpha, tilt)`` (``0^0 = 1``: at ``alpha = 0`` unseen rows count like others)."""
-        return np.power(self._log_frequency, alpha) * np.exp2(tilt * self._table_z)
+    def direction(self, alpha: float, tilt: float, precision: int = 0) -> np.ndarray:
+        """The unprojected decision vector of shape ``(alpha, tilt)`` at ``precision`` (an index; ignored without precisions).
+
+        ``0^0 = 1``: at ``alpha = 0`` unseen rows count like others.
+        """
+        sizes = np.power(self._log_frequency, alpha) * np.exp2(tilt * self._table_z)
+        return np.concatenate([sizes, np.full(len(sizes), float(precision))]) if self.space.precisions else sizes
 
     # -- the search --------------------------------------------------------------------------------
     def _ask(self, n: int) -> np.ndarray:
         self._asked = []
         for _ in range(n):
             self._asked.append(self._next())
-        return np.stack([self.direction(a, t) for a, t in self._asked])
+        return np.stack([self.direction(a, t, k) for a, t, k in self._asked])
 
     def _tell(self, decisions: np.ndarray, fitness: np.ndarray) -> None:
-        shapes = self._asked if len(self._asked) == len(fitness) else [(np.nan, np.nan)] * len(fitness)
-        self.evaluated += [(a, t, float(f)) for (a, t), f in zip(shapes, fitness)]
+        shapes = self._asked if len(self._asked) == len(fitness) else [(np.nan, np.nan, -1)] * len(fitness)
+        self.evaluated += [(a, t, k, float(f)) for (a, t, k), f in zip(shapes, fitness)]
         self._asked = []
 
-    def _next(self) -> tuple[float, float]:
-        """The first unmeasured design point, else the best point's nearest unmeasured neighbour."""
-        seen = {(a, t) for a, t, _ in self.evaluated} | set(self._asked)
-        for point in self.design:
-            if point not in seen:
-                return point
-        measured = [(a, t, f) for a, t, f in self.evaluated if np.isfinite(a)]
-        alpha, tilt, _ = max(measured, key=lambda e: e[2])
+    def _next(self) -> tuple[float, float, int]:
+        """The first unmeasured design point, else the best point's nearest unmeasured neighbour.
+
+        With precisions the design starts with the frequency rule at every precision and
+        then runs at the fittest precision measured so far.
+        """
+        seen = {(a, t, k) for a, t, k, _ in self.evaluated} | set(self._asked)
+        measured = [(a, t, k, f) for a, t, k, f in self.evaluated if np.isfinite(a)]
+        n_precisions = max(len(self.space.precisions), 1)
+        for k in range(n_precisions if self.space.precisions else 0):
+            if (1.0, 0.0, k) not in seen:
+                return (1.0, 0.0, k)
+        best = max(measured, key=lambda e: e[3])[2] if measured else 0
+        for alpha, tilt in self.design:
+            if (alpha, tilt, best) not in seen:
+                return (alpha, tilt, best)
+        alpha, tilt, k, _ = max(measured, key=lambda e: e[3]) if measured else (*self.design[0], 0, 0.0)
         while self._halvings <= _HALVINGS:
             step_a, step_t = self._steps()
-            for point in ((alpha + step_a, tilt), (alpha - step_a, tilt), (alpha, tilt + step_t), (alpha, tilt - step_t)):
-                point = (round(max(point[0], 0.0), 6), round(point[1], 6))
+            steps = [(alpha + step_a, tilt, k), (alpha - step_a, tilt, k), (alpha, tilt + step_t, k), (alpha, tilt - step_t, k)]
+            steps += [(alpha, tilt, j) for j in (k - 1, k + 1) if 0 <= j < n_precisions]
+            for a, t, j in steps:
+                point = (round(max(a, 0.0), 6), round(t, 6), j)
                 if point not in seen:
                     return point
             self._halvings += 1
-        return (round(max(alpha + self.rng.normal(0, 0.25), 0.0), 6), round(tilt + self.rng.normal(0, 0.25), 6))
+        return (round(max(alpha + self.rng.normal(0, 0.25), 0.0), 6), round(tilt + self.rng.normal(0, 0.25), 6), k)
 
     def _steps(self) -> tuple[float, float]:
         """The pattern search's steps: half the design's spacing, halved after each round without a new point."""
@@ -135,12 +158,16 @@ class FrequencyShape(Controller):
         return {"evaluated": [list(e) for e in self.evaluated], "halvings": self._halvings}
 
     def _load_state(self, state: ControllerState) -> None:
-        self.evaluated = [(float(a), float(t), float(f)) for a, t, f in state.get("evaluated", [])]
+        # States saved before precisions were searched hold (alpha, tilt, fitness).
+        entries = [e if len(e) == 4 else (e[0], e[1], 0, e[2]) for e in state.get("evaluated", [])]
+        self.evaluated = [(float(a), float(t), int(k), float(f)) for a, t, k, f in entries]
         self._halvings = int(state.get("halvings", 0))
 
-    def notes(self) -> list[dict[str, float]]:
-        """The shape of each candidate of the last ask, logged with its trial."""
-        return [{"alpha": a, "tilt": t} for a, t in self._asked]
+    def notes(self) -> list[dict[str, float | str]]:
+        """The shape of each candidate of the last ask (and its precision), logged with its trial."""
+        if not self.space.precisions:
+            return [{"alpha": a, "tilt": t} for a, t, _ in self._asked]
+        return [{"alpha": a, "tilt": t, "precision": self.space.precisions[k]} for a, t, k in self._asked]
 
 
 def _table_z(table: np.ndarray, log_frequency: np.ndarray) -> np.ndarray:

@@ -34,9 +34,10 @@ def summary_table(result: SearchResult) -> str:
         ("data", _data_text(result.data)),
         ("search", f"{result.controller} controller, {result.space} space"),
         ("budget", _budget_text(result)),
-        ("used", f"{allocation.cost:,} values ({result.budget_used:.1%} of the budget, "
+        ("used", f"{allocation.cost:,} values{_bits_text(result)} ({result.budget_used:.1%} of the budget, "
                  f"retain ratio {result.retain_ratio:.4f}), {result.export_bytes:,} bytes {exported}"),
         ("kept per row" if any(t["masked"] for t in tables.values()) else "row sizes", sizes),
+        *([("precisions", _precisions_text(tables))] if allocation.row_precisions is not None else []),
         *([("decisions", " ".join(str(v) for v in result.decisions))] if result.decisions else []),
         *_search_facts(result),
         ("time", _time_text(result)),
@@ -77,6 +78,9 @@ def _budget_text(result: SearchResult) -> str:
     :mod:`nas.core.accounting`, as the export's check does.
     """
     budget = result.budget
+    if budget.unit == "bits":
+        return (f"{budget.describe()}: at most {budget.max_bits:,} bits of values and scales at precisions "
+                f"{', '.join(budget.precisions)}, {budget.max_bytes:,} bytes")
     if not result.allocation.element_masks:
         return f"{budget.describe()}: at most {budget.max_values:,} values, {budget.max_bytes:,} bytes"
     limit = export_byte_limit(budget, element_mask=True)
@@ -87,6 +91,21 @@ def _budget_text(result: SearchResult) -> str:
     return (f"{budget.describe()}: at most {values:,} values, {limit:,} bytes with the element masks "
             f"(stored on top of a value budget: {budget.max_bytes:,} bytes of values and row sizes "
             f"+ {masks:,} bytes of masks)")
+
+
+def _bits_text(result: SearchResult) -> str:
+    """`` in N bits`` for an allocation with precisions (what a byte budget counts), else nothing."""
+    return f" in {result.allocation.bits():,} bits" if result.allocation.row_precisions is not None else ""
+
+
+def _precisions_text(tables: Mapping[str, Mapping[str, Any]]) -> str:
+    """Each table's share of rows at each precision: ``user int8 70%, int4 30%; item int4 100%``."""
+    parts = []
+    for name, stats in tables.items():
+        counts = {p: c for p, c in stats.get("rows_at", {}).items() if c}
+        total = sum(counts.values()) or 1
+        parts.append(f"{name} " + ", ".join(f"{p} {c / total:.0%}" for p, c in counts.items()))
+    return "; ".join(parts)
 
 
 def _data_text(data: Mapping[str, Any]) -> str:

@@ -55,7 +55,8 @@ def build_space(config: SearchConfig, data: Data | Task) -> SearchSpace:
     data = task_for(data).data
     space_class = SPACES.get(config.space)
     try:
-        return space_class(table_specs(data.rows()), data.frequencies(), config.d_min, config.d_max, **config.space_options)
+        space = space_class(table_specs(data.rows()), data.frequencies(), config.d_min, config.d_max, **config.space_options)
+        return space.with_precisions(config.precisions)
     except TypeError as error:
         if not config.space_options:
             raise
@@ -67,7 +68,7 @@ def build_space(config: SearchConfig, data: Data | Task) -> SearchSpace:
 def build_search(config: SearchConfig, data: Data | Task) -> tuple[Budget, SearchSpace, Controller]:
     """The budget, search space and controller of a run (checked before any training)."""
     data = task_for(data).data
-    budget = Budget.parse(config.budget, data.rows(), config.d_max, config.d_min)
+    budget = Budget.parse(config.budget, data.rows(), config.d_max, config.d_min, precisions=config.precisions)
     space = build_space(config, data)
     controller_class = CONTROLLERS.get(config.controller)
     try:

@@ -18,6 +18,7 @@ import torch
 
 from nas.pipeline.backbones import TASKS, backbone_task, models_of_task
 from nas.core.errors import ConfigError
+from nas.core.precision import parse_precisions
 from nas.pipeline.data import CLICK_FORMATS, TOP_K_FORMATS, DataSpec
 from recsys.metrics import FITNESS_KS
 from recsys.train import SOFTMAX_NEGATIVES, SOFTMAX_TEMPERATURE, TrainConfig
@@ -248,7 +249,7 @@ D_MAX_LIMIT = 65_535
 #: from a damaged config.json is refused here, not deep inside a stage).
 _SEARCH_TYPES: dict[str, type | tuple[type, ...]] = {
     "model": str, "budget": str, "space": str, "controller": str, "evaluator": str, "retrain": str, "device": str,
-    "reference": str, "space_options": dict, "controller_options": dict, "trials": int, "ask_batch": int, "fitness_users": int,
+    "reference": str, "precisions": tuple, "space_options": dict, "controller_options": dict, "trials": int, "ask_batch": int, "fitness_users": int,
     "retrain_top": int, "seed": int, "d_min": int, "d_max": (int, type(None)), "threads": (int, type(None)),
     "data": DataSpec, "supernet": SupernetOptions, "finetune": FineTuneConfig, "train": (TrainingOptions, type(None)),
 }
@@ -303,6 +304,9 @@ class SearchConfig:
             cached for every later run (:mod:`nas.pipeline.reference`); ``"none"`` trains
             no reference and compares with the supernet at full size (cheaper, but a
             supernet is weaker than a plainly trained model, so the ratio flatters).
+        precisions: precisions searched beside the sizes (``("fp32", "fp16", "int8", "int4")``,
+            :mod:`nas.core.precision`); under a byte budget the budget then counts the bits the
+            export stores.  Empty (the default): every value at float32, sizes only.
     """
 
     data: DataSpec = field(default_factory=DataSpec)
@@ -327,10 +331,19 @@ class SearchConfig:
     device: str = "cpu"
     threads: int | None = None
     reference: str = "full"
+    precisions: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         _refuse_non_finite("search", self, {"space_options": "--space-option", "controller_options": "--controller-option"})
+        if isinstance(self.precisions, (list, str)):
+            object.__setattr__(self, "precisions", tuple(self.precisions.split(",") if isinstance(self.precisions, str)
+                                                         else self.precisions))
         _check_types(self, _SEARCH_TYPES)
+        if self.precisions:
+            try:
+                object.__setattr__(self, "precisions", parse_precisions(self.precisions))
+            except ConfigError as error:
+                raise ConfigError(f"--precisions: {error}") from None
         checks = [
             (self.d_max is None or 1 <= self.d_max <= D_MAX_LIMIT,
              f"--d-max must be between 1 and {D_MAX_LIMIT:,} (embedding widths are 16 to 64 in practice), got {self.d_max}"),
@@ -376,9 +389,12 @@ class SearchConfig:
             raise ConfigError(f"device {self.device!r} asked for, but torch sees no CUDA device; use --device cpu")
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able form (the run's identity)."""
+        """JSON-able form (the run's identity); without precisions, exactly what it was before they existed."""
         data = asdict(self)
         data["data"] = self.data.to_dict()
+        data["precisions"] = list(self.precisions)
+        if not self.precisions:
+            del data["precisions"]
         return data
 
     @classmethod

@@ -32,7 +32,7 @@ from nas.core.allocation import Allocation
 from nas.artifact.quantise import RowPrecision, fake_quantise
 from recsys.embedding import PlainEmbedding
 
-__all__ = ["MaskableEmbedding", "SoftMask", "stack_row_dims"]
+__all__ = ["MaskableEmbedding", "SoftMask", "stack_precisions", "stack_row_dims"]
 
 #: ``scale(table, ids)``: a multiplier per looked-up element, ``(*ids.shape, dim)``; ``ids`` is ``None`` for the whole table.
 SoftMask = Callable[[str, "torch.Tensor | None"], torch.Tensor]
@@ -51,6 +51,25 @@ def stack_row_dims(allocations: Sequence[Allocation], device: torch.device | str
     return {
         name: torch.from_numpy(np.stack([a.row_dims[name] for a in allocations]).astype(np.int16)).to(device)
         for name in names
+    }
+
+
+def stack_precisions(allocations: Sequence[Allocation], device: torch.device | str = "cpu") -> dict[str, torch.Tensor] | None:
+    """The rows' precision indices of allocations stacked per table, ``{table: (A, rows)}``; ``None`` without precisions.
+
+    Every allocation must index the same precision names (those of the first), as the
+    allocations of one space do.
+    """
+    if not allocations or allocations[0].row_precisions is None:
+        if any(a.row_precisions is not None for a in allocations):
+            raise ValueError("stack allocations that all have precisions, or none")
+        return None
+    names = allocations[0].precisions
+    if any(a.precisions != names or a.row_precisions is None for a in allocations):
+        raise ValueError(f"every stacked allocation must index the precisions {names}")
+    return {
+        name: torch.from_numpy(np.stack([a.row_precisions[name] for a in allocations]).astype(np.int64)).to(device)
+        for name in allocations[0].row_dims
     }
 
 
@@ -73,6 +92,7 @@ class MaskableEmbedding(PlainEmbedding):
         self._masks: dict[str, torch.Tensor] = {}
         self._precision: dict[str, RowPrecision] = {}
         self._variants: dict[str, torch.Tensor] = {}
+        self._variant_precision: dict[str, RowPrecision] = {}
         self._scale: SoftMask | None = None
         self.allocation: Allocation | None = None
 
@@ -116,6 +136,25 @@ class MaskableEmbedding(PlainEmbedding):
                 raise ValueError(f"variants of table {name!r} must have shape (A, {self.rows.get(name)}), got {tuple(dims.shape)}")
             self._variants[name] = dims.to(self.columns.device)
 
+    def set_variant_precisions(self, index: Mapping[str, torch.Tensor] | None, precisions: Sequence[str] = ()) -> None:
+        """Quantise the served variants row by row: ``index[table][a, r]`` is variant ``a``'s precision of row ``r``.
+
+        Kept until called with ``None`` (it survives :meth:`set_variants`, so a loss that
+        sets the variants itself still serves them quantised).
+
+        Args:
+            index: ``{table: (A, rows)}`` indices into ``precisions``, e.g. from :func:`stack_precisions`.
+            precisions: the precision names.
+        """
+        self._variant_precision = {} if index is None else {
+            name: RowPrecision(rows.to(self.columns.device), precisions) for name, rows in index.items()
+        }
+
+    @property
+    def quantises_variants(self) -> bool:
+        """Whether served variants are quantised (:meth:`set_variant_precisions`)."""
+        return bool(self._variant_precision)
+
     def set_soft_mask(self, scale: SoftMask | None) -> None:
         """Multiply every looked-up vector by ``scale(table, ids)`` (``None`` stops it).
 
@@ -144,6 +183,11 @@ class MaskableEmbedding(PlainEmbedding):
         return self.columns < dims.unsqueeze(-1)
 
     def _quantised(self, table: str, ids: torch.Tensor | None, vectors: torch.Tensor) -> torch.Tensor:
+        if table in self._variants and table in self._variant_precision:
+            levels, half = self._variant_precision[table].levels, self._variant_precision[table].half
+            if ids is not None:
+                levels, half = levels[:, ids], half[:, ids]
+            return fake_quantise(vectors, levels, half)
         precision = self._precision.get(table)
         return vectors if precision is None else fake_quantise(vectors, *precision.rows(ids))
 

@@ -29,7 +29,7 @@ from nas.core.allocation import Allocation
 from nas.core.errors import ConfigError
 from nas.core.evaluator import Evaluator
 from nas.pipeline.config import FineTuneConfig
-from nas.pipeline.embedding import MaskableEmbedding, stack_row_dims
+from nas.pipeline.embedding import MaskableEmbedding, stack_precisions, stack_row_dims
 from nas.pipeline.tasks import Task, task_for
 from recsys.data import CTRData, InteractionData
 from recsys.errors import TrainingDiverged
@@ -118,9 +118,13 @@ class SupernetEvaluator(_ValidationEvaluator):
         was_training = getattr(self.model, "training", False)
         self.model.eval()
         embedding.set_variants(stack_row_dims(allocations, embedding.columns.device))
+        precision = stack_precisions(allocations, embedding.columns.device)
+        if precision is not None:
+            embedding.set_variant_precisions(precision, allocations[0].precisions)
         try:
             return self.task.stacked_qualities(self.model, len(allocations), self.users)
         finally:
+            embedding.set_variant_precisions(None)
             embedding.set_allocation(previous)
             if was_training:
                 self.model.train()

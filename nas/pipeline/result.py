@@ -149,8 +149,9 @@ class SearchResult:
 
     @property
     def budget_used(self) -> float:
-        """Share of the budget's values the allocation keeps."""
-        return self.allocation.cost / self.budget.max_values if self.budget.max_values else 1.0
+        """Share of the budget the allocation spends, in the budget's unit (values, or bits)."""
+        limit = self.budget.max_cost
+        return self.allocation.cost_in(self.budget) / limit if limit else 1.0
 
     def ratio(self, metric: str, split: str = "test") -> float:
         """The allocated model's ``metric`` over the reference's (``nan`` when the reference's is 0)."""

@@ -38,7 +38,7 @@ from nas.core.controller import OneShotController
 from nas.core.errors import ConfigError
 from nas.core.space import SearchSpace
 from nas.pipeline.config import SupernetOptions
-from nas.pipeline.embedding import MaskableEmbedding, stack_row_dims
+from nas.pipeline.embedding import MaskableEmbedding, stack_precisions, stack_row_dims
 from nas.pipeline.tasks import Batch, Task, Variants, top_k_variants_loss, task_for
 from recsys.data import CTRData, InteractionData
 from recsys.errors import TrainingDiverged
@@ -87,6 +87,7 @@ class SandwichLoss:
             space.allocation(space.join(np.full(n, space.grid[0]), np.full(n, max(len(space.precisions) - 1, 0)))),
         ]
         self._stack: dict[str, torch.Tensor] = {}
+        self._precision_stack: dict[str, torch.Tensor] | None = None
         self._picks = torch.Generator()
 
     def on_epoch_start(self, epoch: int) -> None:
@@ -98,6 +99,7 @@ class SandwichLoss:
             budgets = [self.budgets[i % len(self.budgets)] for i in range(self.options.pool)]
             pool = [self.space.allocation(self.space.sample(rng, budget)) for budget in budgets]
         self._stack = stack_row_dims(self._ends + pool)
+        self._precision_stack = stack_precisions(self._ends + pool)
         self._picks.manual_seed(int(rng.integers(2**62)))
 
     def __call__(self, model: Any, *args: Any) -> torch.Tensor:
@@ -108,7 +110,14 @@ class SandwichLoss:
         index = torch.cat([torch.arange(len(self._ends)), picks])
         device = embedding.columns.device
         chosen = {name: dims[index].to(device) for name, dims in self._stack.items()}
-        return self.variants_loss(model, chosen, tuple(batch), reg)
+        if self._precision_stack is None:
+            return self.variants_loss(model, chosen, tuple(batch), reg)
+        embedding.set_variant_precisions({name: rows[index] for name, rows in self._precision_stack.items()},
+                                         self.space.precisions)
+        try:
+            return self.variants_loss(model, chosen, tuple(batch), reg)
+        finally:
+            embedding.set_variant_precisions(None)
 
 
 def train_supernet(

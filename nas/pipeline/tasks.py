@@ -87,7 +87,7 @@ def top_k_variants_loss(
     embedding = model.embedding
     count = len(next(iter(chosen.values())))
     prefix_loss = getattr(model, "prefix_bpr_loss", None)
-    if step_loss is None and prefix_loss is not None and embedding.allocation is None:
+    if step_loss is None and prefix_loss is not None and embedding.allocation is None and not embedding.quantises_variants:
         return prefix_loss(users, pos, neg, reg, lambda table, ids: chosen[table][:, ids].long())
     embedding.set_variants(chosen)
     try:

@@ -61,9 +61,27 @@ def test_after_the_design_it_refines_around_the_fittest_shape():
         shape.ask(1)
         alpha, tilt = shape.notes()[0]["alpha"], shape.notes()[0]["tilt"]
         shape.tell(shape._last_asked, [-abs(alpha - 2.3) - abs(tilt)])
-    best = max(shape.evaluated, key=lambda e: e[2])
+    best = max(shape.evaluated, key=lambda e: e[3])
     assert [e[:2] for e in shape.evaluated[:4]] == [(0.0, 0.0), (1.0, 0.0), (2.0, 0.0), (3.0, 0.0)]
     assert abs(best[0] - 2.3) < 0.2 and best[1] == 0.0
+
+
+def test_with_precisions_it_measures_the_rule_at_each_then_shapes_the_fittest_precision():
+    fields = synthetic_fields({"user": 300, "item": 500}, exponent=1.1, seed=0)
+    precisions = ("fp32", "fp16", "int8", "int4")
+    space = PerFeatureSpace(fields.tables, fields.frequencies, 1, 32).with_precisions(precisions)
+    budget = Budget.parse("20KB", space.rows(), 32, 1, precisions=precisions)
+    shape = _shape(space, budget)
+    fitness = {"fp32": 0.1, "fp16": 0.3, "int8": 0.5, "int4": 0.4}  # int8 the fittest
+    for _ in range(6):
+        decisions = shape.ask(1)
+        assert decisions.shape == (1, 2 * space.n_decisions)
+        assert space.cost_in(decisions[0], budget) <= budget.max_bits
+        note = shape.notes()[0]
+        shape.tell(decisions, [fitness[note["precision"]] + 0.01 * note["alpha"]])
+    told = [(a, t, precisions[k]) for a, t, k, _ in shape.evaluated]
+    assert told[:4] == [(1.0, 0.0, p) for p in precisions]
+    assert told[4:6] == [(0.0, 0.0, "int8"), (0.5, 0.0, "int8")]  # the design (1, 0) at int8 was measured already
 
 
 def test_a_restored_state_proposes_what_the_original_would():

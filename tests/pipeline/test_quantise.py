@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from nas.core.allocation import Allocation
 from nas.core.precision import PRECISIONS
-from nas.pipeline.embedding import MaskableEmbedding
+from nas.pipeline.embedding import MaskableEmbedding, stack_precisions, stack_row_dims
 from nas.artifact.quantise import FP16_MAX, RowPrecision, fake_quantise, quantise_rows
 
 NAMES = list(PRECISIONS)
@@ -76,3 +76,27 @@ def test_the_maskable_embedding_serves_each_row_at_its_precision():
     assert len(torch.unique(item[0].abs())) <= 2  # int2: -scale, 0, +scale
     embedding.set_allocation(Allocation(allocation.row_dims))
     assert torch.equal(embedding.table("user")[1, :6], raw[1, :6])  # without precisions: the plain masked row
+
+
+def test_stacked_variants_are_served_at_their_own_precisions():
+    rows = {"user": 6, "item": 5}
+    rng = np.random.default_rng(4)
+    allocations = [
+        Allocation({n: rng.integers(0, 9, r) for n, r in rows.items()},
+                   row_precisions={n: rng.integers(0, len(NAMES), r) for n, r in rows.items()}, precisions=tuple(NAMES))
+        for _ in range(3)
+    ]
+    embedding = MaskableEmbedding(rows, 8, seed=2)
+    ids = torch.tensor([[0, 5], [3, 3]])
+    single = []
+    for allocation in allocations:
+        embedding.set_allocation(allocation)
+        single.append((embedding.lookup("user", ids).detach(), embedding.table("item").detach()))
+    embedding.set_variants(stack_row_dims(allocations))
+    embedding.set_variant_precisions(stack_precisions(allocations), NAMES)
+    assert embedding.quantises_variants
+    looked, tables = embedding.lookup("user", ids).detach(), embedding.table("item").detach()
+    for a, (vectors, table) in enumerate(single):
+        assert torch.equal(looked[a], vectors) and torch.equal(tables[a], table)
+    embedding.set_variant_precisions(None)
+    assert not embedding.quantises_variants
