@@ -7,6 +7,9 @@ number picks a grid value, the group's members all take it, and the space projec
 vector onto the budget.  The projection is part of the objective: the optimiser is
 told the fitness of the projected allocation for the point it proposed.
 
+Searching precisions too, the point has a second number in [0, 1] per group, which picks
+the group's precision the same way.
+
 Neither library's optimiser state is saved as such (that would mean pickles).  The
 state is the history of told points and values: a restored controller builds a fresh
 optimiser with the same seed and replays the history through ask and tell, which puts
@@ -40,22 +43,28 @@ class GroupedBlackBox(Controller):
     """
 
     needs_context = True
+    searches_precision = True
 
     def __init__(self, space: SearchSpace, budget: Budget, seed: int = 0, *, groups: int = 32) -> None:
         super().__init__(space, budget, seed)
         if groups < 1:
             raise ConfigError(f"groups must be >= 1, got {groups}")
         self.groups = DecisionGroups(space, groups)
-        self.history_points = np.empty((0, self.groups.n_groups))
+        self.history_points = np.empty((0, self.dimensions))
         self.history_values = np.empty(0)
         self.history_proposed = np.empty(0, dtype=bool)
         self.history_round = np.empty(0, dtype=np.int64)
         self._pending: list[tuple[Any, np.ndarray]] = []
         self._optimizer = self._new_optimizer()
 
+    @property
+    def dimensions(self) -> int:
+        """Numbers in a point: one size per group, and with precisions one precision per group."""
+        return self.groups.n_groups * (2 if self.space.precisions else 1)
+
     # -- what a library adapter fills in -----------------------------------------------------------
     def _new_optimizer(self) -> Any:
-        """A fresh optimiser over ``[0, 1]^n_groups`` seeded with ``self.seed``."""
+        """A fresh optimiser over ``[0, 1]^dimensions`` seeded with ``self.seed``."""
         raise NotImplementedError
 
     def _propose(self) -> tuple[Any, np.ndarray]:
@@ -68,9 +77,13 @@ class GroupedBlackBox(Controller):
 
     # -- the controller protocol -------------------------------------------------------------------
     def _decisions(self, point: np.ndarray) -> np.ndarray:
-        grid = self.space.grid
-        index = np.rint(np.clip(point, 0.0, 1.0) * (len(grid) - 1)).astype(np.int64)
-        return self.groups.expand(grid[index]).astype(np.float64)
+        grid, n = self.space.grid, self.groups.n_groups
+        index = np.rint(np.clip(point[:n], 0.0, 1.0) * (len(grid) - 1)).astype(np.int64)
+        sizes = self.groups.expand(grid[index]).astype(np.float64)
+        if not self.space.precisions:
+            return sizes
+        precision = np.rint(np.clip(point[n:], 0.0, 1.0) * (len(self.space.precisions) - 1))
+        return np.concatenate([sizes, self.groups.expand(precision)])
 
     def _ask(self, n: int) -> np.ndarray:
         self._pending = [self._propose() for _ in range(n)]
@@ -80,10 +93,13 @@ class GroupedBlackBox(Controller):
         pending, self._pending = self._pending, []
         mine = len(pending) == len(decisions) and all(self._asked_row(decisions, i) for i in range(len(decisions)))
         if not mine:  # decisions from elsewhere: the group means, scaled to [0, 1] of the grid's range
-            grid = self.space.grid
-            means = self.groups.reduce(decisions)
+            grid, n = self.space.grid, self.space.n_decisions
+            means = self.groups.reduce(decisions[:, :n])
             index = np.array([np.searchsorted(grid, m) for m in means.ravel()]).reshape(means.shape)
             points = index / max(len(grid) - 1, 1)
+            if self.space.precisions:
+                precision = np.rint(self.groups.reduce(decisions[:, n:])) / max(len(self.space.precisions) - 1, 1)
+                points = np.concatenate([points, precision], axis=1)
             pending = [(None, point) for point in points]
         round_ = int(self.history_round[-1]) + 1 if len(self.history_round) else 0
         for (handle, point), value in zip(pending, fitness):
@@ -101,12 +117,12 @@ class GroupedBlackBox(Controller):
                 "round": self.history_round}
 
     def _load_state(self, state: ControllerState) -> None:
-        points = np.asarray(state["points"], dtype=np.float64).reshape(-1, self.groups.n_groups)
+        points = np.asarray(state["points"], dtype=np.float64).reshape(-1, self.dimensions)
         values = np.asarray(state["values"], dtype=np.float64)
         proposed = np.asarray(state["proposed"], dtype=bool)
         rounds = np.asarray(state["round"], dtype=np.int64)
         self._optimizer = self._new_optimizer()
-        self.history_points, self.history_values = np.empty((0, self.groups.n_groups)), np.empty(0)
+        self.history_points, self.history_values = np.empty((0, self.dimensions)), np.empty(0)
         self.history_proposed, self.history_round = np.empty(0, dtype=bool), np.empty(0, dtype=np.int64)
         # Replayed round by round, as asked and told: some optimisers treat a batch differently.
         for round_ in np.unique(rounds):

@@ -62,7 +62,7 @@ class Evolutionary(GroupedBlackBox):
     def _new_optimizer(self) -> Any:
         import nevergrad as ng
 
-        parametrization = ng.p.Array(shape=(self.groups.n_groups,), lower=0.0, upper=1.0)
+        parametrization = ng.p.Array(shape=(self.dimensions,), lower=0.0, upper=1.0)
         parametrization.random_state = np.random.RandomState(self.seed)
         return ng.optimizers.registry[self.optimizer_name](
             parametrization=parametrization, budget=self.trials, num_workers=self.workers

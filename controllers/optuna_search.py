@@ -69,14 +69,20 @@ class OptunaSearch(GroupedBlackBox):
         return optuna.create_study(direction="maximize", sampler=sampler)
 
     def _distributions(self) -> dict[str, Any]:
+        """``g<i>``: the grid index of group ``i``'s size; with precisions ``p<i>``: its precision."""
         import optuna
 
         high = len(self.space.grid) - 1
-        return {f"g{i}": optuna.distributions.IntDistribution(0, high) for i in range(self.groups.n_groups)}
+        sizes = {f"g{i}": optuna.distributions.IntDistribution(0, high) for i in range(self.groups.n_groups)}
+        last = len(self.space.precisions) - 1
+        return {**sizes, **{f"p{i}": optuna.distributions.IntDistribution(0, last)
+                            for i in range(self.groups.n_groups if self.space.precisions else 0)}}
 
     def _point(self, params: dict[str, Any]) -> np.ndarray:
-        high = max(len(self.space.grid) - 1, 1)
-        return np.array([params[f"g{i}"] for i in range(self.groups.n_groups)], dtype=np.float64) / high
+        high, last = max(len(self.space.grid) - 1, 1), max(len(self.space.precisions) - 1, 1)
+        sizes = [params[f"g{i}"] / high for i in range(self.groups.n_groups)]
+        precisions = [params[f"p{i}"] / last for i in range(self.groups.n_groups if self.space.precisions else 0)]
+        return np.array(sizes + precisions, dtype=np.float64)
 
     def _propose(self) -> tuple[Any, np.ndarray]:
         trial = self._optimizer.ask(self._distributions())
@@ -86,8 +92,9 @@ class OptunaSearch(GroupedBlackBox):
         import optuna
 
         if handle is None:
-            high = len(self.space.grid) - 1
-            params = {f"g{i}": int(round(v * high)) for i, v in enumerate(point)}
+            high, last, n = len(self.space.grid) - 1, len(self.space.precisions) - 1, self.groups.n_groups
+            params = {f"g{i}": int(round(v * high)) for i, v in enumerate(point[:n])}
+            params.update({f"p{i}": int(round(v * last)) for i, v in enumerate(point[n:])})
             self._optimizer.add_trial(
                 optuna.trial.create_trial(params=params, distributions=self._distributions(), value=fitness)
             )

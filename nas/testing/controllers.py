@@ -18,6 +18,10 @@ small search on a synthetic fitness and checks:
 * **resume**: a controller stopped half-way, its ``state_dict`` written to a run file
   and loaded into a fresh controller, continues with exactly the proposals of the
   uninterrupted one;
+* **precision**: a controller that says it searches precisions (``searches_precision``)
+  goes through the same checks on the spaces searching ``fp32, fp16, int8, int4`` under
+  byte budgets (its proposals then whole decision vectors within the bits); one that
+  does not must refuse such a space with a ``ConfigError``;
 * **one-shot** controllers are trained for a few steps on a tiny matrix factorisation
   (``supernet_loss``, backward, ``after_step``, then ``finish``) before the same checks;
   their loss must be finite with gradients reaching the weights, and their deployed
@@ -35,8 +39,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from nas.core.accounting import precision_fixed_bytes
 from nas.core.budget import Budget
 from nas.core.controller import Controller, OneShotController
+from nas.core.errors import ConfigError
+from nas.core.precision import DEFAULT_PRECISIONS, PRECISIONS
 from nas.core.space import SearchSpace
 from nas.pipeline.embedding import MaskableEmbedding
 from nas.pipeline.runs import Run
@@ -61,11 +68,13 @@ BUDGET_LEVELS = {"near-minimum": 0.05, "middle": 0.5, "near-full": 0.95}
 ControllerFactory = Callable[..., Controller]
 
 
-def conformance_cases(rows: Mapping[str, int] | None = None, d_max: int = 16) -> list[tuple[str, SearchSpace, str, Budget]]:
+def conformance_cases(rows: Mapping[str, int] | None = None, d_max: int = 16,
+                      precisions: tuple[str, ...] = ()) -> list[tuple[str, SearchSpace, str, Budget]]:
     """``(space name, space, budget level, budget)`` for every built-in space and budget level.
 
     The tables are named ``user`` and ``item`` so that one-shot controllers can train a
-    matrix factorisation on them.
+    matrix factorisation on them.  With ``precisions`` the spaces search them and the
+    budgets are bytes, placed between the cheapest and the dearest allocation in bits.
     """
     from nas.core.plugins import SPACES
 
@@ -77,38 +86,55 @@ def conformance_cases(rows: Mapping[str, int] | None = None, d_max: int = 16) ->
     }
     cases = []
     for name, space in spaces.items():
-        low, high = space.minimum_cost(), space.maximum_cost()
+        space.with_precisions(precisions)
+        if precisions:
+            weight = int(space.weights.sum())
+            low = weight * min(int(PRECISIONS[p].row_bits(int(space.grid[0]))) for p in precisions)
+            high = weight * max(int(PRECISIONS[p].row_bits(int(space.grid[-1]))) for p in precisions)
+            fixed = precision_fixed_bytes(space.rows(), 1, d_max, space.precisions)
+        else:
+            low, high = space.minimum_cost(), space.maximum_cost()
         for level, share in BUDGET_LEVELS.items():
-            budget = Budget.from_params(int(low + share * (high - low)), space.rows(), d_max, 1)
+            amount = int(low + share * (high - low))
+            budget = (Budget.from_bytes(fixed + amount // 8, space.rows(), d_max, 1, precisions=precisions) if precisions
+                      else Budget.from_params(amount, space.rows(), d_max, 1))
             cases.append((name, space, level, budget))
     return cases
 
 
 def synthetic_fitness(space: SearchSpace) -> Callable[[np.ndarray], float]:
-    """A fitness that rewards sizes growing with frequency (deterministic, in [-1, 1])."""
+    """A fitness that rewards sizes growing with frequency (deterministic, in [-1, 1]; with precisions a little
+    more for narrower ones)."""
     log_frequency = np.asarray(space.context()["log_frequency"], dtype=np.float64)
     centred = log_frequency - log_frequency.mean()
     scale = float(np.linalg.norm(centred)) or 1.0
 
     def fitness(decisions: np.ndarray) -> float:
-        sizes = np.asarray(decisions, dtype=np.float64)
+        sizes, precision = space.split(np.asarray(decisions, dtype=np.float64))
         spread = sizes - sizes.mean()
         norm = float(np.linalg.norm(spread))
-        return float(centred @ spread / (scale * norm)) if norm else 0.0
+        value = float(centred @ spread / (scale * norm)) if norm else 0.0
+        if precision is not None:
+            value = 0.9 * value + 0.1 * float(precision.mean()) / max(len(space.precisions) - 1, 1)
+        return value
 
     return fitness
 
 
 def check_proposals(controller: Controller, decisions: np.ndarray) -> None:
-    """Every row of ``decisions`` is on the grid, the right length and within the budget."""
+    """Every row of ``decisions`` is on the grid (precisions among the space's), the right length and within the budget."""
     space, budget = controller.space, controller.budget
     decisions = np.atleast_2d(decisions)
-    assert decisions.shape[1] == space.n_decisions, f"{controller.name}: {decisions.shape[1]} decisions, want {space.n_decisions}"
-    assert np.isin(decisions, space.grid).all(), f"{controller.name}: a proposal is off the grid"
+    assert decisions.shape[1] == space.vector_length, \
+        f"{controller.name}: {decisions.shape[1]} values a proposal, want {space.vector_length}"
     for row in decisions:
-        cost = space.cost(row)
-        assert cost <= budget.max_values, f"{controller.name}: a proposal costs {cost} > budget {budget.max_values}"
-        space.to_allocation(row).validate(budget)
+        sizes, precision = space.split(row)
+        assert np.isin(sizes, space.grid).all(), f"{controller.name}: a proposal is off the grid"
+        assert precision is None or (precision.min() >= 0 and precision.max() < len(space.precisions)), \
+            f"{controller.name}: a proposal's precision is not one of the space's"
+        cost = space.cost_in(row, budget)
+        assert cost <= budget.max_cost, f"{controller.name}: a proposal costs {cost} > budget {budget.max_cost} {budget.unit}"
+        space.allocation(row).validate(budget)
 
 
 class _TinySupernet:
@@ -192,11 +218,19 @@ def check_resume(factory: ControllerFactory, space: SearchSpace, budget: Budget,
 
 
 def check_controller(factory: ControllerFactory, *, trials: int = 6, seed: int = 0, **options: Any) -> None:
-    """Run every check on every built-in space and budget level the controller supports."""
-    for name, space, level, budget in conformance_cases():
+    """Run every check on every built-in space and budget level the controller supports, with precisions if it searches them."""
+    searches = bool(getattr(factory, "searches_precision", False))
+    cases = conformance_cases() + conformance_cases(precisions=DEFAULT_PRECISIONS)
+    for name, space, level, budget in cases:
         supported = getattr(factory, "spaces", None)
         if supported is not None and name not in supported:
             continue
+        if space.precisions and not searches:
+            try:
+                factory(space, budget, seed=seed, **options)
+            except ConfigError:
+                continue
+            raise AssertionError(f"{factory!r} does not search precisions, yet accepted a space that does")
         fitness = synthetic_fitness(space)
         runs = []
         for _ in range(2):

@@ -21,8 +21,17 @@ def test_controller_conforms(name):
 
 
 def test_the_matrix_covers_every_space_and_budget_level():
-    cases = {(space, level) for space, _, level, _ in conformance_cases()}
-    assert cases == {(s, b) for s in ("per-feature", "per-field", "block") for b in ("near-minimum", "middle", "near-full")}
+    expected = {(s, b) for s in ("per-feature", "per-field", "block") for b in ("near-minimum", "middle", "near-full")}
+    assert {(space, level) for space, _, level, _ in conformance_cases()} == expected
+    searched = conformance_cases(precisions=("fp32", "fp16", "int8", "int4"))
+    assert {(space, level) for space, _, level, _ in searched} == expected
+    assert all(budget.unit == "bits" and space.precisions == budget.precisions for _, space, _, budget in searched)
+
+
+def test_the_controllers_that_search_precisions():
+    searching = {name for name in CONTROLLERS.names() if CONTROLLERS.get(name).searches_precision}
+    assert searching >= {"equal", "frequency", "random", "shape", "nevergrad", "optuna"}
+    assert not searching & {"magprune", "pep"}  # they keep arbitrary elements, which are not quantised
 
 
 def best_after(name: str, trials: int, seed: int, **options) -> float:
