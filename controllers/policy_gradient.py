@@ -14,6 +14,10 @@ projection) under the policy that drew them, and ascends ``advantage · mean log
 fitness minus a moving-average baseline, divided by a moving standard deviation, so
 the step size does not depend on the scale of the metric (recall differences of 1e-3
 matter).
+
+Searching precisions too, the policy's logits cover every (size, precision) pair, the
+incumbent's precision is one more input, and the prior is centred on the incumbent's
+precision as on its size.
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ class PolicyGradient(Controller):
     """
 
     needs_context = True
+    searches_precision = True
 
     def __init__(
         self,
@@ -74,25 +79,38 @@ class PolicyGradient(Controller):
         self.spread = None if spread is None else float(spread)
         self.entropy = float(entropy)
         self.features = torch.from_numpy(decision_features(space))
+        self.n_precisions = len(space.precisions)  # 0: sizes only
+        inputs = self.features.shape[1] + (2 if self.n_precisions else 1)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             self.policy = nn.Sequential(
-                nn.Linear(self.features.shape[1] + 1, hidden), nn.LeakyReLU(), nn.Linear(hidden, len(space.grid))
+                nn.Linear(inputs, hidden), nn.LeakyReLU(), nn.Linear(hidden, len(space.grid) * max(self.n_precisions, 1))
             )
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=lr)
-        self.incumbent = space.project(np.ones(space.n_decisions), budget)
+        self.incumbent = space.project(space.join(np.ones(space.n_decisions), np.zeros(space.n_decisions)), budget)
         self.baseline: float | None = None
         self.variance = 0.0
         self._drawn: np.ndarray | None = None
 
     def _logits(self, incumbent: np.ndarray) -> torch.Tensor:
-        size = torch.from_numpy(incumbent.astype(np.float32) / self.space.d_max).unsqueeze(1)
-        logits = self.policy(torch.cat([self.features, size], dim=1))
+        """Logits per decision over the grid (sizes only) or over (size, precision) pairs, size-major."""
+        sizes, precision = self.space.split(incumbent)
+        size = torch.from_numpy(sizes.astype(np.float32) / self.space.d_max).unsqueeze(1)
+        inputs = [self.features, size]
+        if precision is not None:
+            share = torch.from_numpy(precision.astype(np.float32) / max(self.n_precisions - 1, 1)).unsqueeze(1)
+            inputs.append(share)
+        logits = self.policy(torch.cat(inputs, dim=1))
         if self.spread is None:
             return logits
         # A fixed prior centred on the incumbent's size: the policy explores around the best allocation found.
         grid = torch.as_tensor(self.space.grid, dtype=torch.float32) / self.space.d_max
-        return logits - (grid[None, :] - size).square() / (2 * self.spread**2)
+        prior = -(grid[None, :] - size).square() / (2 * self.spread**2)
+        if precision is None:
+            return logits + prior
+        steps = torch.arange(self.n_precisions, dtype=torch.float32) / max(self.n_precisions - 1, 1)
+        prior_precision = -(steps[None, :] - share).square() / (2 * self.spread**2)
+        return logits + (prior.unsqueeze(2) + prior_precision.unsqueeze(1)).reshape(len(sizes), -1)
 
     def _ask(self, n: int) -> np.ndarray:
         with torch.no_grad():
@@ -102,14 +120,20 @@ class PolicyGradient(Controller):
             gumbel = -np.log(-np.log(self.rng.random(logits.shape).clip(1e-300, None)))
             drawn.append(np.argmax(logits + gumbel, axis=1))
         self._drawn = np.stack(drawn)
-        return self.space.grid[self._drawn].astype(np.float64)
+        if not self.n_precisions:
+            return self.space.grid[self._drawn].astype(np.float64)
+        sizes = self.space.grid[self._drawn // self.n_precisions].astype(np.float64)
+        return np.concatenate([sizes, self._drawn % self.n_precisions], axis=1)
 
     def _actions(self, decisions: np.ndarray) -> np.ndarray:
         """Grid indices of the draws behind told decisions: the projection belongs to the environment.
 
         Decisions the controller did not just propose (told from elsewhere) stand for themselves.
         """
-        actions = np.searchsorted(self.space.grid, decisions)
+        n = self.space.n_decisions
+        actions = np.searchsorted(self.space.grid, decisions[:, :n])
+        if self.n_precisions:
+            actions = actions * self.n_precisions + decisions[:, n:]
         drawn, self._drawn = self._drawn, None
         if drawn is None or len(drawn) != len(decisions):
             return actions
