@@ -5,6 +5,9 @@ row's kept dimensions against its log training frequency (the block space adds i
 group boundaries), so a user sees at a glance whether frequent rows got the room.
 A search that measured fitness adds ``fitness.png``: every candidate's fitness by
 trial and the best so far, which shows whether more trials would still pay.
+An allocation with precisions colours each row by its precision and adds
+``precisions.md``: the share of rows at each precision per frequency band
+(:func:`precision_bands`).
 """
 
 from __future__ import annotations
@@ -21,9 +24,39 @@ from nas.pipeline.runs import Run
 from nas.pipeline.build import build_space
 from nas.pipeline.replay import checked_budget, read_config
 
-__all__ = ["plot_allocation", "plot_fitness", "save_png", "write_report"]
+__all__ = ["BANDS", "plot_allocation", "plot_fitness", "precision_bands", "save_png", "write_report"]
 
 _MAX_POINTS = 20_000
+
+#: The frequency bands of :func:`precision_bands`: upper ends of the rank share, most frequent first.
+BANDS = (0.01, 0.1, 0.5, 1.0)
+
+
+def precision_bands(allocation: Allocation, frequencies: dict[str, np.ndarray], bands: tuple[float, ...] = BANDS) -> str:
+    """A markdown table: per table and frequency band (top 1 %, 1-10 %, ... of rows by frequency),
+    the rows, their mean size and the share at each precision.
+
+    Raises:
+        ValueError: for an allocation without precisions.
+    """
+    if allocation.row_precisions is None:
+        raise ValueError("the allocation has no precisions")
+    names = allocation.precisions
+    lines = ["| table | rows by frequency | rows | mean size | " + " | ".join(names) + " |",
+             "|---|---|--:|--:|" + "--:|" * len(names)]
+    for table in allocation.tables:
+        order = np.argsort(-frequencies[table], kind="stable")
+        n, start = len(order), 0
+        for share in bands:
+            end = max(int(np.ceil(share * n)), start)
+            rows = order[start:end]
+            if rows.size:
+                counts = np.bincount(allocation.row_precisions[table][rows], minlength=len(names)) / rows.size
+                label = f"top {share:.0%}" if start == 0 else f"{start / n:.0%}-{share:.0%}"
+                lines.append(f"| {table} | {label} | {rows.size:,} | {allocation.row_dims[table][rows].mean():.1f} | "
+                             + " | ".join(f"{c:.0%}" for c in counts) + " |")
+            start = end
+    return "\n".join(lines) + "\n"
 
 
 def plot_allocation(
@@ -56,7 +89,16 @@ def plot_allocation(
         log_frequency = np.log1p(frequencies[name].astype(np.float64))
         shown = np.arange(len(dims)) if len(dims) <= _MAX_POINTS else np.sort(rng.choice(len(dims), _MAX_POINTS, replace=False))
         jitter = rng.uniform(-0.15, 0.15, len(shown))
-        axis.scatter(log_frequency[shown], dims[shown] + jitter, s=4, alpha=0.35, linewidths=0)
+        if allocation.row_precisions is None:
+            axis.scatter(log_frequency[shown], dims[shown] + jitter, s=4, alpha=0.35, linewidths=0)
+        else:
+            index = allocation.row_precisions[name][shown]
+            for k, precision in enumerate(allocation.precisions):
+                mine = index == k
+                if mine.any():
+                    axis.scatter(log_frequency[shown][mine], dims[shown][mine] + jitter[mine], s=4, alpha=0.45,
+                                 linewidths=0, label=precision)
+            axis.legend(loc="upper left", markerscale=3, title="precision")
         for cut in (boundaries or {}).get(name, ()):
             axis.axvline(np.log1p(cut), color="grey", linestyle="--", linewidth=0.8)
         axis.set_title(f"{name}: {len(dims):,} rows, mean {dims.mean():.2f} dims")
@@ -147,4 +189,9 @@ def write_report(folder: str | Path) -> list[Path]:
     trials = list(run.events("trial"))
     if len(trials) > 1:
         written.append(plot_fitness(trials, run.path("report", "fitness.png"), title=title))
+    if allocation.row_precisions is not None:
+        target = run.path("report", "precisions.md")
+        with atomic_write(target, "w") as handle:
+            handle.write(f"# Precisions by frequency band: {title}\n\n" + precision_bands(allocation, data.frequencies()))
+        written.append(target)
     return written

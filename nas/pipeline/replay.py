@@ -70,7 +70,7 @@ def checked_budget(run: Run, config: SearchConfig, data: Data, allocation: Alloc
         ArtifactError: the allocation does not fit the data's tables or breaks the budget.
         BudgetError: the configured budget is infeasible on this data.
     """
-    budget = Budget.parse(config.budget, data.rows(), config.d_max, config.d_min)
+    budget = Budget.parse(config.budget, data.rows(), config.d_max, config.d_min, precisions=config.precisions)
     try:
         allocation.validate(budget)
     except BudgetError as error:

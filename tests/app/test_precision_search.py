@@ -89,3 +89,21 @@ def test_the_space_and_the_budget_agree_on_every_rows_precision(data):
     assert result.budget.unit == "values"  # a sparsity keeps counting values
     assert result.allocation.cost <= result.budget.max_values
     assert np.isin(result.allocation.row_precisions["user"], [0, 1]).all()
+
+
+def test_report_export_and_evaluate_read_a_run_with_precisions(tmp_path):
+    from nas.app.report import precision_bands, write_report
+    from nas.pipeline.replay import evaluate_run, export_run
+
+    spec = nas.DataSpec("synthetic", seed=3, extra={"n_users": 300, "n_items": 400})
+    data = synthetic(n_users=300, n_items=400, seed=3)
+    result = nas.search(spec, seed=3, budget="12KB", precisions=PRECISIONS, controller="frequency",
+                        controller_options={"precision": "int8"}, run_dir=tmp_path / "run", **FAST)
+    written = {path.name for path in write_report(tmp_path / "run")}
+    assert {"allocation.png", "precisions.md"} <= written
+    table = (tmp_path / "run" / "report" / "precisions.md").read_text()
+    assert "| user | top 1% | 3 |" in table and table.count("| 100% |") == 8  # every band of both tables at int8
+    assert precision_bands(result.allocation, data.frequencies()) in table
+    manifest = export_run(tmp_path / "run", tmp_path / "again")
+    assert manifest["bytes_stored"] == result.export_bytes and manifest["precisions"] == list(PRECISIONS)
+    assert evaluate_run(tmp_path / "run") == pytest.approx(result.metrics["test"])
