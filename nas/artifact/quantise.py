@@ -73,16 +73,35 @@ def quantise_rows(values: torch.Tensor, levels: torch.Tensor, half: torch.Tensor
         an fp32 row its values; ``scale`` is ``(...)`` float32, exact in fp16, zero for
         float rows.  An integer row's vector is ``stored * scale``.
     """
+    return _stored(values, levels, half, dequantise=False)
+
+
+def fake_quantise(values: torch.Tensor, levels: torch.Tensor, half: torch.Tensor) -> torch.Tensor:
+    """The vectors the stored rows give back, with straight-through gradients to ``values``."""
+    served, _ = _stored(values.detach(), levels, half, dequantise=True)
+    return _StraightThrough.apply(values, served)
+
+
+def _stored(values: torch.Tensor, levels: torch.Tensor, half: torch.Tensor, *,
+            dequantise: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`quantise_rows`, or with ``dequantise`` the integer rows' vectors ``q * scale`` instead of ``q``.
+
+    Only the branches some row needs are computed (each is a few passes over the values).
+    """
     integer = levels > 0
-    peak = values.abs().amax(dim=-1)
-    scale = torch.where(integer, peak / torch.where(integer, levels, 1.0), 0.0)
-    scale = _fp16_at_least(scale.clamp(max=FP16_MAX))
-    usable = scale > 0
-    q = torch.round(values / torch.where(usable, scale, 1.0).unsqueeze(-1))
-    q = torch.minimum(torch.maximum(q, -levels.unsqueeze(-1)), levels.unsqueeze(-1)) + 0.0  # + 0.0: no -0.0
-    q = torch.where(usable.unsqueeze(-1), q, 0.0)
-    rounded = values.clamp(-FP16_MAX, FP16_MAX).to(torch.float16).to(torch.float32) + 0.0
-    stored = torch.where(integer.unsqueeze(-1), q, torch.where(half.unsqueeze(-1), rounded, values))
+    scale = torch.zeros(levels.shape, dtype=torch.float32, device=values.device)
+    stored = values
+    if bool(half.any()):
+        rounded = values.clamp(-FP16_MAX, FP16_MAX).to(torch.float16).to(torch.float32).add_(0.0)
+        stored = torch.where(half.unsqueeze(-1), rounded, stored)
+    if bool(integer.any()):
+        peak = values.abs().amax(dim=-1)
+        scale = _fp16_at_least(torch.where(integer, peak / torch.where(integer, levels, 1.0), 0.0).clamp(max=FP16_MAX))
+        bound = levels.unsqueeze(-1)
+        q = torch.round(values / torch.where(scale > 0, scale, 1.0).unsqueeze(-1)).clamp_(-bound, bound).add_(0.0)
+        if dequantise:
+            q = q.mul_(scale.unsqueeze(-1))
+        stored = torch.where(integer.unsqueeze(-1), q, stored)
     return stored, scale
 
 
@@ -95,13 +114,6 @@ def _fp16_at_least(scale: torch.Tensor) -> torch.Tensor:
     half = scale.to(torch.float16)
     up = torch.nextafter(half, torch.full_like(half, FP16_MAX))
     return torch.where(half.to(torch.float32) < scale, up, half).to(torch.float32)
-
-
-def fake_quantise(values: torch.Tensor, levels: torch.Tensor, half: torch.Tensor) -> torch.Tensor:
-    """The vectors the stored rows give back, with straight-through gradients to ``values``."""
-    stored, scale = quantise_rows(values.detach(), levels, half)
-    served = torch.where((levels > 0).unsqueeze(-1), stored * scale.unsqueeze(-1), stored)
-    return _StraightThrough.apply(values, served)
 
 
 class _StraightThrough(torch.autograd.Function):
