@@ -38,6 +38,7 @@ from controllers.fitness_predictor import (
 )
 from nas.core.plugins import register_controller
 from nas.core.budget import Budget
+from nas.core.precision import PRECISIONS
 from nas.core.controller import Controller, ControllerState
 from nas.core.errors import ConfigError
 from nas.core.space import SearchSpace
@@ -77,6 +78,7 @@ class BET(Controller):
     """
 
     needs_context = True
+    searches_precision = True
 
     def __init__(
         self,
@@ -105,7 +107,8 @@ class BET(Controller):
         self.anchors = _anchors(space, budget) if anchors else {}
         self.anchored = 0
         self._asked_anchors = 0
-        self.population = np.empty((0, space.n_decisions), dtype=_index_dtype(len(space.grid)))
+        self.n_candidates = len(space.grid) * max(len(space.precisions), 1)  # sizes, or (size, precision) pairs
+        self.population = np.empty((0, space.n_decisions), dtype=_index_dtype(self.n_candidates))
         self.population_fitness = np.empty(0)
         self.losses: list[float] = []
         self.picks: list[dict[str, Any]] = []
@@ -163,6 +166,8 @@ class BET(Controller):
                 "families": [FAMILIES[f] for f in actions.family[j]],
                 "beta": [round(float(b), 6) for b in actions.beta[j]],
                 "share": [round(float(s), 6) for s in actions.share[j]],
+                **({} if actions.precision is None
+                   else {"precision": [self.space.precisions[k] for k in actions.precision[j]]}),
             }
             for i, j in zip(chosen, picked)
         ]
@@ -231,28 +236,43 @@ class BET(Controller):
             self.optimizer.load_state_dict(state["optimizer"])
 
     def _indices(self, decisions: np.ndarray) -> torch.Tensor:
-        """Grid indices of grid values, by a lookup table (cheaper than a binary search per value over millions)."""
-        grid = self.space.grid
+        """Candidate indices of decision vectors, ``(m, n_decisions)``: the grid index of each size, and with
+        precisions the index of its (size, precision) pair, size-major.
+
+        By a lookup table (cheaper than a binary search per value over millions).
+        """
+        grid, n = self.space.grid, self.space.n_decisions
+        decisions = np.atleast_2d(np.asarray(decisions, dtype=np.int64))
         lookup = np.zeros(int(grid[-1]) + 1, dtype=np.int64)
         lookup[grid] = np.arange(len(grid))
-        return torch.from_numpy(lookup[np.asarray(decisions, dtype=np.int64)])
+        index = lookup[decisions[:, :n]]
+        if self.space.precisions:
+            index = index * len(self.space.precisions) + decisions[:, n:]
+        return torch.from_numpy(index)
 
 
 def _build_predictor(name: str, space: SearchSpace) -> FitnessPredictor | None:
     if name == "none":
         return None
+    bits = np.array([PRECISIONS[p].bits for p in space.precisions]) if space.precisions else None
     if name == "sizes":
-        return SizeOnlyPredictor(space.n_decisions, space.grid)
+        return SizeOnlyPredictor(space.n_decisions, space.grid, bits)
     context = space.context()
-    return DeepSetsPredictor(context["table"], np.expm1(context["log_frequency"]), space.weights, space.grid)
+    return DeepSetsPredictor(context["table"], np.expm1(context["log_frequency"]), space.weights, space.grid, bits)
 
 
 def _anchors(space: SearchSpace, budget: Budget) -> dict[str, np.ndarray]:
-    """The rule-based allocations, computed here so the controller needs nothing but ``nas.core``."""
-    return {
-        "equal": space.project(np.ones(space.n_decisions), budget),
-        "frequency": space.project(space.context()["log_frequency"], budget, monotone=True),
-    }
+    """The rule-based allocations, computed here so the controller needs nothing but ``nas.core``.
+
+    Searching precisions: both rules at every precision (``equal@int8``, ...).
+    """
+    n, log_frequency = space.n_decisions, space.context()["log_frequency"]
+    anchors = {}
+    for k, precision in enumerate(space.precisions or (None,)):
+        suffix = "" if precision is None else f"@{precision}"
+        anchors[f"equal{suffix}"] = space.project(space.join(np.ones(n), np.full(n, k)), budget)
+        anchors[f"frequency{suffix}"] = space.project(space.join(log_frequency, np.full(n, k)), budget, monotone=True)
+    return anchors
 
 
 def _index_dtype(n_grid: int) -> np.dtype:

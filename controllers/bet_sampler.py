@@ -23,6 +23,9 @@ Two corrections to [BET]'s arithmetic (equations and sections cited here are its
 Spaces whose decisions stand for several rows (per-field, block) get a share per
 decision, turned into a size by dividing by the decision's cost per dimension.
 
+Searching precisions too, every action also draws a precision per table, uniformly; the
+table's share of the budget (then in bits) buys values at that precision's price.
+
 Everything is vectorised: values are drawn as sorted uniforms (Rényi's representation
 through cumulative exponentials, no sort) mapped through each family's inverse CDF,
 in log space so that extreme parameters neither overflow nor divide by zero.
@@ -62,12 +65,14 @@ class Actions:
         family: family index (into :data:`FAMILIES`) per action and table, shape ``(m, n_tables)``.
         beta: the family parameter per action and table.
         share: budget share per action and table (rows add up to one).
+        precision: precision index per action and table, or ``None`` when precisions are not searched.
     """
 
     decisions: np.ndarray
     family: np.ndarray
     beta: np.ndarray
     share: np.ndarray
+    precision: np.ndarray | None = None
 
 
 class BudgetedSampler:
@@ -113,6 +118,9 @@ class BudgetedSampler:
         bounds = np.searchsorted(order.table[order.order], np.arange(len(space.tables) + 1))
         self._ranked = [order.order[a:b] for a, b in pairwise(bounds)]
         self._weights = space.weights.astype(np.float64)
+        prices = [budget.row_cost(p) for p in space.precisions]
+        self._per_value = np.array([a for a, _ in prices], dtype=np.float64)
+        self._per_row = np.array([b for _, b in prices], dtype=np.float64)
 
     def sample(self, rng: np.random.Generator, m: int) -> Actions:
         """``m`` projected actions; the same generator state gives the same actions."""
@@ -132,18 +140,29 @@ class BudgetedSampler:
         else:
             share = rng.dirichlet(np.ones(n_tables), size=m) if n_tables > 1 else np.ones((m, 1))
         raw = np.zeros((m, self.space.n_decisions))
+        precision = rng.integers(0, len(self.space.precisions), size=(m, n_tables)) if self.space.precisions else None
         for t, ranked in enumerate(self._ranked):
             if len(ranked) == 0:
                 continue
             fractions = _fractions(rng, family[:, t], beta[:, t], len(ranked))
-            raw[:, ranked] = fractions * share[:, t : t + 1] * self.budget.max_values / self._weights[ranked]
-        return Actions(raw, family, beta, share)
+            if precision is None:
+                raw[:, ranked] = fractions * share[:, t : t + 1] * self.budget.max_values / self._weights[ranked]
+                continue
+            # The table's bits, less its rows' scales, buy values at the drawn precision's price.
+            k = precision[:, t : t + 1]
+            spare = share[:, t : t + 1] * self.budget.max_cost - self._per_row[k] * self._weights[ranked].sum()
+            raw[:, ranked] = fractions * np.maximum(spare, 0.0) / (self._weights[ranked] * self._per_value[k])
+        if precision is not None:
+            table = np.asarray(self.space.context()["table"])
+            raw = np.concatenate([raw, precision[:, table].astype(np.float64)], axis=1)
+        return Actions(raw, family, beta, share, precision)
 
     def project(self, actions: Actions, which: np.ndarray | None = None) -> Actions:
         """The drawn ``actions`` (or those at indices ``which``, in that order) projected onto the budget."""
         which = np.arange(len(actions.decisions)) if which is None else np.asarray(which)
         decisions = np.stack([self.space.project(actions.decisions[i], self.budget, monotone=True) for i in which])
-        return Actions(decisions, actions.family[which], actions.beta[which], actions.share[which])
+        precision = None if actions.precision is None else actions.precision[which]
+        return Actions(decisions, actions.family[which], actions.beta[which], actions.share[which], precision)
 
 
 def _fractions(rng: np.random.Generator, family: np.ndarray, beta: np.ndarray, n: int) -> np.ndarray:

@@ -18,6 +18,9 @@ actions at a time so that 100 actions over tens of thousands of rows never hold 
 a few tens of megabytes; there is no per-row Python loop.  Every MLP has two layers with a
 LeakyReLU between them ([BET, section 4.3]; equations and tables cited here are [BET]'s too).
 
+Searching precisions too, the sets are those of every (size, precision) pair, and each
+set's encoding also sees the precision's bits / 32 (``μ``'s input is then 18 wide).
+
 :class:`SizeOnlyPredictor` is the ablation of Table 2: an MLP that sees only the vector
 of sizes (``d / d_max`` per decision), nothing of frequencies or sets.
 """
@@ -69,9 +72,12 @@ class DeepSetsPredictor(FitnessPredictor):
         frequency: training frequency of every decision (normalised by its table's maximum).
         weight: rows each decision stands for (one per decision in the per-feature space).
         grid: candidate sizes; ``d_max`` is the largest.
+        bits: bits of each searched precision, when precisions are searched: the sets are
+            then the (size, precision) pairs, size-major (index ``size * len(bits) + precision``).
     """
 
-    def __init__(self, table: np.ndarray, frequency: np.ndarray, weight: np.ndarray, grid: np.ndarray) -> None:
+    def __init__(self, table: np.ndarray, frequency: np.ndarray, weight: np.ndarray, grid: np.ndarray,
+                 bits: np.ndarray | None = None) -> None:
         super().__init__()
         table = np.asarray(table, dtype=np.int64)
         frequency = np.asarray(frequency, dtype=np.float64)
@@ -79,13 +85,13 @@ class DeepSetsPredictor(FitnessPredictor):
         peak = np.zeros(n_tables)
         np.maximum.at(peak, table, frequency)
         normalised = frequency / np.where(peak[table] > 0, peak[table], 1.0)
+        features = _candidate_features(grid, bits)
         self.member_encoders = nn.ModuleList(mlp(1, 16, 16) for _ in range(n_tables))
-        self.size_encoder = mlp(17, 64, self.embedding_size)
+        self.size_encoder = mlp(16 + features.shape[1], 64, self.embedding_size)
         self.register_buffer("table", torch.as_tensor(table.copy()), persistent=False)
         self.register_buffer("frequency", torch.as_tensor(normalised, dtype=torch.float32).unsqueeze(1), persistent=False)
         self.register_buffer("weight", torch.as_tensor(np.asarray(weight, dtype=np.float32)), persistent=False)
-        grid = np.asarray(grid, dtype=np.float32)
-        self.register_buffer("size_feature", torch.as_tensor(grid / grid.max()).unsqueeze(1), persistent=False)
+        self.register_buffer("size_feature", torch.as_tensor(features), persistent=False)
 
     def member_encodings(self) -> torch.Tensor:
         """``q_n`` of every decision (eq. 7), shape ``(n_decisions, 16)``."""
@@ -108,21 +114,35 @@ class DeepSetsPredictor(FitnessPredictor):
             counts = torch.zeros(len(chunk) * n_sizes).index_add(0, slots, self.weight.repeat(len(chunk)))
             means.append((sums / counts.clamp_min(1e-12).unsqueeze(1)).reshape(len(chunk), n_sizes, 16))
         mean = torch.cat(means)  # an empty set's sum is zero, so its mean is the zero vector
-        features = torch.cat([mean, self.size_feature.expand(m, n_sizes, 1)], dim=2)
+        features = torch.cat([mean, self.size_feature.expand(m, n_sizes, self.size_feature.shape[1])], dim=2)
         return self.size_encoder(features).mean(dim=1)
 
 
 class SizeOnlyPredictor(FitnessPredictor):
-    """Table 2's simpler predictor: an MLP on the sizes alone (``d / d_max`` per decision)."""
+    """Table 2's simpler predictor: an MLP on the sizes alone (``d / d_max`` per decision).
 
-    def __init__(self, n_decisions: int, grid: np.ndarray) -> None:
+    Searching precisions, a decision's input is its share of the widest row's bits
+    (``d / d_max * bits / 32``).
+    """
+
+    def __init__(self, n_decisions: int, grid: np.ndarray, bits: np.ndarray | None = None) -> None:
         super().__init__()
-        grid = np.asarray(grid, dtype=np.float32)
-        self.register_buffer("size_feature", torch.as_tensor(grid / grid.max()), persistent=False)
+        features = _candidate_features(grid, bits)
+        self.register_buffer("size_feature", torch.as_tensor(features.prod(axis=1)), persistent=False)
         self.encoder = mlp(n_decisions, 64, self.embedding_size)
 
     def embed(self, sizes: torch.Tensor) -> torch.Tensor:
         return self.encoder(self.size_feature[sizes])
+
+
+def _candidate_features(grid: np.ndarray, bits: np.ndarray | None) -> np.ndarray:
+    """Per candidate: ``d / d_max``, and with precisions ``bits / 32`` (pairs size-major), float32 ``(K, 1 or 2)``."""
+    grid = np.asarray(grid, dtype=np.float32)
+    sizes = grid / grid.max()
+    if bits is None:
+        return sizes[:, None]
+    widths = np.asarray(bits, dtype=np.float32) / 32.0
+    return np.stack([np.repeat(sizes, len(widths)), np.tile(widths, len(sizes))], axis=1)
 
 
 #: Predictor names accepted by the BET controller (``"none"``: random selection only).

@@ -192,11 +192,14 @@ class SearchSpace(ABC):
         return (vector[:n], vector[n:]) if self.precisions else (vector, None)
 
     def join(self, sizes: np.ndarray, precision: np.ndarray | None) -> np.ndarray:
-        """The decision vector of ``sizes`` and precision indices (``precision`` ignored without precisions)."""
-        sizes = np.asarray(sizes, dtype=np.int64)
+        """The decision vector of ``sizes`` and precision indices (``precision`` ignored without precisions).
+
+        Real-valued sizes (a controller's raw proposal) stay real-valued.
+        """
+        sizes = np.asarray(sizes)
         if not self.precisions:
             return sizes
-        return np.concatenate([sizes, np.asarray(precision, dtype=np.int64)])
+        return np.concatenate([sizes, np.asarray(precision)])
 
     def allocation(self, vector: np.ndarray) -> Allocation:
         """The allocation a decision vector stands for: :meth:`to_allocation`, with each row's precision."""

@@ -303,3 +303,27 @@ def test_anchors_evaluate_the_rule_based_allocations_first_then_algorithm_1_star
     restored = BET(space, budget, seed=0, candidates=6, anchors=True)
     restored.load_state_dict(controller.state_dict())
     assert restored.anchored == 2 and restored.iteration == 1
+
+
+def test_with_precisions_bet_draws_one_per_table_anchors_every_precision_and_stays_within_the_bits():
+    from nas.testing import synthetic_fields
+    from search_spaces import PerFeatureSpace
+
+    fields = synthetic_fields({"user": 200, "item": 300}, exponent=1.1, seed=0)
+    precisions = ("fp32", "fp16", "int8", "int4")
+    space = PerFeatureSpace(fields.tables, fields.frequencies, 1, 32).with_precisions(precisions)
+    budget = Budget.parse("12KB", space.rows(), 32, 1, precisions=precisions)
+    bet = CONTROLLERS.get("bet")(space, budget, seed=0, candidates=20, anchors=True)
+    assert list(bet.anchors) == [f"{rule}@{p}" for p in precisions for rule in ("equal", "frequency")]
+    table = space.context()["table"]
+    for _ in range(10):
+        decisions = bet.ask(1)
+        sizes, precision = space.split(decisions[0])
+        assert space.cost_in(decisions[0], budget) <= budget.max_bits
+        note = bet.notes()[0]
+        if note["strategy"] != "anchor":
+            drawn = [precisions.index(p) for p in note["precision"]]
+            # the projection may move the rarest rows to the cheapest precision; the rest keep the draw
+            kept = precision == np.asarray(drawn)[table]
+            assert kept.mean() > 0.5
+        bet.tell(decisions, [float(sizes.mean())])
