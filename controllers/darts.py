@@ -22,6 +22,12 @@ otherwise let the sizes collapse to the smallest, far below a budget that was me
 be spent.  The final choice maximises the
 summed log-probabilities under the hard budget: a multiple-choice knapsack
 (:func:`nas.core.knapsack.solve_knapsack`).
+
+Searching precisions too, the distributions are over (size, precision) pairs.  A row is
+served as the mixture ``Σ_p Q_p(x) ⊙ m_p`` of its vector quantised at each precision
+(straight-through), each masked by ``m_p = Σ_k P(size k, precision p) · [j < grid_k]``;
+the expected cost and the knapsack price every pair in the budget's unit (bits under a
+byte budget, scales included).
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ from nas.core.plugins import register_controller
 from nas.core.budget import Budget
 from nas.core.controller import ControllerState, OneShotController
 from nas.core.errors import ConfigError
+from nas.artifact.quantise import RowPrecision, fake_quantise
 from nas.core.knapsack import solve_knapsack
 from nas.core.space import SearchSpace
 
@@ -74,6 +81,7 @@ class DifferentiableSizes(OneShotController):
     """
 
     needs_context = True
+    searches_precision = True
 
     def __init__(
         self,
@@ -110,16 +118,24 @@ class DifferentiableSizes(OneShotController):
         # prefix[k, j] = 1 when size grid[k] keeps column j: p @ prefix is the expected mask.
         self.prefix = (torch.arange(space.d_max, dtype=torch.float32)[None, :] < grid[:, None]).float()
         self.unit_costs = torch.as_tensor(space.weights, dtype=torch.float64)
-        self.grid = grid.double()
+        # Candidates: the grid's sizes, or (size, precision) pairs size-major; the price of each
+        # per unit of a decision's weight, in the budget's unit.
+        self.n_precisions = len(space.precisions)
+        self.candidate_costs = space.candidate_costs_in(0, budget).reshape(-1) // int(space.weights[0])
+        self.grid = torch.as_tensor(self.candidate_costs, dtype=torch.float64)
+        n_candidates = len(self.candidate_costs)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             self.network = nn.Sequential(nn.Linear(self.features.shape[1], hidden), nn.LeakyReLU(),
-                                         nn.Linear(hidden, len(space.grid)))
+                                         nn.Linear(hidden, n_candidates))
             torch.nn.init.zeros_(self.network[-1].weight)
             # Start with the expected cost at the budget: a tilt of the uniform distribution
-            # towards small sizes, so the multiplier has only to keep it there.
-            self.network[-1].bias.data.copy_(torch.as_tensor(_tilt(space.grid, budget.max_values / space.weights.sum())))
-        self.free = nn.Parameter(torch.zeros(space.n_decisions, len(space.grid))) if space.n_decisions <= free_limit else None
+            # towards cheap candidates, so the multiplier has only to keep it there.
+            tilt = _tilt(self.candidate_costs, budget.max_cost / space.weights.sum())
+            self.network[-1].bias.data.copy_(torch.as_tensor(tilt))
+        self.free = nn.Parameter(torch.zeros(space.n_decisions, n_candidates)) if space.n_decisions <= free_limit else None
+        self._precisions = [RowPrecision(torch.zeros(1, dtype=torch.int64) + k, space.precisions)
+                            for k in range(self.n_precisions)]
         self.optimizer = torch.optim.Adam(self.parameters(), lr=lr)
         self.noise = torch.Generator().manual_seed(seed)
         self._device_noise: torch.Generator | None = None
@@ -161,6 +177,8 @@ class DifferentiableSizes(OneShotController):
         if self.free is not None:
             self.free.data = self.free.data.to(device)
         self.features, self.prefix = self.features.to(device), self.prefix.to(device)
+        for precision in self._precisions:
+            precision.levels, precision.half = precision.levels.to(device), precision.half.to(device)
         self.unit_costs, self.grid = self.unit_costs.to(device), self.grid.to(device)
         self.rows = {name: rows.to(device) for name, rows in self.rows.items()}
         for state in self.optimizer.state.values():  # a resumed optimiser's moments
@@ -179,31 +197,50 @@ class DifferentiableSizes(OneShotController):
         """Whether the architecture trains yet (after the warm-up epochs)."""
         return self.epoch > self.warmup
 
-    def _mask(self, table: str, ids: torch.Tensor | None) -> torch.Tensor:
+    def _probabilities(self, table: str, ids: torch.Tensor | None) -> torch.Tensor:
+        """The relaxed choice of every looked-up row over the candidates, ``(rows, n_candidates)``."""
         decisions = self.rows[table] if ids is None else self.rows[table][ids.reshape(-1)]
         logits = self.logits(decisions)
         if not self.searching:
             logits = logits.detach() * 0.0  # uniform over sizes while the weights warm up
         if self.relaxation == "gumbel":
             uniform = self._uniform(logits.shape, logits.device).clamp_(1e-10, 1.0)
-            probabilities = torch.softmax((logits - torch.log(-torch.log(uniform))) / self.tau, dim=-1)
-        else:
-            probabilities = torch.softmax(logits, dim=-1)
-        mask = probabilities @ self.prefix
+            return torch.softmax((logits - torch.log(-torch.log(uniform))) / self.tau, dim=-1)
+        return torch.softmax(logits, dim=-1)
+
+    def _mask(self, table: str, ids: torch.Tensor | None) -> torch.Tensor:
+        mask = self._probabilities(table, ids) @ self.prefix
         return mask if ids is None else mask.reshape(*ids.shape, -1)
+
+    def _mixture(self, table: str, ids: torch.Tensor | None, vectors: torch.Tensor) -> torch.Tensor:
+        """``Σ_p Q_p(x) ⊙ m_p``: the row quantised at each precision, masked by that precision's expected prefix."""
+        probabilities = self._probabilities(table, ids)
+        pairs = probabilities.reshape(len(probabilities), len(self.prefix), self.n_precisions)
+        masks = torch.einsum("rkp,kd->rpd", pairs, self.prefix)
+        flat = vectors.reshape(-1, vectors.shape[-1])
+        served = torch.zeros_like(flat)
+        for k, precision in enumerate(self._precisions):
+            levels, half = precision.levels.to(flat.device), precision.half.to(flat.device)
+            quantised = fake_quantise(flat, levels.expand(len(flat)), half.expand(len(flat)))
+            served = served + quantised * masks[:, k, :]
+        return served.reshape(vectors.shape)
 
     def relaxed_loss(self, model: Any, loss: Callable[[], torch.Tensor]) -> torch.Tensor:
         embedding = model.embedding
         self._follow(embedding.columns.device)
-        embedding.set_soft_mask(self._mask)
+        if self.n_precisions:
+            embedding.set_relaxation(self._mixture)
+        else:
+            embedding.set_soft_mask(self._mask)
         try:
             value = loss()
         finally:
             embedding.set_soft_mask(None)
+            embedding.set_relaxation(None)
         if not self.searching:
             return value
         expected = self._expected_cost()
-        excess = expected / self.budget.max_values - 1.0
+        excess = expected / self.budget.max_cost - 1.0
         self.expected_cost = float(expected.detach())
         return value + self.budget_constraint.term(excess).float()
 
@@ -222,15 +259,19 @@ class DifferentiableSizes(OneShotController):
             return
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        excess = self.expected_cost / self.budget.max_values - 1.0
+        excess = self.expected_cost / self.budget.max_cost - 1.0
         self.budget_constraint.update(excess)
 
     def choose(self) -> np.ndarray:
-        """The sizes of highest summed log-probability within the budget (a multiple-choice knapsack)."""
+        """The candidates of highest summed log-probability within the budget (a multiple-choice knapsack)."""
         with torch.no_grad():
             scores = torch.log_softmax(self.logits(), dim=-1).double().cpu().numpy()
-        picks = solve_knapsack(scores, self.space.weights, self.space.grid, self.budget.max_values)
-        return self.space.grid[picks]
+        if not self.n_precisions:
+            picks = solve_knapsack(scores, self.space.weights, self.space.grid, self.budget.max_values)
+            return self.space.grid[picks]
+        order = np.argsort(self.candidate_costs, kind="stable")  # the knapsack takes candidates by ascending cost
+        picks = order[solve_knapsack(scores[:, order], self.space.weights, self.candidate_costs[order], self.budget.max_cost)]
+        return self.space.join(self.space.grid[picks // self.n_precisions], picks % self.n_precisions)
 
     def notes(self) -> list[dict[str, Any]]:
         return [{"multiplier": self.budget_constraint.multiplier, "expected_cost": self.expected_cost, "tau": self.tau}]
@@ -262,9 +303,12 @@ class DifferentiableSizes(OneShotController):
 
 
 def _tilt(grid: np.ndarray, mean: float) -> np.ndarray:
-    """Logits ``-β · grid`` whose softmax has the given mean size (``β`` by bisection; clipped to the grid's range)."""
-    values = np.asarray(grid, dtype=np.float64) / float(grid[-1])
-    target = float(np.clip(mean / float(grid[-1]), values[0], values[-1]))
+    """Logits ``-β · grid`` whose softmax has the given mean (``β`` by bisection; clipped to the values' range).
+
+    ``grid`` holds the candidates' sizes, or their costs when they are (size, precision) pairs.
+    """
+    values = np.asarray(grid, dtype=np.float64) / float(np.max(grid))
+    target = float(np.clip(mean / float(np.max(grid)), values.min(), values.max()))
 
     def mean_of(beta: float) -> float:
         logits = -beta * values

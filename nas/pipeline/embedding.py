@@ -32,10 +32,12 @@ from nas.core.allocation import Allocation
 from nas.artifact.quantise import RowPrecision, fake_quantise
 from recsys.embedding import PlainEmbedding
 
-__all__ = ["MaskableEmbedding", "SoftMask", "stack_precisions", "stack_row_dims"]
+__all__ = ["MaskableEmbedding", "Relaxation", "SoftMask", "stack_precisions", "stack_row_dims"]
 
 #: ``scale(table, ids)``: a multiplier per looked-up element, ``(*ids.shape, dim)``; ``ids`` is ``None`` for the whole table.
 SoftMask = Callable[[str, "torch.Tensor | None"], torch.Tensor]
+#: ``relax(table, ids, vectors)``: the vectors served in place of the looked-up ones (same shape).
+Relaxation = Callable[[str, "torch.Tensor | None", torch.Tensor], torch.Tensor]
 
 
 def stack_row_dims(allocations: Sequence[Allocation], device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
@@ -94,6 +96,7 @@ class MaskableEmbedding(PlainEmbedding):
         self._variants: dict[str, torch.Tensor] = {}
         self._variant_precision: dict[str, RowPrecision] = {}
         self._scale: SoftMask | None = None
+        self._relax: Relaxation | None = None
         self.allocation: Allocation | None = None
 
     def set_allocation(self, allocation: Allocation | None) -> None:
@@ -182,6 +185,15 @@ class MaskableEmbedding(PlainEmbedding):
             dims = dims[ids]
         return self.columns < dims.unsqueeze(-1)
 
+    def set_relaxation(self, relax: Relaxation | None) -> None:
+        """Serve ``relax(table, ids, vectors)`` in place of the looked-up vectors (``None`` stops it).
+
+        The general form of :meth:`set_soft_mask`, for a relaxation that is not a
+        multiplier: a one-shot controller mixing precisions serves a mixture of the
+        vectors quantised at each.  Applies after the allocation and quantisation, if any.
+        """
+        self._relax = relax
+
     def _quantised(self, table: str, ids: torch.Tensor | None, vectors: torch.Tensor) -> torch.Tensor:
         if table in self._variants and table in self._variant_precision:
             levels, half = self._variant_precision[table].levels, self._variant_precision[table].half
@@ -196,6 +208,8 @@ class MaskableEmbedding(PlainEmbedding):
         keep = self._keep(table, ids)
         vectors = vectors if keep is None else torch.where(keep, vectors, torch.zeros((), dtype=vectors.dtype))
         vectors = self._quantised(table, ids, vectors)
+        if self._relax is not None:
+            vectors = self._relax(table, ids, vectors)
         return vectors if self._scale is None else vectors * self._scale(table, ids)
 
     def table(self, table: str) -> torch.Tensor:
@@ -203,6 +217,8 @@ class MaskableEmbedding(PlainEmbedding):
         keep = self._keep(table, None)
         weight = weight if keep is None else torch.where(keep, weight, torch.zeros((), dtype=weight.dtype))
         weight = self._quantised(table, None, weight)
+        if self._relax is not None:
+            weight = self._relax(table, None, weight)
         return weight if self._scale is None else weight * self._scale(table, None)
 
     def masked_tables(self) -> dict[str, torch.Tensor]:

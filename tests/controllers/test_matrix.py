@@ -30,7 +30,7 @@ def test_the_matrix_covers_every_space_and_budget_level():
 
 def test_the_controllers_that_search_precisions():
     searching = {name for name in CONTROLLERS.names() if CONTROLLERS.get(name).searches_precision}
-    assert searching >= {"equal", "frequency", "random", "shape", "nevergrad", "optuna", "rl", "bet"}
+    assert searching >= {"equal", "frequency", "random", "shape", "nevergrad", "optuna", "rl", "bet", "darts"}
     assert not searching & {"magprune", "pep"}  # they keep arbitrary elements, which are not quantised
 
 
