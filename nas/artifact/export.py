@@ -208,20 +208,7 @@ def pack_tables(
             "dims_dtype": d_type.name,
             "element_mask": name in masks,
         }
-    manifest = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "tables": specs,
-        "d_min": budget.d_min,
-        "d_max": budget.d_max,
-        "dtype": dtype,
-        "values_stored": sum(spec["values_stored"] for spec in specs.values()),
-        "budget": {**budget.to_dict(), "max_bytes": budget.max_bytes},
-        "bytes_limit": limit,
-        "config_hash": config_hash,
-        "allocation": allocation.fingerprint(),
-        "created_by": f"embnas {_version()}",
-    }
+    manifest = _manifest(FORMAT_VERSION, specs, budget, allocation, limit, config_hash, dtype)
     return _finish(manifest, tensors, limit, extra)
 
 
@@ -276,23 +263,25 @@ def _pack_precisions(
             "codes_dtype": codes.dtype.name,
             "precisions": rows_at,
         }
-    manifest = {
-        "format": FORMAT,
-        "format_version": PRECISION_FORMAT_VERSION,
-        "tables": specs,
-        "precisions": list(precisions),
-        "d_min": budget.d_min,
-        "d_max": budget.d_max,
-        "dtype": "float32",
-        "values_stored": sum(spec["values_stored"] for spec in specs.values()),
-        "bits_stored": allocation.bits(),
-        "budget": {**budget.to_dict(), "max_bytes": budget.max_bytes},
-        "bytes_limit": limit,
-        "config_hash": config_hash,
-        "allocation": allocation.fingerprint(),
-        "created_by": f"embnas {_version()}",
-    }
+    manifest = _manifest(PRECISION_FORMAT_VERSION, specs, budget, allocation, limit, config_hash, "float32",
+                         precisions=precisions, bits=allocation.bits())
     return _finish(manifest, tensors, limit, extra)
+
+
+def _manifest(version: int, specs: dict[str, Any], budget: Budget, allocation: Allocation, limit: int, config_hash: str,
+              dtype: str, *, precisions: tuple[str, ...] | None = None, bits: int | None = None) -> dict[str, Any]:
+    """The manifest of either format version, in its fixed key order (its bytes are part of the export's)."""
+    manifest: dict[str, Any] = {"format": FORMAT, "format_version": version, "tables": specs}
+    if precisions is not None:
+        manifest["precisions"] = list(precisions)
+    manifest.update({"d_min": budget.d_min, "d_max": budget.d_max, "dtype": dtype,
+                     "values_stored": sum(spec["values_stored"] for spec in specs.values())})
+    if bits is not None:
+        manifest["bits_stored"] = bits
+    manifest.update({"budget": {**budget.to_dict(), "max_bytes": budget.max_bytes}, "bytes_limit": limit,
+                     "config_hash": config_hash, "allocation": allocation.fingerprint(),
+                     "created_by": f"embnas {_version()}"})
+    return manifest
 
 
 def _pack_integers(values: torch.Tensor, bits: int) -> torch.Tensor:
