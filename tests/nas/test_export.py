@@ -6,7 +6,6 @@ import ast
 import hashlib
 import json
 import os
-import shutil
 import struct
 import subprocess
 import sys
@@ -295,13 +294,6 @@ def pristine(tmp_path_factory):
     rng = np.random.default_rng(5)
     allocation = random_allocation(rows, 1, 8, rng, masks=False)
     export_tables(folder, make_embedding(rows, 8, 1), allocation, Budget.from_sparsity(0.2, rows, 8))
-    return folder
-
-
-@pytest.fixture
-def export(pristine, tmp_path):
-    folder = tmp_path / "export"
-    shutil.copytree(pristine, folder)
     return folder
 
 

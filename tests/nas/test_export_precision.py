@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -101,13 +100,6 @@ def pristine(tmp_path_factory):
     folder = tmp_path_factory.mktemp("pristine") / "export"
     rows, allocation, embedding = random_case(11, ALL, d_min=1)
     export_tables(folder, embedding, allocation, tight_byte_budget(rows, allocation, ALL, d_min=1, spare=64))
-    return folder
-
-
-@pytest.fixture
-def export(pristine, tmp_path):
-    folder = tmp_path / "export"
-    shutil.copytree(pristine, folder)
     return folder
 
 
