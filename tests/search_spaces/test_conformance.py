@@ -17,7 +17,7 @@ SPACE_NAMES = ("per-feature", "per-field", "block")
 
 #: Each example checks three budgets, each with two or three raw vectors, plain and monotone, and as
 #: many byte budgets with a drawn list of precisions.
-EXAMPLES = 500
+EXAMPLES = 400
 
 
 @pytest.mark.parametrize("name", SPACE_NAMES)
