@@ -45,7 +45,7 @@ from nas.core.plugins import register_controller
 from nas.core.budget import Budget
 from nas.core.controller import ControllerState, OneShotController
 from nas.core.errors import ConfigError
-from nas.artifact.quantise import RowPrecision, fake_quantise
+from nas.core.quantise import RowPrecision, fake_quantise
 from nas.core.knapsack import solve_knapsack
 from nas.core.space import SearchSpace
 

@@ -59,7 +59,7 @@ from nas.core.budget import Budget
 from nas.core.errors import ArtifactError, BudgetError, ConfigError
 from nas.core.accounting import dims_dtype, export_byte_limit, export_bytes, value_itemsize
 from nas.core.precision import PRECISIONS, encode_codes
-from nas.artifact.quantise import RowPrecision, quantise_rows
+from nas.core.quantise import RowPrecision, quantise_rows
 from nas.artifact.serving import (
     FORMAT, FORMAT_VERSION, MANIFEST_FILE, MAX_D_MAX, PRECISION_FORMAT_VERSION, TABLES_FILE, VALUE_DTYPES,
     manifest_digest,

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from nas.core.allocation import Allocation
-from nas.artifact.quantise import RowPrecision, fake_quantise
+from nas.core.quantise import RowPrecision, fake_quantise
 from recsys.embedding import PlainEmbedding
 
 __all__ = ["MaskableEmbedding", "Relaxation", "SoftMask", "stack_precisions", "stack_row_dims"]

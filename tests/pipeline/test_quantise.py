@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from nas.core.allocation import Allocation
 from nas.core.precision import PRECISIONS
 from nas.pipeline.embedding import MaskableEmbedding, stack_precisions, stack_row_dims
-from nas.artifact.quantise import FP16_MAX, RowPrecision, fake_quantise, quantise_rows
+from nas.core.quantise import FP16_MAX, RowPrecision, fake_quantise, quantise_rows
 
 NAMES = list(PRECISIONS)
 

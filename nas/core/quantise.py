@@ -1,4 +1,4 @@
-"""Rows at their precision: what the export stores, and the quantisation the model trains through.
+"""Rows at their precision: what the export stores, and the quantisation the model trains through (torch).
 
 One function, :func:`quantise_rows`, turns rows of float32 values into what their
 precision keeps (:mod:`nas.core.precision`): ``fp32`` as it is, ``fp16`` rounded to half
