@@ -83,7 +83,7 @@ class GroupedBlackBox(Controller):
         if not self.space.precisions:
             return sizes
         precision = np.rint(np.clip(point[n:], 0.0, 1.0) * (len(self.space.precisions) - 1))
-        return np.concatenate([sizes, self.groups.expand(precision)])
+        return self.space.join(sizes, self.groups.expand(precision))
 
     def _ask(self, n: int) -> np.ndarray:
         self._pending = [self._propose() for _ in range(n)]
@@ -93,13 +93,13 @@ class GroupedBlackBox(Controller):
         pending, self._pending = self._pending, []
         mine = len(pending) == len(decisions) and all(self._asked_row(decisions, i) for i in range(len(decisions)))
         if not mine:  # decisions from elsewhere: the group means, scaled to [0, 1] of the grid's range
-            grid, n = self.space.grid, self.space.n_decisions
-            means = self.groups.reduce(decisions[:, :n])
+            grid, (sizes, precision) = self.space.grid, self.space.split(decisions)
+            means = self.groups.reduce(sizes)
             index = np.array([np.searchsorted(grid, m) for m in means.ravel()]).reshape(means.shape)
             points = index / max(len(grid) - 1, 1)
-            if self.space.precisions:
-                precision = np.rint(self.groups.reduce(decisions[:, n:])) / max(len(self.space.precisions) - 1, 1)
-                points = np.concatenate([points, precision], axis=1)
+            if precision is not None:
+                shares = np.rint(self.groups.reduce(precision)) / max(len(self.space.precisions) - 1, 1)
+                points = np.concatenate([points, shares], axis=1)
             pending = [(None, point) for point in points]
         round_ = int(self.history_round[-1]) + 1 if len(self.history_round) else 0
         for (handle, point), value in zip(pending, fitness):

@@ -42,10 +42,8 @@ class _OnePrecision(Controller):
 
     def _rows(self, sizes: np.ndarray) -> np.ndarray:
         """``(n, n_decisions)`` sizes as whole decision vectors, every decision at the rule's precision."""
-        if self.precision is None:
-            return sizes
-        index = np.full_like(sizes, self.space.precisions.index(self.precision))
-        return np.concatenate([sizes, index], axis=1)
+        index = self.space.precisions.index(self.precision) if self.precision is not None else 0
+        return self.space.join(sizes, np.full_like(sizes, index))
 
 
 @register_controller("equal")
@@ -67,9 +65,9 @@ class RandomSearch(Controller):
     def _ask(self, n: int) -> np.ndarray:
         grid = self.space.grid
         sizes = grid[self.rng.integers(0, len(grid), size=(n, self.space.n_decisions))].astype(np.float64)
-        if not self.space.precisions:
+        if not self.space.precisions:  # no draw of precisions: the sizes' draws stay what they always were
             return sizes
-        return np.concatenate([sizes, self.rng.integers(0, len(self.space.precisions), size=sizes.shape)], axis=1)
+        return self.space.join(sizes, self.rng.integers(0, len(self.space.precisions), size=sizes.shape))
 
 
 @register_controller("frequency")

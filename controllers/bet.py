@@ -241,13 +241,13 @@ class BET(Controller):
 
         By a lookup table (cheaper than a binary search per value over millions).
         """
-        grid, n = self.space.grid, self.space.n_decisions
-        decisions = np.atleast_2d(np.asarray(decisions, dtype=np.int64))
+        grid = self.space.grid
+        sizes, precision = self.space.split(np.atleast_2d(np.asarray(decisions, dtype=np.int64)))
         lookup = np.zeros(int(grid[-1]) + 1, dtype=np.int64)
         lookup[grid] = np.arange(len(grid))
-        index = lookup[decisions[:, :n]]
-        if self.space.precisions:
-            index = index * len(self.space.precisions) + decisions[:, n:]
+        index = lookup[sizes]
+        if precision is not None:
+            index = index * len(self.space.precisions) + precision
         return torch.from_numpy(index)
 
 

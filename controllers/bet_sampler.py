@@ -118,9 +118,8 @@ class BudgetedSampler:
         bounds = np.searchsorted(order.table[order.order], np.arange(len(space.tables) + 1))
         self._ranked = [order.order[a:b] for a, b in pairwise(bounds)]
         self._weights = space.weights.astype(np.float64)
-        prices = [budget.row_cost(p) for p in space.precisions]
-        self._per_value = np.array([a for a, _ in prices], dtype=np.float64)
-        self._per_row = np.array([b for _, b in prices], dtype=np.float64)
+        per_value, per_row = budget.prices()
+        self._per_value, self._per_row = per_value.astype(np.float64), per_row.astype(np.float64)
 
     def sample(self, rng: np.random.Generator, m: int) -> Actions:
         """``m`` projected actions; the same generator state gives the same actions."""
@@ -153,8 +152,7 @@ class BudgetedSampler:
             spare = share[:, t : t + 1] * self.budget.max_cost - self._per_row[k] * self._weights[ranked].sum()
             raw[:, ranked] = fractions * np.maximum(spare, 0.0) / (self._weights[ranked] * self._per_value[k])
         if precision is not None:
-            table = np.asarray(self.space.context()["table"])
-            raw = np.concatenate([raw, precision[:, table].astype(np.float64)], axis=1)
+            raw = self.space.join(raw, precision[:, self.space.context()["table"]].astype(np.float64))
         return Actions(raw, family, beta, share, precision)
 
     def project(self, actions: Actions, which: np.ndarray | None = None) -> Actions:

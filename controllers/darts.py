@@ -121,7 +121,7 @@ class DifferentiableSizes(OneShotController):
         # Candidates: the grid's sizes, or (size, precision) pairs size-major; the price of each
         # per unit of a decision's weight, in the budget's unit.
         self.n_precisions = len(space.precisions)
-        self.candidate_costs = space.candidate_costs_in(0, budget).reshape(-1) // int(space.weights[0])
+        self.candidate_costs = space.candidate_prices(budget).reshape(-1)
         self.grid = torch.as_tensor(self.candidate_costs, dtype=torch.float64)
         n_candidates = len(self.candidate_costs)
         with torch.random.fork_rng(devices=[]):
@@ -219,9 +219,8 @@ class DifferentiableSizes(OneShotController):
         masks = torch.einsum("rkp,kd->rpd", pairs, self.prefix)
         flat = vectors.reshape(-1, vectors.shape[-1])
         served = torch.zeros_like(flat)
-        for k, precision in enumerate(self._precisions):
-            levels, half = precision.levels.to(flat.device), precision.half.to(flat.device)
-            quantised = fake_quantise(flat, levels.expand(len(flat)), half.expand(len(flat)))
+        for k, precision in enumerate(self._precisions):  # on the supernet's device (_follow)
+            quantised = fake_quantise(flat, precision.levels.expand(len(flat)), precision.half.expand(len(flat)))
             served = served + quantised * masks[:, k, :]
         return served.reshape(vectors.shape)
 

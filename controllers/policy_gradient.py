@@ -123,17 +123,17 @@ class PolicyGradient(Controller):
         if not self.n_precisions:
             return self.space.grid[self._drawn].astype(np.float64)
         sizes = self.space.grid[self._drawn // self.n_precisions].astype(np.float64)
-        return np.concatenate([sizes, self._drawn % self.n_precisions], axis=1)
+        return self.space.join(sizes, self._drawn % self.n_precisions)
 
     def _actions(self, decisions: np.ndarray) -> np.ndarray:
         """Grid indices of the draws behind told decisions: the projection belongs to the environment.
 
         Decisions the controller did not just propose (told from elsewhere) stand for themselves.
         """
-        n = self.space.n_decisions
-        actions = np.searchsorted(self.space.grid, decisions[:, :n])
-        if self.n_precisions:
-            actions = actions * self.n_precisions + decisions[:, n:]
+        sizes, precision = self.space.split(decisions)
+        actions = np.searchsorted(self.space.grid, sizes)
+        if precision is not None:
+            actions = actions * self.n_precisions + precision
         drawn, self._drawn = self._drawn, None
         if drawn is None or len(drawn) != len(decisions):
             return actions

@@ -103,7 +103,7 @@ class FrequencyShape(Controller):
         ``0^0 = 1``: at ``alpha = 0`` unseen rows count like others.
         """
         sizes = np.power(self._log_frequency, alpha) * np.exp2(tilt * self._table_z)
-        return np.concatenate([sizes, np.full(len(sizes), float(precision))]) if self.space.precisions else sizes
+        return self.space.join(sizes, np.full(len(sizes), float(precision)))
 
     # -- the search --------------------------------------------------------------------------------
     def _ask(self, n: int) -> np.ndarray:

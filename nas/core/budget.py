@@ -23,6 +23,8 @@ from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 from typing import Any
 
+import numpy as np
+
 from nas.core.errors import BudgetError, ConfigError
 from nas.core.accounting import export_bytes, fixed_bytes, precision_fixed_bytes, value_itemsize
 from nas.core.precision import PRECISIONS, parse_precisions
@@ -233,6 +235,15 @@ class Budget:
             raise BudgetError(f"precision {precision!r} is not one of the budget's {', '.join(self.precisions)}")
         chosen = PRECISIONS[precision]
         return chosen.bits, int(chosen.row_bits(0))
+
+    def prices(self) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`row_cost` of every precision, in :attr:`precisions` order: ``(per_value, per_row)`` int64 arrays.
+
+        One entry, ``(1, 0)``, without precisions; so a precision index prices a row in
+        either unit as ``per_value[k] * d + per_row[k]``.
+        """
+        prices = [self.row_cost(p) for p in self.precisions] or [(1, 0)]
+        return np.array([a for a, _ in prices], dtype=np.int64), np.array([b for _, b in prices], dtype=np.int64)
 
     @property
     def max_cost(self) -> int:

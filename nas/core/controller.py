@@ -115,16 +115,16 @@ class Controller(ABC):
             raise ValueError(f"tell got decisions of shape {batch.shape} for {len(values)} fitness values")
         if not np.isfinite(values).all():
             raise ValueError(f"fitness must be finite, got {values.tolist()}")
-        n = self.space.n_decisions
-        off_grid = ~np.isin(batch[:, :n], self.space.grid)
+        sizes, precision = self.space.split(batch)
+        off_grid = ~np.isin(sizes, self.space.grid)
         if off_grid.any():
             row, column = (int(i) for i in np.argwhere(off_grid)[0])
             raise ValueError(f"told decisions must be grid values from ask(); row {row} has {batch[row, column]} at {column}")
-        stray = (batch[:, n:] < 0) | (batch[:, n:] >= len(self.space.precisions))
+        stray = np.zeros_like(off_grid) if precision is None else (precision < 0) | (precision >= len(self.space.precisions))
         if stray.any():
             row, column = (int(i) for i in np.argwhere(stray)[0])
             raise ValueError(f"told precisions must index the space's {len(self.space.precisions)}; "
-                             f"row {row} has {batch[row, n + column]} for decision {column}")
+                             f"row {row} has {precision[row, column]} for decision {column}")
         for row in batch:
             self.budget.check_cost(self.space.cost_in(row, self.budget))
         for row, value in zip(batch, values):

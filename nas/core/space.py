@@ -184,22 +184,26 @@ class SearchSpace(ABC):
         return self.n_decisions * (2 if self.precisions else 1)
 
     def split(self, vector: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """A decision vector's sizes and precision indices (``None`` without precisions); not copied."""
+        """A decision vector's sizes and precision indices (``None`` without precisions); not copied.
+
+        Also splits a batch of vectors, ``(..., vector_length)``, along its last axis.
+        """
         vector = np.asarray(vector)
-        if vector.shape != (self.vector_length,):
+        if vector.ndim == 0 or vector.shape[-1] != self.vector_length:
             raise ValueError(f"a decision vector of the {self.name} space has {self.vector_length} values, got shape {vector.shape}")
         n = self.n_decisions
-        return (vector[:n], vector[n:]) if self.precisions else (vector, None)
+        return (vector[..., :n], vector[..., n:]) if self.precisions else (vector, None)
 
     def join(self, sizes: np.ndarray, precision: np.ndarray | None) -> np.ndarray:
-        """The decision vector of ``sizes`` and precision indices (``precision`` ignored without precisions).
+        """The decision vector (or ``(..., n_decisions)`` batch) of ``sizes`` and precision indices.
 
-        Real-valued sizes (a controller's raw proposal) stay real-valued.
+        ``precision`` is ignored without precisions.  Real-valued sizes (a controller's raw
+        proposal) stay real-valued.
         """
         sizes = np.asarray(sizes)
         if not self.precisions:
             return sizes
-        return np.concatenate([sizes, np.asarray(precision)])
+        return np.concatenate([sizes, np.asarray(precision)], axis=-1)
 
     def allocation(self, vector: np.ndarray) -> Allocation:
         """The allocation a decision vector stands for: :meth:`to_allocation`, with each row's precision."""
@@ -234,32 +238,30 @@ class SearchSpace(ABC):
             precision[first[0]] = [self.precisions.index(str(p)) for p in names[first[1]]]
         return self.join(sizes, precision)
 
-    def _precision_costs(self, budget: Budget) -> tuple[np.ndarray, np.ndarray]:
-        """Per precision index: the budget's price per value and per row (:meth:`Budget.row_cost`)."""
-        prices = [budget.row_cost(p) for p in self.precisions]
-        return np.array([a for a, _ in prices], dtype=np.int64), np.array([b for _, b in prices], dtype=np.int64)
-
     def cost_in(self, vector: np.ndarray, budget: Budget) -> int:
         """Exact cost of a decision vector in the unit ``budget`` counts (values, or bits)."""
         sizes, precision = self.split(vector)
         sizes = np.asarray(sizes, dtype=np.int64)
-        if precision is None or budget.unit == "values":
+        if precision is None:
             return int(self.weights @ sizes)
-        per_value, per_row = self._precision_costs(budget)
+        per_value, per_row = budget.prices()
         index = np.asarray(precision, dtype=np.int64)
         return int(self.weights @ (per_value[index] * sizes + per_row[index]))
+
+    def candidate_prices(self, budget: Budget) -> np.ndarray:
+        """Cost of every (size, precision) candidate per unit of a decision's weight, in the budget's unit.
+
+        Shape ``(len(grid), len(precisions))`` (one precision column without precisions).
+        """
+        per_value, per_row = budget.prices()
+        return self.grid[:, None] * per_value[None, :] + per_row[None, :]
 
     def candidate_costs_in(self, index: int | np.ndarray, budget: Budget) -> np.ndarray:
         """Cost of every (size, precision) candidate of decision(s) ``index`` in the budget's unit.
 
         Shape ``(..., len(grid), len(precisions))`` (one precision column without precisions).
         """
-        weights = np.asarray(self.weights[index], dtype=np.int64)[..., None, None]
-        if not self.precisions or budget.unit == "values":
-            per_value, per_row = np.ones(max(len(self.precisions), 1), np.int64), np.zeros(max(len(self.precisions), 1), np.int64)
-        else:
-            per_value, per_row = self._precision_costs(budget)
-        return weights * (self.grid[:, None] * per_value[None, :] + per_row[None, :])
+        return np.asarray(self.weights[index], dtype=np.int64)[..., None, None] * self.candidate_prices(budget)
 
     def cost(self, decisions: np.ndarray) -> int:
         """Exact number of embedding values that ``decisions`` keep."""
@@ -279,10 +281,7 @@ class SearchSpace(ABC):
 
     def minimum_cost_in(self, budget: Budget) -> int:
         """Cost in the budget's unit with every decision at its smallest size and cheapest precision there."""
-        if not self.precisions or budget.unit == "values":
-            return self.minimum_cost()
-        per_value, per_row = self._precision_costs(budget)
-        return int(self.weights.sum()) * int((per_value * int(self.grid[0]) + per_row).min())
+        return int(self.weights.sum()) * int(self.candidate_prices(budget)[0].min())
 
     def check_budget(self, budget: Budget) -> None:
         """Raise unless ``budget`` describes this space's tables and bounds and can be met in it."""
@@ -343,7 +342,7 @@ class SearchSpace(ABC):
         if budget.unit == "values":
             return self.join(project_linear(sizes, self.weights, self.grid, budget.max_values, fill=fill, order=order), index)
         index = self._fit_precisions(index, budget)
-        per_value, per_row = self._precision_costs(budget)
+        per_value, per_row = budget.prices()
         capacity = budget.max_bits - int(self.weights @ per_row[index])
         projected = project_linear(sizes, self.weights * per_value[index], self.grid, capacity, fill=fill, order=order)
         return self.join(projected, index)
@@ -355,8 +354,7 @@ class SearchSpace(ABC):
         precision at the smallest size, as few as it takes, so the frequent rows keep
         what the controller chose for them.
         """
-        per_value, per_row = self._precision_costs(budget)
-        at_smallest = per_value * int(self.grid[0]) + per_row
+        at_smallest = self.candidate_prices(budget)[0]
         excess = int(self.weights @ at_smallest[index]) - budget.max_bits
         if excess <= 0:
             return index

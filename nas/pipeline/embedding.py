@@ -10,7 +10,7 @@ bit-identical vectors.
 
 An allocation with a precision per row (:mod:`nas.core.precision`) is served as its
 export stores it: every looked-up row is masked, then quantised to its precision
-(:func:`nas.pipeline.quantise.fake_quantise`, straight-through gradients), so a model
+(:func:`nas.core.quantise.fake_quantise`, straight-through gradients), so a model
 trained under it learns the values it will ship with.
 
 Several allocations can also be served *at once* (:meth:`MaskableEmbedding.set_variants`):

@@ -39,14 +39,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from nas.core.accounting import precision_fixed_bytes
 from nas.core.budget import Budget
 from nas.core.controller import Controller, OneShotController
 from nas.core.errors import ConfigError
-from nas.core.precision import DEFAULT_PRECISIONS, PRECISIONS
+from nas.core.precision import DEFAULT_PRECISIONS
 from nas.core.space import SearchSpace
 from nas.pipeline.embedding import MaskableEmbedding
 from nas.pipeline.runs import Run
+from nas.testing.budgets import precision_bytes
 from nas.testing.data import synthetic_fields
 from recsys.models import MF
 
@@ -87,17 +87,10 @@ def conformance_cases(rows: Mapping[str, int] | None = None, d_max: int = 16,
     cases = []
     for name, space in spaces.items():
         space.with_precisions(precisions)
-        if precisions:
-            weight = int(space.weights.sum())
-            low = weight * min(int(PRECISIONS[p].row_bits(int(space.grid[0]))) for p in precisions)
-            high = weight * max(int(PRECISIONS[p].row_bits(int(space.grid[-1]))) for p in precisions)
-            fixed = precision_fixed_bytes(space.rows(), 1, d_max, space.precisions)
-        else:
-            low, high = space.minimum_cost(), space.maximum_cost()
+        low, high = space.minimum_cost(), space.maximum_cost()
         for level, share in BUDGET_LEVELS.items():
-            amount = int(low + share * (high - low))
-            budget = (Budget.from_bytes(fixed + amount // 8, space.rows(), d_max, 1, precisions=precisions) if precisions
-                      else Budget.from_params(amount, space.rows(), d_max, 1))
+            budget = (Budget.from_bytes(precision_bytes(space, share), space.rows(), d_max, 1, precisions=precisions)
+                      if precisions else Budget.from_params(int(low + share * (high - low)), space.rows(), d_max, 1))
             cases.append((name, space, level, budget))
     return cases
 

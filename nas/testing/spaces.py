@@ -41,7 +41,6 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nas.core.accounting import precision_fixed_bytes
 from nas.core.allocation import Allocation
 from nas.core.budget import Budget
 from nas.core.errors import BudgetError
@@ -49,6 +48,7 @@ from nas.core.precision import PRECISIONS
 from nas.core.projection import DEFAULT_FILL
 from nas.core.space import SearchSpace
 from nas.core.tables import TableSpec
+from nas.testing.budgets import precision_bytes
 from nas.testing.data import SyntheticFields, synthetic_fields
 
 __all__ = [
@@ -232,10 +232,8 @@ def fill_rule_violation(
     sizes, precision = space.split(values) if space.precisions else (values, None)
     weights, capacity = space.weights, budget.max_values
     if precision is not None and budget.unit == "bits":
-        prices = [budget.row_cost(p) for p in space.precisions]
-        per_value = np.array([a for a, _ in prices], dtype=np.int64)[precision]
-        per_row = np.array([b for _, b in prices], dtype=np.int64)[precision]
-        weights, capacity = weights * per_value, budget.max_bits - int(space.weights @ per_row)
+        per_value, per_row = budget.prices()
+        weights, capacity = weights * per_value[precision], budget.max_bits - int(space.weights @ per_row[precision])
     return _fill_violation(space, sizes, weights, capacity, monotone=monotone, fill=fill)
 
 
@@ -328,14 +326,8 @@ def check_precisions(space: SearchSpace, share: float, rng: np.random.Generator,
     its decision.
     """
     rows, chosen = space.rows(), space.precisions
-    fixed = precision_fixed_bytes(rows, space.d_min, space.d_max, chosen)
-    bits = [PRECISIONS[p] for p in chosen]
-    total = int(space.weights.sum())
-    lowest = total * min(int(p.row_bits(int(space.grid[0]))) for p in bits)
-    highest = total * max(int(p.row_bits(int(space.grid[-1]))) for p in bits)
-    nbytes = max(0, fixed + int(np.floor(lowest + share * (highest - lowest))) // 8)
     try:
-        budget = Budget.from_bytes(nbytes, rows, space.d_max, space.d_min, precisions=chosen)
+        budget = Budget.from_bytes(precision_bytes(space, share), rows, space.d_max, space.d_min, precisions=chosen)
     except BudgetError as error:
         assert "smallest feasible budget is" in str(error), f"the error must name the minimum: {error}"
         return

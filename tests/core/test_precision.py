@@ -75,6 +75,8 @@ def test_a_byte_budget_with_precisions_is_held_in_bits_and_refuses_below_its_nam
         return
     budget = Budget.from_bytes(nbytes, ROWS, d_max, d_min, precisions=precisions)
     assert budget.unit == "bits" and budget.min_cost == least_bits
+    per_value, per_row = budget.prices()
+    assert list(zip(per_value.tolist(), per_row.tolist())) == [budget.row_cost(p) for p in budget.precisions]
     assert budget.max_cost == budget.max_bits == (nbytes - fixed) * 8
     assert fixed + budget.max_bits // 8 == budget.max_bytes <= nbytes
     assert Budget.from_dict(budget.to_dict()) == budget
@@ -86,6 +88,7 @@ def test_value_budgets_keep_counting_values_whatever_the_precision():
     assert budget.unit == "values" and budget.precisions == ("fp32", "int8")
     assert budget.max_cost == budget.max_values == plain.max_values
     assert budget.row_cost("int8") == (1, 0)
+    assert [a.tolist() for a in budget.prices()] == [[1, 1], [0, 0]]
     assert Budget.from_dict(budget.to_dict()) == budget
 
 
@@ -94,6 +97,7 @@ def test_a_budget_without_precisions_reads_and_writes_as_before():
     assert budget.unit == "values" and budget.max_cost == budget.max_values
     assert set(budget.to_dict()) == {"max_values", "rows", "d_min", "d_max", "kind", "amount", "dtype"}
     assert budget.row_cost() == (1, 0) and budget.cheapest_precision is None
+    assert [a.tolist() for a in budget.prices()] == [[1], [0]]
 
 
 def allocation(rng: np.random.Generator, precisions: tuple[str, ...], d_max: int = 16) -> Allocation:
