@@ -75,10 +75,11 @@ def _add_search_options(parser: argparse.ArgumentParser) -> None:
     search = parser.add_argument_group("search")
     search.add_argument("--budget", default=defaults.budget,
                         help="sparsity (0.9 keeps 10%%), parameter count (250000) or bytes (2MB, 512KiB) (default: %(default)s)")
-    search.add_argument("--precisions", nargs="?", const=",".join(DEFAULT_PRECISIONS), default="", metavar="LIST",
+    search.add_argument("--precisions", nargs="?", const=",".join(DEFAULT_PRECISIONS), metavar="LIST",
                         help="search a precision for every row beside its size, from LIST (alone: "
                              f"{','.join(DEFAULT_PRECISIONS)}; also int2); a byte budget then counts the bits the export "
-                             "stores (default: sizes only, float32)")
+                             "stores; fp32 alone searches sizes only (default: the default LIST under a byte budget, "
+                             "when the controller searches precisions; sizes only otherwise)")
     search.add_argument("--d-max", type=int,
                         help=f"full embedding width (default: {D_MAX_DEFAULTS['top-k']}; click models: {D_MAX_DEFAULTS['click']})")
     search.add_argument("--d-min", type=int, default=defaults.d_min, help="fewest dimensions per row (default: %(default)s)")
@@ -194,7 +195,7 @@ def _search_arguments(args: argparse.Namespace) -> dict[str, Any]:
         controller_options=_key_values(args.controller_option, "--controller-option"),
         trials=args.trials, ask_batch=args.ask_batch, fitness_users=args.fitness_users, retrain_top=args.retrain_top,
         seed=args.seed, train=train, device=args.device, threads=args.threads, reference=args.reference,
-        precisions=tuple(p for p in args.precisions.split(",") if p.strip()),
+        precisions=None if args.precisions is None else tuple(p for p in args.precisions.split(",") if p.strip()),
         run_dir=Path(args.runs) / args.name if args.name else None, runs_root=args.runs, progress=not args.quiet,
         reference_cache=args.reference_cache,
         **protocol,

@@ -32,6 +32,8 @@ from nas.core.precision import PRECISIONS, parse_precisions
 __all__ = ["Budget"]
 
 _KINDS = ("sparsity", "params", "bytes")
+#: Suffixes of a byte budget and their bytes, longest first (``kb`` before ``b``).
+_BYTE_UNITS = {"kib": 1024, "mib": 1024**2, "gib": 1024**3, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "b": 1}
 
 
 @dataclass(frozen=True)
@@ -156,6 +158,11 @@ class Budget:
         max_values = max(spare, -value_itemsize(dtype)) // value_itemsize(dtype)
         return cls(int(max_values), rows, d_min, d_max, "bytes", nbytes, dtype)
 
+    @staticmethod
+    def counts_bytes(text: str) -> bool:
+        """Whether the budget text ``text`` is a byte budget (``2MB``, ``512KiB``, ``900000B``), without parsing it."""
+        return isinstance(text, str) and text.strip().lower().endswith(tuple(_BYTE_UNITS))
+
     @classmethod
     def parse(cls, text: str, rows: Mapping[str, int], d_max: int, d_min: int = 1, dtype: str = "float32",
               precisions: Sequence[str] = ()) -> Budget:
@@ -168,9 +175,8 @@ class Budget:
         if not isinstance(text, str):
             raise BudgetError(f"a budget is text such as 0.9, 250000 or 2MB, got {type(text).__name__}")
         raw = text.strip()
-        units = {"kib": 1024, "mib": 1024**2, "gib": 1024**3, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "b": 1}
         lowered = raw.lower()
-        for suffix, scale in units.items():
+        for suffix, scale in _BYTE_UNITS.items():
             if lowered.endswith(suffix):
                 try:
                     number = Decimal(lowered[: -len(suffix)].strip())

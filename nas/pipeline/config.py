@@ -18,7 +18,9 @@ import torch
 
 from nas.pipeline.backbones import TASKS, backbone_task, models_of_task
 from nas.core.errors import ConfigError
-from nas.core.precision import parse_precisions
+from nas.core.budget import Budget
+from nas.core.plugins import CONTROLLERS
+from nas.core.precision import DEFAULT_PRECISIONS, parse_precisions
 from nas.pipeline.data import CLICK_FORMATS, TOP_K_FORMATS, DataSpec
 from recsys.metrics import FITNESS_KS
 from recsys.train import SOFTMAX_NEGATIVES, SOFTMAX_TEMPERATURE, TrainConfig
@@ -50,6 +52,17 @@ RETRAIN_MODES = ("full", "halving", "finetune")
 SUPERNET_MODES = ("auto", "sandwich", "full")
 #: Where the sandwich's random allocations come from.
 PROPOSAL_SOURCES = ("space", "controller")
+
+
+def _default_precisions(budget: object, controller: str) -> tuple[str, ...]:
+    """The precisions a run searches when none are given: the default set under a byte budget, if the controller can.
+
+    A controller that cannot search precisions (or one not installed, which is reported
+    where the controller is built) searches sizes alone, as it always did.
+    """
+    if not Budget.counts_bytes(str(budget)) or controller not in CONTROLLERS:
+        return ()
+    return DEFAULT_PRECISIONS if CONTROLLERS.get(controller).searches_precision else ()
 
 
 def _refuse_non_finite(section: str, options: Any, flags: Mapping[str, str] | None = None) -> None:
@@ -306,7 +319,11 @@ class SearchConfig:
             supernet is weaker than a plainly trained model, so the ratio flatters).
         precisions: precisions searched beside the sizes (``("fp32", "fp16", "int8", "int4")``,
             :mod:`nas.core.precision`); under a byte budget the budget then counts the bits the
-            export stores.  Empty (the default): every value at float32, sizes only.
+            export stores.  Empty, or ``("fp32",)`` alone: every value at float32, sizes only.
+            ``None`` (the default) chooses: :data:`~nas.core.precision.DEFAULT_PRECISIONS` for a
+            byte budget and a controller that searches precisions (a byte budget says memory is
+            what counts, and what a byte buys is more dimensions at fewer bits: docs/results.md,
+            section 15.3), sizes only otherwise.
     """
 
     data: DataSpec = field(default_factory=DataSpec)
@@ -331,10 +348,12 @@ class SearchConfig:
     device: str = "cpu"
     threads: int | None = None
     reference: str = "full"
-    precisions: tuple[str, ...] = ()
+    precisions: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         _refuse_non_finite("search", self, {"space_options": "--space-option", "controller_options": "--controller-option"})
+        if self.precisions is None:
+            object.__setattr__(self, "precisions", _default_precisions(self.budget, self.controller))
         if isinstance(self.precisions, (list, str)):
             object.__setattr__(self, "precisions", tuple(self.precisions.split(",") if isinstance(self.precisions, str)
                                                          else self.precisions))
@@ -344,6 +363,8 @@ class SearchConfig:
                 object.__setattr__(self, "precisions", parse_precisions(self.precisions))
             except ConfigError as error:
                 raise ConfigError(f"--precisions: {error}") from None
+            if self.precisions == ("fp32",):  # nothing to choose between: the sizes-only run, exactly
+                object.__setattr__(self, "precisions", ())
         checks = [
             (self.d_max is None or 1 <= self.d_max <= D_MAX_LIMIT,
              f"--d-max must be between 1 and {D_MAX_LIMIT:,} (embedding widths are 16 to 64 in practice), got {self.d_max}"),
@@ -409,7 +430,8 @@ class SearchConfig:
     def from_dict(cls, data: dict[str, Any]) -> SearchConfig:
         """Inverse of :meth:`to_dict`."""
         # A run recorded before the plainly trained reference existed compared with its supernet.
-        fields = {"reference": "none", **{k: v for k, v in data.items() if k != "data_fingerprint"}}
+        # A run recorded without precisions searched sizes only, whatever its budget.
+        fields = {"reference": "none", "precisions": (), **{k: v for k, v in data.items() if k != "data_fingerprint"}}
         nested = {
             "data": DataSpec.from_dict(data["data"]),
             "train": TrainingOptions(**data["train"]) if data.get("train") is not None else None,

@@ -49,12 +49,37 @@ def test_a_byte_budget_with_precisions_is_met_by_the_files_on_disk(data, tmp_pat
 
 
 def test_narrower_rows_buy_more_dimensions_than_float32_at_the_same_bytes(data):
-    fp32 = nas.search(data, budget="12KB", controller="equal", run_dir=None, **FAST)
+    fp32 = nas.search(data, budget="12KB", precisions=("fp32",), controller="equal", run_dir=None, **FAST)
     int4 = nas.search(data, budget="12KB", precisions=PRECISIONS, controller="equal",
                       controller_options={"precision": "int4"}, run_dir=None, **FAST)
     assert int4.export_bytes <= 12_000 and fp32.export_bytes <= 12_000
+    assert fp32.allocation.row_precisions is None  # fp32 alone is the sizes-only run
     # 4 bits a value and a 16-bit scale a row against 32 bits a value: over 3x the dimensions here.
     assert int4.allocation.summary()["user"]["mean"] > 3 * fp32.allocation.summary()["user"]["mean"]
+    # Left to choose, the rule takes int4 here: equal sizes keep the most dimensions at it.
+    default = nas.search(data, budget="12KB", controller="equal", run_dir=None, **FAST)
+    assert default.allocation.precisions == PRECISIONS
+    assert default.allocation.fingerprint() == int4.allocation.fingerprint()
+
+
+@pytest.mark.parametrize("budget, controller, searched", [
+    ("900KB", "frequency", PRECISIONS),   # a byte budget: memory is what counts
+    ("2MiB", "shape", PRECISIONS),
+    ("900KB", "magprune", ()),            # a controller that cannot search them keeps sizes only
+    ("900KB", "pep", ()),
+    ("0.9", "shape", ()),                 # a sparsity or a parameter count counts values
+    ("250000", "frequency", ()),
+])
+def test_a_byte_budget_searches_precisions_unless_told_otherwise(budget, controller, searched):
+    assert SearchConfig(budget=budget, controller=controller).precisions == searched
+    assert SearchConfig(budget=budget, controller=controller, precisions=["fp32"]).precisions == ()
+    assert SearchConfig(budget=budget, controller=controller, precisions=()).precisions == ()
+
+
+def test_a_run_recorded_without_precisions_resumes_without_them():
+    recorded = SearchConfig(budget="900KB", precisions=()).to_dict()
+    assert "precisions" not in recorded
+    assert SearchConfig.from_dict(recorded).precisions == ()
 
 
 def test_a_config_without_precisions_is_what_it_was_before_they_existed():
