@@ -18,6 +18,13 @@ random baselines on the per-feature and block 8×4 spaces, the script
    quality, over all allocations and within each sparsity, with the wall time of each part
    as a ratio to one full-model training.
 
+With ``--precisions`` the allocations carry a precision per row (``fp32, fp16, int8, int4``)
+under byte budgets of 20, 10 and 5 % of the float32 tables' bytes: equal sizes at each
+precision, the frequency rule at int8 and int4, and two random draws of sizes and precisions
+per budget, every model trained and scored through the
+quantisation it would ship with (the supernet's sandwich variants are quantised too).  "Within
+a sparsity" then reads "within a byte budget".
+
 Data: ``../shared/data/lastfm_lightgcnpp_cf`` (train / valid / test) or
 ``../shared/data/gowalla_lightgcn`` (``lightgcnpp_train`` / ``lightgcnpp_valid`` / ``test``).
 """
@@ -59,16 +66,31 @@ class Candidate:
 
     space: str
     controller: str
-    sparsity: float
+    sparsity: float  # with a byte budget: 1 - its share of the float32 tables' bytes
     seed: int
+    precision: str | None = None  # a rule's precision (only under a byte budget)
+    bytes: bool = False
 
     @property
     def label(self) -> str:
-        return f"{self.space}/{self.controller}#{self.seed}@{self.sparsity:g}"
+        if not self.bytes:
+            return f"{self.space}/{self.controller}#{self.seed}@{self.sparsity:g}"
+        return f"{self.space}/{self.controller}:{self.precision or 'drawn'}#{self.seed}@{1 - self.sparsity:g}B"
 
 
-def candidates() -> list[Candidate]:
-    """The 24 allocations: 20 per-feature and 4 block ones, sparsity 0.5 to 0.95."""
+#: The precisions searched with ``--precisions``.
+PRECISIONS = ("fp32", "fp16", "int8", "int4")
+
+
+def candidates(precisions: bool = False) -> list[Candidate]:
+    """The 24 allocations: 20 per-feature and 4 block ones, sparsity 0.5 to 0.95; or 24 under byte budgets."""
+    if precisions:
+        rules = [("equal", p) for p in PRECISIONS] + [("frequency", "int8"), ("frequency", "int4")]
+        return [
+            Candidate("per-feature", controller, sparsity, seed, precision, bytes=True)
+            for sparsity in (0.8, 0.9, 0.95)
+            for controller, precision, seed in [(c, p, 0) for c, p in rules] + [("random", None, k) for k in range(2)]
+        ]
     result = [
         Candidate("per-feature", controller, sparsity, seed)
         for sparsity in (0.5, 0.7, 0.8, 0.9, 0.95)
@@ -87,13 +109,25 @@ def load(dataset: str, root: Path) -> InteractionData:
     return load_lightgcn(d / train, d / valid, d / test)
 
 
+def candidate_budget(candidate: Candidate, rows: dict[str, int]) -> Budget:
+    """The candidate's budget: its sparsity, or bytes at its share of the float32 tables."""
+    if not candidate.bytes:
+        return Budget.from_sparsity(candidate.sparsity, rows, D_MAX)
+    full_bytes = sum(rows.values()) * D_MAX * 4
+    return Budget.from_bytes(int(full_bytes * (1 - candidate.sparsity)), rows, D_MAX, 1, precisions=PRECISIONS)
+
+
 def build_allocation(candidate: Candidate, data: InteractionData) -> tuple[Allocation, Budget]:
     rows = data.rows()
     options = {"groups": 8, "blocks": 4} if candidate.space == "block" else {}
     space = SPACES.get(candidate.space)(table_specs(rows), data.frequencies(), 1, D_MAX, **options)
-    budget = Budget.from_sparsity(candidate.sparsity, rows, D_MAX)
-    controller = CONTROLLERS.get(candidate.controller)(space, budget, seed=candidate.seed)
-    allocation = space.to_allocation(controller.ask(1)[0])
+    budget = candidate_budget(candidate, rows)
+    chosen = {}
+    if candidate.bytes:
+        space = space.with_precisions(PRECISIONS)
+        chosen = {"precision": candidate.precision} if candidate.precision else {}  # random draws its own
+    controller = CONTROLLERS.get(candidate.controller)(space, budget, seed=candidate.seed, **chosen)
+    allocation = space.allocation(controller.ask(1)[0])
     allocation.validate(budget)
     return allocation, budget
 
@@ -130,7 +164,7 @@ def read_cache(path: Path) -> dict[str, dict]:
 
 def retrain_phase(args: argparse.Namespace, data: InteractionData) -> dict[str, dict]:
     config = train_config(args.dataset, args.seed, args.threads)
-    todo = [("full", None)] + [(c.label, c) for c in candidates()]
+    todo = [("full", None)] + [(c.label, c) for c in candidates(args.precisions)]
     shard, shards = (int(v) for v in args.shard.split("/"))
     for position, (label, candidate) in enumerate(todo):
         cache = read_cache(args.cache)  # re-read: other shards append to the same cache
@@ -140,7 +174,7 @@ def retrain_phase(args: argparse.Namespace, data: InteractionData) -> dict[str, 
         record = {"label": label, **retrain(data, allocation, config)}
         if allocation is not None:
             record.update(fingerprint=allocation.fingerprint(), retain_ratio=budget.retain_ratio(allocation.cost),
-                          sparsity=candidate.sparsity)
+                          sparsity=candidate.sparsity, bits=allocation.bits() if candidate.bytes else None)
         cache[label] = record
         with open(args.cache, "a") as handle:
             handle.write(json.dumps(record) + "\n")
@@ -162,16 +196,18 @@ def main() -> None:
                         help="sandwich supernets to train, by random allocations per step (the first is timed in the pipeline)")
     parser.add_argument("--partial", action="store_true",
                         help="evaluate while retrains still run; tau uses the allocations retrained by the end")
+    parser.add_argument("--precisions", action="store_true",
+                        help=f"allocations with a precision per row ({', '.join(PRECISIONS)}) under byte budgets")
     parser.add_argument("--skip-finetune-timing", action="store_true", help="do not time the fine-tune evaluator on 100 allocations")
     args = parser.parse_args()
-    args.cache = args.cache or Path("runs") / f"fitness_trust_{args.dataset}.jsonl"
+    args.cache = args.cache or Path("runs") / f"fitness_trust_{args.dataset}{'_precisions' if args.precisions else ''}.jsonl"
     args.cache.parent.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)
     data = load(args.dataset, args.data_root)
     truth = read_cache(args.cache) if args.phase == "evaluate" else retrain_phase(args, data)
     if args.phase == "retrain":
         return
-    missing = [c.label for c in candidates() if c.label not in truth] + ([] if "full" in truth else ["full"])
+    missing = [c.label for c in candidates(args.precisions) if c.label not in truth] + ([] if "full" in truth else ["full"])
     if missing and not args.partial:
         sys.exit(f"{len(missing)} retrains are not in {args.cache} yet (other shards still running?): {missing[:3]} ...")
     evaluate_phase(args, data, truth)
@@ -188,7 +224,9 @@ def evaluate_phase(args: argparse.Namespace, data: InteractionData, truth: dict[
     users = user_subset(data.valid, args.fitness_users, args.seed)
     rows = data.rows()
     space = SPACES.get("per-feature")(table_specs(rows), data.frequencies(), 1, D_MAX)
-    made = [(c, *build_allocation(c, data)) for c in candidates()]
+    if args.precisions:
+        space = space.with_precisions(PRECISIONS)
+    made = [(c, *build_allocation(c, data)) for c in candidates(args.precisions)]
     allocations = [allocation for _, allocation, _ in made]
     timing: dict[str, float] = {}
 
@@ -202,7 +240,7 @@ def evaluate_phase(args: argparse.Namespace, data: InteractionData, truth: dict[
     pretrained = MF(MaskableEmbedding(rows, D_MAX, seed=args.seed))
     timed("full training", lambda: train_bpr(pretrained, data, config, progress=False))
     # One supernet for the benchmark's whole range of budgets (a search trains it for its one budget).
-    budgets = [Budget.from_sparsity(s, rows, D_MAX) for s in sorted({c.sparsity for c in candidates()})]
+    budgets = list({c.sparsity: budget for c, _, budget in made}.values())
     supernets = {}
     for random in args.supernet_random:
         model = MF(MaskableEmbedding(rows, D_MAX, seed=args.seed))
@@ -222,7 +260,7 @@ def evaluate_phase(args: argparse.Namespace, data: InteractionData, truth: dict[
                for name, e in evaluators.items()}
     # Cost of 100 allocations per evaluator, on fresh random feasible allocations.
     rng = np.random.default_rng(args.seed + 1)
-    hundred = [space.to_allocation(space.sample(rng, budgets[i % len(budgets)])) for i in range(100)]
+    hundred = [space.allocation(space.sample(rng, budgets[i % len(budgets)])) for i in range(100)]
     for name, factory in (
         ("supernet", lambda: SupernetEvaluator(supernet, data, users, batch=1)),
         ("supernet, 8 per pass", lambda: SupernetEvaluator(supernet, data, users, batch=8)),
