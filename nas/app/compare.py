@@ -505,7 +505,9 @@ def _plot(c: Comparison, path: Path) -> Path:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import EngFormatter, NullFormatter
 
-    figure, axis = plt.subplots(figsize=(6.5, 4.5))
+    figure, axis = plt.subplots(figsize=(8.0, 4.5), layout="constrained")
+    # tab10 repeats its colours after ten arms (a grid of every controller has eleven).
+    colours = plt.get_cmap("tab10" if len(c.arms) <= 10 else "tab20").colors
     drawn: list[float] = []
     for index, arm in enumerate(c.arms):
         points = sorted((g.bytes, g.quality.mean, g.quality.sd) for g in c.groups
@@ -516,7 +518,7 @@ def _plot(c: Comparison, path: Path) -> Path:
         # Arms of one budget store nearly the same bytes: each is drawn a little aside (the table has the bytes).
         dodge = _DODGE ** (index - (len(c.arms) - 1) / 2)
         axis.errorbar([v * dodge for v in x], y, yerr=[s if math.isfinite(s) else 0.0 for s in sd], marker="o",
-                      capsize=3, label=arm)
+                      capsize=3, label=arm, color=colours[index % len(colours)])
         drawn += x
     if c.full_model is not None and math.isfinite(c.full_model.mean):
         axis.axhline(c.full_model.mean, color="black", linestyle="--", linewidth=1.0, label="full model")
@@ -531,7 +533,7 @@ def _plot(c: Comparison, path: Path) -> Path:
         axis.set_xticks([t for t in ticks if math.isfinite(t)])
         axis.xaxis.set_major_formatter(EngFormatter(unit="B", places=1))
         axis.xaxis.set_minor_formatter(NullFormatter())
-        axis.legend(loc="best")
+        figure.legend(loc="outside right center")  # beside the axes: it never hides a point
     else:
         axis.text(0.5, 0.5, "no finished cells yet", ha="center", va="center", transform=axis.transAxes)
     axis.set_xlabel("bytes stored (export)")

@@ -145,10 +145,11 @@ def plot_fitness(trials: list[dict], path: str | Path, *, title: str = "") -> Pa
 
 
 def save_png(figure, path: str | Path) -> Path:  # noqa: ANN001 - a matplotlib Figure
-    """Lay out ``figure``, write it as a PNG atomically, and free it."""
+    """Lay out ``figure`` (unless it lays itself out), write it as a PNG atomically, and free it."""
     import matplotlib.pyplot as plt
 
-    figure.tight_layout()
+    if figure.get_layout_engine() is None:
+        figure.tight_layout()
     target = Path(path)
     try:
         with atomic_write(target, "wb") as handle:
