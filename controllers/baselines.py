@@ -61,12 +61,11 @@ def fullest_precision(precisions: tuple[str, ...], budget: Budget) -> str:
         precisions: the candidates, widest first (a space's precisions).
         budget: the budget the rows share.
     """
-    per_value, per_row = budget.prices()
     rows = budget.total_rows
     best, best_dims = precisions[0], -1
     for name in precisions:
-        k = budget.precisions.index(name) if budget.unit == "bits" else 0
-        dims = min(budget.d_max, (budget.max_cost - rows * int(per_row[k])) // (rows * int(per_value[k])))
+        per_value, per_row = budget.row_cost(name)
+        dims = min(budget.d_max, (budget.max_cost - rows * per_row) // (rows * per_value))
         if dims > best_dims:
             best, best_dims = name, dims
     return best
