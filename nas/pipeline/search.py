@@ -342,19 +342,27 @@ def _search(ctx: RunContext, supernet: Model) -> list[Candidate]:
         trials = config.trials if controller.needs_fitness else 1
         run_trials(run, controller, ctx.space, ctx.budget, evaluator, trials, config.ask_batch,  # type: ignore[arg-type]
                    progress=ctx.progress)
-        ranked = ranked_candidates(run)
-        run.log_event("searched", top=[c.fingerprint for c in ranked[: config.retrain_top]], evaluator=config.evaluator,
-                      measured=evaluator.measured)
+        top = [c.fingerprint for c in ranked_candidates(run)[: config.retrain_top]]
+        fallbacks = [ctx.space.allocation(row).fingerprint() for row in controller.fallbacks()]  # type: ignore[union-attr]
+        run.log_event("searched", top=top + [f for f in dict.fromkeys(fallbacks) if f not in top],
+                      evaluator=config.evaluator, measured=evaluator.measured)
     return _logged_candidates(run, config.retrain_top)
 
 
 def _logged_candidates(run: Run, n: int) -> list[Candidate]:
-    """The ``n`` fittest candidates of the log; a log that lost them all is refused (the search ran: its state says so)."""
-    ranked = ranked_candidates(run)[:n]
-    if not ranked:
+    """The candidates the ``searched`` event names that the log evaluated (else the ``n`` fittest), in its order.
+
+    A log that lost them all is refused (the search ran: its state says so).
+    """
+    ranked = ranked_candidates(run)
+    named = [event.get("top") for event in run.events("searched")]
+    by_fingerprint = {c.fingerprint: c for c in ranked}
+    chosen = ([by_fingerprint[f] for f in named[-1] if f in by_fingerprint] if named and named[-1]
+              else ranked[:n])
+    if not chosen:
         raise ArtifactError(f"{run.path('events.jsonl')}: logs no evaluated candidate although the search's state says "
                             "it ran (the log was truncated or edited); start a new run")
-    return ranked
+    return chosen
 
 
 def _retrain(ctx: RunContext, candidates: list[Candidate], horizon: int, supernet: Model) -> list[_Retrained]:

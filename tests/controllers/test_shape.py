@@ -1,4 +1,4 @@
-"""The shape search: both rules are its first proposals, it climbs towards the fittest shape, it resumes exactly."""
+"""The shape search: both rules are its first proposals and are retrained beside its pick, it climbs towards the fittest shape, it resumes exactly."""
 
 from __future__ import annotations
 
@@ -120,3 +120,43 @@ def test_every_shape_stays_within_the_budget(alpha, tilt, retained):
     decisions = shape.ask(1)[0]
     assert np.isin(decisions, space.grid).all()
     assert space.cost(decisions) <= budget.max_values
+
+
+def test_its_fallbacks_are_both_rules_at_their_fittest_precision_fittest_first():
+    fields = synthetic_fields({"user": 300, "item": 500}, exponent=1.1, seed=0)
+    precisions = ("fp32", "fp16", "int8", "int4")
+    space = PerFeatureSpace(fields.tables, fields.frequencies, 1, 32).with_precisions(precisions)
+    budget = Budget.parse("20KB", space.rows(), 32, 1, precisions=precisions)
+    shape = _shape(space, budget)
+    assert shape.fallbacks().shape == (0, space.vector_length), "nothing measured, nothing to fall back on"
+    fitness = {"fp32": 0.1, "fp16": 0.3, "int8": 0.5, "int4": 0.4}
+    for _ in range(8):
+        decisions = shape.ask(1)
+        note = shape.notes()[0]
+        bonus = {(0.0, 0.0): 0.2, (1.0, 0.0): 0.0}.get((note["alpha"], note["tilt"]), 0.3)  # a shape the fittest
+        shape.tell(decisions, [fitness[note["precision"]] + bonus])
+    equal_int8, frequency_int8 = (space.project(shape.direction(a, 0.0, 2), budget) for a in (0.0, 1.0))
+    np.testing.assert_array_equal(shape.fallbacks(), np.stack([equal_int8, frequency_int8]))
+
+
+def test_the_rules_are_retrained_beside_the_fittest_shape_and_validation_chooses(tmp_path):
+    import nas
+
+    data = nas.DataSpec("synthetic", extra={"n_users": 300, "n_items": 400})
+    result = nas.search(data, controller="shape", trials=5, retrain_top=1, budget=0.9, run_dir=tmp_path / "run",
+                        reference_cache=tmp_path / "cache", train={"epochs": 2, "eval_every": 1}, progress=False)
+    trials = [e for e in _events(tmp_path / "run") if e["event"] == "trial"]
+    rules = {(t["note"]["alpha"], t["note"]["tilt"]): t["fingerprint"] for t in trials}
+    fittest = max(trials, key=lambda t: (t["fitness"], -t["trial"]))["fingerprint"]
+    retrained = [r.fingerprint for r in result.retrained]
+    expected = list(dict.fromkeys([fittest, rules[(0.0, 0.0)], rules[(1.0, 0.0)]]))
+    assert len(expected) >= 2 and sorted(retrained) == sorted(expected) and retrained[0] == fittest
+    assert result.allocation.fingerprint() == max(result.retrained, key=lambda r: r.valid_quality).fingerprint
+    again = nas.resume(tmp_path / "run", progress=False)  # a finished run retrains nothing and answers the same
+    assert [r.fingerprint for r in again.retrained] == retrained and again.allocation.fingerprint() == result.allocation.fingerprint()
+
+
+def _events(folder):
+    import json
+
+    return [json.loads(line) for line in (folder / "events.jsonl").read_text().splitlines()]
