@@ -18,8 +18,8 @@ learn tens of thousands of independent decisions (random per-row proposals lose 
 rules), while it can rank a dozen well-placed shapes.  Fitness masks the plainly trained
 full model (``preferred_supernet``), which every run has anyway as its reference, so the
 search itself costs a few evaluations; the fittest shapes are then retrained, by
-successive halving in the default protocol, together with both rules (:meth:`fallbacks`), and
-the best on validation is the answer.  The design evaluates a grid of
+successive halving in the default protocol, with the fitter rule trained to the end beside
+them (:meth:`fallbacks`), and the best on validation is the answer.  The design evaluates a grid of
 ``alphas × tilts`` first (both rules first of all, so the search never ends without having
 measured them), then refines around the fittest by a pattern search that halves its steps.
 
@@ -155,17 +155,18 @@ class FrequencyShape(Controller):
         return spacing([a for a, _ in self.design]) * scale, spacing([t for _, t in self.design]) * scale
 
     def fallbacks(self) -> np.ndarray:
-        """Equal sizes and the frequency rule, each at its fittest precision measured, fittest first.
+        """The fitter of the two rules (equal sizes, the frequency rule) at its fittest precision measured.
 
-        Retrained beside the fittest shapes so that validation decides whether a shape
-        beats the rules it contains: fitness on the masked full model can prefer a tilt
-        that retrains worse than the untilted rules.
+        Retrained to the end beside the search's pick, so that validation decides whether
+        a shape beats the rule it would otherwise replace: fitness on the masked full model
+        can prefer a tilt that retrains worse than the untilted rules (Gowalla MF under a
+        byte budget), and so can the short first rungs of successive halving.
         """
-        rules = [max((e for e in self.evaluated if (e[0], e[1]) == rule), key=lambda e: e[3], default=None)
-                 for rule in ((0.0, 0.0), (1.0, 0.0))]
-        measured = sorted((e for e in rules if e is not None), key=lambda e: -e[3])
-        rows = [self.space.project(self.direction(a, t, k), self.budget) for a, t, k, _ in measured]
-        return np.stack(rows) if rows else super().fallbacks()
+        rules = [e for e in self.evaluated if (e[0], e[1]) in ((0.0, 0.0), (1.0, 0.0))]
+        if not rules:
+            return super().fallbacks()
+        alpha, tilt, k, _ = max(rules, key=lambda e: e[3])
+        return self.space.project(self.direction(alpha, tilt, k), self.budget)[None, :]
 
     # -- state ---------------------------------------------------------------------------------------
     def _state(self) -> ControllerState:

@@ -149,13 +149,13 @@ class Controller(ABC):
         return None
 
     def fallbacks(self) -> np.ndarray:
-        """Evaluated decision vectors to retrain beside the fittest, whatever their fitness (default: none).
+        """Evaluated decision vectors retrained to the end beside the search's pick, whatever their fitness (default: none).
 
-        Fitness is a proxy: a masked or shared-weight model can rank a candidate above one
-        that retrains better.  A search that contains a rule (equal sizes, the frequency
-        rule) names it here, so the retraining measures the rule too and validation, not
-        the proxy alone, decides between the rule and the search's pick.  Only vectors the
-        search evaluated are retrained; shape ``(k, space.vector_length)``.
+        Fitness is a proxy, and so is a short rung of successive halving: either can rank a
+        candidate above one that retrains better.  A search that contains a rule (equal
+        sizes, the frequency rule) names it here, so the rule is trained as long as the pick
+        and validation, not a proxy, decides between them.  Only vectors the search
+        evaluated are retrained; shape ``(k, space.vector_length)``.
         """
         return np.zeros((0, self.space.vector_length), dtype=np.int64)
 

@@ -202,12 +202,13 @@ def _run_stages(ctx: RunContext, started: float) -> SearchResult:
 
     tic = time.perf_counter()
     candidates = _search(ctx, supernet)
+    fallbacks = _logged_fallbacks(ctx.run)
     timing["search"] = time.perf_counter() - tic
 
     tic = time.perf_counter()
     # Intermediate rungs of successive halving are sized by how long the supernet took to peak.
     horizon = max(int(supernet_stats.get("best_epoch") or config.train.epochs), 1)
-    retrained = _retrain(ctx, candidates, horizon, supernet)
+    retrained = _retrain(ctx, candidates, horizon, supernet, fallbacks)
     # The best on validation among those trained to the end (the search's order breaks ties
     # and stands in without validation).
     winner = _by_validation([r for r in retrained if r.final])[0]
@@ -342,11 +343,21 @@ def _search(ctx: RunContext, supernet: Model) -> list[Candidate]:
         trials = config.trials if controller.needs_fitness else 1
         run_trials(run, controller, ctx.space, ctx.budget, evaluator, trials, config.ask_batch,  # type: ignore[arg-type]
                    progress=ctx.progress)
-        top = [c.fingerprint for c in ranked_candidates(run)[: config.retrain_top]]
-        fallbacks = [ctx.space.allocation(row).fingerprint() for row in controller.fallbacks()]  # type: ignore[union-attr]
-        run.log_event("searched", top=top + [f for f in dict.fromkeys(fallbacks) if f not in top],
+        ranked = ranked_candidates(run)
+        evaluated = {c.fingerprint for c in ranked}
+        top = [c.fingerprint for c in ranked[: config.retrain_top]]
+        fallbacks = [f for f in dict.fromkeys(ctx.space.allocation(row).fingerprint()
+                                              for row in controller.fallbacks())  # type: ignore[union-attr]
+                     if f in evaluated]
+        run.log_event("searched", top=top + [f for f in fallbacks if f not in top], fallbacks=fallbacks,
                       evaluator=config.evaluator, measured=evaluator.measured)
     return _logged_candidates(run, config.retrain_top)
+
+
+def _logged_fallbacks(run: Run) -> set[str]:
+    """The fingerprints the controller named as fallbacks (:meth:`~nas.core.controller.Controller.fallbacks`), as logged."""
+    named = [event.get("fallbacks") or [] for event in run.events("searched")]
+    return set(named[-1]) if named else set()
 
 
 def _logged_candidates(run: Run, n: int) -> list[Candidate]:
@@ -365,8 +376,13 @@ def _logged_candidates(run: Run, n: int) -> list[Candidate]:
     return chosen
 
 
-def _retrain(ctx: RunContext, candidates: list[Candidate], horizon: int, supernet: Model) -> list[_Retrained]:
+def _retrain(ctx: RunContext, candidates: list[Candidate], horizon: int, supernet: Model,
+             fallbacks: set[str] = frozenset()) -> list[_Retrained]:  # type: ignore[assignment]
     """Retrain the candidates from scratch: each to the end (``full``), by successive halving, or the best after a fine-tune.
+
+    The ``fallbacks`` (fingerprints) are trained to the end whatever the early rungs or the
+    fine-tune say: a short training can favour an allocation that starts fast over one that
+    ends better, and a fallback is there so that the final choice can be it.
 
     Successive halving (``halving``) trains every candidate for ``horizon / η²`` epochs
     (``horizon``: the epoch at which the supernet peaked on validation, an estimate of
@@ -386,18 +402,20 @@ def _retrain(ctx: RunContext, candidates: list[Candidate], horizon: int, superne
         model.embedding.set_allocation(allocation)
         models[candidate.fingerprint] = (allocation, model)
     if config.retrain == "finetune":
-        return _finetune_then_retrain(ctx, candidates, models, horizon, supernet)
+        return _finetune_then_retrain(ctx, candidates, models, horizon, supernet, fallbacks)
     epochs = config.train.epochs
     rungs = (halving_rungs(len(candidates), epochs, horizon=horizon) if config.retrain == "halving"
              else [(epochs, len(candidates))])
     results: dict[str, _Retrained] = {}
     alive = list(candidates)
-    bar = tqdm(total=sum(count for _, count in rungs), desc="retrain top", unit="training",
-               disable=not ctx.progress or len(candidates) == 1)
+    protected = [c for c in candidates if c.fingerprint in fallbacks]
+    bar = tqdm(total=sum(len(_runners(candidates, count, protected)) for _, count in rungs), desc="retrain top",
+               unit="training", disable=not ctx.progress or len(candidates) == 1)
     for rung, (rung_epochs, count) in enumerate(rungs):
         final = rung == len(rungs) - 1
         rung_config = replace(ctx.train_config, epochs=rung_epochs)
-        for candidate in alive[:count]:
+        runners = _runners(alive, count, protected)
+        for candidate in runners:
             allocation, model = models[candidate.fingerprint]
             stats = train_stage(
                 ctx, "retrain" if final else f"retrain-rung{rung}", candidate.fingerprint, model,
@@ -409,16 +427,22 @@ def _retrain(ctx: RunContext, candidates: list[Candidate], horizon: int, superne
                                                         earlier_seconds=earlier.seconds if earlier else 0.0)
             bar.update(1)
         # Survivors: the best on validation so far (the search's order breaks ties).
-        alive = _by_validation(alive[:count], lambda c: results[c.fingerprint].quality)
+        alive = _by_validation(runners, lambda c: results[c.fingerprint].quality)
     bar.close()
     for candidate in candidates:  # the eliminated candidates' states are not needed any more
         run.remove(f"checkpoints/retrain-{candidate.fingerprint}.state.safetensors")
     return [results[c.fingerprint] for c in candidates]
 
 
+def _runners(ranked: list[Candidate], count: int, protected: list[Candidate]) -> list[Candidate]:
+    """Who trains in a rung: the ``count`` best of ``ranked``, then the protected ones not among them."""
+    first = ranked[:count]
+    return first + [c for c in protected if c not in first]
+
+
 def _finetune_then_retrain(
     ctx: RunContext, candidates: list[Candidate], models: dict[str, tuple[Allocation, Model]], horizon: int,
-    supernet: Model,
+    supernet: Model, fallbacks: set[str] = frozenset(),  # type: ignore[assignment]
 ) -> list[_Retrained]:
     """Judge the candidates by a short fine-tune from the supernet's weights; retrain the best from scratch.
 
@@ -446,20 +470,26 @@ def _finetune_then_retrain(
         )
         results.append(_retrained(task, candidate, allocation, model, stats, final=False))
         bar.update(1)
-    # The best after fine-tuning (the search's order breaks ties and stands in without validation).
+    # The best after fine-tuning (the search's order breaks ties and stands in without validation),
+    # and the fallbacks, each retrained from scratch.
     best = _by_validation(results)[0]
-    model = ctx.new_model()
-    model.embedding.set_allocation(best.allocation)
-    stats = train_stage(
-        ctx, "retrain", best.candidate.fingerprint, model,
-        lambda model, hooks: task.train(model, ctx.train_config, hooks, progress=ctx.progress),
-        partial=f"retrain-{best.candidate.fingerprint}.state.safetensors", last_epoch=ctx.train_config.epochs,
-    )
-    bar.update(1)
+    finalists = [best, *(r for r in results if r.candidate.fingerprint in fallbacks and r is not best)]
+    bar.total = len(candidates) + len(finalists)
+    finals = []
+    for finalist in finalists:
+        model = ctx.new_model()
+        model.embedding.set_allocation(finalist.allocation)
+        stats = train_stage(
+            ctx, "retrain", finalist.candidate.fingerprint, model,
+            lambda model, hooks: task.train(model, ctx.train_config, hooks, progress=ctx.progress),
+            partial=f"retrain-{finalist.candidate.fingerprint}.state.safetensors", last_epoch=ctx.train_config.epochs,
+        )
+        finals.append(_retrained(task, finalist.candidate, finalist.allocation, model, stats, final=True))
+        bar.update(1)
     bar.close()
     for candidate in candidates:
         run.remove(f"checkpoints/finetune-{candidate.fingerprint}.state.safetensors")
-    return [*results, _retrained(task, best.candidate, best.allocation, model, stats, final=True)]
+    return [*results, *finals]
 
 
 def _retrained(

@@ -1,4 +1,4 @@
-"""The shape search: both rules are its first proposals and are retrained beside its pick, it climbs towards the fittest shape, it resumes exactly."""
+"""The shape search: both rules are its first proposals, the fitter is retrained beside its pick, it climbs towards the fittest shape, it resumes exactly."""
 
 from __future__ import annotations
 
@@ -122,7 +122,7 @@ def test_every_shape_stays_within_the_budget(alpha, tilt, retained):
     assert space.cost(decisions) <= budget.max_values
 
 
-def test_its_fallbacks_are_both_rules_at_their_fittest_precision_fittest_first():
+def test_its_fallback_is_the_fitter_rule_at_its_fittest_precision():
     fields = synthetic_fields({"user": 300, "item": 500}, exponent=1.1, seed=0)
     precisions = ("fp32", "fp16", "int8", "int4")
     space = PerFeatureSpace(fields.tables, fields.frequencies, 1, 32).with_precisions(precisions)
@@ -135,25 +135,32 @@ def test_its_fallbacks_are_both_rules_at_their_fittest_precision_fittest_first()
         note = shape.notes()[0]
         bonus = {(0.0, 0.0): 0.2, (1.0, 0.0): 0.0}.get((note["alpha"], note["tilt"]), 0.3)  # a shape the fittest
         shape.tell(decisions, [fitness[note["precision"]] + bonus])
-    equal_int8, frequency_int8 = (space.project(shape.direction(a, 0.0, 2), budget) for a in (0.0, 1.0))
-    np.testing.assert_array_equal(shape.fallbacks(), np.stack([equal_int8, frequency_int8]))
+    equal_int8 = space.project(shape.direction(0.0, 0.0, 2), budget)
+    np.testing.assert_array_equal(shape.fallbacks(), equal_int8[None, :])
 
 
-def test_the_rules_are_retrained_beside_the_fittest_shape_and_validation_chooses(tmp_path):
+@pytest.mark.parametrize("retrain", ["halving", "finetune"])
+def test_the_fitter_rule_is_retrained_to_the_end_beside_the_fittest_shapes(tmp_path, retrain):
     import nas
 
     data = nas.DataSpec("synthetic", extra={"n_users": 300, "n_items": 400})
-    result = nas.search(data, controller="shape", trials=5, retrain_top=1, budget=0.9, run_dir=tmp_path / "run",
-                        reference_cache=tmp_path / "cache", train={"epochs": 2, "eval_every": 1}, progress=False)
+    result = nas.search(data, controller="shape", trials=6, retrain_top=4, retrain=retrain, budget=0.9,
+                        run_dir=tmp_path / "run", reference_cache=tmp_path / "cache",
+                        train={"epochs": 3, "eval_every": 1}, progress=False)
     trials = [e for e in _events(tmp_path / "run") if e["event"] == "trial"]
-    rules = {(t["note"]["alpha"], t["note"]["tilt"]): t["fingerprint"] for t in trials}
-    fittest = max(trials, key=lambda t: (t["fitness"], -t["trial"]))["fingerprint"]
-    retrained = [r.fingerprint for r in result.retrained]
-    expected = list(dict.fromkeys([fittest, rules[(0.0, 0.0)], rules[(1.0, 0.0)]]))
-    assert len(expected) >= 2 and sorted(retrained) == sorted(expected) and retrained[0] == fittest
-    assert result.allocation.fingerprint() == max(result.retrained, key=lambda r: r.valid_quality).fingerprint
+    rules = [t for t in trials if (t["note"]["alpha"], t["note"]["tilt"]) in ((0.0, 0.0), (1.0, 0.0))]
+    fitter = max(rules, key=lambda t: (t["fitness"], -t["trial"]))["fingerprint"]
+    [searched] = [e for e in _events(tmp_path / "run") if e["event"] == "searched"]
+    assert searched["fallbacks"] == [fitter] and fitter in searched["top"]
+    finals = [r.fingerprint for r in result.retrained if r.final]
+    # Here the rule is not the search's pick: both are trained to the end (3 epochs), the rule despite its short rung.
+    assert len(finals) == 2 and fitter in finals
+    assert all(r.epochs == 3 for r in result.retrained if r.final)
+    assert result.allocation.fingerprint() == max((r for r in result.retrained if r.final),
+                                                  key=lambda r: r.valid_quality).fingerprint
     again = nas.resume(tmp_path / "run", progress=False)  # a finished run retrains nothing and answers the same
-    assert [r.fingerprint for r in again.retrained] == retrained and again.allocation.fingerprint() == result.allocation.fingerprint()
+    assert again.allocation.fingerprint() == result.allocation.fingerprint()
+    assert [r.fingerprint for r in again.retrained] == [r.fingerprint for r in result.retrained]
 
 
 def _events(folder):
