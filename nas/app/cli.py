@@ -33,7 +33,7 @@ def _add_search_options(parser: argparse.ArgumentParser) -> None:
         TRAINING_DEFAULTS,
         SearchConfig,
     )
-    from nas.core.precision import DEFAULT_PRECISIONS
+    from nas.core.precision import DEFAULT_PRECISIONS, SCALES
     from nas.pipeline.data import PATH_FORMATS
     from recsys.data import COLD_POLICIES
     from recsys.train import LOSSES
@@ -80,6 +80,9 @@ def _add_search_options(parser: argparse.ArgumentParser) -> None:
                              f"{','.join(DEFAULT_PRECISIONS)}; also int2); a byte budget then counts the bits the export "
                              "stores; fp32 alone searches sizes only (default: the default LIST under a byte budget, "
                              "when the controller searches precisions; sizes only otherwise)")
+    search.add_argument("--scales", choices=SCALES, default=defaults.scales,
+                        help="where integer rows' scales live: one fp16 per row, or one per table, precision and size "
+                             "(two bytes a row freed for values; what makes 1%% of the bytes feasible) (default: %(default)s)")
     search.add_argument("--d-max", type=int,
                         help=f"full embedding width (default: {D_MAX_DEFAULTS['top-k']}; click models: {D_MAX_DEFAULTS['click']})")
     search.add_argument("--d-min", type=int, default=defaults.d_min, help="fewest dimensions per row (default: %(default)s)")
@@ -196,6 +199,7 @@ def _search_arguments(args: argparse.Namespace) -> dict[str, Any]:
         trials=args.trials, ask_batch=args.ask_batch, fitness_users=args.fitness_users, retrain_top=args.retrain_top,
         seed=args.seed, train=train, device=args.device, threads=args.threads, reference=args.reference,
         precisions=None if args.precisions is None else tuple(p for p in args.precisions.split(",") if p.strip()),
+        scales=args.scales,
         run_dir=Path(args.runs) / args.name if args.name else None, runs_root=args.runs, progress=not args.quiet,
         reference_cache=args.reference_cache,
         **protocol,

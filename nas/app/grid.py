@@ -218,7 +218,8 @@ def feasible_cells(cells: Sequence[Cell], rows: Mapping[str, int]) -> tuple[list
         if key in infeasible:
             continue
         try:
-            Budget.parse(cell.budget, rows, int(cell.config.d_max or 1), cell.config.d_min, precisions=cell.config.precisions)
+            Budget.parse(cell.budget, rows, int(cell.config.d_max or 1), cell.config.d_min, precisions=cell.config.precisions,
+                         scales=cell.config.scales)
         except BudgetError as error:
             infeasible[key] = " ".join(str(error).splitlines())
     arms = list(dict.fromkeys(cell.arm for cell in cells))

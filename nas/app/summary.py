@@ -79,7 +79,8 @@ def _budget_text(result: SearchResult) -> str:
     """
     budget = result.budget
     if budget.unit == "bits":
-        return (f"{budget.describe()}: at most {budget.max_bits:,} bits of values and scales at precisions "
+        stored = "values and scales" if budget.scales == "row" else "values (scales shared by size)"
+        return (f"{budget.describe()}: at most {budget.max_bits:,} bits of {stored} at precisions "
                 f"{', '.join(budget.precisions)}, {budget.max_bytes:,} bytes")
     if not result.allocation.element_masks:
         return f"{budget.describe()}: at most {budget.max_values:,} values, {budget.max_bytes:,} bytes"
@@ -95,7 +96,8 @@ def _budget_text(result: SearchResult) -> str:
 
 def _bits_text(result: SearchResult) -> str:
     """`` in N bits`` for an allocation with precisions (what a byte budget counts), else nothing."""
-    return f" in {result.allocation.bits():,} bits" if result.allocation.row_precisions is not None else ""
+    allocation = result.allocation
+    return f" in {allocation.bits(result.budget.scales):,} bits" if allocation.row_precisions is not None else ""
 
 
 def _precisions_text(tables: Mapping[str, Mapping[str, Any]]) -> str:

@@ -19,7 +19,9 @@ values of each precision in a buffer of their own::
                                              F32 / F16 as they are, int8 as I8, int4 and int2 bit-packed
                                              into U8 (two or four to a byte, lowest bits first, two's
                                              complement, the last byte padded with zeros)
-                         {name}.{p}.scales   F16, one per row at an integer precision p
+                         {name}.{p}.scales   F16, one per row at an integer precision p; with shared
+                                             scales (manifest "scales": "shared") one per size
+                                             d_min..d_max instead, shared by the rows of that size
 
 The values are taken from the masked model itself, so the loader serves exactly
 what the model served.  The write is atomic at the folder level: everything is
@@ -59,7 +61,7 @@ from nas.core.budget import Budget
 from nas.core.errors import ArtifactError, BudgetError, ConfigError
 from nas.core.accounting import dims_dtype, export_byte_limit, export_bytes, value_itemsize
 from nas.core.precision import PRECISIONS, encode_codes
-from nas.core.quantise import RowPrecision, quantise_rows
+from nas.core.quantise import RowPrecision, quantise_rows, shared_peaks
 from nas.artifact.serving import (
     FORMAT, FORMAT_VERSION, MANIFEST_FILE, MAX_D_MAX, PRECISION_FORMAT_VERSION, TABLES_FILE, VALUE_DTYPES,
     manifest_digest,
@@ -238,6 +240,7 @@ def _pack_precisions(
         codes = encode_codes(dims, index, budget.d_min, budget.d_max, len(precisions))
         tensors[f"{name}.codes"] = torch.from_numpy(codes)
         table = served[name]
+        shared = budget.scales == "shared"
         rows_at: dict[str, dict[str, int]] = {}
         for k, precision in enumerate(precisions):
             rows = np.flatnonzero(index == k)
@@ -247,11 +250,17 @@ def _pack_precisions(
             values = table[torch.from_numpy(rows)]
             keep = columns < torch.from_numpy(dims[rows]).unsqueeze(1)
             row_precision = RowPrecision(torch.full((len(rows),), k, dtype=torch.int64), precisions)
-            stored, scale = quantise_rows(torch.where(keep, values.to(torch.float32), 0.0), row_precision.levels, row_precision.half)
+            masked = torch.where(keep, values.to(torch.float32), 0.0)
+            sizes = torch.from_numpy(dims[rows].astype(np.int64))
+            # Shared scales: the peak of every row of this size at this precision, as the model's lookups take it.
+            peak = shared_peaks(masked, row_precision.levels, sizes) if shared and chosen.integer else None
+            stored, scale = quantise_rows(masked, row_precision.levels, row_precision.half, peak)
             kept = stored[keep]
             _check_finite(name, values[keep], kept, "float32")
             if chosen.integer:
                 tensors[f"{name}.{precision}.values"] = _pack_integers(kept, chosen.bits)
+                if shared:  # one scale per size (0 for a size no row has)
+                    scale = torch.zeros(budget.d_max - budget.d_min + 1).index_put_((sizes - budget.d_min,), scale)
                 tensors[f"{name}.{precision}.scales"] = scale.to(torch.float16)
             else:
                 tensors[f"{name}.{precision}.values"] = kept.to(torch.float16 if precision == "fp16" else torch.float32)
@@ -264,16 +273,19 @@ def _pack_precisions(
             "precisions": rows_at,
         }
     manifest = _manifest(PRECISION_FORMAT_VERSION, specs, budget, allocation, limit, config_hash, "float32",
-                         precisions=precisions, bits=allocation.bits())
+                         precisions=precisions, bits=allocation.bits(budget.scales), scales=budget.scales)
     return _finish(manifest, tensors, limit, extra)
 
 
 def _manifest(version: int, specs: dict[str, Any], budget: Budget, allocation: Allocation, limit: int, config_hash: str,
-              dtype: str, *, precisions: tuple[str, ...] | None = None, bits: int | None = None) -> dict[str, Any]:
+              dtype: str, *, precisions: tuple[str, ...] | None = None, bits: int | None = None,
+              scales: str = "row") -> dict[str, Any]:
     """The manifest of either format version, in its fixed key order (its bytes are part of the export's)."""
     manifest: dict[str, Any] = {"format": FORMAT, "format_version": version, "tables": specs}
     if precisions is not None:
         manifest["precisions"] = list(precisions)
+    if scales != "row":  # per-row scales read as they did before scales could be shared
+        manifest["scales"] = scales
     manifest.update({"d_min": budget.d_min, "d_max": budget.d_max, "dtype": dtype,
                      "values_stored": sum(spec["values_stored"] for spec in specs.values())})
     if bits is not None:

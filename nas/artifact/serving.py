@@ -14,7 +14,7 @@ same dtype, masked positions ``+0.0``).
 An export of an allocation with a precision per row (format version 2) holds one code
 per row for its size and precision, and per precision a buffer of values (fp32, fp16,
 int8, or int4 / int2 bit-packed two or four to a byte) with one fp16 scale per integer
-row.  The loader keeps each precision's values as stored (int4 and int2 widened to one
+row, or with shared scales one per size.  The loader keeps each precision's values as stored (int4 and int2 widened to one
 byte a value) and dequantises at lookup, ``float32(q) * float32(scale)``: the very
 product the model's fake quantisation computed, so those vectors are bit-identical too.
 
@@ -703,6 +703,10 @@ def _load_precisions(manifest: Mapping[str, Any], specs: Mapping[str, Any], tens
             or len(set(precisions)) != len(precisions):
         raise _fail(where, f"lists precisions {_brief(precisions)}, not distinct names among {sorted(STORED_PRECISIONS)}")
     n_codes = (d_max - d_min + 1) * len(precisions)
+    scale_mode = manifest.get("scales", "row")
+    if scale_mode not in ("row", "shared"):
+        raise _fail(where, f"says its scales are {_brief(scale_mode)}, not 'row' or 'shared'")
+    shared = scale_mode == "shared"
     tables: dict[str, _MixedTable] = {}
     keys: set[str] = set()
     total_bits = 0
@@ -740,13 +744,16 @@ def _load_precisions(manifest: Mapping[str, Any], specs: Mapping[str, Any], tens
             if _field(entry, "rows", int, where) != members.numel() or _field(entry, "values_stored", int, where) != count:
                 raise _fail(where, f"table {_brief(name)}: the counts at {precision} do not match the row codes")
             bits, integer = STORED_PRECISIONS[precision]
-            values, scales = _stored_values(tensors, f"{name}.{precision}", precision, count, members.numel(), path)
+            values, scales = _stored_values(tensors, f"{name}.{precision}", precision, count,
+                                            d_max - d_min + 1 if shared else members.numel(), path)
+            if shared and scales is not None:  # one scale per size: each row takes its size's
+                scales = scales.index_select(0, sizes - d_min)
             keys.add(f"{name}.{precision}.values")
             if integer:
                 keys.add(f"{name}.{precision}.scales")
             local[members] = torch.arange(members.numel())
             groups.append((_Table(values, sizes, d_max, device), None if scales is None else scales.to(device)))
-            total_bits += count * bits + (16 * members.numel() if integer else 0)
+            total_bits += count * bits + (16 * members.numel() if integer and not shared else 0)
         tables[name] = _MixedTable(groups, group, local, d_max, device)
     bits_stored = _field(manifest, "bits_stored", int, where)
     if bits_stored != total_bits:
@@ -758,9 +765,9 @@ def _load_precisions(manifest: Mapping[str, Any], specs: Mapping[str, Any], tens
     return tables, keys
 
 
-def _stored_values(tensors: Mapping[str, torch.Tensor], key: str, precision: str, count: int, rows: int,
+def _stored_values(tensors: Mapping[str, torch.Tensor], key: str, precision: str, count: int, n_scales: int,
                    path: Path) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """One precision's values as served before scaling (fp32, fp16, or int8 integers) and its scales."""
+    """One precision's values as served before scaling (fp32, fp16, or int8 integers) and its ``n_scales`` scales."""
     bits, integer = STORED_PRECISIONS[precision]
     if not integer:
         values = _tensor(tensors, f"{key}.values", torch.float32 if bits == 32 else torch.float16, count, path)
@@ -780,7 +787,7 @@ def _stored_values(tensors: Mapping[str, torch.Tensor], key: str, precision: str
         values = (fields[:count] - (fields[:count] >= 2 ** (bits - 1)).to(torch.int16) * (1 << bits)).to(torch.int8)
     if count and int(values.to(torch.int16).abs().max()) > levels:
         raise _fail(path, f"{_brief(key)} holds an integer beyond ±{levels}, which {precision} never stores")
-    scales = _tensor(tensors, f"{key}.scales", torch.float16, rows, path).to(torch.float32)
+    scales = _tensor(tensors, f"{key}.scales", torch.float16, n_scales, path).to(torch.float32)
     if not bool((torch.isfinite(scales) & (scales >= 0)).all()):
         raise _fail(path, f"{_brief(key)} has a scale that is negative or not finite; refusing to serve it")
     return values, scales

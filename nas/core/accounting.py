@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from nas.core.errors import BudgetError
-from nas.core.precision import code_dtype
+from nas.core.precision import PRECISIONS, SCALE_BITS, code_dtype
 
 if TYPE_CHECKING:
     from nas.core.budget import Budget
@@ -77,12 +77,19 @@ def fixed_bytes(rows: Mapping[str, int], d_max: int, *, element_mask: bool = Fal
     return total
 
 
-def precision_fixed_bytes(rows: Mapping[str, int], d_min: int, d_max: int, precisions: Sequence[str]) -> int:
-    """Bytes an export with searched precision needs before any value or scale: row codes, padding, metadata."""
+def precision_fixed_bytes(rows: Mapping[str, int], d_min: int, d_max: int, precisions: Sequence[str],
+                          scales: str = "row") -> int:
+    """Bytes an export with searched precision needs before any value or per-row scale.
+
+    Row codes, padding and metadata; with ``scales="shared"`` also the shared scales,
+    one fp16 per table, integer precision and size (all of them, used or not).
+    """
     itemsize = code_dtype(d_min, d_max, len(precisions)).itemsize
+    shared = (sum(PRECISIONS[p].integer for p in precisions) * (d_max - d_min + 1) * SCALE_BITS // 8
+              if scales == "shared" else 0)
     total = METADATA_RESERVE_BASE
     for n in rows.values():
-        total += METADATA_RESERVE_PER_TABLE + len(precisions) * METADATA_RESERVE_PER_BUFFER + int(n) * itemsize
+        total += METADATA_RESERVE_PER_TABLE + len(precisions) * METADATA_RESERVE_PER_BUFFER + int(n) * itemsize + shared
     return total
 
 

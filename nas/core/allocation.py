@@ -115,8 +115,10 @@ class Allocation:
         """Embedding values kept over all tables (exact; computed once)."""
         return self._cost
 
-    def bits(self) -> int:
-        """Bits the rows' values and scales take at their precisions (exact; see :mod:`nas.core.precision`).
+    def bits(self, scales: str = "row") -> int:
+        """Bits the rows' values and own scales take at their precisions (exact; see :mod:`nas.core.precision`).
+
+        With ``scales="shared"`` no row has a scale of its own (the shared ones are fixed bytes).
 
         Raises:
             ValueError: for an allocation without precisions.
@@ -128,7 +130,7 @@ class Allocation:
             index = self.row_precisions[name]
             for k, precision in enumerate(self.precisions):
                 chosen = index == k
-                total += int(PRECISIONS[precision].row_bits(dims[chosen]).sum())
+                total += int(PRECISIONS[precision].row_bits(dims[chosen], scales).sum())
         return total
 
     def cost_in(self, budget: Budget) -> int:
@@ -142,7 +144,7 @@ class Allocation:
         if stray:
             raise BudgetError(f"the allocation stores rows at {', '.join(stray)}, not among the budget's "
                               f"precisions {', '.join(budget.precisions)}")
-        return self.bits()
+        return self.bits(budget.scales)
 
     def rows(self) -> dict[str, int]:
         """Row count of every table."""

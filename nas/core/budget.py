@@ -8,7 +8,8 @@ be met; it is refused when it is built, with the minimum in the user's unit.
 
 When precision is searched (``precisions``) under a byte budget, a value no longer has
 one price: the budget is then held in bits (``max_bits``), and a row of ``d`` values at
-precision ``p`` costs ``d * bits(p)`` plus its scale (:mod:`nas.core.precision`).
+precision ``p`` costs ``d * bits(p)`` plus its scale, unless scales are shared by the
+rows of one size (``scales="shared"``; :mod:`nas.core.precision`).
 :meth:`Budget.row_cost` gives every precision's price in the budget's own :attr:`unit`,
 so a space prices any (size, precision) candidate without knowing which unit it is.
 Sparsity and parameter budgets keep counting values, whatever their precision.
@@ -27,7 +28,7 @@ import numpy as np
 
 from nas.core.errors import BudgetError, ConfigError
 from nas.core.accounting import export_bytes, fixed_bytes, precision_fixed_bytes, value_itemsize
-from nas.core.precision import PRECISIONS, parse_precisions
+from nas.core.precision import PRECISIONS, check_scales, parse_precisions
 
 __all__ = ["Budget"]
 
@@ -57,6 +58,9 @@ class Budget:
         max_bits: with precisions under a byte budget, the most bits the rows' values and
             scales may take (the hard limit; :attr:`max_values` then bounds the values
             at the narrowest precision).  Unused otherwise.
+        scales: where integer rows' scales live, ``"row"`` or ``"shared"``
+            (:data:`~nas.core.precision.SCALES`); shared scales are paid once per table,
+            precision and size instead of once per row.  Only with precisions.
     """
 
     max_values: int
@@ -68,6 +72,7 @@ class Budget:
     dtype: str = "float32"
     precisions: tuple[str, ...] = ()
     max_bits: int = 0
+    scales: str = "row"
     _frozen_rows: tuple[tuple[str, int], ...] = field(default=(), init=False, repr=False, compare=True)
 
     def __post_init__(self) -> None:
@@ -96,6 +101,12 @@ class Budget:
             except ConfigError as error:
                 raise BudgetError(str(error)) from None
         object.__setattr__(self, "max_bits", int(self.max_bits))
+        try:
+            check_scales(self.scales)
+        except ConfigError as error:
+            raise BudgetError(str(error)) from None
+        if self.scales != "row" and not self.precisions:
+            raise BudgetError(f"scales={self.scales!r} shares the scales of integer precisions; it needs precisions")
         if self.unit == "bits" and self.max_bits < self.min_cost:
             raise BudgetError(
                 f"budget {self.describe()} is infeasible: every row at d_min={self.d_min} and its cheapest precision "
@@ -110,12 +121,12 @@ class Budget:
 
     def __hash__(self) -> int:
         return hash((self.max_values, self._frozen_rows, self.d_min, self.d_max, self.kind, self.amount, self.dtype,
-                     self.precisions, self.max_bits))
+                     self.precisions, self.max_bits, self.scales))
 
     # -- construction ---------------------------------------------------------------------------
     @classmethod
     def from_sparsity(cls, sparsity: float, rows: Mapping[str, int], d_max: int, d_min: int = 1, dtype: str = "float32",
-                      precisions: Sequence[str] = ()) -> Budget:
+                      precisions: Sequence[str] = (), scales: str = "row") -> Budget:
         """Keep at most ``(1 - sparsity)`` of the full ``total_rows × d_max`` values (0.9 keeps 10 %)."""
         if not (isinstance(sparsity, (int, float)) and 0.0 <= sparsity < 1.0) or math.isnan(sparsity):
             raise BudgetError(f"sparsity must be in [0, 1), got {sparsity!r}")
@@ -123,21 +134,21 @@ class Budget:
         # Exact decimal arithmetic: in floating point 1 - 0.9 = 0.0999..., which loses a
         # whole value once the table holds millions of them.
         max_values = math.floor(full * (1 - Fraction(repr(float(sparsity)))))
-        return cls(max_values, rows, d_min, d_max, "sparsity", float(sparsity), dtype, tuple(precisions))
+        return cls(max_values, rows, d_min, d_max, "sparsity", float(sparsity), dtype, tuple(precisions), scales=scales)
 
     @classmethod
     def from_params(cls, params: int, rows: Mapping[str, int], d_max: int, d_min: int = 1, dtype: str = "float32",
-                    precisions: Sequence[str] = ()) -> Budget:
+                    precisions: Sequence[str] = (), scales: str = "row") -> Budget:
         """Keep at most ``params`` embedding values over all tables."""
         if isinstance(params, float) and params.is_integer():
             params = int(params)
         if not isinstance(params, int) or params < 0:
             raise BudgetError(f"a parameter budget must be a non-negative integer, got {params!r}")
-        return cls(params, rows, d_min, d_max, "params", params, dtype, tuple(precisions))
+        return cls(params, rows, d_min, d_max, "params", params, dtype, tuple(precisions), scales=scales)
 
     @classmethod
     def from_bytes(cls, nbytes: int, rows: Mapping[str, int], d_max: int, d_min: int = 1, dtype: str = "float32",
-                   precisions: Sequence[str] = ()) -> Budget:
+                   precisions: Sequence[str] = (), scales: str = "row") -> Budget:
         """Keep at most what fits in an export of ``nbytes`` bytes, metadata and row codes included.
 
         With ``precisions`` the limit is held in bits (:attr:`max_bits`): what the bytes
@@ -148,15 +159,17 @@ class Budget:
         if precisions:
             try:
                 chosen = parse_precisions(precisions)
+                check_scales(scales)
             except ConfigError as error:
                 raise BudgetError(str(error)) from None
-            spare = nbytes - precision_fixed_bytes(rows, d_min, d_max, chosen)
+            spare = nbytes - precision_fixed_bytes(rows, d_min, d_max, chosen, scales)
             max_bits = max(spare, -1) * 8
             narrowest = min(PRECISIONS[name].bits for name in chosen)
-            return cls(max(max_bits, -1) // narrowest, rows, d_min, d_max, "bytes", nbytes, dtype, chosen, max_bits)
+            return cls(max(max_bits, -1) // narrowest, rows, d_min, d_max, "bytes", nbytes, dtype, chosen, max_bits,
+                       scales)
         spare = nbytes - fixed_bytes(rows, d_max)
         max_values = max(spare, -value_itemsize(dtype)) // value_itemsize(dtype)
-        return cls(int(max_values), rows, d_min, d_max, "bytes", nbytes, dtype)
+        return cls(int(max_values), rows, d_min, d_max, "bytes", nbytes, dtype, scales=scales)
 
     @staticmethod
     def counts_bytes(text: str) -> bool:
@@ -165,7 +178,7 @@ class Budget:
 
     @classmethod
     def parse(cls, text: str, rows: Mapping[str, int], d_max: int, d_min: int = 1, dtype: str = "float32",
-              precisions: Sequence[str] = ()) -> Budget:
+              precisions: Sequence[str] = (), scales: str = "row") -> Budget:
         """Read a budget from the command line: ``0.9`` (sparsity), ``250000`` (parameters), ``2MB``/``512KiB``/``1000000B`` (bytes).
 
         Counts are read exactly, never through a float: ``1000000000000000000000000000000``
@@ -184,14 +197,14 @@ class Budget:
                     number = Decimal("nan")
                 if not number.is_finite():
                     raise BudgetError(f"cannot read the byte budget {text!r}; write e.g. 2MB or 512KiB")
-                return cls.from_bytes(math.floor(Fraction(number) * scale), rows, d_max, d_min, dtype, precisions)
+                return cls.from_bytes(math.floor(Fraction(number) * scale), rows, d_max, d_min, dtype, precisions, scales)
         try:
             count = int(raw)
         except ValueError:
             pass
         else:
             if count >= 1:
-                return cls.from_params(count, rows, d_max, d_min, dtype, precisions)
+                return cls.from_params(count, rows, d_max, d_min, dtype, precisions, scales)
         try:
             number = float(raw)
         except ValueError:
@@ -201,12 +214,12 @@ class Budget:
         if not math.isfinite(number):
             raise BudgetError(f"the budget must be a finite number, got {text!r}")
         if number < 1.0:
-            return cls.from_sparsity(number, rows, d_max, d_min, dtype, precisions)
+            return cls.from_sparsity(number, rows, d_max, d_min, dtype, precisions, scales)
         if not number.is_integer() or "." in raw or "e" in raw.lower():
             raise BudgetError(
                 f"cannot read the budget {text!r}: a sparsity is below 1 (like 0.9), a parameter count is a whole number (like 250000)"
             )
-        return cls.from_params(int(number), rows, d_max, d_min, dtype, precisions)
+        return cls.from_params(int(number), rows, d_max, d_min, dtype, precisions, scales)
 
     # -- derived quantities -----------------------------------------------------------------------
     @property
@@ -233,14 +246,14 @@ class Budget:
         """The price of a row at ``precision`` in the budget's :attr:`unit`: per value kept, and per row.
 
         A row of ``d`` values costs ``per_value * d + per_row``: ``(1, 0)`` when the budget
-        counts values; ``(bits, scale bits)`` when it counts bits.
+        counts values; ``(bits, scale bits)`` when it counts bits (no scale bits when scales are shared).
         """
         if self.unit == "values":
             return 1, 0
         if precision not in self.precisions:
             raise BudgetError(f"precision {precision!r} is not one of the budget's {', '.join(self.precisions)}")
         chosen = PRECISIONS[precision]
-        return chosen.bits, int(chosen.row_bits(0))
+        return chosen.bits, int(chosen.row_bits(0, self.scales))
 
     def prices(self) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`row_cost` of every precision, in :attr:`precisions` order: ``(per_value, per_row)`` int64 arrays.
@@ -269,7 +282,7 @@ class Budget:
         """The precision of the cheapest row at ``d_min`` (the narrower on a tie); ``None`` without precisions."""
         if not self.precisions:
             return None
-        return min(reversed(self.precisions), key=lambda p: PRECISIONS[p].row_bits(self.d_min))
+        return min(reversed(self.precisions), key=lambda p: PRECISIONS[p].row_bits(self.d_min, self.scales))
 
     @property
     def usable_values(self) -> int:
@@ -281,11 +294,12 @@ class Budget:
         """Bytes an export that spends the whole budget may take."""
         if not self.precisions:
             return export_bytes(self.usable_values, self.rows, self.d_max, self.dtype)
-        fixed = precision_fixed_bytes(self.rows, self.d_min, self.d_max, self.precisions)
+        fixed = precision_fixed_bytes(self.rows, self.d_min, self.d_max, self.precisions, self.scales)
         if self.unit == "bits":
             return fixed + self.max_bits // 8
         chosen = [PRECISIONS[name] for name in self.precisions]
-        widest = max(p.bits for p in chosen) * self.usable_values + self.total_rows * max(int(p.row_bits(0)) for p in chosen)
+        widest = (max(p.bits for p in chosen) * self.usable_values
+                  + self.total_rows * max(int(p.row_bits(0, self.scales)) for p in chosen))
         return fixed + -(-widest // 8)
 
     def retain_ratio(self, values: int) -> float:
@@ -306,7 +320,7 @@ class Budget:
             highest = 1.0 - self.min_values / self.full_values
             return f"sparsity {math.floor(highest * 1e6) / 1e6:g} ({self.min_values:,} values)"
         if self.kind == "bytes" and self.unit == "bits":
-            fixed = precision_fixed_bytes(self.rows, self.d_min, self.d_max, self.precisions)
+            fixed = precision_fixed_bytes(self.rows, self.d_min, self.d_max, self.precisions, self.scales)
             return f"{fixed + -(-self.min_cost // 8):,} bytes"
         if self.kind == "bytes":
             return f"{export_bytes(self.min_values, self.rows, self.d_max, self.dtype):,} bytes"
@@ -330,6 +344,8 @@ class Budget:
         data["precisions"] = list(self.precisions)
         if not self.precisions:  # a budget without searched precision reads as it always did
             del data["precisions"], data["max_bits"]
+        if self.scales == "row":  # and one with per-row scales as it did before scales could be shared
+            del data["scales"]
         return data
 
     @classmethod
@@ -343,4 +359,4 @@ class Budget:
         amount = float(amount) if kind == "sparsity" or not isinstance(amount, int) else int(amount)
         return cls(int(data["max_values"]), dict(data["rows"]), int(data["d_min"]), int(data["d_max"]),
                    kind, amount, str(data.get("dtype", "float32")), tuple(data.get("precisions", ())),
-                   int(data.get("max_bits", 0)))
+                   int(data.get("max_bits", 0)), str(data.get("scales", "row")))

@@ -4,9 +4,15 @@ A precision is searched beside a row's size when the user asks for it (``--preci
 Floating precisions store each kept value as it is (``fp32``) or rounded to half
 precision (``fp16``).  Integer precisions store each value as a signed integer of
 ``bits`` bits, symmetric around zero (``-q..q`` with ``q = 2**(bits-1) - 1``, so a
-masked ``0.0`` stays exact), and one ``fp16`` scale per row::
+masked ``0.0`` stays exact), and an ``fp16`` scale::
 
     scale = fp16(max |x| / q)        value = clamp(round(x / scale), -q, q) * scale
+
+Where the scale lives is the budget's choice (:data:`SCALES`): ``"row"`` (the default), one
+scale per row, the max over the row's own values; ``"shared"``, one scale per table,
+precision and size, the max over every row of that size at that precision.  Shared scales
+cost no bits per row, which is what lets a budget of 1 % of the float32 bytes (2.56 bytes a
+row at ``d_max = 64``) hold values at all; per-row scales follow each row's own range.
 
 ``int2`` therefore has the three levels ``-scale, 0, +scale``.  The scale is rounded to
 ``fp16`` before the values are divided by it, so the values the model trains with
@@ -16,9 +22,9 @@ masked ``0.0`` stays exact), and one ``fp16`` scale per row::
 the rows at that precision one after another (``int4`` two to a byte, low nibble first;
 ``int2`` four to a byte, lowest bits first), padded to a whole byte once per buffer, and
 the integer rows' scales; per row it stores one *code* saying its size and precision
-(:func:`code_dtype`).  So a row of ``d`` values costs exactly ``d * bits`` bits plus
-:data:`SCALE_BITS` for an integer precision, and everything else (codes, padding,
-metadata) depends only on the tables, which is what keeps the cost linear in the sizes
+(:func:`code_dtype`).  So a row of ``d`` values costs exactly ``d * bits`` bits plus, with
+per-row scales, :data:`SCALE_BITS` for an integer precision, and everything else (codes,
+shared scales, padding, metadata) depends only on the tables, which is what keeps the cost linear in the sizes
 and the budget exact (:mod:`nas.core.accounting`).
 """
 
@@ -32,12 +38,14 @@ import numpy as np
 from nas.core.errors import ConfigError
 
 __all__ = [
-    "DEFAULT_PRECISIONS", "PRECISIONS", "SCALE_BITS", "Precision", "code_dtype", "decode_codes", "encode_codes",
-    "parse_precisions",
+    "DEFAULT_PRECISIONS", "PRECISIONS", "SCALES", "SCALE_BITS", "Precision", "check_scales", "code_dtype",
+    "decode_codes", "encode_codes", "parse_precisions",
 ]
 
-#: Bits of the per-row scale of an integer precision (one ``fp16``).
+#: Bits of one scale of an integer precision (one ``fp16``).
 SCALE_BITS = 16
+#: Where integer rows' scales live: one per row, or one per table, precision and size.
+SCALES = ("row", "shared")
 
 
 @dataclass(frozen=True)
@@ -61,9 +69,9 @@ class Precision:
             raise ValueError(f"{self.name} is not an integer precision")
         return 2 ** (self.bits - 1) - 1
 
-    def row_bits(self, dims: int | np.ndarray) -> int | np.ndarray:
-        """Bits a row of ``dims`` values costs at this precision (its scale included)."""
-        return dims * self.bits + (SCALE_BITS if self.integer else 0)
+    def row_bits(self, dims: int | np.ndarray, scales: str = "row") -> int | np.ndarray:
+        """Bits a row of ``dims`` values costs at this precision: its values, and its own scale with ``scales="row"``."""
+        return dims * self.bits + (SCALE_BITS if self.integer and scales == "row" else 0)
 
 
 #: Every precision embnas can store, widest first.
@@ -97,6 +105,14 @@ def parse_precisions(precisions: str | Sequence[str]) -> tuple[str, ...]:
         raise ConfigError(f"unknown precision{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
                           f"choose from {', '.join(PRECISIONS)}")
     return tuple(name for name in PRECISIONS if name in cleaned)
+
+
+def check_scales(scales: str) -> str:
+    """``scales`` if it names where scales live (:data:`SCALES`), else a :class:`ConfigError` naming the choices."""
+    if scales not in SCALES:
+        raise ConfigError(f"unknown scales {scales!r}; choose {' or '.join(map(repr, SCALES))} "
+                          "(one scale per row, or one per table, precision and size)")
+    return scales
 
 
 def code_dtype(d_min: int, d_max: int, n_precisions: int) -> np.dtype:

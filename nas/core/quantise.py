@@ -2,8 +2,10 @@
 
 One function, :func:`quantise_rows`, turns rows of float32 values into what their
 precision keeps (:mod:`nas.core.precision`): ``fp32`` as it is, ``fp16`` rounded to half
-precision, an integer precision as integers ``q`` in ``[-levels, levels]`` and one fp16
-scale per row.  The model's lookups (fake quantisation, :func:`fake_quantise`) and the
+precision, an integer precision as integers ``q`` in ``[-levels, levels]`` and an fp16
+scale: the row's own, from its largest kept value, or with shared scales
+(:func:`shared_peaks`) one from the largest value of every row of the table with the same
+size and precision.  The model's lookups (fake quantisation, :func:`fake_quantise`) and the
 export call the same function on the same values, so the loader's ``q * scale`` is the
 model's vector bit for bit:
 
@@ -28,7 +30,7 @@ import torch
 
 from nas.core.precision import PRECISIONS
 
-__all__ = ["FP16_MAX", "RowPrecision", "fake_quantise", "quantise_rows"]
+__all__ = ["FP16_MAX", "RowPrecision", "fake_quantise", "quantise_rows", "shared_peaks"]
 
 #: The largest finite fp16 value.
 FP16_MAX = float(torch.finfo(torch.float16).max)
@@ -59,13 +61,41 @@ class RowPrecision:
         return (self.levels, self.half) if ids is None else (self.levels[ids], self.half[ids])
 
 
-def quantise_rows(values: torch.Tensor, levels: torch.Tensor, half: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def shared_peaks(values: torch.Tensor, levels: torch.Tensor, dims: torch.Tensor) -> torch.Tensor:
+    """Per row, the largest ``|value|`` over every row of its table with its size and precision.
+
+    What a shared scale is computed from (``scales="shared"``): one scale per table,
+    precision and size.  Pass the whole table, so a row's peak does not depend on which
+    rows a batch happens to look up.
+
+    Args:
+        values: ``(..., rows, d)`` float32 rows of one table, zero past each row's size
+            (leading dimensions: independent variants of the table).
+        levels: ``(..., rows)`` the largest integer of each row's precision (tells integer
+            precisions apart; float rows get a peak too, unused).
+        dims: ``(..., rows)`` each row's size.
+    """
+    peak = values.detach().abs().amax(dim=-1)
+    variants, rows = peak.numel() // max(peak.shape[-1], 1), peak.shape[-1]
+    # A row's group within its variant: its size and its precision's levels (at most 127).
+    key = dims.to(torch.int64) * 128 + levels.to(torch.int64)
+    width = int(key.max()) + 1 if key.numel() else 1
+    key = (key.reshape(variants, rows) + torch.arange(variants, device=key.device).unsqueeze(1) * width).reshape(-1)
+    group = torch.zeros(variants * width, dtype=peak.dtype, device=peak.device)
+    group = group.scatter_reduce(0, key, peak.reshape(-1), reduce="amax", include_self=True)
+    return group.index_select(0, key).reshape(peak.shape)
+
+
+def quantise_rows(values: torch.Tensor, levels: torch.Tensor, half: torch.Tensor,
+                  peak: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """What each row's precision stores: the integers (or float values) and the integer rows' scales.
 
     Args:
         values: ``(..., d)`` float32 rows, zero past each row's size.
         levels: ``(...)`` the largest integer of each row's precision, 0 for a float row.
         half: ``(...)`` whether a float row is stored at fp16.
+        peak: ``(...)`` the magnitude each integer row's scale covers (:func:`shared_peaks`);
+            ``None``: the row's own largest ``|value|``.
 
     Returns:
         ``(stored, scale)``: ``stored`` is ``(..., d)`` float32 holding, for an integer row,
@@ -73,16 +103,17 @@ def quantise_rows(values: torch.Tensor, levels: torch.Tensor, half: torch.Tensor
         an fp32 row its values; ``scale`` is ``(...)`` float32, exact in fp16, zero for
         float rows.  An integer row's vector is ``stored * scale``.
     """
-    return _stored(values, levels, half, dequantise=False)
+    return _stored(values, levels, half, peak, dequantise=False)
 
 
-def fake_quantise(values: torch.Tensor, levels: torch.Tensor, half: torch.Tensor) -> torch.Tensor:
-    """The vectors the stored rows give back, with straight-through gradients to ``values``."""
-    served, _ = _stored(values.detach(), levels, half, dequantise=True)
+def fake_quantise(values: torch.Tensor, levels: torch.Tensor, half: torch.Tensor,
+                  peak: torch.Tensor | None = None) -> torch.Tensor:
+    """The vectors the stored rows give back, with straight-through gradients to ``values`` (``peak`` as :func:`quantise_rows`)."""
+    served, _ = _stored(values.detach(), levels, half, peak, dequantise=True)
     return _StraightThrough.apply(values, served)
 
 
-def _stored(values: torch.Tensor, levels: torch.Tensor, half: torch.Tensor, *,
+def _stored(values: torch.Tensor, levels: torch.Tensor, half: torch.Tensor, peak: torch.Tensor | None, *,
             dequantise: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`quantise_rows`, or with ``dequantise`` the integer rows' vectors ``q * scale`` instead of ``q``.
 
@@ -95,7 +126,7 @@ def _stored(values: torch.Tensor, levels: torch.Tensor, half: torch.Tensor, *,
         rounded = values.clamp(-FP16_MAX, FP16_MAX).to(torch.float16).to(torch.float32).add_(0.0)
         stored = torch.where(half.unsqueeze(-1), rounded, stored)
     if bool(integer.any()):
-        peak = values.abs().amax(dim=-1)
+        peak = values.abs().amax(dim=-1) if peak is None else peak
         scale = _fp16_at_least(torch.where(integer, peak / torch.where(integer, levels, 1.0), 0.0).clamp(max=FP16_MAX))
         bound = levels.unsqueeze(-1)
         q = torch.round(values / torch.where(scale > 0, scale, 1.0).unsqueeze(-1)).clamp_(-bound, bound).add_(0.0)

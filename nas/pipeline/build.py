@@ -27,7 +27,7 @@ from nas.pipeline.runs import Run
 from nas.pipeline.tasks import Task, task_for
 from recsys.data import CTRData, InteractionData
 
-__all__ = ["Data", "Model", "build_evaluator", "build_model", "build_search", "build_space", "load_checkpoint"]
+__all__ = ["Data", "Model", "build_budget", "build_evaluator", "build_model", "build_search", "build_space", "load_checkpoint"]
 
 #: A top-k or click backbone (:class:`~recsys.models.Backbone`, :class:`~recsys.models.CTRBackbone`).
 Model = Any
@@ -41,7 +41,8 @@ def build_model(config: SearchConfig, data: Data | Task) -> Model:
     if config.task != task.name:  # the configuration checked its data spec; this is the data itself
         raise ConfigError(f"the {config.model} model is a {config.task} model and cannot learn from "
                           f"{type(task.data).__name__}")
-    embedding = MaskableEmbedding(task.data.rows(), config.d_max, std=task.embedding_std, seed=config.seed)
+    embedding = MaskableEmbedding(task.data.rows(), config.d_max, std=task.embedding_std, seed=config.seed,
+                                  scales=config.scales)
     # Dense layers a factory leaves to torch's default initialisation draw from the global
     # generator, whose seed differs per process: seed it here, so a resumed run builds the same model.
     with torch.random.fork_rng(devices=[]):
@@ -65,10 +66,17 @@ def build_space(config: SearchConfig, data: Data | Task) -> SearchSpace:
         ) from None
 
 
+def build_budget(config: SearchConfig, data: Data | Task) -> Budget:
+    """The run's budget on the data's tables."""
+    data = task_for(data).data
+    return Budget.parse(config.budget, data.rows(), config.d_max, config.d_min, precisions=config.precisions,
+                        scales=config.scales)
+
+
 def build_search(config: SearchConfig, data: Data | Task) -> tuple[Budget, SearchSpace, Controller]:
     """The budget, search space and controller of a run (checked before any training)."""
     data = task_for(data).data
-    budget = Budget.parse(config.budget, data.rows(), config.d_max, config.d_min, precisions=config.precisions)
+    budget = build_budget(config, data)
     space = build_space(config, data)
     controller_class = CONTROLLERS.get(config.controller)
     try:

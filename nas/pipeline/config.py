@@ -20,7 +20,7 @@ from nas.pipeline.backbones import TASKS, backbone_task, models_of_task
 from nas.core.errors import ConfigError
 from nas.core.budget import Budget
 from nas.core.plugins import CONTROLLERS
-from nas.core.precision import DEFAULT_PRECISIONS, parse_precisions
+from nas.core.precision import DEFAULT_PRECISIONS, SCALES, parse_precisions
 from nas.pipeline.data import CLICK_FORMATS, TOP_K_FORMATS, DataSpec
 from recsys.metrics import FITNESS_KS
 from recsys.train import SOFTMAX_NEGATIVES, SOFTMAX_TEMPERATURE, TrainConfig
@@ -262,7 +262,7 @@ D_MAX_LIMIT = 65_535
 #: from a damaged config.json is refused here, not deep inside a stage).
 _SEARCH_TYPES: dict[str, type | tuple[type, ...]] = {
     "model": str, "budget": str, "space": str, "controller": str, "evaluator": str, "retrain": str, "device": str,
-    "reference": str, "precisions": tuple, "space_options": dict, "controller_options": dict, "trials": int, "ask_batch": int, "fitness_users": int,
+    "reference": str, "precisions": tuple, "scales": str, "space_options": dict, "controller_options": dict, "trials": int, "ask_batch": int, "fitness_users": int,
     "retrain_top": int, "seed": int, "d_min": int, "d_max": (int, type(None)), "threads": (int, type(None)),
     "data": DataSpec, "supernet": SupernetOptions, "finetune": FineTuneConfig, "train": (TrainingOptions, type(None)),
 }
@@ -324,6 +324,9 @@ class SearchConfig:
             byte budget and a controller that searches precisions (a byte budget says memory is
             what counts, and what a byte buys is more dimensions at fewer bits: docs/results.md,
             section 15.3), sizes only otherwise.
+        scales: where integer rows' scales live (``"row"``: one per row; ``"shared"``: one
+            per table, precision and size, which leaves a byte budget two bytes a row more
+            for values; :mod:`nas.core.precision`).  Only with precisions.
     """
 
     data: DataSpec = field(default_factory=DataSpec)
@@ -349,6 +352,7 @@ class SearchConfig:
     threads: int | None = None
     reference: str = "full"
     precisions: tuple[str, ...] | None = None
+    scales: str = "row"
 
     def __post_init__(self) -> None:
         _refuse_non_finite("search", self, {"space_options": "--space-option", "controller_options": "--controller-option"})
@@ -379,6 +383,10 @@ class SearchConfig:
             (self.threads is None or self.threads >= 1, f"--threads must be at least 1, got {self.threads}"),
             (self.fitness_users >= 0, f"--fitness-users must be 0 (all) or more, got {self.fitness_users}"),
             (self.device == "cpu" or self.device.startswith("cuda"), f"unknown device {self.device!r}; use cpu or cuda[:N]"),
+            (self.scales in SCALES, f"--scales must be one of {SCALES}, got {self.scales!r}"),
+            (self.scales == "row" or bool(self.precisions),
+             f"--scales {self.scales} shares the scales of integer precisions, and this run searches none; "
+             "give --precisions (e.g. fp32,fp16,int8,int4) or leave --scales out"),
         ]
         for ok, message in checks:
             if not ok:
@@ -416,6 +424,8 @@ class SearchConfig:
         data["precisions"] = list(self.precisions)
         if not self.precisions:
             del data["precisions"]
+        if self.scales == "row":  # per-row scales: the identity a run had before scales could be shared
+            del data["scales"]
         return data
 
     @classmethod

@@ -29,7 +29,8 @@ import torch
 from torch import nn
 
 from nas.core.allocation import Allocation
-from nas.core.quantise import RowPrecision, fake_quantise
+from nas.core.precision import check_scales
+from nas.core.quantise import RowPrecision, fake_quantise, shared_peaks
 from recsys.embedding import PlainEmbedding
 
 __all__ = ["MaskableEmbedding", "Relaxation", "SoftMask", "stack_precisions", "stack_row_dims"]
@@ -85,10 +86,13 @@ class MaskableEmbedding(PlainEmbedding):
         dim: the full width ``d_max``.
         std: standard deviation of the normal initialisation.
         seed: initialisation seed (the same seed gives the same weights as the plain tables).
+        scales: where integer rows' scales live when rows are quantised (``"row"`` or
+            ``"shared"``, :data:`~nas.core.precision.SCALES`): as the export will store them.
     """
 
-    def __init__(self, rows: Mapping[str, int], dim: int, std: float = 0.1, seed: int = 0) -> None:
+    def __init__(self, rows: Mapping[str, int], dim: int, std: float = 0.1, seed: int = 0, scales: str = "row") -> None:
         super().__init__(rows, dim, std=std, seed=seed)
+        self.scales = check_scales(scales)
         self.register_buffer("columns", torch.arange(self.dim), persistent=False)
         self._row_dims: dict[str, torch.Tensor] = {}
         self._masks: dict[str, torch.Tensor] = {}
@@ -196,12 +200,25 @@ class MaskableEmbedding(PlainEmbedding):
 
     def _quantised(self, table: str, ids: torch.Tensor | None, vectors: torch.Tensor) -> torch.Tensor:
         if table in self._variants and table in self._variant_precision:
-            levels, half = self._variant_precision[table].levels, self._variant_precision[table].half
-            if ids is not None:
-                levels, half = levels[:, ids], half[:, ids]
-            return fake_quantise(vectors, levels, half)
-        precision = self._precision.get(table)
-        return vectors if precision is None else fake_quantise(vectors, *precision.rows(ids))
+            precision, dims = self._variant_precision[table], self._variants[table]
+        elif table in self._precision:
+            precision, dims = self._precision[table], self._row_dims[table]
+        else:
+            return vectors
+        levels, half = precision.levels, precision.half
+        # A shared scale covers every row of the table with the row's size and precision,
+        # looked up or not: its peak comes from the whole (masked) table.
+        peak = shared_peaks(self._masked_weight(table), levels, dims) if self.scales == "shared" else None
+        if ids is not None:
+            levels, half = levels[..., ids], half[..., ids]
+            peak = None if peak is None else peak[..., ids]
+        return fake_quantise(vectors, levels, half, peak)
+
+    def _masked_weight(self, table: str) -> torch.Tensor:
+        """The whole table under the current allocation or variants, before quantisation, detached."""
+        weight = self.weights[table].detach()
+        keep = self._keep(table, None)
+        return weight if keep is None else torch.where(keep, weight, torch.zeros((), dtype=weight.dtype))
 
     def lookup(self, table: str, ids: torch.Tensor) -> torch.Tensor:
         vectors = nn.functional.embedding(ids, self.weights[table])

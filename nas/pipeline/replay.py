@@ -15,7 +15,7 @@ from nas.artifact.export import export_tables
 from nas.core.allocation import Allocation
 from nas.core.budget import Budget
 from nas.core.errors import ArtifactError, BudgetError
-from nas.pipeline.build import Data, Model, build_model, load_checkpoint
+from nas.pipeline.build import Data, Model, build_budget, build_model, load_checkpoint
 from nas.pipeline.config import SearchConfig
 from nas.pipeline.data import load_data
 from nas.pipeline.runs import DAMAGED_JSON_ERRORS, Run
@@ -70,7 +70,7 @@ def checked_budget(run: Run, config: SearchConfig, data: Data, allocation: Alloc
         ArtifactError: the allocation does not fit the data's tables or breaks the budget.
         BudgetError: the configured budget is infeasible on this data.
     """
-    budget = Budget.parse(config.budget, data.rows(), config.d_max, config.d_min, precisions=config.precisions)
+    budget = build_budget(config, data)
     try:
         allocation.validate(budget)
     except BudgetError as error:

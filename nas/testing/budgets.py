@@ -11,7 +11,7 @@ from nas.core.space import SearchSpace
 __all__ = ["precision_bytes"]
 
 
-def precision_bytes(space: SearchSpace, share: float) -> int:
+def precision_bytes(space: SearchSpace, share: float, scales: str = "row") -> int:
     """Bytes of a budget ``share`` of the way from the space's cheapest allocation to its dearest, in bits.
 
     For a space searching precisions: the cheapest has every decision at its smallest
@@ -21,7 +21,7 @@ def precision_bytes(space: SearchSpace, share: float) -> int:
     """
     chosen = [PRECISIONS[p] for p in space.precisions]
     weight = int(space.weights.sum())
-    lowest = weight * min(int(p.row_bits(int(space.grid[0]))) for p in chosen)
-    highest = weight * max(int(p.row_bits(int(space.grid[-1]))) for p in chosen)
-    fixed = precision_fixed_bytes(space.rows(), space.d_min, space.d_max, space.precisions)
+    lowest = weight * min(int(p.row_bits(int(space.grid[0]), scales)) for p in chosen)
+    highest = weight * max(int(p.row_bits(int(space.grid[-1]), scales)) for p in chosen)
+    fixed = precision_fixed_bytes(space.rows(), space.d_min, space.d_max, space.precisions, scales)
     return max(0, fixed + int(np.floor(lowest + share * (highest - lowest))) // 8)

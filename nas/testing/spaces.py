@@ -22,7 +22,7 @@ huge, tiny, all zero, on and off the grid), and checks:
   ``monotone`` no rarer row of a table keeping more dimensions than a more frequent one;
 * **sampling**: feasible, and the same seed gives the same decisions;
 * **precision** (:func:`check_precisions`): the same space searching a drawn list of
-  precisions under byte budgets: sizes and precisions projected within the bits, the
+  precisions under byte budgets (scales per row or shared): sizes and precisions projected within the bits, the
   space's cost equal to the allocation's, the fill rule at the chosen precisions,
   idempotence, the order, and a bad precision index named;
 * **errors**: an infeasible budget raises :class:`BudgetError` naming the minimum,
@@ -44,7 +44,7 @@ from hypothesis import strategies as st
 from nas.core.allocation import Allocation
 from nas.core.budget import Budget
 from nas.core.errors import BudgetError
-from nas.core.precision import PRECISIONS
+from nas.core.precision import PRECISIONS, SCALES
 from nas.core.projection import DEFAULT_FILL
 from nas.core.space import SearchSpace
 from nas.core.tables import TableSpec
@@ -305,7 +305,8 @@ def check_precision_projection(space: SearchSpace, raw: np.ndarray, budget: Budg
     assert cost <= budget.max_cost, f"the projection costs {cost:,} {budget.unit}, which exceeds the budget of {budget.max_cost:,}"
     allocation = space.allocation(projected)
     assert allocation.precisions == space.precisions
-    assert cost == (allocation.bits() if budget.unit == "bits" else allocation.cost), "the space's cost is not the allocation's"
+    assert cost == (allocation.bits(budget.scales) if budget.unit == "bits" else allocation.cost), \
+        "the space's cost is not the allocation's"
     allocation.validate(budget)
     assert np.array_equal(space.decisions(allocation), projected), "decisions(allocation(v)) != v"
     problem = fill_rule_violation(space, projected, budget, monotone=monotone)
@@ -317,8 +318,11 @@ def check_precision_projection(space: SearchSpace, raw: np.ndarray, budget: Budg
     return projected
 
 
-def check_precisions(space: SearchSpace, share: float, rng: np.random.Generator, kinds: Sequence[str]) -> None:
+def check_precisions(space: SearchSpace, share: float, rng: np.random.Generator, kinds: Sequence[str],
+                     scales: str = "row") -> None:
     """A byte budget at ``share`` between the space's cheapest and dearest allocation, and raw vectors projected onto it.
+
+    ``scales``: where the budget's integer rows keep their scales (per row, or shared).
 
     Below the cheapest, the budget or the space refuses it naming the minimum; otherwise
     every raw kind (with random, out-of-range-free precisions) is projected plain and
@@ -327,7 +331,8 @@ def check_precisions(space: SearchSpace, share: float, rng: np.random.Generator,
     """
     rows, chosen = space.rows(), space.precisions
     try:
-        budget = Budget.from_bytes(precision_bytes(space, share), rows, space.d_max, space.d_min, precisions=chosen)
+        budget = Budget.from_bytes(precision_bytes(space, share, scales), rows, space.d_max, space.d_min,
+                                   precisions=chosen, scales=scales)
     except BudgetError as error:
         assert "smallest feasible budget is" in str(error), f"the error must name the minimum: {error}"
         return
@@ -487,6 +492,6 @@ def check_search_space(
             for share in data.draw(st.lists(shares, min_size=budgets_per_example, max_size=budgets_per_example),
                                    label="byte shares"):
                 kinds = data.draw(st.lists(st.sampled_from(RAW_KINDS), min_size=2, max_size=3, unique=True), label="raw")
-                check_precisions(space, share, rng, kinds)
+                check_precisions(space, share, rng, kinds, data.draw(st.sampled_from(SCALES), label="scales"))
 
     conforms()

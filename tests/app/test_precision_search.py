@@ -8,6 +8,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 import nas
 from nas.app.cli import main
@@ -99,6 +100,8 @@ def test_a_config_without_precisions_is_what_it_was_before_they_existed():
     (["--precisions", "fp32,int8", "--controller", "equal", "--controller-option", "precision=int4"],
      "precision 'int4' must be one of the searched fp32, int8"),
     (["--precisions", "--budget", "300B"], "the smallest feasible budget is"),
+    (["--precisions", "fp32", "--scales", "shared"], "--scales shared shares the scales of integer precisions"),
+    (["--scales", "shared"], "give --precisions"),
 ])
 def test_bad_precision_input_is_one_line_and_leaves_no_run_folder(tmp_path, monkeypatch, argv, message):
     monkeypatch.chdir(tmp_path)
@@ -106,6 +109,29 @@ def test_bad_precision_input_is_one_line_and_leaves_no_run_folder(tmp_path, monk
     assert status == 2 and stdout == ""
     assert stderr.count("\n") == 1 and message in stderr, stderr
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_shared_scales_fit_a_budget_per_row_scales_cannot_and_serve_what_the_model_served(data, tmp_path):
+    from nas.app.summary import summary_table
+    from nas.core.errors import BudgetError
+    from nas.pipeline.replay import export_run
+
+    with pytest.raises(BudgetError, match="smallest feasible budget is"):
+        nas.search(data, budget="8500B", precisions=PRECISIONS, controller="frequency", run_dir=None, **FAST)
+    spec = nas.DataSpec("synthetic", seed=3, extra={"n_users": 300, "n_items": 400})
+    result = nas.search(spec, seed=3, budget="8500B", precisions=PRECISIONS, scales="shared", controller="frequency",
+                        run_dir=tmp_path / "run", **FAST)
+    export = tmp_path / "run" / "export"
+    assert sum(entry.stat().st_size for entry in export.iterdir()) == result.export_bytes <= 8_500
+    assert json.loads((export / "manifest.json").read_text())["scales"] == "shared"
+    assert result.allocation.bits("shared") <= result.budget.max_bits and result.budget_used >= 0.99
+    assert f"in {result.allocation.bits('shared'):,} bits" in summary_table(result)
+    assert "bits of values (scales shared by size)" in summary_table(result)
+    served = result.trained_model.embedding
+    loaded = PackedEmbedding.load(export)
+    for table in ("user", "item"):
+        assert torch.equal(loaded.table(table), served.table(table).detach())
+    assert export_run(tmp_path / "run", tmp_path / "again")["bytes_stored"] == result.export_bytes
 
 
 def test_the_space_and_the_budget_agree_on_every_rows_precision(data):

@@ -15,7 +15,7 @@ from nas.core.allocation import Allocation
 from nas.core.budget import Budget
 from nas.core.errors import BudgetError, ConfigError
 from nas.core.precision import (
-    DEFAULT_PRECISIONS, PRECISIONS, SCALE_BITS, code_dtype, decode_codes, encode_codes, parse_precisions,
+    DEFAULT_PRECISIONS, PRECISIONS, SCALE_BITS, SCALES, code_dtype, decode_codes, encode_codes, parse_precisions,
 )
 
 ROWS = {"user": 300, "item": 500}
@@ -59,27 +59,47 @@ def test_the_default_search_codes_a_row_in_one_byte_as_a_size_alone_did():
 
 
 @settings(max_examples=300)
-@given(precisions=PRECISION_LISTS, d_min=st.integers(0, 3), extra=st.integers(0, 60), nbytes=st.integers(0, 200_000))
-def test_a_byte_budget_with_precisions_is_held_in_bits_and_refuses_below_its_named_minimum(precisions, d_min, extra, nbytes):
+@given(precisions=PRECISION_LISTS, d_min=st.integers(0, 3), extra=st.integers(0, 60), nbytes=st.integers(0, 200_000),
+       scales=st.sampled_from(SCALES))
+def test_a_byte_budget_with_precisions_is_held_in_bits_and_refuses_below_its_named_minimum(precisions, d_min, extra, nbytes,
+                                                                                          scales):
     d_max = d_min + max(extra, 1)
-    fixed = precision_fixed_bytes(ROWS, d_min, d_max, parse_precisions(precisions))
-    cheapest = min(int(PRECISIONS[p].row_bits(d_min)) for p in precisions)
+    fixed = precision_fixed_bytes(ROWS, d_min, d_max, parse_precisions(precisions), scales)
+    cheapest = min(int(PRECISIONS[p].row_bits(d_min, scales)) for p in precisions)
     least_bits = sum(ROWS.values()) * cheapest
     feasible = (nbytes - fixed) * 8 >= least_bits
     if not feasible:
         with pytest.raises(BudgetError, match="infeasible") as raised:
-            Budget.from_bytes(nbytes, ROWS, d_max, d_min, precisions=precisions)
+            Budget.from_bytes(nbytes, ROWS, d_max, d_min, precisions=precisions, scales=scales)
         minimum = int(str(raised.value).rsplit("budget is ", 1)[1].split(" bytes")[0].replace(",", ""))
         assert minimum == fixed + math.ceil(least_bits / 8)
-        Budget.from_bytes(minimum, ROWS, d_max, d_min, precisions=precisions)  # the minimum it names is feasible
+        Budget.from_bytes(minimum, ROWS, d_max, d_min, precisions=precisions, scales=scales)  # the minimum it names is feasible
         return
-    budget = Budget.from_bytes(nbytes, ROWS, d_max, d_min, precisions=precisions)
+    budget = Budget.from_bytes(nbytes, ROWS, d_max, d_min, precisions=precisions, scales=scales)
     assert budget.unit == "bits" and budget.min_cost == least_bits
     per_value, per_row = budget.prices()
     assert list(zip(per_value.tolist(), per_row.tolist())) == [budget.row_cost(p) for p in budget.precisions]
     assert budget.max_cost == budget.max_bits == (nbytes - fixed) * 8
     assert fixed + budget.max_bits // 8 == budget.max_bytes <= nbytes
     assert Budget.from_dict(budget.to_dict()) == budget
+
+
+def test_shared_scales_are_paid_once_a_size_and_make_one_percent_of_gowallas_bytes_feasible():
+    rows, precisions = {"user": 29_858, "item": 40_981}, ("fp32", "fp16", "int8", "int4")
+    one_percent = 70_839 * 64 * 4 // 100
+    with pytest.raises(BudgetError, match="smallest feasible budget is 219,173 bytes"):
+        Budget.from_bytes(one_percent, rows, 64, 1, precisions=precisions)
+    budget = Budget.from_bytes(one_percent, rows, 64, 1, precisions=precisions, scales="shared")
+    assert precision_fixed_bytes(rows, 1, 64, precisions, "shared") - precision_fixed_bytes(rows, 1, 64, precisions) \
+        == 2 * 2 * 64 * 2  # two tables, two integer precisions, 64 sizes, an fp16 each
+    assert budget.row_cost("int4") == (4, 0) and budget.row_cost("fp16") == (16, 0)
+    assert budget.cheapest_precision == "int4" and budget.max_bits // 70_839 == 11  # about 11 bits a row for values
+    assert Budget.from_dict(budget.to_dict()) == budget and budget.to_dict()["scales"] == "shared"
+    assert "scales" not in Budget.from_bytes(one_percent * 5, rows, 64, 1, precisions=precisions).to_dict()
+    with pytest.raises(BudgetError, match="unknown scales 'block'"):
+        Budget.from_bytes(one_percent, rows, 64, 1, precisions=precisions, scales="block")
+    with pytest.raises(BudgetError, match="needs precisions"):
+        Budget.from_bytes(one_percent * 5, rows, 64, 1, scales="shared")
 
 
 def test_value_budgets_keep_counting_values_whatever_the_precision():

@@ -21,27 +21,29 @@ from nas.artifact.serving import (
 from nas.core.accounting import precision_fixed_bytes
 from nas.core.allocation import Allocation
 from nas.core.budget import Budget
-from nas.core.precision import PRECISIONS
+from nas.core.precision import PRECISIONS, SCALES
 from nas.pipeline.embedding import MaskableEmbedding
 
 ALL = tuple(PRECISIONS)
 
 
-def random_case(seed: int, precisions: tuple[str, ...], d_min: int = 0, d_max: int = 16):
+def random_case(seed: int, precisions: tuple[str, ...], d_min: int = 0, d_max: int = 16, scales: str = "row"):
     rng = np.random.default_rng(seed)
     rows = {f"f{i}": int(rng.integers(1, 400)) for i in range(int(rng.integers(1, 4)))}
     dims = {name: rng.integers(d_min, d_max + 1, n) for name, n in rows.items()}
     index = {name: rng.integers(0, len(precisions), n) for name, n in rows.items()}
     allocation = Allocation(dims, row_precisions=index, precisions=precisions)
-    embedding = MaskableEmbedding(rows, d_max, std=float(rng.choice([0.01, 0.1, 3.0])), seed=seed)
+    embedding = MaskableEmbedding(rows, d_max, std=float(rng.choice([0.01, 0.1, 3.0])), seed=seed, scales=scales)
     embedding.set_allocation(allocation)
     return rows, allocation, embedding
 
 
-def tight_byte_budget(rows, allocation, precisions, d_min: int = 0, d_max: int = 16, spare: int = 0) -> Budget:
+def tight_byte_budget(rows, allocation, precisions, d_min: int = 0, d_max: int = 16, spare: int = 0,
+                      scales: str = "row") -> Budget:
     """The smallest byte budget that holds ``allocation`` (plus ``spare`` bytes)."""
-    fixed = precision_fixed_bytes(rows, d_min, d_max, precisions)
-    return Budget.from_bytes(fixed + -(-allocation.bits() // 8) + spare, rows, d_max, d_min, precisions=precisions)
+    fixed = precision_fixed_bytes(rows, d_min, d_max, precisions, scales)
+    return Budget.from_bytes(fixed + -(-allocation.bits(scales) // 8) + spare, rows, d_max, d_min,
+                             precisions=precisions, scales=scales)
 
 
 def folder_bytes(folder: Path) -> int:
@@ -50,11 +52,12 @@ def folder_bytes(folder: Path) -> int:
 
 @settings(max_examples=20, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1), precisions=st.lists(st.sampled_from(ALL), min_size=1, max_size=5, unique=True),
-       spare=st.integers(0, 16))
-def test_the_loader_serves_the_fake_quantised_model_bit_for_bit_within_the_bytes(tmp_path_factory, seed, precisions, spare):
+       spare=st.integers(0, 16), scales=st.sampled_from(SCALES))
+def test_the_loader_serves_the_fake_quantised_model_bit_for_bit_within_the_bytes(tmp_path_factory, seed, precisions, spare,
+                                                                                 scales):
     precisions = tuple(precisions)
-    rows, allocation, embedding = random_case(seed, precisions)
-    budget = tight_byte_budget(rows, allocation, precisions, spare=spare)
+    rows, allocation, embedding = random_case(seed, precisions, scales=scales)
+    budget = tight_byte_budget(rows, allocation, precisions, spare=spare, scales=scales)
     folder = tmp_path_factory.mktemp("e") / "export"
     manifest = export_tables(folder, embedding, allocation, budget)
     assert folder_bytes(folder) == manifest["bytes_stored"] <= int(budget.amount)  # from the files alone
@@ -80,6 +83,30 @@ def test_integers_are_packed_to_their_bits(tmp_path):
         assert tensors[f"user.{precision}.values"].numel() == -(-64 * 15 * bits // 8)  # the last byte padded
         assert tensors[f"user.{precision}.scales"].dtype == torch.float16
         assert tensors["user.codes"].dtype == torch.uint8
+
+
+def test_shared_scales_store_one_scale_a_size_and_no_row_pays_for_one(tmp_path):
+    rows = {"user": 300}
+    rng = np.random.default_rng(0)
+    dims = rng.integers(1, 9, 300)
+    allocation = Allocation({"user": dims}, row_precisions={"user": np.zeros(300, np.int64)}, precisions=("int4",))
+    embedding = MaskableEmbedding(rows, 8, seed=0, scales="shared")
+    embedding.set_allocation(allocation)
+    budget = tight_byte_budget(rows, allocation, ("int4",), d_min=1, d_max=8, scales="shared")
+    manifest = export_tables(tmp_path / "e", embedding, allocation, budget)
+    assert manifest["scales"] == "shared" and manifest["bits_stored"] == int(dims.sum()) * 4
+    tensors = st_load((tmp_path / "e" / TABLES_FILE).read_bytes())
+    assert tensors["user.int4.scales"].shape == (8,)
+    # A size's scale covers the largest value of its rows: rows of one size share it.
+    served = embedding.table("user").detach()
+    weights = embedding.weights["user"].detach()
+    for size in (1, 4, 8):
+        members = np.flatnonzero(dims == size)
+        peak = float(weights[members, :size].abs().max())
+        scale = float(tensors["user.int4.scales"][size - 1])
+        assert peak / 7 <= scale < peak / 7 * 1.001  # fp16 rounded up
+        assert torch.equal(served[members, :size] / scale, (served[members, :size] / scale).round())
+    assert torch.equal(PackedEmbedding.load(tmp_path / "e").table("user"), served)
 
 
 def test_the_loader_knows_the_precisions_of_the_core():
@@ -143,6 +170,29 @@ def test_resealed_inconsistent_precision_tables_are_refused(export, change, mess
     _reseal(export, {**tensors, **change(tensors, name)})
     with pytest.raises(PackedArtifactError, match=message):
         PackedEmbedding.load(export)
+
+
+@pytest.fixture()
+def shared_export(tmp_path):
+    rows, allocation, embedding = random_case(12, ALL, d_min=1, scales="shared")
+    export_tables(tmp_path / "export", embedding, allocation,
+                  tight_byte_budget(rows, allocation, ALL, d_min=1, spare=64, scales="shared"))
+    return tmp_path / "export"
+
+
+def test_shared_scales_resealed_per_row_or_with_an_unknown_mode_are_refused(shared_export):
+    tensors = st_load((shared_export / TABLES_FILE).read_bytes())
+    name = _first_table(tensors)
+    rows = int((tensors[f"{name}.codes"].to(torch.int64) % len(ALL) == ALL.index("int8")).sum())
+    _reseal(shared_export, {**tensors, f"{name}.int8.scales": torch.ones(rows + 17, dtype=torch.float16)})
+    with pytest.raises(PackedArtifactError, match="int8.scales"):
+        PackedEmbedding.load(shared_export)
+    manifest = json.loads((shared_export / MANIFEST_FILE).read_text())
+    manifest["scales"] = "column"
+    (shared_export / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1) + "\n")
+    _reseal(shared_export, tensors)
+    with pytest.raises(PackedArtifactError, match="scales are 'column'"):
+        PackedEmbedding.load(shared_export)
 
 
 def test_bits_over_the_budget_are_refused_from_the_manifest(export):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -10,7 +11,7 @@ from hypothesis import strategies as st
 from nas.core.allocation import Allocation
 from nas.core.precision import PRECISIONS
 from nas.pipeline.embedding import MaskableEmbedding, stack_precisions, stack_row_dims
-from nas.core.quantise import FP16_MAX, RowPrecision, fake_quantise, quantise_rows
+from nas.core.quantise import FP16_MAX, RowPrecision, _fp16_at_least, fake_quantise, quantise_rows
 
 NAMES = list(PRECISIONS)
 
@@ -78,7 +79,21 @@ def test_the_maskable_embedding_serves_each_row_at_its_precision():
     assert torch.equal(embedding.table("user")[1, :6], raw[1, :6])  # without precisions: the plain masked row
 
 
-def test_stacked_variants_are_served_at_their_own_precisions():
+def test_a_shared_scale_comes_from_every_row_of_its_size_and_precision_not_the_batch():
+    embedding = MaskableEmbedding({"user": 6}, 4, seed=3, scales="shared")
+    allocation = Allocation({"user": np.array([4, 4, 2, 4, 2, 1])}, row_precisions={"user": np.array([3, 3, 3, 2, 3, 0])},
+                            precisions=tuple(NAMES))
+    embedding.set_allocation(allocation)
+    raw = embedding.weights["user"].detach()
+    table = embedding.table("user").detach()
+    scale = float(_fp16_at_least(raw[:2].abs().max() / 7))  # rows 0 and 1: size 4 at int4
+    assert torch.equal(table[:2] / scale, (table[:2] / scale).round()) and float(table[:2].abs().max()) == 7 * scale
+    assert torch.equal(embedding.lookup("user", torch.tensor([1])), table[1:2])  # looked up alone: the same scale
+    assert torch.equal(table[5, :1], raw[5, :1])  # fp32 rows keep their values
+
+
+@pytest.mark.parametrize("scales", ["row", "shared"])
+def test_stacked_variants_are_served_at_their_own_precisions(scales):
     rows = {"user": 6, "item": 5}
     rng = np.random.default_rng(4)
     allocations = [
@@ -86,7 +101,7 @@ def test_stacked_variants_are_served_at_their_own_precisions():
                    row_precisions={n: rng.integers(0, len(NAMES), r) for n, r in rows.items()}, precisions=tuple(NAMES))
         for _ in range(3)
     ]
-    embedding = MaskableEmbedding(rows, 8, seed=2)
+    embedding = MaskableEmbedding(rows, 8, seed=2, scales=scales)
     ids = torch.tensor([[0, 5], [3, 3]])
     single = []
     for allocation in allocations:
