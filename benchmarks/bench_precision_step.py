@@ -7,7 +7,8 @@ random ones).  *sizes*: sizes only, which MF serves from prefix sums
 (``prefix_bpr_loss``); *masked*: the same variants through the masked lookup (what a
 step costs without the prefix path); *precision*: the variants also quantised row by row
 to a random precision among fp32, fp16, int8 and int4 (fake quantisation, straight-through
-gradients).  Each timing is forward, backward and an Adam step, interleaved so all three
+gradients); *shared*: the same with scales shared by size (``--scales shared``), whose peaks
+come from the whole table at every lookup.  Each timing is forward, backward and an Adam step, interleaved so all three
 see the same machine load; the table gives the median and the ratio to *sizes* (the
 issue's target for *precision*: at most 1.5x).
 """
@@ -59,25 +60,27 @@ def main() -> None:
     chosen = stack_row_dims(allocations)
     precision = stack_precisions(allocations)
     model = MF(MaskableEmbedding(rows, args.d_max, seed=0))
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    shared = MF(MaskableEmbedding(rows, args.d_max, seed=0, scales="shared"))
+    optimizers = {id(m): torch.optim.Adam(m.parameters(), lr=1e-3) for m in (model, shared)}
     generator = torch.Generator().manual_seed(0)
 
     def step(kind: str) -> float:
         users = torch.randint(args.users, (args.batch,), generator=generator)
         pos, neg = torch.randint(args.items, (2, args.batch), generator=generator)
-        embedding = model.embedding
+        net = shared if kind == "shared" else model
+        embedding, optimizer = net.embedding, optimizers[id(net)]
         tic = time.perf_counter()
-        if kind == "precision":
+        if kind in ("precision", "shared"):
             embedding.set_variant_precisions(precision, DEFAULT_PRECISIONS)
         try:
             if kind == "masked":  # the variants through the masked lookup: what the prefix path saves
                 embedding.set_variants(chosen)
                 try:
-                    loss = model.bpr_loss(users, pos, neg, 1e-4 / len(allocations))
+                    loss = net.bpr_loss(users, pos, neg, 1e-4 / len(allocations))
                 finally:
                     embedding.set_variants(None)
             else:
-                loss = top_k_variants_loss(model, chosen, (users, pos, neg), 1e-4)
+                loss = top_k_variants_loss(net, chosen, (users, pos, neg), 1e-4)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -85,7 +88,7 @@ def main() -> None:
             embedding.set_variant_precisions(None)
         return time.perf_counter() - tic
 
-    kinds = ("sizes", "masked", "precision")
+    kinds = ("sizes", "masked", "precision", "shared")
     for kind in kinds:  # warm-up
         step(kind)
     samples: dict[str, list[float]] = {kind: [] for kind in kinds}

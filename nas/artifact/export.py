@@ -253,7 +253,8 @@ def _pack_precisions(
             masked = torch.where(keep, values.to(torch.float32), 0.0)
             sizes = torch.from_numpy(dims[rows].astype(np.int64))
             # Shared scales: the peak of every row of this size at this precision, as the model's lookups take it.
-            peak = shared_peaks(masked, row_precision.levels, sizes) if shared and chosen.integer else None
+            peak = (shared_peaks(masked.abs().amax(dim=-1), row_precision.levels, sizes)
+                    if shared and chosen.integer else None)
             stored, scale = quantise_rows(masked, row_precision.levels, row_precision.half, peak)
             kept = stored[keep]
             _check_finite(name, values[keep], kept, "float32")

@@ -61,21 +61,21 @@ class RowPrecision:
         return (self.levels, self.half) if ids is None else (self.levels[ids], self.half[ids])
 
 
-def shared_peaks(values: torch.Tensor, levels: torch.Tensor, dims: torch.Tensor) -> torch.Tensor:
+def shared_peaks(row_peaks: torch.Tensor, levels: torch.Tensor, dims: torch.Tensor) -> torch.Tensor:
     """Per row, the largest ``|value|`` over every row of its table with its size and precision.
 
     What a shared scale is computed from (``scales="shared"``): one scale per table,
-    precision and size.  Pass the whole table, so a row's peak does not depend on which
-    rows a batch happens to look up.
+    precision and size.  Pass every row of the table, so a row's peak does not depend on
+    which rows a batch happens to look up.
 
     Args:
-        values: ``(..., rows, d)`` float32 rows of one table, zero past each row's size
+        row_peaks: ``(..., rows)`` each row's own largest ``|value|`` among its kept values
             (leading dimensions: independent variants of the table).
         levels: ``(..., rows)`` the largest integer of each row's precision (tells integer
             precisions apart; float rows get a peak too, unused).
         dims: ``(..., rows)`` each row's size.
     """
-    peak = values.detach().abs().amax(dim=-1)
+    peak = row_peaks.detach()
     variants, rows = peak.numel() // max(peak.shape[-1], 1), peak.shape[-1]
     # A row's group within its variant: its size and its precision's levels (at most 127).
     key = dims.to(torch.int64) * 128 + levels.to(torch.int64)

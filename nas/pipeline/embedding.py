@@ -207,18 +207,22 @@ class MaskableEmbedding(PlainEmbedding):
             return vectors
         levels, half = precision.levels, precision.half
         # A shared scale covers every row of the table with the row's size and precision,
-        # looked up or not: its peak comes from the whole (masked) table.
-        peak = shared_peaks(self._masked_weight(table), levels, dims) if self.scales == "shared" else None
+        # looked up or not: its peak comes from the whole table.
+        peak = shared_peaks(self._row_peaks(table, dims), levels, dims) if self.scales == "shared" else None
         if ids is not None:
             levels, half = levels[..., ids], half[..., ids]
             peak = None if peak is None else peak[..., ids]
         return fake_quantise(vectors, levels, half, peak)
 
-    def _masked_weight(self, table: str) -> torch.Tensor:
-        """The whole table under the current allocation or variants, before quantisation, detached."""
-        weight = self.weights[table].detach()
-        keep = self._keep(table, None)
-        return weight if keep is None else torch.where(keep, weight, torch.zeros((), dtype=weight.dtype))
+    def _row_peaks(self, table: str, dims: torch.Tensor) -> torch.Tensor:
+        """Each row's largest ``|value|`` among its leading ``dims`` (``(rows,)`` or ``(A, rows)``), detached.
+
+        A running maximum along the row serves every size, so variants need no masked
+        copy of the table.
+        """
+        running = nn.functional.pad(self.weights[table].detach().abs().cummax(dim=-1).values, (1, 0))
+        columns = dims.to(torch.int64).reshape(-1, running.shape[0]).T  # (rows, variants): a gather along each row
+        return running.gather(1, columns).T.reshape(dims.shape)
 
     def lookup(self, table: str, ids: torch.Tensor) -> torch.Tensor:
         vectors = nn.functional.embedding(ids, self.weights[table])
