@@ -177,7 +177,7 @@ class MaskableEmbedding(PlainEmbedding):
         if table in self._variants:
             dims = self._variants[table]
             if ids is not None:
-                dims = dims[:, ids]
+                dims = _rows(dims, ids)
             return self.columns < dims.unsqueeze(-1)
         if table in self._masks:
             mask = self._masks[table]
@@ -210,8 +210,8 @@ class MaskableEmbedding(PlainEmbedding):
         # looked up or not: its peak comes from the whole table.
         peak = shared_peaks(self._row_peaks(table, dims), levels, dims) if self.scales == "shared" else None
         if ids is not None:
-            levels, half = levels[..., ids], half[..., ids]
-            peak = None if peak is None else peak[..., ids]
+            levels, half = _rows(levels, ids), _rows(half, ids)
+            peak = None if peak is None else _rows(peak, ids)
         return fake_quantise(vectors, levels, half, peak)
 
     def _row_peaks(self, table: str, dims: torch.Tensor) -> torch.Tensor:
@@ -258,3 +258,8 @@ class MaskableEmbedding(PlainEmbedding):
         finally:
             if not same:
                 self.set_allocation(previous)
+
+
+def _rows(per_row: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """``per_row[..., ids]`` for per-row values ``(..., rows)``, by ``index_select`` (several times faster on CPU)."""
+    return per_row.index_select(-1, ids.reshape(-1)).reshape(*per_row.shape[:-1], *ids.shape)
