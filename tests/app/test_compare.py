@@ -292,3 +292,14 @@ def test_a_killed_harness_leaves_no_worker_holding_a_run_folder(tmp_path):
             harness.wait()
         if worker is not None and not _gone(worker):
             os.kill(worker, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("grid", sorted((Path(__file__).parents[2] / "benchmarks" / "grids").glob("[!_]*.toml")),
+                         ids=lambda path: path.stem)
+def test_every_published_grid_reads_and_plans(grid, tmp_path):
+    """The grid files docs/results.md cites stay valid as the options evolve: each reads, and plans a cell per arm, budget and seed."""
+    from nas.app.grid import plan_cells, read_grid
+
+    read = read_grid(grid)
+    cells = plan_cells(read, tmp_path)
+    assert len(cells) == len(read.arms) * len(read.budgets) * len(read.seeds) > 0
