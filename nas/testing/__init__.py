@@ -13,7 +13,8 @@ _SUITE = {"BUILTIN_OPTIONS", "Layout", "check_projection", "check_search_space",
           "row_order_violation"}
 
 
-_CONTROLLER_SUITE = {"check_controller", "check_proposals", "check_resume", "conformance_cases", "synthetic_fitness"}
+_CONTROLLER_SUITE = {"check_controller", "check_fallbacks", "check_proposals", "check_resume", "conformance_cases",
+                     "synthetic_fitness"}
 
 
 def __getattr__(name: str) -> Any:
@@ -34,6 +35,7 @@ __all__ = [
     "Layout",
     "SyntheticFields",
     "check_controller",
+    "check_fallbacks",
     "check_projection",
     "check_proposals",
     "check_resume",

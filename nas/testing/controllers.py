@@ -14,6 +14,8 @@ small search on a synthetic fitness and checks:
 
 * **feasibility**: every proposal (``ask``) and the ``recommend``-ation are grid values,
   the right shape, within the budget;
+* **fallbacks**: what ``fallbacks`` names after the search is a feasible decision vector that
+  was told (the pipeline retrains only evaluated candidates);
 * **determinism**: two controllers with the same seed propose the same sequence;
 * **resume**: a controller stopped half-way, its ``state_dict`` written to a run file
   and loaded into a fresh controller, continues with exactly the proposals of the
@@ -55,6 +57,7 @@ __all__ = [
     "ControllerFactory",
     "check_allocation",
     "check_controller",
+    "check_fallbacks",
     "check_proposals",
     "check_resume",
     "conformance_cases",
@@ -157,6 +160,17 @@ class _TinySupernet:
             controller.after_step()
 
 
+def check_fallbacks(controller: Controller, told: list[np.ndarray]) -> None:
+    """``fallbacks()`` names feasible decision vectors among those ``told``, in an array of the right shape."""
+    fallbacks = np.asarray(controller.fallbacks())
+    assert fallbacks.ndim == 2 and fallbacks.shape[1] == controller.space.vector_length, \
+        f"{controller.name}: fallbacks() must be (k, {controller.space.vector_length}), got {fallbacks.shape}"
+    if len(fallbacks):
+        check_proposals(controller, fallbacks)
+    for row in fallbacks:
+        assert any(np.array_equal(row, t) for t in told), f"{controller.name}: a fallback was never told"
+
+
 def check_allocation(controller: OneShotController) -> None:
     """A one-shot controller's deployed allocation meets the budget (element masks included)."""
     allocation = controller.allocation()
@@ -237,6 +251,7 @@ def check_controller(factory: ControllerFactory, *, trials: int = 6, seed: int =
                 check_allocation(controller)
             runs.append(_drive(controller, trials, fitness))
             check_proposals(controller, controller.recommend())
+            check_fallbacks(controller, runs[-1])
         for i, (a, b) in enumerate(zip(*runs)):
             assert np.array_equal(a, b), f"{controller.name} on {name}/{level}: proposal {i} differs under the same seed"
         check_resume(factory, space, budget, trials=trials, seed=seed, **options)

@@ -83,3 +83,12 @@ def test_an_installed_package_adds_a_controller_by_entry_point(tmp_path: Path):
     )
     assert search.returncode == 0, search.stderr
     assert "hill-climb controller" in search.stdout
+
+
+def test_a_fallback_the_search_never_told_breaks_conformance(hill_climb):
+    class Stranger(hill_climb.HillClimb):
+        def fallbacks(self):
+            return self.space.project(self.rng.random(self.space.vector_length) * self.space.d_max, self.budget)[None, :]
+
+    with pytest.raises(AssertionError, match="a fallback was never told"):
+        check_controller(Stranger)
