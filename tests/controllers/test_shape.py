@@ -20,6 +20,14 @@ def _space_and_budget(sparsity: str = "0.8"):
     return space, Budget.parse(sparsity, space.rows(), 32, 1)
 
 
+def _with_precisions():
+    """A per-feature space searching the default precisions under a 20 KB budget, and the precisions."""
+    fields = synthetic_fields({"user": 300, "item": 500}, exponent=1.1, seed=0)
+    precisions = ("fp32", "fp16", "int8", "int4")
+    space = PerFeatureSpace(fields.tables, fields.frequencies, 1, 32).with_precisions(precisions)
+    return space, Budget.parse("20KB", space.rows(), 32, 1, precisions=precisions), precisions
+
+
 def _shape(space, budget, **options):
     return CONTROLLERS.get("shape")(space, budget, seed=0, **options)
 
@@ -67,10 +75,7 @@ def test_after_the_design_it_refines_around_the_fittest_shape():
 
 
 def test_with_precisions_it_measures_the_rule_at_each_then_shapes_the_fittest_precision():
-    fields = synthetic_fields({"user": 300, "item": 500}, exponent=1.1, seed=0)
-    precisions = ("fp32", "fp16", "int8", "int4")
-    space = PerFeatureSpace(fields.tables, fields.frequencies, 1, 32).with_precisions(precisions)
-    budget = Budget.parse("20KB", space.rows(), 32, 1, precisions=precisions)
+    space, budget, precisions = _with_precisions()
     shape = _shape(space, budget)
     fitness = {"fp32": 0.1, "fp16": 0.3, "int8": 0.5, "int4": 0.4}  # int8 the fittest
     for _ in range(6):
@@ -123,10 +128,7 @@ def test_every_shape_stays_within_the_budget(alpha, tilt, retained):
 
 
 def test_its_fallback_is_the_fitter_rule_at_its_fittest_precision():
-    fields = synthetic_fields({"user": 300, "item": 500}, exponent=1.1, seed=0)
-    precisions = ("fp32", "fp16", "int8", "int4")
-    space = PerFeatureSpace(fields.tables, fields.frequencies, 1, 32).with_precisions(precisions)
-    budget = Budget.parse("20KB", space.rows(), 32, 1, precisions=precisions)
+    space, budget, precisions = _with_precisions()
     shape = _shape(space, budget)
     assert shape.fallbacks().shape == (0, space.vector_length), "nothing measured, nothing to fall back on"
     fitness = {"fp32": 0.1, "fp16": 0.3, "int8": 0.5, "int4": 0.4}
