@@ -235,12 +235,12 @@ def _pack_precisions(
     tensors: dict[str, torch.Tensor] = {}
     specs: dict[str, dict[str, Any]] = {}
     columns = torch.arange(budget.d_max)
+    shared = budget.scales == "shared"
     for name, dims in allocation.row_dims.items():
         index = allocation.row_precisions[name]
         codes = encode_codes(dims, index, budget.d_min, budget.d_max, len(precisions))
         tensors[f"{name}.codes"] = torch.from_numpy(codes)
         table = served[name]
-        shared = budget.scales == "shared"
         rows_at: dict[str, dict[str, int]] = {}
         for k, precision in enumerate(precisions):
             rows = np.flatnonzero(index == k)

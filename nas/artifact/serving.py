@@ -58,7 +58,7 @@ from safetensors.torch import load as _load_safetensors
 
 __all__ = [
     "FORMAT", "FORMAT_VERSION", "MANIFEST_FILE", "MAX_D_MAX", "MAX_MANIFEST_BYTES", "PRECISION_FORMAT_VERSION",
-    "STORED_PRECISIONS", "TABLES_FILE", "PackedArtifactError", "PackedEmbedding", "VALUE_DTYPES", "manifest_digest",
+    "STORED_PRECISIONS", "STORED_SCALES", "TABLES_FILE", "PackedArtifactError", "PackedEmbedding", "VALUE_DTYPES", "manifest_digest",
 ]
 
 #: Value of ``manifest["format"]`` for artifacts this module reads.
@@ -72,6 +72,8 @@ PRECISION_FORMAT_VERSION = 2
 STORED_PRECISIONS: dict[str, tuple[int, bool]] = {
     "fp32": (32, False), "fp16": (16, False), "int8": (8, True), "int4": (4, True), "int2": (2, True),
 }
+#: Where integer rows' scales live (``manifest["scales"]``, ``"row"`` when absent); as ``nas.core.precision.SCALES``.
+STORED_SCALES = ("row", "shared")
 #: Name of the manifest inside an export folder.
 MANIFEST_FILE = "manifest.json"
 #: Name of the payload inside an export folder.
@@ -704,7 +706,7 @@ def _load_precisions(manifest: Mapping[str, Any], specs: Mapping[str, Any], tens
         raise _fail(where, f"lists precisions {_brief(precisions)}, not distinct names among {sorted(STORED_PRECISIONS)}")
     n_codes = (d_max - d_min + 1) * len(precisions)
     scale_mode = manifest.get("scales", "row")
-    if scale_mode not in ("row", "shared"):
+    if scale_mode not in STORED_SCALES:
         raise _fail(where, f"says its scales are {_brief(scale_mode)}, not 'row' or 'shared'")
     shared = scale_mode == "shared"
     tables: dict[str, _MixedTable] = {}

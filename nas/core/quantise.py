@@ -56,10 +56,6 @@ class RowPrecision:
         self.levels = levels.to(index.device)[index]
         self.half = half.to(index.device)[index]
 
-    def rows(self, ids: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(levels, half)`` for the rows ``ids`` (every row when ``None``)."""
-        return (self.levels, self.half) if ids is None else (self.levels[ids], self.half[ids])
-
 
 def shared_peaks(row_peaks: torch.Tensor, levels: torch.Tensor, dims: torch.Tensor) -> torch.Tensor:
     """Per row, the largest ``|value|`` over every row of its table with its size and precision.

@@ -207,8 +207,9 @@ class MaskableEmbedding(PlainEmbedding):
             return vectors
         levels, half = precision.levels, precision.half
         # A shared scale covers every row of the table with the row's size and precision,
-        # looked up or not: its peak comes from the whole table.
-        peak = shared_peaks(self._row_peaks(table, dims), levels, dims) if self.scales == "shared" else None
+        # looked up or not: its peak comes from the whole table (only integer rows have one).
+        shared = self.scales == "shared" and bool((levels > 0).any())
+        peak = shared_peaks(self._row_peaks(table, dims), levels, dims) if shared else None
         if ids is not None:
             levels, half = _rows(levels, ids), _rows(half, ids)
             peak = None if peak is None else _rows(peak, ids)

@@ -27,7 +27,8 @@ through the same stages with a :class:`~nas.pipeline.runs.MemoryRun`.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -354,10 +355,15 @@ def _search(ctx: RunContext, supernet: Model) -> list[Candidate]:
     return _logged_candidates(run, config.retrain_top)
 
 
+def _last_searched(run: Run) -> dict[str, Any]:
+    """The run's last ``searched`` event (empty before the search has ended)."""
+    last = deque(run.events("searched"), maxlen=1)
+    return last[0] if last else {}
+
+
 def _logged_fallbacks(run: Run) -> set[str]:
     """The fingerprints the controller named as fallbacks (:meth:`~nas.core.controller.Controller.fallbacks`), as logged."""
-    named = [event.get("fallbacks") or [] for event in run.events("searched")]
-    return set(named[-1]) if named else set()
+    return set(_last_searched(run).get("fallbacks") or ())
 
 
 def _logged_candidates(run: Run, n: int) -> list[Candidate]:
@@ -366,10 +372,9 @@ def _logged_candidates(run: Run, n: int) -> list[Candidate]:
     A log that lost them all is refused (the search ran: its state says so).
     """
     ranked = ranked_candidates(run)
-    named = [event.get("top") for event in run.events("searched")]
+    named = _last_searched(run).get("top")
     by_fingerprint = {c.fingerprint: c for c in ranked}
-    chosen = ([by_fingerprint[f] for f in named[-1] if f in by_fingerprint] if named and named[-1]
-              else ranked[:n])
+    chosen = [by_fingerprint[f] for f in named if f in by_fingerprint] if named else ranked[:n]
     if not chosen:
         raise ArtifactError(f"{run.path('events.jsonl')}: logs no evaluated candidate although the search's state says "
                             "it ran (the log was truncated or edited); start a new run")
@@ -377,7 +382,7 @@ def _logged_candidates(run: Run, n: int) -> list[Candidate]:
 
 
 def _retrain(ctx: RunContext, candidates: list[Candidate], horizon: int, supernet: Model,
-             fallbacks: set[str] = frozenset()) -> list[_Retrained]:  # type: ignore[assignment]
+             fallbacks: Collection[str] = ()) -> list[_Retrained]:
     """Retrain the candidates from scratch: each to the end (``full``), by successive halving, or the best after a fine-tune.
 
     The ``fallbacks`` (fingerprints) are trained to the end whatever the early rungs or the
@@ -442,7 +447,7 @@ def _runners(ranked: list[Candidate], count: int, protected: list[Candidate]) ->
 
 def _finetune_then_retrain(
     ctx: RunContext, candidates: list[Candidate], models: dict[str, tuple[Allocation, Model]], horizon: int,
-    supernet: Model, fallbacks: set[str] = frozenset(),  # type: ignore[assignment]
+    supernet: Model, fallbacks: Collection[str] = (),
 ) -> list[_Retrained]:
     """Judge the candidates by a short fine-tune from the supernet's weights; retrain the best from scratch.
 

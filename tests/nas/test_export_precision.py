@@ -16,7 +16,7 @@ from safetensors.torch import save as st_save
 
 from nas.artifact.export import export_tables
 from nas.artifact.serving import (
-    MANIFEST_FILE, STORED_PRECISIONS, TABLES_FILE, PackedArtifactError, PackedEmbedding, manifest_digest,
+    MANIFEST_FILE, STORED_PRECISIONS, STORED_SCALES, TABLES_FILE, PackedArtifactError, PackedEmbedding, manifest_digest,
 )
 from nas.core.accounting import precision_fixed_bytes
 from nas.core.allocation import Allocation
@@ -111,6 +111,7 @@ def test_shared_scales_store_one_scale_a_size_and_no_row_pays_for_one(tmp_path):
 
 def test_the_loader_knows_the_precisions_of_the_core():
     assert STORED_PRECISIONS == {name: (p.bits, p.integer) for name, p in PRECISIONS.items()}
+    assert STORED_SCALES == SCALES
 
 
 def test_an_export_without_precisions_keeps_format_version_1(tmp_path):
