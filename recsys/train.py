@@ -10,6 +10,7 @@ epochs, the best state kept and restored at the end.  The loop itself
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from recsys.data.sampler import SAMPLING
 from recsys.metrics import ranking_metrics
 from recsys.models import Backbone
 
-__all__ = ["LOSSES", "SOFTMAX_NEGATIVES", "SOFTMAX_TEMPERATURE", "OptimizerFactory", "StepLoss", "TrainConfig", "TrainHooks", "TrainResult", "device_of", "evaluate",
+__all__ = ["INFO_NCE_TEMPERATURE", "LOSSES", "SOFTMAX_NEGATIVES", "SOFTMAX_TEMPERATURE", "OptimizerFactory", "StepLoss", "TrainConfig", "TrainHooks", "TrainResult", "device_of", "evaluate",
            "top_k_loss", "train_bpr", "user_subset"]
 
 #: ``loss(model, users, pos, neg, reg) -> scalar``: the loss of one batch (default: the config's, :func:`top_k_loss`).
@@ -36,35 +37,58 @@ LOSSES = ("bpr", "softmax")
 #: is in docs/results.md §11): a higher τ learns more slowly, and more negatives cost more
 #: per step for a little more quality.
 SOFTMAX_TEMPERATURE, SOFTMAX_NEGATIVES = 2.0, 256
+#: The InfoNCE term's temperature unless given (paper 004's and SGL's 0.2).
+INFO_NCE_TEMPERATURE = 0.2
 
 
-def top_k_loss(loss: str = "bpr", temperature: float = SOFTMAX_TEMPERATURE, negatives: int = SOFTMAX_NEGATIVES) -> StepLoss:
+def top_k_loss(
+    loss: str = "bpr", temperature: float = SOFTMAX_TEMPERATURE, negatives: int = SOFTMAX_NEGATIVES,
+    info_nce: float = 0.0, info_nce_temperature: float = INFO_NCE_TEMPERATURE,
+) -> StepLoss:
     """The batch loss ``loss(model, users, pos, neg, reg)`` of an objective.
 
     ``"bpr"`` is ``model.bpr_loss``.  ``"softmax"`` is ``model.softmax_loss`` against the
     first ``negatives`` of the batch's sampled negatives (uniform unobserved items, in
-    random order), shared by every row.
+    random order), shared by every row.  A positive ``info_nce`` adds that weight of the
+    InfoNCE term at ``info_nce_temperature`` (:func:`recsys.models._losses.info_nce`), which
+    graph backbones offer (their loss methods take ``contrast=(weight, temperature)``).
 
     Raises:
-        ValueError: for an unknown objective, a temperature that is not a finite positive number, or no negatives.
+        ValueError: for an unknown objective, a temperature that is not a finite positive
+            number, no negatives, or a negative or non-finite ``info_nce``.
     """
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
-    if not (temperature > 0 and math.isfinite(temperature)):
-        raise ValueError(f"temperature must be > 0 and finite, got {temperature}")
+    for name, value in (("temperature", temperature), ("info_nce_temperature", info_nce_temperature)):
+        if not (value > 0 and math.isfinite(value)):
+            raise ValueError(f"{name} must be > 0 and finite, got {value}")
     if negatives < 1:
         raise ValueError(f"negatives must be at least 1, got {negatives}")
+    if not (info_nce >= 0 and math.isfinite(info_nce)):
+        raise ValueError(f"info_nce must be a finite weight >= 0, got {info_nce}")
+    extra = {"contrast": (info_nce, info_nce_temperature)} if info_nce else {}
     if loss == "bpr":
-        return lambda model, users, pos, neg, reg: model.bpr_loss(users, pos, neg, reg)
+        def bpr(model: Backbone, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, reg: float) -> torch.Tensor:
+            return _checked(model, "bpr_loss", extra)(users, pos, neg, reg, **extra)
+
+        return bpr
 
     def softmax(model: Backbone, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, reg: float) -> torch.Tensor:
         method = getattr(model, "softmax_loss", None)
         if method is None:
             raise TypeError(f"{type(model).__name__} has no softmax_loss(users, pos, negatives, reg, temperature); "
                             "train it with loss='bpr'")
-        return method(users, pos, neg[:negatives], reg, temperature)
+        return _checked(model, "softmax_loss", extra)(users, pos, neg[:negatives], reg, temperature, **extra)
 
     return softmax
+
+
+def _checked(model: Backbone, name: str, extra: dict[str, object]) -> Callable[..., torch.Tensor]:
+    """``model.<name>``, refused with what to change when it cannot take the InfoNCE term ``extra`` asks for."""
+    method = getattr(model, name)
+    if extra and "contrast" not in inspect.signature(method).parameters:
+        raise TypeError(f"{type(model).__name__} has no InfoNCE term (graph backbones have one); train it with info_nce=0")
+    return method
 
 
 @dataclass(frozen=True)
@@ -90,6 +114,9 @@ class TrainConfig:
         temperature: the softmax's τ (ignored by BPR); the scores are divided by it.
         negatives: the softmax's negatives per batch, shared by its rows (at most ``batch_size``;
             the cost of a step grows with ``batch_size × negatives``).
+        info_nce: weight of the InfoNCE term of graph backbones (0: none; paper 004 trains
+            LightGCN with 0.1), see :func:`top_k_loss`.
+        info_nce_temperature: that term's temperature.
     """
 
     epochs: int
@@ -107,6 +134,8 @@ class TrainConfig:
     loss: str = "bpr"
     temperature: float = SOFTMAX_TEMPERATURE
     negatives: int = SOFTMAX_NEGATIVES
+    info_nce: float = 0.0
+    info_nce_temperature: float = INFO_NCE_TEMPERATURE
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ks", tuple(int(k) for k in self.ks))
@@ -119,7 +148,7 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
-        top_k_loss(self.loss, self.temperature, self.negatives)
+        top_k_loss(self.loss, self.temperature, self.negatives, self.info_nce, self.info_nce_temperature)
         if self.loss == "softmax" and self.negatives > self.batch_size:
             raise ValueError(f"negatives ({self.negatives}) are drawn with the batch: at most batch_size ({self.batch_size})")
         name, _, k = self.metric.partition("@")
@@ -201,7 +230,7 @@ def train_bpr(
     eval_users = _eval_users(data, config) if data.valid.nnz else None
     loop = Fit(
         batches=lambda epoch: sampler.epoch(config.batch_size),
-        loss=top_k_loss(config.loss, config.temperature, config.negatives),
+        loss=top_k_loss(config.loss, config.temperature, config.negatives, config.info_nce, config.info_nce_temperature),
         validate=(lambda: evaluate(model, data, "valid", config.ks, users=eval_users)) if data.valid.nnz else None,
         metric=config.metric,
         state=lambda: {"sampler": sampler.state_dict()},

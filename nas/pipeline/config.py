@@ -23,7 +23,7 @@ from nas.core.plugins import CONTROLLERS
 from nas.core.precision import DEFAULT_PRECISIONS, SCALES, parse_precisions
 from nas.pipeline.data import CLICK_FORMATS, TOP_K_FORMATS, DataSpec
 from recsys.metrics import FITNESS_KS
-from recsys.train import SOFTMAX_NEGATIVES, SOFTMAX_TEMPERATURE, TrainConfig
+from recsys.train import INFO_NCE_TEMPERATURE, SOFTMAX_NEGATIVES, SOFTMAX_TEMPERATURE, TrainConfig
 
 __all__ = [
     "D_MAX_DEFAULTS",
@@ -217,6 +217,8 @@ class TrainingOptions:
     loss: str = "bpr"
     temperature: float = SOFTMAX_TEMPERATURE
     negatives: int = SOFTMAX_NEGATIVES
+    info_nce: float = 0.0
+    info_nce_temperature: float = INFO_NCE_TEMPERATURE
 
     def __post_init__(self) -> None:
         _refuse_non_finite("training", self, _TRAINING_FLAGS)
@@ -232,12 +234,21 @@ class TrainingOptions:
             epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, reg=self.reg,
             eval_every=self.eval_every, patience=self.patience, ks=FITNESS_KS, seed=seed, threads=threads,
             sampling=self.sampling, loss=self.loss, temperature=self.temperature, negatives=self.negatives,
+            info_nce=self.info_nce, info_nce_temperature=self.info_nce_temperature,
         )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form; without the InfoNCE term, exactly what it was before the term existed (same run identity)."""
+        data = asdict(self)
+        if not self.info_nce:
+            del data["info_nce"], data["info_nce_temperature"]
+        return data
 
 
 #: The command-line flags of the training options that have one (named in error messages).
 _TRAINING_FLAGS = {name: "--" + name.replace("_", "-") for name in ("epochs", "batch_size", "lr", "reg", "eval_every",
-                                                                    "patience", "sampling", "loss", "temperature", "negatives")}
+                                                                    "patience", "sampling", "loss", "temperature", "negatives",
+                                                                    "info_nce", "info_nce_temperature")}
 
 
 #: Training defaults of each task: BPR as LightGCN trains for top-k; [LERSBench]'s for click
@@ -402,6 +413,9 @@ class SearchConfig:
         if task == "click" and self.train is not None and self.train.loss != "bpr":
             raise ConfigError(f"--loss {self.train.loss} is an objective of top-k models; click models train with "
                               "binary cross-entropy, so leave --loss out")
+        if self.train is not None and self.train.info_nce and (task == "click" or self.model in ("mf", "neumf")):
+            raise ConfigError(f"--info-nce is a term of graph backbones (lightgcn, ngcf); {self.model} has none, "
+                              "so leave it out")
         if self.d_max is None:
             object.__setattr__(self, "d_max", D_MAX_DEFAULTS[task])
         if self.train is None:
@@ -421,6 +435,8 @@ class SearchConfig:
         """JSON-able form (the run's identity); without precisions, exactly what it was before they existed."""
         data = asdict(self)
         data["data"] = self.data.to_dict()
+        if self.train is not None:
+            data["train"] = self.train.to_dict()
         data["precisions"] = list(self.precisions)
         if not self.precisions:
             del data["precisions"]

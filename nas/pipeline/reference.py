@@ -27,7 +27,7 @@ import os
 import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -121,7 +121,7 @@ def reference_key(ctx: RunContext) -> dict[str, Any]:
     out too (they change neither the weights nor the metrics' meaning).
     """
     config = ctx.config
-    train = {k: v for k, v in asdict(config.train).items() if k != "checkpoint_every"}  # type: ignore[arg-type]
+    train = {k: v for k, v in config.train.to_dict().items() if k != "checkpoint_every"}  # type: ignore[union-attr]
     return {
         "format": REFERENCE_FORMAT,
         "version": REFERENCE_VERSION,

@@ -42,6 +42,7 @@ from recsys.metrics import (
     ranking_metrics_many,
 )
 from recsys.train import (
+    INFO_NCE_TEMPERATURE,
     SOFTMAX_NEGATIVES,
     SOFTMAX_TEMPERATURE,
     TrainConfig,
@@ -196,6 +197,8 @@ class TopKTask(Task):
             the one-shot controllers' alike.
         temperature: the softmax's τ.
         negatives: the softmax's negatives per batch.
+        info_nce: weight of a graph backbone's InfoNCE term (0: none).
+        info_nce_temperature: that term's temperature.
     """
 
     name = "top-k"
@@ -207,10 +210,13 @@ class TopKTask(Task):
     def __init__(
         self, data: InteractionData, loss: str = "bpr", temperature: float = SOFTMAX_TEMPERATURE,
         negatives: int = SOFTMAX_NEGATIVES,
+        info_nce: float = 0.0,
+        info_nce_temperature: float = INFO_NCE_TEMPERATURE,
     ) -> None:
         super().__init__(data)
         self.loss = loss
-        self.step_loss = top_k_loss(loss, temperature, negatives)
+        self.plain_bpr = loss == "bpr" and not info_nce
+        self.step_loss = top_k_loss(loss, temperature, negatives, info_nce, info_nce_temperature)
 
     def train_config(self, options: TrainingOptions, seed: int, threads: int | None) -> TrainConfig:
         return options.to_train_config(seed, threads)
@@ -222,7 +228,7 @@ class TopKTask(Task):
         return self.step_loss(model, *batch, reg)
 
     def variants_loss(self, model: Any, chosen: Variants, batch: Batch, reg: float) -> torch.Tensor:
-        return top_k_variants_loss(model, chosen, batch, reg, self.step_loss if self.loss != "bpr" else None)
+        return top_k_variants_loss(model, chosen, batch, reg, None if self.plain_bpr else self.step_loss)
 
     def finetune_batches(self, batch_size: int, seed: int, *, epochs: int | None, steps: int) -> Iterable[Batch]:
         sampler = BPRSampler(self.data.train, seed=seed)
@@ -233,7 +239,7 @@ class TopKTask(Task):
     def one_shot_loss(self, controller: OneShotController) -> Callable[..., torch.Tensor]:
         # BPR training calls the controller's BPR entry point, which every one-shot controller has;
         # another objective goes through relaxed_loss, as click models do.
-        return controller.supernet_loss if self.loss == "bpr" else super().one_shot_loss(controller)
+        return controller.supernet_loss if self.plain_bpr else super().one_shot_loss(controller)
 
     @property
     def has_validation(self) -> bool:
@@ -351,7 +357,8 @@ def task_for(data: Any, training: Any = None) -> Task:
     if isinstance(data, InteractionData):
         if training is None:
             return TopKTask(data)
-        return TopKTask(data, training.loss, training.temperature, training.negatives)
+        return TopKTask(data, training.loss, training.temperature, training.negatives,
+                        training.info_nce, training.info_nce_temperature)
     raise ConfigError(f"no task learns from {type(data).__name__}; give InteractionData or CTRData")
 
 

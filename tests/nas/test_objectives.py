@@ -100,3 +100,39 @@ def test_the_objective_is_a_training_option_of_top_k_runs_only(tmp_path: Path, c
     assert main(["search", "--runs", str(tmp_path), "--temperature", "0", "--quiet"]) == 2
     assert "temperature must be > 0" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_info_nce_term_is_a_training_option_of_graph_runs_only(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    from nas.app.cli import _config_from_args, build_parser, main
+
+    plain = _config_from_args(build_parser().parse_args(["search", "--model", "lightgcn"]))
+    assert "info_nce" not in plain.to_dict()["train"], "without the term a run keeps the identity it had before it"
+    config = _config_from_args(build_parser().parse_args(["search", "--model", "lightgcn", "--info-nce", "0.1",
+                                                          "--info-nce-temperature", "0.3"]))
+    trainer = config.train.to_train_config(0, None)
+    assert (trainer.info_nce, trainer.info_nce_temperature) == (0.1, 0.3)
+    assert SearchConfig.from_dict(config.to_dict()) == config and config.to_dict() != plain.to_dict()
+    for model in ("mf", "deepfm"):
+        assert main(["search", "--runs", str(tmp_path), "--model", model, "--info-nce", "0.1", "--quiet"]) == 2
+        assert "--info-nce is a term of graph backbones" in capsys.readouterr().err
+    assert main(["search", "--runs", str(tmp_path), "--model", "lightgcn", "--info-nce", "-1", "--quiet"]) == 2
+    assert "info_nce must be a finite weight >= 0" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_lightgcn_supernet_trains_with_the_info_nce_term(data, monkeypatch: pytest.MonkeyPatch):
+    from recsys.models import LightGCN
+
+    seen = []
+    real = LightGCN.bpr_loss
+
+    def spy(self, *args, contrast=None):  # noqa: ANN001, ANN202
+        seen.append(contrast)
+        return real(self, *args, contrast=contrast)
+
+    monkeypatch.setattr(LightGCN, "bpr_loss", spy)
+    space, budget = _space_budget(data)
+    model = LightGCN(MaskableEmbedding(data.rows(), D, seed=0), data.train)
+    config = TrainConfig(epochs=1, batch_size=512, lr=5e-3, reg=1e-4, eval_every=1, patience=10, seed=0, info_nce=0.1)
+    train_supernet(model, data, space, budget, config, SupernetOptions(mode="sandwich"), progress=False)
+    assert seen and all(contrast == (0.1, 0.2) for contrast in seen)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+import pytest
 import scipy.sparse as sp
 import torch
 
@@ -10,6 +13,8 @@ from nas.core import Allocation
 from nas.pipeline.embedding import MaskableEmbedding
 from recsys.embedding import PlainEmbedding
 from recsys.models import LightGCN
+from recsys.models._graph import GraphBlocks, spmm
+from recsys.models._losses import info_nce
 
 
 def graph(users=30, items=40, seed=0) -> sp.csr_matrix:
@@ -83,3 +88,65 @@ def test_gradients_reach_the_layer_zero_tables_through_the_graph():
     model.bpr_loss(torch.tensor([0]), torch.tensor([1]), torch.tensor([2]), 1e-4).backward()
     # Propagation spreads the gradient beyond the three looked-up rows.
     assert int((embedding.weights["item"].grad.abs().sum(dim=1) > 0).sum()) > 2
+
+
+def test_the_sparse_product_and_its_gradient_equal_the_dense_ones():
+    # Rows and columns without edges included: user 0 and item 0 have none.
+    train = graph(seed=3).tolil()
+    train[0, :] = 0
+    train[:, 0] = 0
+    blocks = GraphBlocks(train.tocsr())
+    dense_block = blocks.user_item.to_torch_csr().to_dense().double()
+    items = torch.randn(40, 5, dtype=torch.float64, requires_grad=True)
+    product = spmm(blocks.user_item, blocks.item_user, items)
+    torch.testing.assert_close(product, dense_block @ items.detach())
+    weights = torch.randn(30, 5, dtype=torch.float64)
+    (product * weights).sum().backward()
+    torch.testing.assert_close(items.grad, dense_block.T @ weights)
+    assert torch.equal(product[0], torch.zeros(5, dtype=torch.float64))
+
+
+def test_a_graph_without_edges_propagates_to_zeros():
+    blocks = GraphBlocks(sp.csr_matrix((3, 4), dtype=np.float32))
+    users, items = blocks.round(torch.ones(3, 2), torch.ones(4, 2))
+    assert torch.equal(users, torch.zeros(3, 2)) and torch.equal(items, torch.zeros(4, 2))
+
+
+def test_info_nce_against_a_hand_computed_case():
+    # Rows 0 and 1 are orthogonal unit vectors, row 2 is row 0 scaled; ids repeat row 0.
+    vectors = torch.tensor([[1.0, 0.0], [0.0, 1.0], [3.0, 0.0]])
+    tau = 0.5
+    # Row 0 and row 2 point the same way: each sees logits 2 (itself), 0 (row 1), 2 (the other).
+    same = math.log(2 * math.exp(2.0) + 1.0) - 2.0
+    other = math.log(math.exp(2.0) + 2.0) - 2.0  # row 1: itself 2, the other two 0
+    expected = (2 * same + other) / 3
+    value = info_nce(vectors, torch.tensor([0, 1, 2, 0]), tau)
+    assert math.isclose(value.item(), expected, rel_tol=1e-6)
+    stacked = info_nce(torch.stack([vectors, vectors[[1, 0, 2]]]), torch.tensor([0, 1, 2]), tau)
+    assert math.isclose(stacked.item(), expected, rel_tol=1e-6), "stacked variants are averaged"
+
+
+def test_the_contrast_term_adds_info_nce_on_the_final_vectors_of_the_batch():
+    train = graph()
+    embedding = PlainEmbedding({"user": 30, "item": 40}, 8, seed=0)
+    model = LightGCN(embedding, train)
+    users, pos, neg = torch.tensor([0, 5, 5]), torch.tensor([1, 2, 3]), torch.tensor([4, 5, 6])
+    final_u, final_i = model.propagate()
+    term = 0.1 * (info_nce(final_u, users, 0.2) + info_nce(final_i, pos, 0.2))
+    for plain, with_term in (
+        (model.bpr_loss(users, pos, neg, 1e-4), model.bpr_loss(users, pos, neg, 1e-4, contrast=(0.1, 0.2))),
+        (model.softmax_loss(users, pos, neg, 1e-4, 2.0),
+         model.softmax_loss(users, pos, neg, 1e-4, 2.0, contrast=(0.1, 0.2))),
+    ):
+        torch.testing.assert_close(with_term, plain + term)
+
+
+def test_a_backbone_without_the_term_is_refused_with_what_to_change():
+    from recsys.models import MF
+    from recsys.train import top_k_loss
+
+    model = MF(PlainEmbedding({"user": 30, "item": 40}, 8, seed=0))
+    batch = torch.tensor([0, 1]), torch.tensor([1, 2]), torch.tensor([3, 4])
+    for loss in ("bpr", "softmax"):
+        with pytest.raises(TypeError, match="MF has no InfoNCE term .* info_nce=0"):
+            top_k_loss(loss, negatives=2, info_nce=0.1)(model, *batch, 1e-4)
