@@ -6,7 +6,7 @@
 
 Trains the full MF (d = 64, BPR) on the original train set (``lightgcnpp_train`` +
 ``lightgcnpp_valid``) for a fixed number of epochs (chosen on validation by
-``benchmarks/gowalla_mf.py``), then, for every controller and sparsity, retrains MF from
+``benchmarks/gowalla_full.py``), then, for every controller and sparsity, retrains MF from
 scratch with the allocation applied by a maskable embedding (same seed, epochs and
 hyper-parameters) and evaluates on ``test``.  Prints a markdown table and one JSON object.
 """
