@@ -35,7 +35,16 @@ from recsys.data import load_lightgcn
 from recsys.embedding import PlainEmbedding
 from recsys.metrics import fitness_quality
 from recsys.models import MF, LightGCN
-from recsys.train import INFO_NCE_TEMPERATURE, LOSSES, SOFTMAX_NEGATIVES, SOFTMAX_TEMPERATURE, TrainConfig, evaluate, train_bpr
+from recsys.train import (
+    INFO_NCE_TEMPERATURE,
+    LOSSES,
+    SOFTMAX_NEGATIVES,
+    SOFTMAX_TEMPERATURE,
+    TrainConfig,
+    TrainHooks,
+    evaluate,
+    train_bpr,
+)
 
 
 def build(name: str, data, dim: int, seed: int, layers: int):  # noqa: ANN001, ANN201
@@ -65,6 +74,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--negatives", type=int, default=SOFTMAX_NEGATIVES, help="the softmax's")
     parser.add_argument("--info-nce", type=float, default=0.0, help="weight of LightGCN's InfoNCE term (SGL-WA)")
     parser.add_argument("--info-nce-temperature", type=float, default=INFO_NCE_TEMPERATURE)
+    parser.add_argument("--test-curve", action="store_true",
+                        help="also test the selection run at each validation (a learning curve; selection stays on validation)")
     parser.add_argument("--out", type=Path, help="also write the report to this JSON file")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
@@ -87,13 +98,22 @@ def main(argv: list[str] | None = None) -> dict:
     if epochs is None:
         select = load_lightgcn(d / "lightgcnpp_train.txt.gz", d / "lightgcnpp_valid.txt.gz", d / "test.txt.gz")
         model = build(args.model, select, args.dim, args.seed, args.layers)
-        result = train_bpr(model, select, config(args.max_epochs), progress=not args.no_progress)
+        tested: dict[int, dict] = {}
+
+        def test_curve(state: dict) -> None:
+            if state["epoch"] % args.eval_every == 0:
+                tested[state["epoch"]] = evaluate(model, select, "test", ks=(20,))
+
+        hooks = TrainHooks(on_epoch_end=test_curve) if args.test_curve else None
+        result = train_bpr(model, select, config(args.max_epochs), progress=not args.no_progress, hooks=hooks)
         epochs = result.best_epoch
         report["select"] = {
             "best_epoch": result.best_epoch, "epochs_run": result.epochs_run, "seconds": result.seconds,
             "epoch_seconds_median": float(np.median([r["seconds"] for r in result.history])),
             "best_valid": result.best_valid,
-            "curve": [{"epoch": r["epoch"], "loss": r["loss"], "recall@20": r["valid"]["recall@20"]}
+            "curve": [{"epoch": r["epoch"], "loss": r["loss"], "seconds": r["seconds"],
+                       "recall@20": r["valid"]["recall@20"], "ndcg@20": r["valid"]["ndcg@20"],
+                       **({"test": tested[r["epoch"]]} if r["epoch"] in tested else {})}
                       for r in result.history if "valid" in r],
         }
         print(f"selected {epochs} epochs: valid {result.best_valid}", file=sys.stderr)

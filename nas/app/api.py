@@ -16,6 +16,7 @@ from nas.core.errors import ConfigError
 from nas.pipeline.backbones import backbone_task
 from nas.pipeline.config import TRAINING_DEFAULTS, FineTuneConfig, SearchConfig, SupernetOptions, TrainingOptions
 from nas.pipeline.data import DataSpec
+from nas.pipeline.recipes import recipe_options
 from nas.pipeline.result import SearchResult
 from nas.pipeline.search import resume_run, run_search
 from recsys.data import CTRData, InteractionData
@@ -36,6 +37,7 @@ def search(
     trials: int = SearchConfig.trials,
     seed: int = SearchConfig.seed,
     train: TrainingOptions | Mapping[str, Any] | None = None,
+    recipe: str | None = None,
     run_dir: str | Path | None = None,
     runs_root: str | Path | None = None,
     progress: bool = True,
@@ -58,6 +60,8 @@ def search(
         seed: fixes the whole run (data split, initialisations, sampling, controller).
         train: training options: a :class:`~nas.pipeline.config.TrainingOptions`, or a
             mapping of the fields to change from the model's task defaults (``{"epochs": 20}``).
+        recipe: a named recipe (:data:`nas.pipeline.recipes.RECIPES`) whose options replace the
+            task defaults; a ``train`` mapping is applied on top of it.
         run_dir: the run folder, made or continued (crash-safe: :func:`resume` goes on
             after a crash); ``None`` keeps the run in memory (it writes only to the reference cache).
         runs_root: with no ``run_dir``, a new run folder named by time and hash inside it
@@ -82,7 +86,7 @@ def search(
         DataError: malformed data (naming file and line).
     """
     config = configure(data, budget=budget, model=model, controller=controller, space=space, trials=trials, seed=seed,
-                       train=train, **options)
+                       train=train, recipe=recipe, **options)
     in_memory = data if isinstance(data, (InteractionData, CTRData)) else None
     return run_search(config, in_memory, run_dir, runs_root=runs_root, progress=progress, reference_cache=reference_cache)
 
@@ -93,6 +97,7 @@ def configure(
     model: str = SearchConfig.model,
     seed: int = SearchConfig.seed,
     train: TrainingOptions | Mapping[str, Any] | None = None,
+    recipe: str | None = None,
     **options: Any,
 ) -> SearchConfig:
     """The :class:`~nas.pipeline.config.SearchConfig` that :func:`search` runs with these arguments (checked).
@@ -108,7 +113,7 @@ def configure(
     nested = {k: (_NESTED[k](**v) if isinstance(v, Mapping) else v) for k, v in options.items() if k in _NESTED}
     if "budget" in options:
         nested["budget"] = str(options["budget"])
-    return SearchConfig(data=_data_spec(data, model, seed), model=model, seed=seed, train=_training(train, model),
+    return SearchConfig(data=_data_spec(data, model, seed), model=model, seed=seed, train=_training(train, model, recipe),
                         **{**options, **nested})
 
 
@@ -148,12 +153,19 @@ def _data_spec(data: Any, model: str, seed: int) -> DataSpec:
                       "a DataSpec, or None for the built-in synthetic data")
 
 
-def _training(train: TrainingOptions | Mapping[str, Any] | None, model: str) -> TrainingOptions | None:
-    if train is None or isinstance(train, TrainingOptions):
+def _training(train: TrainingOptions | Mapping[str, Any] | None, model: str, recipe: str | None) -> TrainingOptions | None:
+    if isinstance(train, TrainingOptions):
+        if recipe is not None:
+            raise ConfigError("give a recipe or complete TrainingOptions, not both (a mapping of train options "
+                              "goes on top of a recipe)")
         return train
-    if isinstance(train, Mapping):
-        unknown = sorted(set(train) - set(TrainingOptions.__dataclass_fields__))
-        if unknown:
-            raise ConfigError(f"unknown training options {unknown}; choose from {sorted(TrainingOptions.__dataclass_fields__)}")
-        return replace(TRAINING_DEFAULTS[backbone_task(model)], **train)
-    raise ConfigError(f"train must be TrainingOptions or a mapping of its fields, got {type(train).__name__}")
+    if train is not None and not isinstance(train, Mapping):
+        raise ConfigError(f"train must be TrainingOptions or a mapping of its fields, got {type(train).__name__}")
+    task = backbone_task(model)
+    base = TRAINING_DEFAULTS[task] if recipe is None else recipe_options(recipe, model, task)
+    if train is None:
+        return None if recipe is None else base
+    unknown = sorted(set(train) - set(TrainingOptions.__dataclass_fields__))
+    if unknown:
+        raise ConfigError(f"unknown training options {unknown}; choose from {sorted(TrainingOptions.__dataclass_fields__)}")
+    return replace(base, **train)

@@ -132,22 +132,26 @@ def _add_search_options(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--eval-every", type=int, help=f"epochs between validations {per_task('eval_every')}")
     model.add_argument("--patience", type=int,
                        help=f"validations without improvement (Recall@20; click models: AUC) before stopping {per_task('patience')}")
-    model.add_argument("--sampling", choices=("pair", "user"), default=train.sampling,
-                       help="BPR triples per epoch: each train pair once, or uniform users as LightGCN (default: %(default)s)")
-    model.add_argument("--loss", choices=LOSSES, default=train.loss,
+    model.add_argument("--sampling", choices=("pair", "user"),
+                       help=f"BPR triples per epoch: each train pair once, or uniform users as LightGCN (default: {train.sampling})")
+    model.add_argument("--loss", choices=LOSSES,
                        help="top-k objective: BPR against one sampled item, or a sampled softmax of each positive against "
-                            "--negatives uniform items shared by the batch (fewer epochs) (default: %(default)s)")
-    model.add_argument("--temperature", type=float, default=train.temperature,
-                       help="the softmax's temperature: scores are divided by it (default: %(default)s)")
-    model.add_argument("--negatives", type=int, default=train.negatives,
-                       help="the softmax's negatives per batch, at most --batch-size (default: %(default)s)")
-    model.add_argument("--info-nce", type=float, default=train.info_nce,
+                            f"--negatives uniform items shared by the batch (fewer epochs) (default: {train.loss})")
+    model.add_argument("--temperature", type=float,
+                       help=f"the softmax's temperature: scores are divided by it (default: {train.temperature})")
+    model.add_argument("--negatives", type=int,
+                       help=f"the softmax's negatives per batch, at most --batch-size (default: {train.negatives})")
+    model.add_argument("--info-nce", type=float,
                        help="weight of an InfoNCE term on the final vectors of graph backbones (lightgcn, ngcf): SGL "
                             "without augmentation, as paper 004 trains LightGCN (0.1); converges in far fewer epochs "
-                            "(default: %(default)s, none)")
-    model.add_argument("--info-nce-temperature", type=float, default=train.info_nce_temperature,
-                       help="the InfoNCE term's temperature (default: %(default)s)")
-    model.add_argument("--checkpoint-every", type=int, default=train.checkpoint_every, help="epochs between training checkpoints (default: %(default)s)")
+                            f"(default: {train.info_nce}, none)")
+    model.add_argument("--info-nce-temperature", type=float,
+                       help=f"the InfoNCE term's temperature (default: {train.info_nce_temperature})")
+    model.add_argument("--recipe", metavar="NAME",
+                       help="named training options measured to bring a backbone to its published strength "
+                            "(embnas recipes lists them); the options above, where given, still win")
+    model.add_argument("--checkpoint-every", type=int,
+                       help=f"epochs between training checkpoints (default: {train.checkpoint_every})")
     run = parser.add_argument_group("run")
     run.add_argument("--seed", type=int, default=defaults.seed, help="fixes the whole run (default: %(default)s)")
     run.add_argument("--device", default=defaults.device, help="torch device (default: %(default)s)")
@@ -169,6 +173,7 @@ def _search_arguments(args: argparse.Namespace) -> dict[str, Any]:
     from nas.pipeline.backbones import backbone_task
     from nas.pipeline.config import TRAINING_DEFAULTS, FineTuneConfig, SupernetOptions
     from nas.pipeline.data import DataSpec
+    from nas.pipeline.recipes import recipe_options
 
     options = {"user_col": args.user_col, "item_col": args.item_col, "cold": args.cold, "seed": args.seed,
                "sep": args.sep, "rating_col": args.rating_col, "min_rating": args.min_rating, "remap": args.remap,
@@ -185,12 +190,11 @@ def _search_arguments(args: argparse.Namespace) -> dict[str, Any]:
         spec = DataSpec.from_path(args.data, format=args.format, **options)
     else:
         spec = DataSpec("synthetic-ctr" if task == "click" else "synthetic", **options)
-    given = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "reg": args.reg,
-             "eval_every": args.eval_every, "patience": args.patience}
-    train = replace(TRAINING_DEFAULTS[task], **{k: v for k, v in given.items() if v is not None},
-                    sampling=args.sampling, checkpoint_every=args.checkpoint_every, loss=args.loss,
-                    temperature=args.temperature, negatives=args.negatives, info_nce=args.info_nce,
-                    info_nce_temperature=args.info_nce_temperature)
+    given = {name: getattr(args, name) for name in ("epochs", "batch_size", "lr", "reg", "eval_every", "patience",
+                                                    "sampling", "checkpoint_every", "loss", "temperature", "negatives",
+                                                    "info_nce", "info_nce_temperature")}
+    base = TRAINING_DEFAULTS[task] if args.recipe is None else recipe_options(args.recipe, args.model, task)
+    train = replace(base, **{k: v for k, v in given.items() if v is not None})
     protocol = {
         "supernet": SupernetOptions(mode=args.supernet, proposals=args.supernet_proposals, epochs=args.supernet_epochs),
         "evaluator": args.evaluator,
@@ -365,6 +369,16 @@ def _cmd_controllers(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_recipes(args: argparse.Namespace) -> int:
+    from nas.pipeline.recipes import RECIPES
+
+    for recipe in RECIPES.values():
+        options = ", ".join(f"{key}={value}" for key, value in recipe.options.items())
+        print(f"{recipe.name} (for {', '.join(recipe.backbones)}): {recipe.summary}\n"
+              f"    options: {options}\n    measured: {recipe.measured}")
+    return 0
+
+
 def _size_text(sizes: Sequence[int | None]) -> str:
     """Total download size: exact when every size is known, a lower bound when some are, ``?`` when none are."""
     known = [s for s in sizes if s is not None]
@@ -489,6 +503,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     listing = commands.add_parser("controllers", help="list the available controllers", description="List registered controllers, built-in and from plug-ins.")
     listing.set_defaults(handler=_cmd_controllers)
+    recipes = commands.add_parser("recipes", help="list the named training recipes with their measured quality and cost",
+                                  description="List the recipes --recipe takes: the training options each sets, for "
+                                              "which backbones, and what it measured.")
+    recipes.set_defaults(handler=_cmd_recipes)
 
     data = commands.add_parser("data", help="list and download public datasets (Gowalla, Yelp2018, Last.fm, MovieLens, CTR samples)",
                                description="Public datasets by name, downloaded, verified by sha256 and converted into a cache "
