@@ -29,7 +29,7 @@ from torch import nn
 from recsys.data import BPRSampler, load_lightgcn
 from recsys.embedding import PlainEmbedding
 from recsys.models import LightGCN
-from recsys.models._graph import GraphBlocks
+from recsys.models._graph import CSRBlock, GraphBlocks, spmm
 
 GOWALLA = Path("../shared/data/gowalla_lightgcn")
 
@@ -64,29 +64,25 @@ class PlainLightGCN(nn.Module):
         return loss + reg * 0.5 * (ego_u.square().sum() + ego_p.square().sum() + ego_n.square().sum()) / len(users)
 
 
-class _TransposedBackward(torch.autograd.Function):
-    """``matrix @ dense`` by torch's CSR product, backpropagated by the transposed block."""
+class _TorchCSR:
+    """A block whose product is torch's ``csr @ dense`` (what :func:`spmm` calls in place of ``embedding_bag``)."""
 
-    @staticmethod
-    def forward(ctx, matrix: torch.Tensor, transposed: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        ctx.transposed = transposed
-        return matrix @ dense
+    def __init__(self, block: CSRBlock) -> None:
+        self.matrix = block.to_torch_csr()
 
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[None, None, torch.Tensor]:  # type: ignore[override]
-        return None, None, ctx.transposed @ grad.contiguous()
+    def times(self, dense: torch.Tensor) -> torch.Tensor:
+        return self.matrix @ dense.contiguous()
 
 
 class TorchCSRBlocks(nn.Module):
-    """:class:`GraphBlocks` whose products are torch ``csr @ dense``."""
+    """:class:`GraphBlocks` whose products are torch ``csr @ dense``, backpropagated by the transposed block as ours."""
 
     def __init__(self, blocks: GraphBlocks) -> None:
         super().__init__()
-        self.user_item, self.item_user = blocks.user_item.to_torch_csr(), blocks.item_user.to_torch_csr()
+        self.user_item, self.item_user = _TorchCSR(blocks.user_item), _TorchCSR(blocks.item_user)
 
     def round(self, users: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return (_TransposedBackward.apply(self.user_item, self.item_user, items),
-                _TransposedBackward.apply(self.item_user, self.user_item, users))
+        return spmm(self.user_item, self.item_user, items), spmm(self.item_user, self.user_item, users)
 
 
 def torch_csr_lightgcn(embedding: PlainEmbedding, train: sp.csr_matrix) -> LightGCN:
