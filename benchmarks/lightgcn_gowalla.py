@@ -49,7 +49,7 @@ def cell_command(args: argparse.Namespace, controller: str, sparsity: float, epo
         files = ["--data", str(data)]
     return [
         sys.executable, "-m", "nas.app.cli", "search", *files, "--model", "lightgcn", "--budget", str(sparsity),
-        "--controller", controller, "--epochs", str(epochs), "--batch-size", str(args.batch_size),
+        "--controller", controller, "--recipe", args.recipe, "--epochs", str(epochs), "--batch-size", str(args.batch_size),
         "--lr", str(args.lr), "--reg", str(args.reg), "--eval-every", str(args.eval_every),
         "--patience", str(args.patience), "--retrain-top", "1", "--device", args.device,
         # The equal cell's first stage is the full model the retain ratios divide by: it trains to the end.
@@ -156,6 +156,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="NDCG@20 of the full model trained by the same protocol elsewhere, for the retain "
                              "ratios of a grid without an equal cell")
     parser.add_argument("--probe-epochs", type=int, default=2)
+    parser.add_argument("--recipe", default="none",
+                        help="the training recipe under the options below (default: none, plain BPR as section 9 trained)")
     parser.add_argument("--batch-size", type=int, default=2048)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--reg", type=float, default=1e-4)

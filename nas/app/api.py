@@ -14,9 +14,9 @@ from typing import Any
 
 from nas.core.errors import ConfigError
 from nas.pipeline.backbones import backbone_task
-from nas.pipeline.config import TRAINING_DEFAULTS, FineTuneConfig, SearchConfig, SupernetOptions, TrainingOptions
+from nas.pipeline.config import FineTuneConfig, SearchConfig, SupernetOptions, TrainingOptions
 from nas.pipeline.data import DataSpec
-from nas.pipeline.recipes import recipe_options
+from nas.pipeline.recipes import training_defaults
 from nas.pipeline.result import SearchResult
 from nas.pipeline.search import resume_run, run_search
 from recsys.data import CTRData, InteractionData
@@ -59,9 +59,11 @@ def search(
         trials: allocations evaluated by controllers that learn from fitness.
         seed: fixes the whole run (data split, initialisations, sampling, controller).
         train: training options: a :class:`~nas.pipeline.config.TrainingOptions`, or a
-            mapping of the fields to change from the model's task defaults (``{"epochs": 20}``).
+            mapping of the fields to change from the recipe's (``{"epochs": 20}``).
         recipe: a named recipe (:data:`nas.pipeline.recipes.RECIPES`) whose options replace the
-            task defaults; a ``train`` mapping is applied on top of it.
+            task defaults; a ``train`` mapping is applied on top of it.  Default: the
+            backbone's own (:data:`nas.pipeline.recipes.DEFAULT_RECIPES`, LightGCN's is
+            ``lightgcn-sgl``), else the task defaults; ``"none"`` asks for the task defaults.
         run_dir: the run folder, made or continued (crash-safe: :func:`resume` goes on
             after a crash); ``None`` keeps the run in memory (it writes only to the reference cache).
         runs_root: with no ``run_dir``, a new run folder named by time and hash inside it
@@ -153,7 +155,7 @@ def _data_spec(data: Any, model: str, seed: int) -> DataSpec:
                       "a DataSpec, or None for the built-in synthetic data")
 
 
-def _training(train: TrainingOptions | Mapping[str, Any] | None, model: str, recipe: str | None) -> TrainingOptions | None:
+def _training(train: TrainingOptions | Mapping[str, Any] | None, model: str, recipe: str | None) -> TrainingOptions:
     if isinstance(train, TrainingOptions):
         if recipe is not None:
             raise ConfigError("give a recipe or complete TrainingOptions, not both (a mapping of train options "
@@ -161,10 +163,9 @@ def _training(train: TrainingOptions | Mapping[str, Any] | None, model: str, rec
         return train
     if train is not None and not isinstance(train, Mapping):
         raise ConfigError(f"train must be TrainingOptions or a mapping of its fields, got {type(train).__name__}")
-    task = backbone_task(model)
-    base = TRAINING_DEFAULTS[task] if recipe is None else recipe_options(recipe, model, task)
+    base = training_defaults(model, backbone_task(model), recipe)
     if train is None:
-        return None if recipe is None else base
+        return base
     unknown = sorted(set(train) - set(TrainingOptions.__dataclass_fields__))
     if unknown:
         raise ConfigError(f"unknown training options {unknown}; choose from {sorted(TrainingOptions.__dataclass_fields__)}")

@@ -41,7 +41,7 @@ def _add_search_options(parser: argparse.ArgumentParser) -> None:
     defaults, train, click = SearchConfig(), TRAINING_DEFAULTS["top-k"], TRAINING_DEFAULTS["click"]
 
     def per_task(name: str) -> str:
-        return f"(default: {getattr(train, name)}; click models: {getattr(click, name)})"
+        return f"(default: {getattr(train, name)}; click models: {getattr(click, name)}; lightgcn: its recipe's)"
 
     data = parser.add_argument_group("data")
     data.add_argument("--data", metavar="PATH",
@@ -149,7 +149,8 @@ def _add_search_options(parser: argparse.ArgumentParser) -> None:
                        help=f"the InfoNCE term's temperature (default: {train.info_nce_temperature})")
     model.add_argument("--recipe", metavar="NAME",
                        help="named training options measured to bring a backbone to its published strength "
-                            "(embnas recipes lists them); the options above, where given, still win")
+                            "(embnas recipes lists them); the options above, where given, still win (default: the "
+                            "backbone's own, lightgcn: lightgcn-sgl; none: the plain defaults above)")
     model.add_argument("--checkpoint-every", type=int,
                        help=f"epochs between training checkpoints (default: {train.checkpoint_every})")
     run = parser.add_argument_group("run")
@@ -171,9 +172,9 @@ def _search_arguments(args: argparse.Namespace) -> dict[str, Any]:
     """The keyword arguments of :func:`nas.search` that the command line gives."""
     from nas.core.errors import ConfigError
     from nas.pipeline.backbones import backbone_task
-    from nas.pipeline.config import TRAINING_DEFAULTS, FineTuneConfig, SupernetOptions
+    from nas.pipeline.config import FineTuneConfig, SupernetOptions
     from nas.pipeline.data import DataSpec
-    from nas.pipeline.recipes import recipe_options
+    from nas.pipeline.recipes import training_defaults
 
     options = {"user_col": args.user_col, "item_col": args.item_col, "cold": args.cold, "seed": args.seed,
                "sep": args.sep, "rating_col": args.rating_col, "min_rating": args.min_rating, "remap": args.remap,
@@ -193,7 +194,7 @@ def _search_arguments(args: argparse.Namespace) -> dict[str, Any]:
     given = {name: getattr(args, name) for name in ("epochs", "batch_size", "lr", "reg", "eval_every", "patience",
                                                     "sampling", "checkpoint_every", "loss", "temperature", "negatives",
                                                     "info_nce", "info_nce_temperature")}
-    base = TRAINING_DEFAULTS[task] if args.recipe is None else recipe_options(args.recipe, args.model, task)
+    base = training_defaults(args.model, task, args.recipe)
     train = replace(base, **{k: v for k, v in given.items() if v is not None})
     protocol = {
         "supernet": SupernetOptions(mode=args.supernet, proposals=args.supernet_proposals, epochs=args.supernet_epochs),
@@ -370,12 +371,15 @@ def _cmd_controllers(args: argparse.Namespace) -> int:
 
 
 def _cmd_recipes(args: argparse.Namespace) -> int:
-    from nas.pipeline.recipes import RECIPES
+    from nas.pipeline.recipes import DEFAULT_RECIPES, NO_RECIPE, RECIPES
 
     for recipe in RECIPES.values():
         options = ", ".join(f"{key}={value}" for key, value in recipe.options.items())
-        print(f"{recipe.name} (for {', '.join(recipe.backbones)}): {recipe.summary}\n"
+        default = sorted(model for model, name in DEFAULT_RECIPES.items() if name == recipe.name)
+        print(f"{recipe.name} (for {', '.join(recipe.backbones)}"
+              + (f"; the default of {', '.join(default)}" if default else "") + f"): {recipe.summary}\n"
               f"    options: {options}\n    measured: {recipe.measured}")
+    print(f"{NO_RECIPE}: the plain defaults of embnas search --help, for any backbone")
     return 0
 
 

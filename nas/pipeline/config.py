@@ -320,7 +320,8 @@ class SearchConfig:
             retrained from scratch to the end).
         seed: fixes the data split, initialisations, sampling and the controller.
         train: how the full model and the retrained allocation are trained (``None``: the
-            model's task's defaults, :data:`TRAINING_DEFAULTS`).
+            backbone's default recipe, :data:`nas.pipeline.recipes.DEFAULT_RECIPES`, else its
+            task's defaults, :data:`TRAINING_DEFAULTS`).
         device: torch device.
         threads: torch threads (``None`` leaves torch's default).
         reference: what the allocated model is compared with: ``"full"``, a plainly trained
@@ -419,7 +420,9 @@ class SearchConfig:
         if self.d_max is None:
             object.__setattr__(self, "d_max", D_MAX_DEFAULTS[task])
         if self.train is None:
-            object.__setattr__(self, "train", TRAINING_DEFAULTS[task])
+            from nas.pipeline.recipes import training_defaults  # recipes are built on these options
+
+            object.__setattr__(self, "train", training_defaults(self.model, task))
 
     @property
     def task(self) -> str:

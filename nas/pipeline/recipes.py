@@ -8,7 +8,9 @@ does not change if a recipe is later retuned.
 
 ``embnas recipes`` lists them with what each one measured (docs/results.md has the
 commands), and ``--recipe NAME`` (``recipe=`` in :func:`nas.search`, ``recipe =`` in a
-grid arm) picks one.
+grid arm) picks one.  A backbone with a recipe in :data:`DEFAULT_RECIPES` trains with it
+unless the run names another, or ``none`` for its task's plain defaults: a user who gives
+no training options gets the strongest training measured, not the quickest.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any
 from nas.core.errors import ConfigError
 from nas.pipeline.config import TRAINING_DEFAULTS, TrainingOptions
 
-__all__ = ["RECIPES", "Recipe", "recipe_options"]
+__all__ = ["DEFAULT_RECIPES", "NO_RECIPE", "RECIPES", "Recipe", "recipe_options", "training_defaults"]
 
 
 @dataclass(frozen=True)
@@ -69,17 +71,37 @@ RECIPES: dict[str, Recipe] = {recipe.name: recipe for recipe in (
 )}
 
 
+#: The recipe each backbone trains with when a run names none.
+DEFAULT_RECIPES: dict[str, str] = {"lightgcn": "lightgcn-sgl"}
+#: The recipe name that asks for the task's plain defaults (:data:`~nas.pipeline.config.TRAINING_DEFAULTS`).
+NO_RECIPE = "none"
+
+
 def recipe_options(name: str, model: str, task: str) -> TrainingOptions:
     """The training options of recipe ``name`` for ``model`` (a backbone of ``task``): its task's defaults, updated.
+
+    ``name`` :data:`NO_RECIPE` gives the task's defaults unchanged.
 
     Raises:
         ConfigError: an unknown recipe, or one not meant for ``model`` (the message lists those that are).
     """
+    if name == NO_RECIPE:
+        return TRAINING_DEFAULTS[task]
     recipe = RECIPES.get(name)
     if recipe is None:
-        raise ConfigError(f"unknown recipe {name!r}; choose one of {', '.join(sorted(RECIPES))} (embnas recipes lists them)")
+        raise ConfigError(f"unknown recipe {name!r}; choose one of {', '.join(sorted(RECIPES))}, or {NO_RECIPE} for the "
+                          "plain defaults (embnas recipes lists them)")
     if model not in recipe.backbones:
         fitting = [r.name for r in RECIPES.values() if model in r.backbones]
         raise ConfigError(f"recipe {name!r} is for {', '.join(recipe.backbones)}, not {model}; "
                           + (f"for {model} use {', '.join(fitting)}" if fitting else f"{model} has no recipe, so leave --recipe out"))
     return replace(TRAINING_DEFAULTS[task], **recipe.options)
+
+
+def training_defaults(model: str, task: str, recipe: str | None = None) -> TrainingOptions:
+    """What a run of ``model`` trains with before its own options: ``recipe``, else the backbone's default recipe.
+
+    Backbones without a default recipe get their task's defaults.
+    """
+    name = DEFAULT_RECIPES.get(model, NO_RECIPE) if recipe is None else recipe
+    return recipe_options(name, model, task)

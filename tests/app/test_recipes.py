@@ -12,8 +12,8 @@ from nas.app.cli import _config_from_args, build_parser, main
 from nas.app.grid import plan_cells, read_grid
 from nas.core.errors import ConfigError
 from nas.pipeline.backbones import backbone_task
-from nas.pipeline.config import TRAINING_DEFAULTS, TrainingOptions
-from nas.pipeline.recipes import RECIPES, Recipe, recipe_options
+from nas.pipeline.config import TRAINING_DEFAULTS, SearchConfig, TrainingOptions
+from nas.pipeline.recipes import DEFAULT_RECIPES, RECIPES, Recipe, recipe_options
 
 
 def _config(*flags: str):  # noqa: ANN202
@@ -38,10 +38,23 @@ def test_a_recipe_fills_the_options_left_out_and_the_given_ones_win():
     assert configure(model="lightgcn", recipe="lightgcn-sgl", train={"epochs": 7}).train == config.train
 
 
-def test_without_a_recipe_the_training_options_are_the_task_defaults():
+def test_without_a_recipe_a_backbone_trains_with_its_default_recipe_else_the_task_defaults():
     assert _config().train == TRAINING_DEFAULTS["top-k"]
     assert _config("--model", "deepfm").train == TRAINING_DEFAULTS["click"]
-    assert configure(model="lightgcn").train == TRAINING_DEFAULTS["top-k"]
+    assert _config("--model", "ngcf").train == TRAINING_DEFAULTS["top-k"]
+    for model, name in DEFAULT_RECIPES.items():
+        expected = recipe_options(name, model, backbone_task(model))
+        assert _config("--model", model).train == expected
+        assert configure(model=model).train == expected
+        assert SearchConfig(model=model).train == expected, "the lower-level config agrees with the CLI and the API"
+        assert configure(model=model, train={"epochs": 3}).train == replace(expected, epochs=3)
+
+
+def test_recipe_none_asks_for_the_task_defaults_for_any_backbone():
+    assert DEFAULT_RECIPES["lightgcn"] == "lightgcn-sgl"
+    assert _config("--model", "lightgcn", "--recipe", "none").train == TRAINING_DEFAULTS["top-k"]
+    assert configure(model="lightgcn", recipe="none").train == TRAINING_DEFAULTS["top-k"]
+    assert configure(model="deepfm", recipe="none", train={"epochs": 3}).train == replace(TRAINING_DEFAULTS["click"], epochs=3)
 
 
 def test_a_recipe_for_another_backbone_or_an_unknown_one_is_one_line_and_no_run(
@@ -69,7 +82,9 @@ def test_the_recipes_command_lists_every_recipe_with_its_options(capsys: pytest.
     assert main(["recipes"]) == 0
     out = capsys.readouterr().out
     for recipe in RECIPES.values():
-        assert f"{recipe.name} (for {', '.join(recipe.backbones)})" in out and recipe.measured in out
+        assert f"{recipe.name} (for {', '.join(recipe.backbones)}" in out and recipe.measured in out
+    assert "lightgcn-sgl (for lightgcn, ngcf; the default of lightgcn)" in out
+    assert "none: the plain defaults" in out
 
 
 def test_a_grid_arm_may_name_a_recipe(tmp_path: Path):

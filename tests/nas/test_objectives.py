@@ -105,7 +105,7 @@ def test_the_objective_is_a_training_option_of_top_k_runs_only(tmp_path: Path, c
 def test_the_info_nce_term_is_a_training_option_of_graph_runs_only(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     from nas.app.cli import _config_from_args, build_parser, main
 
-    plain = _config_from_args(build_parser().parse_args(["search", "--model", "lightgcn"]))
+    plain = _config_from_args(build_parser().parse_args(["search", "--model", "lightgcn", "--recipe", "none"]))
     assert "info_nce" not in plain.to_dict()["train"], "without the term a run keeps the identity it had before it"
     config = _config_from_args(build_parser().parse_args(["search", "--model", "lightgcn", "--info-nce", "0.1",
                                                           "--info-nce-temperature", "0.3"]))
