@@ -30,10 +30,15 @@ from torch import nn
 from recsys.embedding import EmbeddingProvider
 from recsys.models._losses import bpr, info_nce, l2_penalty, sampled_softmax
 
-__all__ = ["CSRBlock", "Contrast", "GraphBlocks", "GraphCF", "normalized_blocks", "spmm"]
+__all__ = ["CONTRAST_ROWS", "CSRBlock", "Contrast", "GraphBlocks", "GraphCF", "normalized_blocks", "spmm"]
 
 #: ``(weight, temperature)`` of the InfoNCE term a graph backbone adds to its loss (:func:`~recsys.models._losses.info_nce`).
 Contrast = tuple[float, float]
+#: The InfoNCE term reads at most this many of a batch's triples: it compares every row with
+#: every other, so its cost grows with the square of the batch, and at 8,192 triples it would
+#: cost 17-21x the rest of a step (docs/results.md §9.1).  Batches are drawn in random order,
+#: so the first rows are a uniform sample of the batch.
+CONTRAST_ROWS = 2048
 
 
 def normalized_blocks(train: sp.spmatrix, self_loops: bool = False) -> tuple[sp.csr_matrix, sp.csr_matrix]:
@@ -197,7 +202,8 @@ class GraphCF(nn.Module):
         """BPR loss on the final vectors; L2 on the batch's layer-0 vectors (``reg`` per triple).
 
         ``contrast`` adds ``weight ·`` :func:`~recsys.models._losses.info_nce` at its temperature
-        on the final vectors of the batch's users and of its positives.
+        on the final vectors of the batch's users and of its positives (of its first
+        :data:`CONTRAST_ROWS` triples).
         """
         final_u, final_i = self._final(self.embedding.table("user"), self.embedding.table("item"))
         u = final_u[..., users, :]
@@ -226,6 +232,7 @@ class GraphCF(nn.Module):
         if contrast is None or not contrast[0]:
             return 0.0
         weight, temperature = contrast
+        users, items = users[:CONTRAST_ROWS], items[:CONTRAST_ROWS]
         return weight * (info_nce(final_u, users, temperature) + info_nce(final_i, items, temperature))
 
     def _l2(self, reg: float, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor | float:

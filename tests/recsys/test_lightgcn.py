@@ -141,6 +141,18 @@ def test_the_contrast_term_adds_info_nce_on_the_final_vectors_of_the_batch():
         torch.testing.assert_close(with_term, plain + term)
 
 
+def test_the_contrast_term_reads_only_the_first_rows_of_a_large_batch(monkeypatch: pytest.MonkeyPatch):
+    import recsys.models._graph as graph_module
+
+    monkeypatch.setattr(graph_module, "CONTRAST_ROWS", 2)
+    model = LightGCN(PlainEmbedding({"user": 30, "item": 40}, 8, seed=0), graph())
+    users, pos, neg = torch.tensor([0, 5, 7, 9]), torch.tensor([1, 2, 3, 8]), torch.tensor([4, 5, 6, 0])
+    final_u, final_i = model.propagate()
+    term = 0.1 * (info_nce(final_u, users[:2], 0.2) + info_nce(final_i, pos[:2], 0.2))
+    torch.testing.assert_close(model.bpr_loss(users, pos, neg, 1e-4, contrast=(0.1, 0.2)),
+                               model.bpr_loss(users, pos, neg, 1e-4) + term)
+
+
 def test_a_backbone_without_the_term_is_refused_with_what_to_change():
     from recsys.models import MF
     from recsys.train import top_k_loss
