@@ -1,14 +1,20 @@
-"""Lookup throughput of the served packed table against a dense ``nn.Embedding``, in one run.
+"""Lookup throughput of the served layouts against a dense ``nn.Embedding``, in one run.
 
 Builds one table of ``--rows × --dim`` values, an allocation at ``--sparsity`` (row sizes
 falling with frequency rank, as a searched allocation would give), exports it, loads it
-with :class:`nas.artifact.serving.PackedEmbedding` and times lookups of the same ids, drawn both
-uniformly and with a power-law (Zipf) skew, interleaving dense and packed calls so that
-both see the same machine load.  Prints a table and a JSON line.
+with :class:`nas.artifact.serving.PackedEmbedding` in each layout (``packed``, ``tiered``,
+``dense``) and times lookups of the same ids, drawn both uniformly and with a power-law
+(Zipf) skew, interleaving the dense ``nn.Embedding`` and every layout's calls so that all
+see the same machine load.  Prints a table, the serving memory of each layout against the
+budget's bytes, and a JSON line.
+
+The tiered layout does work per distinct row size, so ``--sizes`` also times allocations of
+the same budget whose sizes are rounded down to multiples of 4 (``mult4``) or to powers of
+two (``pow2``): fewer distinct sizes, fewer tiers.
 
     python benchmarks/bench_lookup.py --rows 100000 --dim 64 --sparsity 0.9 --batch 4096 65536
 
-Ratios are packed throughput / dense throughput (1.0 = as fast as dense), from the median
+Ratios are a layout's throughput / dense throughput (1.0 = as fast as dense), from the median
 of ``--repeat`` samples (the minimum is printed too: the machine may be shared).
 """
 
@@ -32,12 +38,21 @@ from nas.artifact.export import export_tables
 from nas.artifact.serving import PackedEmbedding
 
 
-def frequency_allocation(rows: int, budget: Budget, exponent: float = 0.5) -> Allocation:
-    """Row sizes proportional to ``(rank + 1) ** -exponent``, clipped to [d_min, d_max], at most the budget."""
+#: How ``--sizes`` rounds a row size down (before clipping to [d_min, d_max]): fewer distinct sizes, fewer tiers.
+ROUNDINGS = {
+    "freq": lambda size: size,
+    "mult4": lambda size: np.floor(size / 4) * 4,
+    "pow2": lambda size: np.exp2(np.floor(np.log2(np.maximum(size, 1.0)))),
+}
+
+
+def frequency_allocation(rows: int, budget: Budget, exponent: float = 0.5, rounding: str = "freq") -> Allocation:
+    """Row sizes proportional to ``(rank + 1) ** -exponent``, rounded, clipped to [d_min, d_max], at most the budget."""
     weight = (np.arange(rows) + 1.0) ** -exponent
+    round_down = ROUNDINGS[rounding]
 
     def dims(scale: float) -> np.ndarray:
-        return np.clip(np.floor(scale * weight), budget.d_min, budget.d_max).astype(np.int64)
+        return np.clip(round_down(np.floor(scale * weight)), budget.d_min, budget.d_max).astype(np.int64)
 
     low, high = 0.0, float(budget.d_max) / weight[-1]
     for _ in range(100):
@@ -72,22 +87,12 @@ def time_side_by_side(calls: dict[str, callable], repeat: int, target_s: float =
     return {name: {"median_s": statistics.median(s), "min_s": min(s)} for name, s in samples.items()}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rows", type=int, default=100_000)
-    parser.add_argument("--dim", type=int, default=64)
-    parser.add_argument("--sparsity", type=float, default=0.9)
-    parser.add_argument("--d-min", type=int, default=1)
-    parser.add_argument("--batch", type=int, nargs="+", default=[4096, 65536])
-    parser.add_argument("--repeat", type=int, default=30, help="interleaved samples per measurement")
-    parser.add_argument("--zipf", type=float, default=1.05, help="power-law exponent of the skewed ids")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+LAYOUTS = ("packed", "tiered", "dense")
 
-    budget = Budget.from_sparsity(args.sparsity, {"item": args.rows}, args.dim, args.d_min)
-    allocation = frequency_allocation(args.rows, budget)
+
+def measure(args: argparse.Namespace, budget: Budget, rounding: str, generator: torch.Generator) -> tuple[list[dict], dict]:
+    """Time every layout of one allocation against a dense ``nn.Embedding``; return the rows and the sizes."""
+    allocation = frequency_allocation(args.rows, budget, rounding=rounding)
     model = MaskableEmbedding({"item": args.rows}, args.dim, seed=args.seed)
     dense = nn.Embedding(args.rows, args.dim)
     with torch.no_grad():
@@ -96,61 +101,87 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         manifest = export_tables(Path(tmp) / "export", model, allocation, budget)
-        packed = PackedEmbedding.load(Path(tmp) / "export")
-        padded = PackedEmbedding.load(Path(tmp) / "export", layout="dense")
+        served = {layout: PackedEmbedding.load(Path(tmp) / "export", layout=layout) for layout in LAYOUTS}
     model.set_allocation(allocation)
+    tiers = len(np.unique(allocation.row_dims["item"]))
 
-    generator = torch.Generator().manual_seed(args.seed)
     results = []
     with torch.no_grad():
         for batch in args.batch:
             for kind in ("uniform", "zipf"):
                 ids = draw_ids(kind, args.rows, batch, generator, args.zipf)
                 expected = model.lookup("item", ids).view(torch.int32)
-                assert torch.equal(packed.lookup("item", ids).view(torch.int32), expected), "packed lookup is not exact"
-                assert torch.equal(padded.lookup("item", ids).view(torch.int32), expected), "dense layout is not exact"
-                timing = time_side_by_side(
-                    {
-                        "dense": lambda ids=ids: dense(ids),
-                        "packed": lambda ids=ids: packed.lookup("item", ids),
-                        "packed_dense_layout": lambda ids=ids: padded.lookup("item", ids),
-                    },
-                    args.repeat,
-                )
-                base = timing["dense"]
-                results.append({
-                    "batch": batch,
-                    "ids": kind,
-                    "dense_us": round(base["median_s"] * 1e6, 1),
-                    "packed_us": round(timing["packed"]["median_s"] * 1e6, 1),
-                    "dense_layout_us": round(timing["packed_dense_layout"]["median_s"] * 1e6, 1),
-                    "ratio_packed": round(base["median_s"] / timing["packed"]["median_s"], 3),
-                    "ratio_packed_min": round(base["min_s"] / timing["packed"]["min_s"], 3),
-                    "ratio_dense_layout": round(base["median_s"] / timing["packed_dense_layout"]["median_s"], 3),
-                    "dense_Mrows_s": round(batch / base["median_s"] / 1e6, 1),
-                    "packed_Mrows_s": round(batch / timing["packed"]["median_s"] / 1e6, 1),
-                })
-
+                for layout, table in served.items():
+                    assert torch.equal(table.lookup("item", ids).view(torch.int32), expected), f"{layout} lookup is not exact"
+                calls = {"nn.Embedding": lambda ids=ids: dense(ids)}
+                calls.update({layout: lambda ids=ids, table=table: table.lookup("item", ids) for layout, table in served.items()})
+                timing = time_side_by_side(calls, args.repeat)
+                base = timing["nn.Embedding"]
+                row = {"sizes": rounding, "tiers": tiers, "batch": batch, "ids": kind,
+                       "embedding_us": round(base["median_s"] * 1e6, 1),
+                       "embedding_Mrows_s": round(batch / base["median_s"] / 1e6, 1)}
+                for layout in LAYOUTS:
+                    row[f"{layout}_us"] = round(timing[layout]["median_s"] * 1e6, 1)
+                    row[f"ratio_{layout}"] = round(base["median_s"] / timing[layout]["median_s"], 3)
+                    row[f"ratio_{layout}_min"] = round(base["min_s"] / timing[layout]["min_s"], 3)
+                results.append(row)
     sizes = {
+        "sizes": rounding,
+        "tiers": tiers,
         "values_kept": allocation.cost,
         "budget_max_values": budget.max_values,
         "bytes_stored": manifest["bytes_stored"],
         "budget_max_bytes": budget.max_bytes,
         "dense_bytes": args.rows * args.dim * 4,
-        "serving_memory_packed": packed.memory_bytes(),
-        "serving_memory_dense_layout": padded.memory_bytes(),
+        **{f"serving_memory_{layout}": table.memory_bytes() for layout, table in served.items()},
     }
+    return results, sizes
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--dim", type=int, default=64)
+    parser.add_argument("--sparsity", type=float, default=0.9)
+    parser.add_argument("--d-min", type=int, default=1)
+    parser.add_argument("--batch", type=int, nargs="+", default=[4096, 65536])
+    parser.add_argument("--sizes", nargs="+", choices=list(ROUNDINGS), default=list(ROUNDINGS),
+                        help="allocations to time: the frequency rule as is, or its sizes rounded down (same budget)")
+    parser.add_argument("--repeat", type=int, default=30, help="interleaved samples per measurement")
+    parser.add_argument("--zipf", type=float, default=1.05, help="power-law exponent of the skewed ids")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    budget = Budget.from_sparsity(args.sparsity, {"item": args.rows}, args.dim, args.d_min)
+    generator = torch.Generator().manual_seed(args.seed)
+    results, sizes = [], []
+    for rounding in args.sizes:
+        rows, memory = measure(args, budget, rounding, generator)
+        results += rows
+        sizes.append(memory)
+
     print(f"rows={args.rows} dim={args.dim} sparsity={args.sparsity} threads={torch.get_num_threads()} "
-          f"repeat={args.repeat} zipf={args.zipf}  (ratio = packed throughput / dense nn.Embedding throughput)")
-    header = f"{'batch':>7} {'ids':>8} {'dense us':>10} {'packed us':>10} {'ratio':>7} {'ratio(min)':>10} {'dense-layout ratio':>19}"
+          f"repeat={args.repeat} zipf={args.zipf}  (ratio = layout throughput / dense nn.Embedding throughput, "
+          "median of the samples; min = ratio of the fastest samples)")
+    header = (f"{'sizes':>6} {'tiers':>5} {'batch':>7} {'ids':>8} {'nn.Emb us':>9} "
+              + " ".join(f"{layout + ' us':>10} {'ratio':>6} {'(min)':>6}" for layout in LAYOUTS))
     print(header)
     print("-" * len(header))
     for row in results:
-        print(f"{row['batch']:>7} {row['ids']:>8} {row['dense_us']:>10} {row['packed_us']:>10} {row['ratio_packed']:>7} "
-              f"{row['ratio_packed_min']:>10} {row['ratio_dense_layout']:>19}")
+        print(f"{row['sizes']:>6} {row['tiers']:>5} {row['batch']:>7} {row['ids']:>8} {row['embedding_us']:>9} "
+              + " ".join(f"{row[f'{layout}_us']:>10} {row[f'ratio_{layout}']:>6} {row[f'ratio_{layout}_min']:>6}"
+                         for layout in LAYOUTS))
     print()
-    for key, value in sizes.items():
-        print(f"{key:>28}: {value:>12,}")
+    print(f"serving memory in bytes, and as a share of the budget's {budget.max_bytes:,} bytes:")
+    header = f"{'sizes':>6} {'tiers':>5} {'values kept':>12} {'on disk':>11} " + " ".join(f"{layout:>19}" for layout in LAYOUTS)
+    print(header)
+    print("-" * len(header))
+    for memory in sizes:
+        print(f"{memory['sizes']:>6} {memory['tiers']:>5} {memory['values_kept']:>12,} {memory['bytes_stored']:>11,} "
+              + " ".join(f"{memory[f'serving_memory_{layout}']:>11,} ({memory[f'serving_memory_{layout}'] / budget.max_bytes:.3f})"
+                         for layout in LAYOUTS))
     print(json.dumps({"config": vars(args), "lookup": results, "sizes": sizes}))
 
 

@@ -26,7 +26,8 @@ line, never a raw JSON or safetensors traceback.  Only regular files are read
 bytes than their size on disk, which for the payload must be the size the
 manifest declares and for the manifest at most :data:`MAX_MANIFEST_BYTES`.
 
-Two in-memory layouts, chosen with ``layout`` in :meth:`PackedEmbedding.load`:
+Three in-memory layouts, chosen with ``layout`` in :meth:`PackedEmbedding.load`; all serve the
+same vectors, bit for bit:
 
 * ``"packed"`` (default) keeps the values as stored, so serving memory stays at
   the budget: the values, a 4-byte start offset and a 4-byte size per row.  A
@@ -37,6 +38,20 @@ Two in-memory layouts, chosen with ``layout`` in :meth:`PackedEmbedding.load`:
   than ``torch.where`` on CPU).
 * ``"dense"`` rebuilds the zero-padded ``rows × d_max`` table once at load and
   serves it with ``nn.functional.embedding``: dense speed, dense memory.
+* ``"tiered"`` is the mixed-dimension layout of Ginart et al. (mixed-dimension embeddings,
+  ISIT 2021) and of DLRM's ``md_embedding``: each table's rows are grouped by size (in a
+  precision export by size and precision) into dense ``(rows_in_tier, size)`` tensors, kept
+  as stored (int8 stays int8; rows of size 0 take no values), and one int32 code per row
+  holds its tier and its row in that tier (a table of a single size needs none).  Memory:
+  the values plus 4 bytes a row.  A lookup gathers the codes, orders the ids by tier with
+  one sort, zero-fills the output (or, when many ids fall in the full-width tier, gathers
+  that tier with an extra zero row for the other ids), then per tier present gathers its
+  rows (``index_select``) and writes them into the output's first ``size`` columns
+  (``index_copy_``), dequantising as the packed layout does, ``float32(q) * float32(scale)``.
+  Element-mask tables need no fallback: their masked-out positions are stored ``+0.0``
+  inside each row's size.  A lookup costs a few tensor operations per tier present, so
+  the layout is slowest with many distinct sizes and small batches (measurements in
+  ``docs/results.md``, section 3).
 """
 
 from __future__ import annotations
@@ -79,7 +94,7 @@ MANIFEST_FILE = "manifest.json"
 #: Name of the payload inside an export folder.
 TABLES_FILE = "tables.safetensors"
 
-_LAYOUTS = ("packed", "dense")
+_LAYOUTS = ("packed", "dense", "tiered")
 
 #: Value dtype names of the manifest -> torch dtype (the export writes these too).
 VALUE_DTYPES: dict[str, torch.dtype] = {
@@ -119,6 +134,9 @@ _MAX_INT_DIGITS = 20
 _OPEN_FLAGS = getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
 #: Rows expanded at a time when an element-mask table is rebuilt at load (bounds temporary memory).
 _BLOCK_ROWS = 1 << 16
+#: A tiered lookup starts from a gather of the full-width tier when at least 1 / ``_BASE_SHARE`` of the
+#: ids fall in it; with fewer, zero-filling the output and scattering those rows like any tier is cheaper.
+_BASE_SHARE = 8
 
 
 class PackedArtifactError(ValueError):
@@ -454,11 +472,11 @@ class PackedEmbedding:
         rows: rows of each table, by name.
         dim: the full width ``d_max`` of every returned vector.
         dtype: the value dtype the export stored.
-        layout: ``"packed"`` or ``"dense"`` (see the module docstring).
+        layout: ``"packed"``, ``"dense"`` or ``"tiered"`` (see the module docstring).
         manifest: the manifest the tables were loaded from.
     """
 
-    def __init__(self, tables: Mapping[str, _Table | _MixedTable | torch.Tensor], dim: int, dtype: torch.dtype,
+    def __init__(self, tables: Mapping[str, _Table | _MixedTable | _TieredTable | torch.Tensor], dim: int, dtype: torch.dtype,
                  manifest: Mapping[str, Any], layout: str) -> None:
         self._tables = dict(tables)
         self.rows: dict[str, int] = {
@@ -480,8 +498,9 @@ class PackedEmbedding:
             verify: check the sha256 of every payload file (sizes, framing and consistency
                 are always checked; turn this off only to save the hashing time).
             device: where the tables live and lookups run.
-            layout: ``"packed"`` (memory at the budget) or ``"dense"`` (rebuild the full
-                zero-padded table for dense-speed lookups).
+            layout: ``"packed"`` (memory at the budget), ``"dense"`` (rebuild the full
+                zero-padded table for dense-speed lookups) or ``"tiered"`` (a dense
+                sub-table per row size; see the module docstring).
 
         Raises:
             PackedArtifactError: naming the file and what is wrong.
@@ -573,6 +592,10 @@ class PackedEmbedding:
         if layout == "dense":
             dense = {name: embedding.table(name).contiguous() for name in tables}
             embedding = cls(dense, d_max, value_dtype, manifest, "dense")
+        elif layout == "tiered":
+            shared = manifest["format_version"] == PRECISION_FORMAT_VERSION and manifest.get("scales") == "shared"
+            tiered = {name: _tiered(table, shared) for name, table in tables.items()}
+            embedding = cls(tiered, d_max, value_dtype, manifest, "tiered")
         return embedding
 
     # -- serving -----------------------------------------------------------------------------
@@ -596,7 +619,7 @@ class PackedEmbedding:
         return stored.lookup(torch.arange(stored.rows, device=stored.device))
 
     def memory_bytes(self) -> int:
-        """Bytes the loaded tables hold in memory (values, offsets, sizes, masks)."""
+        """Bytes the loaded tables hold in memory (values, scales, offsets, sizes, masks, tier codes)."""
         total = 0
         for stored in self._tables.values():
             total += stored.numel() * stored.element_size() if isinstance(stored, torch.Tensor) else stored.nbytes()
@@ -607,7 +630,7 @@ class PackedEmbedding:
         """Table names, in order."""
         return tuple(self._tables)
 
-    def _get(self, table: str) -> _Table | _MixedTable | torch.Tensor:
+    def _get(self, table: str) -> _Table | _MixedTable | _TieredTable | torch.Tensor:
         try:
             return self._tables[table]
         except KeyError:
@@ -694,6 +717,146 @@ class _MixedTable:
             if entry is not None:
                 total += entry[0].nbytes() + (0 if entry[1] is None else entry[1].numel() * entry[1].element_size())
         return total
+
+
+# -- the tiered layout ---------------------------------------------------------------------------
+class _TieredTable:
+    """One table in the tiered layout: a dense ``(rows_in_tier, size)`` tensor per tier, and a code per row.
+
+    A tier holds the rows of one size (and, in a precision export, one precision), in id
+    order, as stored (int8, fp16, ...); a tier of size 0 holds an empty ``(rows, 0)``
+    tensor.  ``code[r]`` packs row ``r``'s tier into its low ``tier_bits`` bits and its row
+    in that tier above them, in int32 (int64 only past 2**31 combinations): one gather
+    serves both, and it is the smallest per-row map that needs no per-lookup search (a
+    uint8 tier plus an int32 row would cost a byte more and a second gather; ranges of
+    ids per tier would take no memory but a binary search per id, which costs about as
+    much as a whole dense lookup).  A table of a single tier needs no map at all: its
+    row in the tier is the id.
+
+    ``base`` is the full-width tier (``size == d_max``, values of the output dtype, no
+    scales; the one of most rows if a precision export has several), if any: the rows a
+    frequency-ranked allocation gives its most frequent ids.  It carries one extra zero
+    row, and a lookup where many ids fall in it starts with a single dense gather from it
+    (the zero row for every other id), which both writes that tier's rows and zero-fills
+    the output.
+    """
+
+    def __init__(self, sizes: list[int], values: list[torch.Tensor], scales: list[torch.Tensor | None],
+                 tier: torch.Tensor, local: torch.Tensor, d_max: int, dtype: torch.dtype, device: torch.device) -> None:
+        self.sizes = sizes
+        self.values = [v.to(device) for v in values]
+        self.scales = [None if s is None else s.to(device) for s in scales]
+        self.rows = len(tier)
+        self.d_max = d_max
+        self.dtype = dtype
+        self.device = device
+        self.tier_bits = max(1, (len(sizes) - 1).bit_length())
+        self.tier_mask = (1 << self.tier_bits) - 1
+        self.key_dtype = torch.uint8 if len(sizes) <= 256 else torch.int64
+        self.code: torch.Tensor | None = None
+        self.base: int | None = None
+        if len(sizes) > 1:
+            widest = max(len(v) for v in values)
+            code_dtype = torch.int32 if self.tier_bits + max(1, (widest - 1).bit_length()) <= 31 else torch.int64
+            self.code = ((local.to(torch.int64) << self.tier_bits) | tier.to(torch.int64)).to(code_dtype).to(device)
+            full = [t for t, size in enumerate(sizes) if size == d_max and scales[t] is None and values[t].dtype == dtype]
+            if full:
+                self.base = max(full, key=lambda t: len(self.values[t]))
+                self.zero_row = len(self.values[self.base])
+                self.values[self.base] = torch.cat([self.values[self.base], self.values[self.base].new_zeros(1, d_max)])
+
+    def lookup(self, flat_ids: torch.Tensor) -> torch.Tensor:
+        n = flat_ids.numel()
+        if self.code is None:  # one tier: the id is the row in it
+            if not self.sizes[0]:
+                _check_ids(flat_ids, self.rows)
+                return torch.zeros(n, self.d_max, dtype=self.dtype, device=self.device)
+            vectors = self._vectors(0, flat_ids)
+            return vectors if self.sizes[0] == self.d_max else F.pad(vectors, (0, self.d_max - self.sizes[0]))
+        code = self.code.index_select(0, flat_ids)
+        tier = (code & self.tier_mask).to(self.key_dtype)
+        local = code >> self.tier_bits
+        counts = torch.bincount(tier, minlength=len(self.sizes)).tolist()
+        base = self.base if self.base is not None and counts[self.base] * _BASE_SHARE >= n else None
+        if base is not None:  # one dense gather: the base tier's rows, and the zero row for every other id
+            out = self.values[base].index_select(0, torch.where(tier == base, local, self.zero_row))
+        else:
+            out = torch.zeros(n, self.d_max, dtype=self.dtype, device=self.device)
+        present = [t for t, count in enumerate(counts) if count and t != base and self.sizes[t]]
+        if not present:
+            return out
+        if len(present) == 1 and counts[present[0]] == n:  # every id in one tier: no partition needed
+            t = present[0]
+            out[:, : self.sizes[t]] = self._vectors(t, local)
+            return out
+        order = torch.sort(tier).indices
+        positions = order.split(counts)
+        rows = local.index_select(0, order).split(counts)
+        for t in present:
+            out[:, : self.sizes[t]].index_copy_(0, positions[t], self._vectors(t, rows[t]))
+        return out
+
+    def _vectors(self, t: int, rows: torch.Tensor) -> torch.Tensor:
+        """Rows ``rows`` of tier ``t``, ``(len(rows), size)``, dequantised as the packed layout does."""
+        vectors = self.values[t].index_select(0, rows)
+        scales = self.scales[t]
+        if scales is not None:  # float32(q) * float32(scale), the product the packed layout computes
+            return vectors.to(torch.float32) * (scales if not scales.dim() else scales.index_select(0, rows).unsqueeze(1))
+        return vectors if vectors.dtype == self.dtype else vectors.to(self.dtype)
+
+    def nbytes(self) -> int:
+        parts = [self.code, *self.values, *self.scales]
+        return sum(t.numel() * t.element_size() for t in parts if t is not None)
+
+
+def _check_ids(flat_ids: torch.Tensor, rows: int) -> None:
+    """Raise ``IndexError`` as ``index_select`` would for ids outside ``[0, rows)``."""
+    if flat_ids.numel() and (int(flat_ids.min()) < 0 or int(flat_ids.max()) >= rows):
+        raise IndexError(f"index out of range in self (ids must be in [0, {rows}))")
+
+
+def _tiered(table: _Table | _MixedTable, shared: bool) -> _TieredTable:
+    """The tiered layout of a table loaded in the packed layout: the same values, grouped by (precision, size).
+
+    Element-mask tables need nothing special: their packed values already hold the masked
+    positions as ``+0.0`` inside each row's size.  With ``shared`` scales every row of one
+    size and precision has the same scale, so a tier keeps it once, as a 0-dim tensor.
+    """
+    device = table.device
+    if isinstance(table, _Table):
+        parts: list[tuple[_Table, torch.Tensor | None] | None] = [(table, None)]
+        group = torch.zeros(table.rows, dtype=torch.int64, device=device)
+        within = torch.arange(table.rows, device=device)
+        dtype = table.buffer.dtype
+    else:
+        parts, group, within, dtype = table.groups, table.group.to(torch.int64), table.local, torch.float32
+    dims = torch.zeros(table.rows, dtype=torch.int64, device=device)
+    for k, part in enumerate(parts):
+        if part is not None:
+            members = torch.nonzero(group == k).squeeze(1)
+            dims[members] = part[0].dims.to(torch.int64).index_select(0, within.index_select(0, members))
+    width = table.d_max + 1
+    keys, tier, counts = torch.unique(group * width + dims, sorted=True, return_inverse=True, return_counts=True)
+    order = torch.sort(tier, stable=True).indices  # each tier's rows in id order
+    firsts = torch.cumsum(counts, 0) - counts
+    local = torch.empty_like(order)
+    local[order] = torch.arange(table.rows, device=device) - firsts.repeat_interleave(counts)
+    sizes, values, scales = [], [], []
+    for key, first, count in zip(keys.tolist(), firsts.tolist(), counts.tolist()):
+        part = parts[key // width]
+        assert part is not None
+        sub, sub_scales = part
+        size = key % width
+        rows = within.index_select(0, order[first : first + count])  # the tier's rows in the precision's packed table
+        window = sub.buffer.as_strided((sub.values + 1, size), (1, 1))  # row k: buffer[k : k + size]
+        sizes.append(size)
+        values.append(window.index_select(0, sub.starts.index_select(0, rows)))
+        if sub_scales is None:
+            scales.append(None)
+        else:
+            tier_scales = sub_scales.index_select(0, rows)
+            scales.append(tier_scales[0].clone() if shared else tier_scales)
+    return _TieredTable(sizes, values, scales, tier, local, table.d_max, dtype, device)
 
 
 def _load_precisions(manifest: Mapping[str, Any], specs: Mapping[str, Any], tensors: Mapping[str, torch.Tensor],

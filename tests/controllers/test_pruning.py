@@ -85,5 +85,13 @@ def test_pruned_runs_export_element_masks_within_a_byte_budget(controller, tmp_p
     manifest = json.loads((export / "manifest.json").read_text())
     assert metrics["export"]["bytes_stored"] <= 60_000
     assert all(spec["element_mask"] for spec in manifest["tables"].values())
-    table = PackedEmbedding.load(export)
-    assert table.lookup("user", __import__("torch").tensor([0, 1, 2])).shape == (3, 16)
+    import torch
+
+    packed = PackedEmbedding.load(export)
+    assert packed.lookup("user", torch.tensor([0, 1, 2])).shape == (3, 16)
+    for layout in ("dense", "tiered"):  # element masks served by every layout, bit for bit (one search for all)
+        served = PackedEmbedding.load(export, layout=layout)
+        for name in packed.tables:
+            assert torch.equal(served.table(name).view(torch.int32), packed.table(name).view(torch.int32)), (layout, name)
+            ids = torch.randint(0, packed.rows[name], (4, 5), generator=torch.Generator().manual_seed(0))
+            assert torch.equal(served.lookup(name, ids).view(torch.int32), packed.lookup(name, ids).view(torch.int32))

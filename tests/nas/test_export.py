@@ -34,6 +34,8 @@ from nas.artifact.serving import (
 )
 
 _BITS = {2: torch.int16, 4: torch.int32, 8: torch.int64}
+#: The in-memory layouts of PackedEmbedding.load: every parity test runs on each.
+LAYOUTS = ("packed", "dense", "tiered")
 
 
 def bits(tensor: torch.Tensor) -> torch.Tensor:
@@ -108,17 +110,17 @@ def test_loaded_lookup_is_bit_identical_to_the_masked_model(case):
     embedding = make_embedding(rows, d_max, seed % 1000, dropped_by=allocation)
     with tempfile.TemporaryDirectory() as tmp:
         export_tables(Path(tmp) / "export", embedding, allocation, budget)
-        packed = PackedEmbedding.load(Path(tmp) / "export")
-        dense = PackedEmbedding.load(Path(tmp) / "export", layout="dense", verify=False)
+        served = {layout: PackedEmbedding.load(Path(tmp) / "export", layout=layout, verify=layout == "packed")
+                  for layout in LAYOUTS}
     embedding.set_allocation(allocation)
-    assert packed.rows == rows and packed.dim == d_max
-    for name, n in rows.items():
-        ids = torch.from_numpy(rng.integers(0, n, (3, 7)))
-        expected = embedding.lookup(name, ids).detach()
-        assert_bit_identical(packed.lookup(name, ids), expected)
-        assert_bit_identical(dense.lookup(name, ids), expected)
-        assert_bit_identical(packed.lookup(name, ids.to(torch.int32)), expected)
-        assert_bit_identical(packed.table(name), embedding.table(name).detach())
+    for layout, loaded in served.items():
+        assert loaded.rows == rows and loaded.dim == d_max and loaded.layout == layout
+        for name, n in rows.items():
+            ids = torch.from_numpy(rng.integers(0, n, (3, 7)))
+            expected = embedding.lookup(name, ids).detach()
+            assert_bit_identical(loaded.lookup(name, ids), expected)
+            assert_bit_identical(loaded.lookup(name, ids.to(torch.int32)), expected)
+            assert_bit_identical(loaded.table(name), embedding.table(name).detach())
 
 
 def test_parity_for_tensors_float16_and_wide_rows(tmp_path):
@@ -131,17 +133,19 @@ def test_parity_for_tensors_float16_and_wide_rows(tmp_path):
         budget = Budget.from_params(allocation.cost, rows, d_max, d_min=0, dtype=dtype)
         manifest = export_tables(tmp_path / dtype, weights, allocation, budget)
         assert manifest["tables"]["user"]["dims_dtype"] == ("uint16" if d_max > 255 else "uint8")
-        packed = PackedEmbedding.load(tmp_path / dtype)
         model = MaskableEmbedding(rows, d_max).to(torch_dtype)
         with torch.no_grad():
             for name, weight in weights.items():
                 model.weights[name].copy_(weight)
         model.set_allocation(allocation)
-        for name in rows:
-            assert_bit_identical(packed.table(name), model.table(name).detach())
+        for layout in LAYOUTS:
+            loaded = PackedEmbedding.load(tmp_path / dtype, layout=layout)
+            for name in rows:
+                assert_bit_identical(loaded.table(name), model.table(name).detach())
 
 
-def test_export_uses_the_given_allocation_and_restores_the_models(tmp_path):
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_export_uses_the_given_allocation_and_restores_the_models(layout, tmp_path):
     rows = {"user": 50}
     rng = np.random.default_rng(2)
     embedding = make_embedding(rows, 8, 3)
@@ -150,11 +154,12 @@ def test_export_uses_the_given_allocation_and_restores_the_models(tmp_path):
     export_tables(tmp_path / "e", embedding, wanted, Budget.from_params(400, rows, 8))
     assert embedding.allocation is other
     embedding.set_allocation(wanted)
-    assert_bit_identical(PackedEmbedding.load(tmp_path / "e").table("user"), embedding.table("user").detach())
+    assert_bit_identical(PackedEmbedding.load(tmp_path / "e", layout=layout).table("user"), embedding.table("user").detach())
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("backbone", ["mf", "lightgcn", "neumf", "ngcf"])
-def test_a_backbone_on_the_loaded_export_scores_exactly_as_the_masked_model(backbone, tmp_path):
+def test_a_backbone_on_the_loaded_export_scores_exactly_as_the_masked_model(backbone, layout, tmp_path):
     """The served vectors feed every backbone unchanged: the same weights rank bit for bit alike."""
     from nas.pipeline.backbones import BACKBONES
     from recsys.data import synthetic
@@ -165,7 +170,7 @@ def test_a_backbone_on_the_loaded_export_scores_exactly_as_the_masked_model(back
     embedding = MaskableEmbedding(rows, 8, seed=1)
     model = BACKBONES.get(backbone)(embedding, data).eval()
     export_tables(tmp_path / "e", embedding, allocation, Budget.from_params(allocation.cost, rows, 8, d_min=1))
-    served = BACKBONES.get(backbone)(PackedEmbedding.load(tmp_path / "e"), data).eval()
+    served = BACKBONES.get(backbone)(PackedEmbedding.load(tmp_path / "e", layout=layout), data).eval()
     served.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("embedding.")})
     embedding.set_allocation(allocation)
     users = torch.arange(rows["user"])
@@ -173,8 +178,9 @@ def test_a_backbone_on_the_loaded_export_scores_exactly_as_the_masked_model(back
         assert_bit_identical(served.all_scores(users), model.all_scores(users))
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("backbone", ["fm", "deepfm", "dcnv2"])
-def test_a_click_backbone_on_the_loaded_export_predicts_exactly_as_the_masked_model(backbone, tmp_path):
+def test_a_click_backbone_on_the_loaded_export_predicts_exactly_as_the_masked_model(backbone, layout, tmp_path):
     """One table per field is exported; the dense weights (first-order scalars, MLP, cross layers) travel with the model."""
     from nas.pipeline.backbones import BACKBONES
     from recsys.data import synthetic_ctr
@@ -191,7 +197,7 @@ def test_a_click_backbone_on_the_loaded_export_predicts_exactly_as_the_masked_mo
                 parameter.normal_(0.0, 0.1, generator=torch.Generator().manual_seed(len(name)))
     manifest = export_tables(tmp_path / "e", embedding, allocation, budget)
     assert set(manifest["tables"]) == set(data.fields) and manifest["bytes_stored"] <= budget.max_bytes
-    served = BACKBONES.get(backbone)(PackedEmbedding.load(tmp_path / "e"), data).eval()
+    served = BACKBONES.get(backbone)(PackedEmbedding.load(tmp_path / "e", layout=layout), data).eval()
     dense = {k: v for k, v in model.state_dict().items() if not k.startswith("embedding.")}
     assert any(k.startswith("linear") for k in dense) == (backbone != "dcnv2")
     served.load_state_dict(dense)
@@ -204,16 +210,18 @@ def test_a_click_backbone_on_the_loaded_export_predicts_exactly_as_the_masked_mo
         assert_bit_identical(served.logits(x), model.logits(x))
 
 
-def test_empty_tables_and_bad_ids(tmp_path):
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_empty_tables_and_bad_ids(layout, tmp_path):
     rows = {"a": 5, "b": 4}
     allocation = Allocation({"a": np.zeros(5, dtype=np.int64), "b": np.array([0, 3, 0, 1])})
     export_tables(tmp_path / "e", make_embedding(rows, 4, 0), allocation, Budget.from_params(4, rows, 4, d_min=0))
-    packed = PackedEmbedding.load(tmp_path / "e")
+    packed = PackedEmbedding.load(tmp_path / "e", layout=layout)
     assert_bit_identical(packed.table("a"), torch.zeros(5, 4))
     assert packed.lookup("b", torch.zeros(0, dtype=torch.int64)).shape == (0, 4)
-    for bad in (torch.tensor([4]), torch.tensor([-1])):
-        with pytest.raises(IndexError):
-            packed.lookup("b", bad)
+    for name, n in rows.items():  # "a" has no values at all: its ids are still checked
+        for bad in (torch.tensor([n]), torch.tensor([-1]), torch.tensor([[0], [n]], dtype=torch.int32)):
+            with pytest.raises(IndexError):
+                packed.lookup(name, bad)
     with pytest.raises(KeyError, match="no table 'c'"):
         packed.lookup("c", torch.tensor([0]))
 
@@ -510,8 +518,12 @@ def test_benchmark_script_runs():
         capture_output=True, text=True, check=True,
     )
     report = json.loads(result.stdout.strip().splitlines()[-1])
-    assert report["sizes"]["bytes_stored"] <= report["sizes"]["budget_max_bytes"]
+    assert [sizes["sizes"] for sizes in report["sizes"]] == ["freq", "mult4", "pow2"]
+    for sizes in report["sizes"]:
+        assert sizes["bytes_stored"] <= sizes["budget_max_bytes"]
+        assert sizes["serving_memory_tiered"] < sizes["serving_memory_dense"]
     assert {row["ids"] for row in report["lookup"]} == {"uniform", "zipf"}
+    assert all(row[f"ratio_{layout}"] > 0 for row in report["lookup"] for layout in ("packed", "tiered", "dense"))
 
 
 # -- reported cases: hostile manifests and files, reproducible bytes, non-finite values ----------
@@ -744,7 +756,8 @@ def test_export_refuses_non_finite_values(tmp_path):
     # In a dropped position it is never exported: the served value is +0.0.
     weights["item"][2, 1], weights["item"][2, 3] = 0.0, float("nan")
     export_tables(tmp_path / "e", weights, allocation, budget)
-    assert bool(torch.isfinite(PackedEmbedding.load(tmp_path / "e").table("item")).all())
+    for layout in LAYOUTS:
+        assert bool(torch.isfinite(PackedEmbedding.load(tmp_path / "e", layout=layout).table("item")).all())
 
 
 def test_export_refuses_values_that_overflow_the_stored_dtype(tmp_path):
@@ -780,14 +793,15 @@ def test_implausibly_wide_tables_are_refused(export, tmp_path):
                       Budget.from_params(2, rows, MAX_D_MAX + 1))
 
 
-def test_wide_tables_serve_without_a_prefix_table(tmp_path):
+@pytest.mark.parametrize("layout", ["packed", "tiered"])
+def test_wide_tables_serve_without_a_prefix_table(layout, tmp_path):
     """Past 1,024 columns the prefix mask is computed per lookup (bounded memory), still bit for bit."""
     rows = {"user": 5}
     d_max = 1500
     weights = {"user": torch.randn(5, d_max)}
     allocation = Allocation({"user": np.array([0, 1, 1024, 1499, 1500])})
     export_tables(tmp_path / "e", weights, allocation, Budget.from_params(allocation.cost, rows, d_max, d_min=0))
-    packed = PackedEmbedding.load(tmp_path / "e")
+    packed = PackedEmbedding.load(tmp_path / "e", layout=layout)
     expected = torch.where(torch.arange(d_max) < torch.from_numpy(allocation.row_dims["user"]).unsqueeze(1), weights["user"], 0.0)
     assert_bit_identical(packed.table("user"), expected)
     assert packed.memory_bytes() < 5 * d_max * 4 + 64 * 1024

@@ -14,6 +14,9 @@ and loading it with :meth:`PackedEmbedding.load`:
   and the header length changed, tensors dropped or added, the data cut or extended, or
   values poked to NaN or inf, optionally resealed.
 
+Every target runs on each in-memory layout (``packed``, ``dense``, ``tiered``): they share every check,
+so a case is refused alike by all, and a loaded one must serve the packed original's vectors in each.
+
 The oracle: the load either raises :class:`PackedArtifactError`, on one line, naming a file of the
 folder, or returns tables; where nothing was resealed and the sha256 was checked, those tables must
 be bit-identical to the original ones (the mutation was a no-op), otherwise (the fuzzer forged a
@@ -45,6 +48,7 @@ from nas.core.allocation import Allocation
 from nas.core.budget import Budget
 
 PROFILES = {"default": 120, "slow": 10_000}
+LAYOUTS = ("packed", "dense", "tiered")
 PROFILE_PARAMS = ["default", pytest.param("slow", marks=pytest.mark.slow)]
 
 
@@ -94,27 +98,31 @@ def case_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 # -- the oracle -----------------------------------------------------------------------------------
-def check_load(folder: Path, original: Original, *, verify: bool, forged: bool) -> str:
-    """Load ``folder``; return ``"refused"`` or ``"loaded"``, failing on anything but the contract."""
+def check_load(folder: Path, original: Original, *, verify: bool, forged: bool, layout: str = "packed") -> str:
+    """Load ``folder`` in ``layout``; return ``"refused"`` or ``"loaded"``, failing on anything but the contract."""
     try:
-        loaded = PackedEmbedding.load(folder, verify=verify)
+        loaded = PackedEmbedding.load(folder, verify=verify, layout=layout)
     except PackedArtifactError as error:
         message = str(error)
         assert "\n" not in message and "\r" not in message, message
         named = [str(folder / MANIFEST_FILE) + ": ", str(folder / TABLES_FILE) + ": ", str(folder) + ": "]
         assert any(message.startswith(prefix) for prefix in named), message
         return "refused"
+    assert loaded.layout == layout
     if not forged:  # the original bytes' digests held: this must be the original artifact
         assert loaded.tables == original.loaded.tables and loaded.dim == original.loaded.dim
         assert loaded.dtype == original.loaded.dtype and loaded.rows == original.loaded.rows
         for name, table in original.tables.items():
             assert torch.equal(loaded.table(name).view(torch.int32), table.view(torch.int32)), name
         return "loaded"
+    packed = loaded if layout == "packed" else PackedEmbedding.load(folder, verify=verify)
     for name in loaded.tables:  # a consistent artifact the fuzzer forged: it must still serve sanely
         table = loaded.table(name)
         assert table.shape == (loaded.rows[name], loaded.dim) and table.dtype == loaded.dtype
         assert bool(torch.isfinite(table).all()), name
         assert torch.equal(loaded.lookup(name, torch.tensor([loaded.rows[name] - 1])), table[-1:])
+        # and every layout serves the packed layout's bits
+        assert torch.equal(packed.table(name).contiguous().view(torch.uint8), table.contiguous().view(torch.uint8)), name
     return "loaded"
 
 
@@ -277,8 +285,9 @@ def dumps_with_raw(value: Any, raw: str | None, **options: Any) -> bytes:
 
 
 # -- the targets ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("profile", PROFILE_PARAMS)
-def test_fuzz_manifest_bytes(profile, original, case_folder, capsys):
+def test_fuzz_manifest_bytes(profile, layout, original, case_folder, capsys):
     outcomes: list[str] = []
 
     @fuzz_settings(profile)
@@ -286,15 +295,16 @@ def test_fuzz_manifest_bytes(profile, original, case_folder, capsys):
     def run(data: st.DataObject) -> None:
         manifest = data.draw(mutated(original.manifest_bytes))
         write_case(case_folder, manifest, original.payload)
-        outcomes.append(check_load(case_folder, original, verify=True, forged=False))
+        outcomes.append(check_load(case_folder, original, verify=True, forged=False, layout=layout))
 
     started = time.perf_counter()
     run()
-    report("manifest_bytes", outcomes, started, capsys)
+    report(f"manifest_bytes ({layout})", outcomes, started, capsys)
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("profile", PROFILE_PARAMS)
-def test_fuzz_payload_bytes(profile, original, case_folder, capsys):
+def test_fuzz_payload_bytes(profile, layout, original, case_folder, capsys):
     outcomes: list[str] = []
 
     @fuzz_settings(profile)
@@ -304,15 +314,16 @@ def test_fuzz_payload_bytes(profile, original, case_folder, capsys):
         verify, reseal = data.draw(st.booleans()), data.draw(st.booleans())
         manifest = seal(json.loads(original.manifest_bytes), payload) if reseal else original.manifest_bytes
         write_case(case_folder, manifest, payload)
-        outcomes.append(check_load(case_folder, original, verify=verify, forged=reseal or not verify))
+        outcomes.append(check_load(case_folder, original, verify=verify, forged=reseal or not verify, layout=layout))
 
     started = time.perf_counter()
     run()
-    report("payload_bytes", outcomes, started, capsys)
+    report(f"payload_bytes ({layout})", outcomes, started, capsys)
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("profile", PROFILE_PARAMS)
-def test_fuzz_manifest_structure(profile, original, case_folder, capsys):
+def test_fuzz_manifest_structure(profile, layout, original, case_folder, capsys):
     outcomes: list[str] = []
 
     @fuzz_settings(profile)
@@ -329,11 +340,11 @@ def test_fuzz_manifest_structure(profile, original, case_folder, capsys):
         else:
             text = dumps_with_raw(manifest, raw, indent=data.draw(st.sampled_from([1, None])))
         write_case(case_folder, text, payload)
-        outcomes.append(check_load(case_folder, original, verify=True, forged=reseal))
+        outcomes.append(check_load(case_folder, original, verify=True, forged=reseal, layout=layout))
 
     started = time.perf_counter()
     run()
-    report("manifest_structure", outcomes, started, capsys)
+    report(f"manifest_structure ({layout})", outcomes, started, capsys)
 
 
 @st.composite
@@ -385,8 +396,9 @@ def header_mutation(draw: st.DrawFn, original: Original) -> bytes:
     return build_payload(header, bytes(body), length_delta)
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("profile", PROFILE_PARAMS)
-def test_fuzz_safetensors_header(profile, original, case_folder, capsys):
+def test_fuzz_safetensors_header(profile, layout, original, case_folder, capsys):
     outcomes: list[str] = []
 
     @fuzz_settings(profile)
@@ -396,8 +408,8 @@ def test_fuzz_safetensors_header(profile, original, case_folder, capsys):
         verify, reseal = data.draw(st.booleans()), data.draw(st.sampled_from([True, True, True, False]))
         manifest = seal(json.loads(original.manifest_bytes), payload) if reseal else original.manifest_bytes
         write_case(case_folder, manifest, payload)
-        outcomes.append(check_load(case_folder, original, verify=verify, forged=reseal or not verify))
+        outcomes.append(check_load(case_folder, original, verify=verify, forged=reseal or not verify, layout=layout))
 
     started = time.perf_counter()
     run()
-    report("safetensors_header", outcomes, started, capsys)
+    report(f"safetensors_header ({layout})", outcomes, started, capsys)
