@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from nas.pipeline.config import PROPAGATION_DTYPES
 from recsys.data import load_lightgcn
 from recsys.embedding import PlainEmbedding
 from recsys.metrics import fitness_quality
@@ -47,10 +48,12 @@ from recsys.train import (
 )
 
 
-def build(name: str, data, dim: int, seed: int, layers: int):  # noqa: ANN001, ANN201
+def build(name: str, data, dim: int, seed: int, layers: int, propagation: str = "fp32"):  # noqa: ANN001, ANN201
     """The full model: MF, or LightGCN with ``layers`` rounds over ``data``'s training graph."""
     embedding = PlainEmbedding(data.rows(), dim, std=0.1, seed=seed)
-    return MF(embedding) if name == "mf" else LightGCN(embedding, data.train, layers)
+    if name == "mf":
+        return MF(embedding)
+    return LightGCN(embedding, data.train, layers, propagation_dtype=PROPAGATION_DTYPES[propagation])
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -58,6 +61,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--data-dir", type=Path, required=True, help="folder with the LightGCN Gowalla files")
     parser.add_argument("--model", choices=("mf", "lightgcn"), default="mf")
     parser.add_argument("--layers", type=int, default=3, help="LightGCN's propagation rounds")
+    parser.add_argument("--propagation", choices=tuple(PROPAGATION_DTYPES), default="fp32",
+                        help="the dtype LightGCN's rounds multiply in")
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=2048)
     parser.add_argument("--lr", type=float, default=1e-3)
@@ -76,6 +81,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--info-nce-temperature", type=float, default=INFO_NCE_TEMPERATURE)
     parser.add_argument("--test-curve", action="store_true",
                         help="also test the selection run at each validation (a learning curve; selection stays on validation)")
+    parser.add_argument("--select-only", action="store_true",
+                        help="stop after the selection run (with --test-curve: its test curve is the result)")
     parser.add_argument("--out", type=Path, help="also write the report to this JSON file")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
@@ -97,7 +104,7 @@ def main(argv: list[str] | None = None) -> dict:
     epochs = args.epochs
     if epochs is None:
         select = load_lightgcn(d / "lightgcnpp_train.txt.gz", d / "lightgcnpp_valid.txt.gz", d / "test.txt.gz")
-        model = build(args.model, select, args.dim, args.seed, args.layers)
+        model = build(args.model, select, args.dim, args.seed, args.layers, args.propagation)
         tested: dict[int, dict] = {}
 
         def test_curve(state: dict) -> None:
@@ -117,9 +124,11 @@ def main(argv: list[str] | None = None) -> dict:
                       for r in result.history if "valid" in r],
         }
         print(f"selected {epochs} epochs: valid {result.best_valid}", file=sys.stderr)
+    if args.select_only:
+        return _report(report, args.out)
 
     full = load_lightgcn([d / "lightgcnpp_train.txt.gz", d / "lightgcnpp_valid.txt.gz"], None, d / "test.txt.gz")
-    model = build(args.model, full, args.dim, args.seed, args.layers)
+    model = build(args.model, full, args.dim, args.seed, args.layers, args.propagation)
     result = train_bpr(model, full, config(epochs), progress=not args.no_progress)
     tic = time.perf_counter()
     torch.set_num_threads(args.threads)
@@ -132,11 +141,16 @@ def main(argv: list[str] | None = None) -> dict:
         "full_eval_seconds": eval_seconds, "final_loss": result.history[-1]["loss"],
         "test": test, "fitness_quality": fitness_quality(test),
     }
+    return _report(report, args.out)
+
+
+def _report(report: dict, out: Path | None) -> dict:
+    """Print the report as JSON, and write it to ``out`` when given."""
     text = json.dumps(report, indent=2)
     print(text)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n")
     return report
 
 

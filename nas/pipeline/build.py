@@ -20,7 +20,7 @@ from nas.core.plugins import CONTROLLERS, SPACES
 from nas.core.space import SearchSpace
 from nas.core.tables import table_specs
 from nas.pipeline.backbones import BACKBONES
-from nas.pipeline.config import SearchConfig
+from nas.pipeline.config import PROPAGATION_DTYPES, SearchConfig
 from nas.pipeline.embedding import MaskableEmbedding
 from nas.pipeline.evaluators import FineTuneEvaluator, SupernetEvaluator
 from nas.pipeline.runs import Run
@@ -48,6 +48,8 @@ def build_model(config: SearchConfig, data: Data | Task) -> Model:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         model = BACKBONES.get(config.model)(embedding, task.data)
+    if config.train is not None and config.train.propagation != "fp32":  # the configuration checked the backbone
+        model.propagation_dtype = PROPAGATION_DTYPES[config.train.propagation]
     return model.to(config.device)
 
 

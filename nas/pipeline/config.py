@@ -34,6 +34,8 @@ __all__ = [
     "RETRAIN_MODES",
     "SUPERNET_MODES",
     "TRAINING_COPIES",
+    "PROPAGATING_BACKBONES",
+    "PROPAGATION_DTYPES",
     "TRAINING_DEFAULTS",
     "FineTuneConfig",
     "SearchConfig",
@@ -203,7 +205,9 @@ class TrainingOptions:
     with binary cross-entropy (:class:`recsys.train_ctr.CTRTrainConfig`, early stopping
     on validation AUC; ``sampling`` does not apply, and ``loss`` must stay ``"bpr"``).  ``checkpoint_every`` epochs the
     whole training state is saved in the run, so a run killed mid-training resumes from
-    that epoch.  :data:`TRAINING_DEFAULTS` holds each task's defaults.
+    that epoch.  ``propagation`` is the dtype LightGCN's rounds multiply in
+    (:data:`PROPAGATION_DTYPES`; the tables, their gradients and the loss stay float32).
+    :data:`TRAINING_DEFAULTS` holds each task's defaults.
     """
 
     epochs: int = 40
@@ -219,9 +223,12 @@ class TrainingOptions:
     negatives: int = SOFTMAX_NEGATIVES
     info_nce: float = 0.0
     info_nce_temperature: float = INFO_NCE_TEMPERATURE
+    propagation: str = "fp32"
 
     def __post_init__(self) -> None:
         _refuse_non_finite("training", self, _TRAINING_FLAGS)
+        if self.propagation not in PROPAGATION_DTYPES:
+            raise ConfigError(f"propagation must be one of {', '.join(PROPAGATION_DTYPES)}, got {self.propagation!r}")
         if self.checkpoint_every < 1:
             raise ConfigError(f"checkpoint_every must be at least 1 epoch, got {self.checkpoint_every}")
         try:
@@ -238,17 +245,26 @@ class TrainingOptions:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able form; without the InfoNCE term, exactly what it was before the term existed (same run identity)."""
+        """JSON-able form; without the InfoNCE term and in float32, exactly what it was before either existed (same run identity)."""
         data = asdict(self)
         if not self.info_nce:
             del data["info_nce"], data["info_nce_temperature"]
+        if self.propagation == "fp32":
+            del data["propagation"]
         return data
+
+
+#: The dtypes a graph backbone's propagation may multiply in (``propagation`` of
+#: :class:`TrainingOptions`): bfloat16 halves the bytes each sparse product reads.
+PROPAGATION_DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16}
+#: The backbones whose propagation can run in another dtype (they take ``propagation_dtype``).
+PROPAGATING_BACKBONES = ("lightgcn",)
 
 
 #: The command-line flags of the training options that have one (named in error messages).
 _TRAINING_FLAGS = {name: "--" + name.replace("_", "-") for name in ("epochs", "batch_size", "lr", "reg", "eval_every",
                                                                     "patience", "sampling", "loss", "temperature", "negatives",
-                                                                    "info_nce", "info_nce_temperature")}
+                                                                    "info_nce", "info_nce_temperature", "propagation")}
 
 
 #: Training defaults of each task: BPR as LightGCN trains for top-k; [LERSBench]'s for click
@@ -417,6 +433,9 @@ class SearchConfig:
         if self.train is not None and self.train.info_nce and (task == "click" or self.model in ("mf", "neumf")):
             raise ConfigError(f"--info-nce is a term of graph backbones (lightgcn, ngcf); {self.model} has none, "
                               "so leave it out")
+        if self.train is not None and self.train.propagation != "fp32" and self.model not in PROPAGATING_BACKBONES:
+            raise ConfigError(f"--propagation {self.train.propagation} applies to {', '.join(PROPAGATING_BACKBONES)}; "
+                              f"{self.model} propagates nothing, so leave it out")
         if self.d_max is None:
             object.__setattr__(self, "d_max", D_MAX_DEFAULTS[task])
         if self.train is None:

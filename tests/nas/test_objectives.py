@@ -136,3 +136,26 @@ def test_a_lightgcn_supernet_trains_with_the_info_nce_term(data, monkeypatch: py
     config = TrainConfig(epochs=1, batch_size=512, lr=5e-3, reg=1e-4, eval_every=1, patience=10, seed=0, info_nce=0.1)
     train_supernet(model, data, space, budget, config, SupernetOptions(mode="sandwich"), progress=False)
     assert seen and all(contrast == (0.1, 0.2) for contrast in seen)
+
+
+def test_the_propagation_dtype_is_a_training_option_of_lightgcn_only(data, tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    import torch
+
+    from nas.app.cli import _config_from_args, build_parser, main
+    from nas.pipeline.build import build_model
+
+    def parse(*flags: str) -> SearchConfig:
+        return _config_from_args(build_parser().parse_args(["search", "--model", "lightgcn", "--recipe", "none", *flags]))
+
+    plain, fast = parse(), parse("--propagation", "bf16")
+    assert "propagation" not in plain.to_dict()["train"], "in float32 a run keeps the identity it had before the option"
+    assert fast.train.propagation == "bf16" and SearchConfig.from_dict(fast.to_dict()) == fast
+    assert build_model(fast, data).propagation_dtype == torch.bfloat16
+    assert build_model(plain, data).propagation_dtype is None
+    assert main(["search", "--runs", str(tmp_path), "--quiet", "--model", "mf", "--propagation", "bf16"]) == 2
+    assert "--propagation bf16 applies to lightgcn; mf propagates nothing" in capsys.readouterr().err
+    from nas.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="propagation must be one of fp32, bf16"):
+        TrainingOptions(propagation="fp16")
+    assert list(tmp_path.iterdir()) == []

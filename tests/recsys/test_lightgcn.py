@@ -162,3 +162,18 @@ def test_a_backbone_without_the_term_is_refused_with_what_to_change():
     for loss in ("bpr", "softmax"):
         with pytest.raises(TypeError, match="MF has no InfoNCE term .* info_nce=0"):
             top_k_loss(loss, negatives=2, info_nce=0.1)(model, *batch, 1e-4)
+
+
+def test_a_bfloat16_propagation_stays_near_the_float32_one_and_trains_float32_tables():
+    train = graph()
+    exact = LightGCN(PlainEmbedding({"user": 30, "item": 40}, 8, seed=0), train)
+    fast = LightGCN(PlainEmbedding({"user": 30, "item": 40}, 8, seed=0), train, propagation_dtype=torch.bfloat16)
+    for (a, b) in zip(exact.propagate(), fast.propagate()):
+        assert b.dtype == torch.float32
+        torch.testing.assert_close(b, a, rtol=2e-2, atol=2e-3)  # bfloat16 keeps 8 bits of mantissa
+    users, pos, neg = torch.tensor([0, 5, 7]), torch.tensor([1, 2, 3]), torch.tensor([4, 5, 6])
+    fast.train()
+    fast.bpr_loss(users, pos, neg, 1e-4, contrast=(0.1, 0.2)).backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 and p.grad.abs().sum() > 0 for p in fast.parameters())
+    with pytest.raises(ValueError, match="floating-point"):
+        LightGCN(PlainEmbedding({"user": 30, "item": 40}, 8, seed=0), train, propagation_dtype=torch.int8)
