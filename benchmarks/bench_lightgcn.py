@@ -10,7 +10,8 @@ concatenated and multiplied by it K times with ``torch.sparse.mm``.  Ours keeps 
 off-diagonal blocks in CSR form and propagates users and items separately, each product an
 ``embedding_bag`` (:mod:`recsys.models._graph`); "torch CSR" is the same model with each
 product a torch ``csr @ dense`` instead (backpropagated by the transposed block as ours).
-"ours + InfoNCE" adds the InfoNCE term (weight 0.1, τ 0.2) to ours: its cost.  All train with
+"ours + InfoNCE" adds the InfoNCE term (weight 0.1, τ 0.2) to ours: its cost; "bf16
+propagation" multiplies in bfloat16 (``LightGCN(propagation_dtype=torch.bfloat16)``).  All train with
 the same BPR batches (2,048 triples), Adam and L2, one after the other in this process; the
 ratios to ours are printed with the times.  All give the same loss on the first batch
 (checked), so they compute the same model.
@@ -144,6 +145,10 @@ def main() -> None:
         "torch CSR": (torch_csr_lightgcn(PlainEmbedding(data.rows(), 64, seed=0), data.train), {}),
         "straightforward (COO adjacency)": (PlainLightGCN(PlainEmbedding(data.rows(), 64, seed=0), data.train), {}),
         "ours + InfoNCE": (LightGCN(PlainEmbedding(data.rows(), 64, seed=0), data.train), {"contrast": (0.1, 0.2)}),
+        "ours, bf16 propagation": (LightGCN(PlainEmbedding(data.rows(), 64, seed=0), data.train,
+                                            propagation_dtype=torch.bfloat16), {}),
+        "ours + InfoNCE, bf16 propagation": (LightGCN(PlainEmbedding(data.rows(), 64, seed=0), data.train,
+                                                      propagation_dtype=torch.bfloat16), {"contrast": (0.1, 0.2)}),
     }
     probe = BPRSampler(data.train, seed=0)
     users, pos, neg = next(iter(probe.epoch(args.batch)))

@@ -65,8 +65,8 @@ RECIPES: dict[str, Recipe] = {recipe.name: recipe for recipe in (
                  "loss": "bpr", "info_nce": 0.02, "info_nce_temperature": 0.2},
         summary="BPR plus SGL's InfoNCE term without augmentation (weight 0.02, τ 0.2), early-stopped on validation",
         measured="Last.fm (lr 2e-3): NDCG@20 0.2635 in 50 epochs (BPR: 0.2602 in 190), every row at 6 dimensions "
-                 "0.2236 (BPR: 0.2026); Gowalla, measured at weight 0.1 only: 0.1450 after 40 epochs of 52 s each "
-                 "on 2 threads (BPR: 0.1209 after 40; the published 0.1554 is not reached) (docs/results.md §9.4)",
+                 "0.2236 (BPR: 0.2026); Gowalla: 0.1437 after 40 epochs of about 52 s on 2 threads, still rising "
+                 "(BPR: 0.1209 after 40; the published 0.1554 is not reached) (docs/results.md §9.4, §9.5)",
     ),
 )}
 
