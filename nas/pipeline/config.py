@@ -336,8 +336,9 @@ class SearchConfig:
             retrained from scratch to the end).
         seed: fixes the data split, initialisations, sampling and the controller.
         train: how the full model and the retrained allocation are trained (``None``: the
-            backbone's default recipe, :data:`nas.pipeline.recipes.DEFAULT_RECIPES`, else its
-            task's defaults, :data:`TRAINING_DEFAULTS`).
+            task's defaults, :data:`TRAINING_DEFAULTS`; :func:`nas.search`, :func:`nas.configure`
+            and the command line start from the backbone's default recipe instead,
+            :data:`nas.pipeline.recipes.DEFAULT_RECIPES`).
         device: torch device.
         threads: torch threads (``None`` leaves torch's default).
         reference: what the allocated model is compared with: ``"full"``, a plainly trained
@@ -439,9 +440,7 @@ class SearchConfig:
         if self.d_max is None:
             object.__setattr__(self, "d_max", D_MAX_DEFAULTS[task])
         if self.train is None:
-            from nas.pipeline.recipes import training_defaults  # recipes are built on these options
-
-            object.__setattr__(self, "train", training_defaults(self.model, task))
+            object.__setattr__(self, "train", TRAINING_DEFAULTS[task])
 
     @property
     def task(self) -> str:

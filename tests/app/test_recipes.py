@@ -12,7 +12,7 @@ from nas.app.cli import _config_from_args, build_parser, main
 from nas.app.grid import plan_cells, read_grid
 from nas.core.errors import ConfigError
 from nas.pipeline.backbones import backbone_task
-from nas.pipeline.config import TRAINING_DEFAULTS, SearchConfig, TrainingOptions
+from nas.pipeline.config import TRAINING_DEFAULTS, TrainingOptions
 from nas.pipeline.recipes import DEFAULT_RECIPES, RECIPES, Recipe, recipe_options
 
 
@@ -46,7 +46,6 @@ def test_without_a_recipe_a_backbone_trains_with_its_default_recipe_else_the_tas
         expected = recipe_options(name, model, backbone_task(model))
         assert _config("--model", model).train == expected
         assert configure(model=model).train == expected
-        assert SearchConfig(model=model).train == expected, "the lower-level config agrees with the CLI and the API"
         assert configure(model=model, train={"epochs": 3}).train == replace(expected, epochs=3)
 
 
