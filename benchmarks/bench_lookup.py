@@ -138,6 +138,14 @@ def measure(args: argparse.Namespace, budget: Budget, rounding: str, generator: 
     return results, sizes
 
 
+def print_table(header: str, lines: list[str]) -> None:
+    """A header, a rule under it and the lines."""
+    print(header)
+    print("-" * len(header))
+    for line in lines:
+        print(line)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=100_000)
@@ -165,23 +173,18 @@ def main() -> None:
     print(f"rows={args.rows} dim={args.dim} sparsity={args.sparsity} threads={torch.get_num_threads()} "
           f"repeat={args.repeat} zipf={args.zipf}  (ratio = layout throughput / dense nn.Embedding throughput, "
           "median of the samples; min = ratio of the fastest samples)")
-    header = (f"{'sizes':>6} {'tiers':>5} {'batch':>7} {'ids':>8} {'nn.Emb us':>9} "
-              + " ".join(f"{layout + ' us':>10} {'ratio':>6} {'(min)':>6}" for layout in LAYOUTS))
-    print(header)
-    print("-" * len(header))
-    for row in results:
-        print(f"{row['sizes']:>6} {row['tiers']:>5} {row['batch']:>7} {row['ids']:>8} {row['embedding_us']:>9} "
-              + " ".join(f"{row[f'{layout}_us']:>10} {row[f'ratio_{layout}']:>6} {row[f'ratio_{layout}_min']:>6}"
-                         for layout in LAYOUTS))
+    print_table(f"{'sizes':>6} {'tiers':>5} {'batch':>7} {'ids':>8} {'nn.Emb us':>9} "
+                + " ".join(f"{layout + ' us':>10} {'ratio':>6} {'(min)':>6}" for layout in LAYOUTS),
+                [f"{row['sizes']:>6} {row['tiers']:>5} {row['batch']:>7} {row['ids']:>8} {row['embedding_us']:>9} "
+                 + " ".join(f"{row[f'{layout}_us']:>10} {row[f'ratio_{layout}']:>6} {row[f'ratio_{layout}_min']:>6}"
+                            for layout in LAYOUTS) for row in results])
     print()
     print(f"serving memory in bytes, and as a share of the budget's {budget.max_bytes:,} bytes:")
-    header = f"{'sizes':>6} {'tiers':>5} {'values kept':>12} {'on disk':>11} " + " ".join(f"{layout:>19}" for layout in LAYOUTS)
-    print(header)
-    print("-" * len(header))
-    for memory in sizes:
-        print(f"{memory['sizes']:>6} {memory['tiers']:>5} {memory['values_kept']:>12,} {memory['bytes_stored']:>11,} "
-              + " ".join(f"{memory[f'serving_memory_{layout}']:>11,} ({memory[f'serving_memory_{layout}'] / budget.max_bytes:.3f})"
-                         for layout in LAYOUTS))
+    print_table(f"{'sizes':>6} {'tiers':>5} {'values kept':>12} {'on disk':>11} " + " ".join(f"{layout:>19}" for layout in LAYOUTS),
+                [f"{memory['sizes']:>6} {memory['tiers']:>5} {memory['values_kept']:>12,} {memory['bytes_stored']:>11,} "
+                 + " ".join(f"{memory[f'serving_memory_{layout}']:>11,} "
+                            f"({memory[f'serving_memory_{layout}'] / budget.max_bytes:.3f})" for layout in LAYOUTS)
+                 for memory in sizes])
     print(json.dumps({"config": vars(args), "lookup": results, "sizes": sizes}))
 
 
