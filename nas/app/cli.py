@@ -26,6 +26,7 @@ def _add_search_options(parser: argparse.ArgumentParser) -> None:
     from nas.pipeline.config import (
         D_MAX_DEFAULTS,
         EVALUATORS,
+        PROPAGATION_DTYPES,
         PROPOSAL_SOURCES,
         RETRAIN_MODES,
         REFERENCES,
@@ -147,9 +148,10 @@ def _add_search_options(parser: argparse.ArgumentParser) -> None:
                             f"a few dimensions a row stall for tens of epochs; 0.02 does not (default: {train.info_nce}, none)")
     model.add_argument("--info-nce-temperature", type=float,
                        help=f"the InfoNCE term's temperature (default: {train.info_nce_temperature})")
-    model.add_argument("--propagation", choices=("fp32", "bf16"),
-                       help="the dtype LightGCN's propagation multiplies in: bf16 reads half the bytes, each sparse product "
-                            f"about 3x faster on CPU; tables, gradients and loss stay float32 (default: {train.propagation})")
+    model.add_argument("--propagation", choices=tuple(PROPAGATION_DTYPES),
+                       help="the dtype LightGCN's propagation multiplies in: bf16 reads half the bytes (an epoch 2-13 %% "
+                            "faster on CPU, quality level); tables, gradients and loss stay float32 "
+                            f"(default: {train.propagation})")
     model.add_argument("--recipe", metavar="NAME",
                        help="named training options measured to bring a backbone to its published strength "
                             "(embnas recipes lists them); the options above, where given, still win (default: the "

@@ -40,9 +40,9 @@ class LightGCN(GraphCF):
         train: the ``(n_users, n_items)`` training interactions (the graph).
         layers: propagation rounds K (3 in [LightGCN]).
         propagation_dtype: the dtype the rounds multiply in (``None``: the tables' own).
-            ``torch.bfloat16`` makes each sparse product about 3x faster on CPU (half the
-            bytes read); the layer-0 tables, their gradients and the mean over rounds stay
-            in the tables' dtype.  docs/results.md §9.5 measures what it costs in quality.
+            ``torch.bfloat16`` halves the bytes each sparse product reads; the layer-0 tables,
+            their gradients and the mean over rounds stay in the tables' dtype.  On CPU it
+            saved 2-13 % of an epoch at level quality (docs/results.md §9.5).
     """
 
     def __init__(self, embedding: EmbeddingProvider, train: sp.csr_matrix, layers: int = 3,
