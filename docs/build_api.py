@@ -44,6 +44,7 @@ MODULES = (
     "nas.pipeline.result",
     "nas.artifact.serving",
     "nas.artifact.export",
+    "nas.artifact.torchrec_tables",
     "nas.testing",
 )
 

@@ -327,7 +327,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     from nas.pipeline.replay import export_run
 
-    manifest = export_run(args.run, args.out)
+    manifest = export_run(args.run, args.out, format=args.format, align=args.align)
+    if args.format == "torchrec":
+        tiers = sum(feature is not None for spec in manifest["tables"].values() for feature, *_ in spec["tiers"])
+        print(f"exported to {manifest['folder']}: {len(manifest['tables'])} table(s) in {tiers} TorchRec table(s) of one "
+              f"dimension each, {manifest['bytes']:,} bytes of values and remap (the budget leaves {manifest['bytes_limit']:,}); "
+              "load with nas.artifact.torchrec_tables.TorchRecTables.load")
+        return 0
     print(f"exported to {manifest['folder']}: {manifest['bytes_stored']:,} bytes "
           f"(budget {manifest['budget']['max_bytes']:,} bytes)")
     return 0
@@ -487,7 +493,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = commands.add_parser("export", help="export a run's allocated tables for serving", description="Write the packed, budget-checked tables of a run.")
     export.add_argument("run", type=Path, help="the run folder (runs/<id>)")
-    export.add_argument("--out", type=Path, help="export folder (default: <run>/export)")
+    export.add_argument("--out", type=Path, help="export folder (default: <run>/export, or <run>/export-torchrec)")
+    export.add_argument("--format", choices=("packed", "torchrec"), default="packed",
+                        help="packed: the budget-checked artifact PackedEmbedding serves; torchrec: one TorchRec "
+                             "EmbeddingBagConfig per table and row size, their state dict and the id remap (default: packed)")
+    export.add_argument("--align", type=int, choices=(1, 2, 4, 8), default=1,
+                        help="torchrec only: round every dimension up to a multiple of this with zero columns, as "
+                             "FBGEMM's fused kernels want (4); refused when the rounding does not fit the budget (default: 1)")
     export.set_defaults(handler=_cmd_export)
 
     report = commands.add_parser("report", help="draw a finished run's allocation against frequency (PNG)",

@@ -448,11 +448,16 @@ def _write_file(path: Path, data: bytes) -> None:
         os.fsync(handle.fileno())
 
 
-def _write_folder(target: Path, files: Mapping[str, bytes], expected: int, limit: int) -> None:
-    """Write ``files`` into a sibling temporary folder, check them on disk, then swap it in for ``target``."""
+def _write_folder(target: Path, files: Mapping[str, bytes], expected: int, limit: int,
+                  replaceable: frozenset[str] = frozenset({MANIFEST_FILE, TABLES_FILE})) -> None:
+    """Write ``files`` into a sibling temporary folder, check them on disk, then swap it in for ``target``.
+
+    ``target`` may be missing, empty, or a folder holding only files named in ``replaceable``
+    (an earlier export of the same kind); anything else is refused.
+    """
     target = target.absolute()
     target.parent.mkdir(parents=True, exist_ok=True)
-    _check_replaceable(target)
+    _check_replaceable(target, replaceable)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
         os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700: a serving user must read it
@@ -471,14 +476,14 @@ def _write_folder(target: Path, files: Mapping[str, bytes], expected: int, limit
         raise
 
 
-def _check_replaceable(target: Path) -> None:
+def _check_replaceable(target: Path, replaceable: frozenset[str]) -> None:
     """Refuse to replace anything but a missing or empty folder or an earlier export."""
     if not target.exists() and not target.is_symlink():
         return
     if target.is_symlink() or not target.is_dir():
         raise ArtifactError(f"{target}: exists and is not a folder; refusing to replace it with an export")
     entries = {entry.name for entry in target.iterdir()}
-    if not entries or entries <= {MANIFEST_FILE, TABLES_FILE}:
+    if not entries or entries <= replaceable:
         return
     raise ArtifactError(
         f"{target}: is a folder holding {sorted(entries)[:5]}, not an embnas export; refusing to replace it"

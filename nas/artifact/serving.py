@@ -618,6 +618,17 @@ class PackedEmbedding:
             return stored
         return stored.lookup(torch.arange(stored.rows, device=stored.device))
 
+    def row_sizes(self, table: str) -> torch.Tensor:
+        """Each row's stored size in ``table`` (int64, ``(rows,)``): the values it keeps before zero padding.
+
+        Raises:
+            ValueError: in the dense layout, which does not keep the sizes (load ``"packed"`` or ``"tiered"``).
+        """
+        stored = self._get(table)
+        if isinstance(stored, torch.Tensor):
+            raise ValueError("the dense layout does not keep row sizes; load with layout='packed' or 'tiered'")
+        return _row_sizes(stored)
+
     def memory_bytes(self) -> int:
         """Bytes the loaded tables hold in memory (values, scales, offsets, sizes, masks, tier codes)."""
         total = 0
@@ -815,6 +826,24 @@ def _check_ids(flat_ids: torch.Tensor, rows: int) -> None:
         raise IndexError(f"index out of range in self (ids must be in [0, {rows}))")
 
 
+def _row_sizes(table: _Table | _MixedTable | _TieredTable) -> torch.Tensor:
+    """Each row's stored size (values kept, masked-out positions inside it included), int64."""
+    if isinstance(table, _Table):
+        return table.dims.to(torch.int64)
+    if isinstance(table, _TieredTable):
+        sizes = torch.tensor(table.sizes, dtype=torch.int64, device=table.device)
+        if table.code is None:
+            return sizes.expand(table.rows).clone()
+        return sizes.index_select(0, (table.code & table.tier_mask).to(torch.int64))
+    dims = torch.zeros(table.rows, dtype=torch.int64, device=table.device)
+    group = table.group.to(torch.int64)
+    for k, part in enumerate(table.groups):
+        if part is not None:
+            members = torch.nonzero(group == k).squeeze(1)
+            dims[members] = part[0].dims.to(torch.int64).index_select(0, table.local.index_select(0, members))
+    return dims
+
+
 def _tiered(table: _Table | _MixedTable, shared: bool) -> _TieredTable:
     """The tiered layout of a table loaded in the packed layout: the same values, grouped by (precision, size).
 
@@ -830,11 +859,7 @@ def _tiered(table: _Table | _MixedTable, shared: bool) -> _TieredTable:
         dtype = table.buffer.dtype
     else:
         parts, group, within, dtype = table.groups, table.group.to(torch.int64), table.local, torch.float32
-    dims = torch.zeros(table.rows, dtype=torch.int64, device=device)
-    for k, part in enumerate(parts):
-        if part is not None:
-            members = torch.nonzero(group == k).squeeze(1)
-            dims[members] = part[0].dims.to(torch.int64).index_select(0, within.index_select(0, members))
+    dims = _row_sizes(table)
     width = table.d_max + 1
     keys, tier, counts = torch.unique(group * width + dims, sorted=True, return_inverse=True, return_counts=True)
     order = torch.sort(tier, stable=True).indices  # each tier's rows in id order

@@ -8,13 +8,15 @@ Every file read is checked against the digest the run recorded for it
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Any
 
 from nas.artifact.export import export_tables
+from nas.artifact.torchrec_tables import ALIGNMENTS, export_torchrec
 from nas.core.allocation import Allocation
 from nas.core.budget import Budget
-from nas.core.errors import ArtifactError, BudgetError
+from nas.core.errors import ArtifactError, BudgetError, ConfigError
 from nas.pipeline.build import Data, Model, build_budget, build_model, load_checkpoint
 from nas.pipeline.config import SearchConfig
 from nas.pipeline.data import load_data
@@ -84,9 +86,31 @@ def evaluate_run(folder: str | Path, split: str = "test") -> dict[str, float]:
     return task_for(data).evaluate(model, split)
 
 
-def export_run(folder: str | Path, out: str | Path | None = None) -> dict[str, Any]:
-    """Export a run's allocated tables to ``out`` (default ``<run>/export``); returns the manifest."""
+EXPORT_FORMATS = ("packed", "torchrec")
+
+
+def export_run(folder: str | Path, out: str | Path | None = None, *, format: str = "packed", align: int = 1) -> dict[str, Any]:
+    """Export a run's allocated tables to ``out``; returns the manifest (packed) or the TorchRec config.
+
+    Args:
+        folder: the run folder.
+        out: the export folder (default ``<run>/export``, or ``<run>/export-torchrec``).
+        format: ``"packed"`` (:func:`~nas.artifact.export.export_tables`) or ``"torchrec"``
+            (:func:`~nas.artifact.torchrec_tables.export_torchrec`, converted from the packed export).
+        align: for ``"torchrec"``, round every dimension up to a multiple of this.
+    """
+    if format not in EXPORT_FORMATS:
+        raise ConfigError(f"export format must be one of {EXPORT_FORMATS}, got {format!r}")
+    if align not in ALIGNMENTS or (align != 1 and format != "torchrec"):
+        raise ConfigError(f"align must be one of {ALIGNMENTS}, and only the torchrec format takes one (got {align!r})")
     run, _, model, allocation, budget, _ = load_allocated_model(folder)
-    target = Path(out) if out is not None else run.path("export")
-    manifest = export_tables(target, model.embedding, allocation, budget, config_hash=run.config_hash)
-    return {**manifest, "folder": str(target)}
+    if format == "packed":
+        target = Path(out) if out is not None else run.path("export")
+        manifest = export_tables(target, model.embedding, allocation, budget, config_hash=run.config_hash)
+        return {**manifest, "folder": str(target)}
+    target = Path(out) if out is not None else run.path("export-torchrec")
+    with tempfile.TemporaryDirectory(prefix="embnas-export-") as scratch:
+        packed = Path(scratch) / "packed"
+        export_tables(packed, model.embedding, allocation, budget, config_hash=run.config_hash)
+        config = export_torchrec(packed, target, align=align)
+    return {**config, "folder": str(target)}

@@ -84,6 +84,34 @@ def test_evaluate_and_export_an_existing_run(finished_run: Path, tmp_path: Path,
     assert all(np.array_equal(again[k], first[k]) for k in first)
 
 
+def test_export_a_run_for_torchrec(finished_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    out = tmp_path / "torchrec"
+    assert main(["export", str(finished_run), "--format", "torchrec", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    config = json.loads((out / "torchrec.json").read_text())
+    assert f"{config['bytes']:,} bytes of values and remap" in printed
+    assert config["bytes"] <= config["bytes_limit"] and set(config["tables"]) == {"user", "item"}
+    assert config["source"]["allocation"] == json.loads((finished_run / "export" / "manifest.json").read_text())["allocation"]
+    pytest.importorskip("torchrec", reason='TorchRec is not installed: pip install "embnas[torchrec]"')
+    import torch
+
+    from nas.artifact.serving import PackedEmbedding
+    from nas.artifact.torchrec_tables import TorchRecTables
+
+    served, packed = TorchRecTables.load(out), PackedEmbedding.load(finished_run / "export")
+    for name, rows in packed.rows.items():
+        assert torch.equal(served.lookup(name, torch.arange(rows)), packed.table(name))
+
+
+def test_export_options_that_cannot_work_are_one_line(finished_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    assert main(["export", str(finished_run), "--align", "4", "--out", str(tmp_path / "x")]) == 2
+    assert "only the torchrec format takes one" in capsys.readouterr().err
+    # The frequency rule spends the whole budget: rounding its sizes up to multiples of 4 cannot fit.
+    assert main(["export", str(finished_run), "--format", "torchrec", "--align", "4", "--out", str(tmp_path / "y")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "multiples of 4" in err and not (tmp_path / "y").exists()
+
+
 def test_same_seed_gives_the_same_allocation(tmp_path: Path):
     args = ["search", "--runs", str(tmp_path), "--controller", "random", "--trials", "3", "--seed", "7", *FAST]
     assert main([*args, "--name", "a"]) == 0
