@@ -342,8 +342,14 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from nas.app.report import write_report
 
-    for path in write_report(args.run):
-        print(f"wrote {path}")
+    if args.watch is None:
+        for path in write_report(args.run):
+            print(f"wrote {path}")
+        return 0
+    from nas.app.report_page import watch
+
+    page = watch(args.run, every=args.watch, rewrite=write_report)
+    print(f"the run is done; wrote {page}")
     return 0
 
 
@@ -502,9 +508,15 @@ def build_parser() -> argparse.ArgumentParser:
                              "FBGEMM's fused kernels want (4); refused when the rounding does not fit the budget (default: 1)")
     export.set_defaults(handler=_cmd_export)
 
-    report = commands.add_parser("report", help="draw a finished run's allocation against frequency (PNG)",
-                                 description="Write <run>/report/allocation.png: kept dimensions against log-frequency, per table.")
+    report = commands.add_parser("report", help="write a run's report page (HTML) and pictures",
+                                 description="Write <run>/report/index.html, one self-contained page (quality against bytes, "
+                                             "metrics, the allocation against frequency, fitness over trials, training "
+                                             "curves, timings, the export against the budget), and its pictures; for a "
+                                             "run still searching, a page of its progress.")
     report.add_argument("run", type=Path, help="the run folder (runs/<id>)")
+    report.add_argument("--watch", type=float, nargs="?", const=15.0, default=None, metavar="SECONDS",
+                        help="rewrite the page every SECONDS (default 15) until the run is done; open it in a browser, "
+                             "it reloads itself")
     report.set_defaults(handler=_cmd_report)
 
     grid = commands.add_parser("compare", help="compare allocations over a grid of arms x budgets x seeds (paired statistics)",

@@ -7,7 +7,9 @@ A search that measured fitness adds ``fitness.png``: every candidate's fitness b
 trial and the best so far, which shows whether more trials would still pay.
 An allocation with precisions colours each row by its precision and adds
 ``precisions.md``: the share of rows at each precision per frequency band
-(:func:`precision_bands`).
+(:func:`precision_bands`).  Last, ``index.html`` gathers everything a person wants to
+see of the run in one self-contained page (:mod:`nas.app.report_page`); a run still
+searching gets only that page, showing its progress.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from nas.pipeline.data import load_data
 from nas.pipeline.runs import Run
 from nas.pipeline.build import build_space
 from nas.pipeline.replay import checked_budget, read_config
+from nas.app.report_page import write_page
 
 __all__ = ["BANDS", "plot_allocation", "plot_fitness", "precision_bands", "save_png", "write_report"]
 
@@ -170,8 +173,8 @@ def write_report(folder: str | Path) -> list[Path]:
     run = Run(folder)
     if not run.has("config.json"):
         raise ArtifactError(f"{folder} is not a run folder (no config.json); give a folder made by `embnas search`")
-    if not run.has("allocation.npz"):
-        raise ArtifactError(f"{folder} has no allocation yet; let `embnas search` finish the search first")
+    if not run.has("allocation.npz"):  # still searching: the progress page only
+        return [write_page(folder)]
     config = read_config(run)
     data = load_data(config.data)
     space = build_space(config, data)
@@ -195,4 +198,5 @@ def write_report(folder: str | Path) -> list[Path]:
         with atomic_write(target, "w") as handle:
             handle.write(f"# Precisions by frequency band: {title}\n\n" + precision_bands(allocation, data.frequencies()))
         written.append(target)
+    written.append(write_page(folder, [path for path in written if path.suffix == ".png"]))
     return written

@@ -100,11 +100,20 @@ def train_stage(
     if final:
         run.save_tensors(checkpoint, dict(model.state_dict()))  # type: ignore[attr-defined]
     stats = {"stage": stage, "allocation": key, "valid": result.best_valid, "seconds": result.seconds,
-             "best_epoch": result.best_epoch, "epochs_run": result.epochs_run}
+             "best_epoch": result.best_epoch, "epochs_run": result.epochs_run, "curve": training_curve(ctx, result.history)}
     run.log_event("trained", **stats)
     if final:
         run.remove(f"checkpoints/{partial}")
     return stats
+
+
+def training_curve(ctx: RunContext, history: list[dict[str, Any]]) -> list[list[float | None]]:
+    """``[epoch, loss, validation quality or None]`` per epoch, for the report's training curves."""
+    curve: list[list[float | None]] = []
+    for record in history:
+        quality = ctx.task.quality(record["valid"]) if record.get("valid") else None
+        curve.append([int(record["epoch"]), float(record["loss"]), None if quality is None else float(quality)])
+    return curve
 
 
 def logged_stats(ctx: RunContext, event: dict[str, Any]) -> dict[str, Any]:

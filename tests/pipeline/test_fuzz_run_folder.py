@@ -343,7 +343,7 @@ def read_everything(folder: Path, original: Original, tampered: set[str]) -> Cou
 COMMAND_READS = {
     "evaluate": {"config.json", "allocation.npz", "checkpoints/allocated.safetensors"},
     "export": {"config.json", "allocation.npz", "checkpoints/allocated.safetensors"},
-    "report": {"config.json", "allocation.npz"},
+    "report": {"config.json", "allocation.npz", "metrics.json"},
     "resume": {"config.json", "checkpoints/supernet.safetensors"},
 }
 

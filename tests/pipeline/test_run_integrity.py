@@ -31,7 +31,7 @@ COMMANDS = ("evaluate", "report", "export", "read", "resume")  # resume last: it
 #: What each command reads of those files (a resume rewrites the results from the checkpoints).
 READS = {
     "config.json": set(COMMANDS) - {"read"},
-    "metrics.json": {"read"},
+    "metrics.json": {"read", "report"},
     "allocation.npz": {"evaluate", "report", "export", "read"},
 }
 
