@@ -53,7 +53,7 @@ td,th{padding:3px 10px;text-align:right;border-bottom:1px solid #eef0f4}th{color
 td:first-child,th:first-child{text-align:left}
 img{max-width:100%}svg text{font:12px system-ui,sans-serif;fill:#1d2330}
 .ok{color:#2a7a2a}.over{color:#b3261e}pre{font-size:12px;overflow:auto;background:#f6f7f9;padding:8px}
-.charts{display:flex;flex-wrap:wrap;gap:16px}
+.charts{display:flex;flex-wrap:wrap;gap:16px;align-items:flex-start}
 """
 
 
@@ -159,6 +159,10 @@ def _front(metrics: dict[str, Any], split: str, metric: str) -> str:
     full = (metrics.get("full") or {}).get(split, {}).get(metric)
     if full is not None:
         points.append(("full", "full model (every row at d_max)", full_bytes, full))
+    supernet = metrics.get("supernet") or {}
+    at_full = (supernet.get(split) or {}).get(metric) if isinstance(supernet, dict) else None
+    if at_full is not None:
+        points.append(("supernet", f"the {supernet.get('kind', '')} supernet at full size", full_bytes, at_full))
     allocated = (metrics.get("allocated") or {}).get(split, {}).get(metric)
     exported = (metrics.get("export") or {}).get("bytes_stored") or budget.get("max_bytes")
     if allocated is not None and exported:
@@ -169,7 +173,8 @@ def _front(metrics: dict[str, Any], split: str, metric: str) -> str:
     chart = svg_chart(series, x_label="bytes (log scale)", y_label=f"{split} {metric}", log_x=True,
                       vlines=[("budget", budget["max_bytes"])] if budget.get("max_bytes") else [])
     table = "".join(f"<tr><td>{_e(label)}</td><td>{_int(x)}</td><td>{y:.4f}</td></tr>" for _, label, x, y in points)
-    return (f"{chart}<table><tr><th></th><th>bytes</th><th>{_e(split)} {_e(metric)}</th></tr>{table}</table>")
+    return (f'<div class="charts">{chart}<table><tr><th></th><th>bytes</th><th>{_e(split)} {_e(metric)}</th></tr>'
+            f"{table}</table></div>")
 
 
 def _metrics_table(metrics: dict[str, Any]) -> str:

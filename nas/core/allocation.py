@@ -205,14 +205,18 @@ class Allocation:
             handle.write(self.to_bytes())
 
     def to_bytes(self) -> bytes:
-        """The ``.npz`` file's bytes: row sizes, and bit-packed element masks with their width."""
-        arrays = {f"row_dims/{name}": dims for name, dims in self.row_dims.items()}
+        """The ``.npz`` file's bytes: row sizes, and bit-packed element masks with their width.
+
+        Sizes and precision indices are stored in the smallest unsigned dtype that holds
+        them (a byte a row for ``d_max`` < 256), and read back as int64.
+        """
+        arrays = {f"row_dims/{name}": _compact(dims) for name, dims in self.row_dims.items()}
         for name, mask in (self.element_masks or {}).items():
             arrays[f"element_mask/{name}"] = np.packbits(mask, axis=1)
             arrays[f"element_mask_width/{name}"] = np.asarray([mask.shape[1]], dtype=np.int64)
         if self.row_precisions is not None:
             arrays["precisions"] = np.asarray(self.precisions, dtype="<U8")
-            arrays.update({f"row_precision/{name}": index for name, index in self.row_precisions.items()})
+            arrays.update({f"row_precision/{name}": _compact(index) for name, index in self.row_precisions.items()})
         buffer = io.BytesIO()
         np.savez(buffer, **arrays)
         return buffer.getvalue()
@@ -250,3 +254,14 @@ class Allocation:
             return cls(dims, masks or None, precisions or None, names)
         except (KeyError, ValueError, IndexError) as error:
             raise ArtifactError(f"{path}: inconsistent allocation file ({error})") from None
+
+
+def _compact(values: np.ndarray) -> np.ndarray:
+    """``values`` (non-negative integers) in the smallest unsigned dtype that holds them."""
+    if values.size and int(values.min()) < 0:
+        return values
+    top = int(values.max()) if values.size else 0
+    for dtype in (np.uint8, np.uint16, np.uint32):
+        if top <= np.iinfo(dtype).max:
+            return values.astype(dtype)
+    return values
