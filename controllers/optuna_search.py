@@ -2,9 +2,25 @@
 
 The study lives in memory, seeded, so a run is deterministic and resumes by replay
 (:mod:`controllers._blackbox`).  Given ``storage`` (an Optuna storage URL such as
-``sqlite:///search.db``), every told trial is also written to a study of that name,
-so the search shows in Optuna's own tools (``optuna-dashboard``, ``optuna trials``); a
-resumed run adds only the trials that storage does not hold yet.
+``sqlite:///search.db``, or ``journal:PATH`` for Optuna's journal file, which needs no
+database), every told trial is also written to a study of that name, so the search shows
+in Optuna's own tools (``optuna-dashboard``, ``optuna trials``); a resumed run adds only
+the trials that storage does not hold yet.
+
+With ``shared=True`` the study itself lives in the storage, as Optuna's distributed
+optimisation has it: several ``embnas`` workers (give each its own ``--seed``) search one
+study, and each worker's sampler learns from every worker's finished trials.  What that
+gives up, against the run folder's own log:
+
+* a worker's proposals depend on when the others finish, so a seed no longer fixes the
+  run (its own log still records exactly what it measured, and its result is reproducible
+  from that log: ``embnas evaluate``, ``embnas export``);
+* a resumed worker does not replay its history into the study (the study already holds
+  it); trials it had asked for but not told when it stopped are marked failed; a worker
+  stopped between logging a round's trials and saving its state cannot resume (asked again,
+  the study proposes something else, which the run refuses): start it under a new name;
+* the study holds points of the controller's groups, not allocations: every worker must
+  search the same data, space, budget and ``groups`` (the study refuses other distributions).
 """
 
 from __future__ import annotations
@@ -34,8 +50,9 @@ class OptunaSearch(GroupedBlackBox):
     Args:
         space, budget, seed: as for every controller.
         sampler: ``"tpe"``, ``"cmaes"``, ``"random"``, ``"qmc"`` or ``"gp"``.
-        storage: an Optuna storage URL to mirror the trials to, or ``None``.
-        study: the mirrored study's name.
+        storage: an Optuna storage URL (or ``journal:PATH``) to mirror the trials to, or ``None``.
+        study: the study's name in ``storage``.
+        shared: search the study in ``storage`` itself, together with other workers.
         groups: most groups of decisions searched.
     """
 
@@ -48,14 +65,17 @@ class OptunaSearch(GroupedBlackBox):
         sampler: str = "tpe",
         storage: str | None = None,
         study: str = "embnas",
+        shared: bool = False,
         groups: int = 32,
     ) -> None:
+        if shared and storage is None:
+            raise ConfigError("a shared Optuna study needs a storage: storage=sqlite:///search.db or storage=journal:PATH")
         if sampler not in SAMPLERS:
             raise ConfigError(f"unknown Optuna sampler {sampler!r}; use one of {', '.join(SAMPLERS)}")
         if sampler == "cmaes" and importlib.util.find_spec("cmaes") is None:
             raise ConfigError("Optuna's cmaes sampler needs the cmaes package: pip install cmaes "
                               "(or use the nevergrad controller, whose default is CMA-ES)")
-        self.sampler_name, self.storage, self.study_name = sampler, storage, study
+        self.sampler_name, self.storage, self.study_name, self.shared = sampler, storage, study, bool(shared)
         super().__init__(space, budget, seed, groups=groups)
         self._mirror = None
 
@@ -66,6 +86,9 @@ class OptunaSearch(GroupedBlackBox):
         with warnings.catch_warnings():  # QMC and GP samplers announce that they are experimental
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             sampler = getattr(optuna.samplers, SAMPLERS[self.sampler_name])(seed=self.seed)
+        if self.shared:
+            return optuna.create_study(direction="maximize", sampler=sampler, storage=_storage(self.storage),
+                                       study_name=self.study_name, load_if_exists=True)
         return optuna.create_study(direction="maximize", sampler=sampler)
 
     def _distributions(self) -> dict[str, Any]:
@@ -86,7 +109,25 @@ class OptunaSearch(GroupedBlackBox):
 
     def _propose(self) -> tuple[Any, np.ndarray]:
         trial = self._optimizer.ask(self._distributions())
+        if self.shared:
+            trial.set_user_attr("embnas_seed", self.seed)
         return trial, self._point(trial.params)
+
+    def _load_state(self, state: Any) -> None:
+        if not self.shared:
+            super()._load_state(state)
+            return
+        import optuna
+
+        # The shared study already holds this worker's trials: take the history back without
+        # replaying it, and fail what this worker asked for and never told.
+        points = np.asarray(state["points"], dtype=np.float64).reshape(-1, self.dimensions)
+        self.history_points, self.history_values = points, np.asarray(state["values"], dtype=np.float64)
+        self.history_proposed = np.asarray(state["proposed"], dtype=bool)
+        self.history_round = np.asarray(state["round"], dtype=np.int64)
+        for trial in self._optimizer.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+            if trial.user_attrs.get("embnas_seed") == self.seed:
+                self._optimizer.tell(trial.number, state=optuna.trial.TrialState.FAIL)
 
     def _learn(self, handle: Any, point: np.ndarray, fitness: float) -> None:
         import optuna
@@ -100,7 +141,7 @@ class OptunaSearch(GroupedBlackBox):
             )
         else:
             self._optimizer.tell(handle, fitness)
-        if self.storage is not None:
+        if self.storage is not None and not self.shared:
             self._mirror_last()
 
     def _mirror_last(self) -> None:
@@ -108,8 +149,8 @@ class OptunaSearch(GroupedBlackBox):
         import optuna
 
         if self._mirror is None:
-            self._mirror = optuna.create_study(storage=self.storage, study_name=self.study_name, direction="maximize",
-                                               load_if_exists=True)
+            self._mirror = optuna.create_study(storage=_storage(self.storage), study_name=self.study_name,
+                                               direction="maximize", load_if_exists=True)
         done = len(self._mirror.trials)
         for trial in self._optimizer.trials[done:]:
             if trial.state == optuna.trial.TrialState.COMPLETE:
@@ -117,3 +158,14 @@ class OptunaSearch(GroupedBlackBox):
                     params=trial.params, distributions=trial.distributions, value=trial.value,
                     user_attrs={"embnas_seed": self.seed},
                 ))
+
+
+def _storage(url: str) -> Any:
+    """An Optuna storage: ``journal:PATH`` is Optuna's journal file, anything else its RDB URL."""
+    import optuna
+
+    if url.startswith("journal:"):
+        from optuna.storages.journal import JournalFileBackend
+
+        return optuna.storages.JournalStorage(JournalFileBackend(url.removeprefix("journal:")))
+    return url
