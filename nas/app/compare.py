@@ -13,11 +13,14 @@ same command again after a crash or Ctrl-C therefore finishes only what is missi
 
 Outputs, in the output folder: ``comparison.md`` (a table per budget),
 ``comparison.json`` (the same numbers with every cell's seed and run folder) and
-``comparison.png`` (quality against bytes stored, one line per arm).
+``comparison.png`` (quality against bytes stored, one line per arm) and ``comparison.html``
+(the front and the tables in one self-contained page, linking each cell's report where
+``embnas report`` wrote one).
 """
 
 from __future__ import annotations
 
+import html
 import json
 import math
 import os
@@ -124,7 +127,7 @@ class Comparison:
         dropped: a line for each budget left out because the data cannot meet it.
         failures: the cells that failed in this call.
         markdown: the tables of ``comparison.md``.
-        paths: the files written: ``"markdown"``, ``"json"``, ``"png"``.
+        paths: the files written: ``"markdown"``, ``"json"``, ``"png"``, ``"html"``.
     """
 
     metric: str
@@ -322,7 +325,8 @@ def _compare(spec: Grid, cells: Sequence[Cell], results: Mapping[Cell, SearchRes
         metric=metric, higher_is_better=spec.higher_is_better, arms=arms, budgets=budgets, seeds=spec.seeds,
         baselines=spec.baselines, groups=tuple(groups), full_model=_full_model(results, metric), missing=missing,
         dropped=tuple(dropped), failures=tuple(failures), markdown="",
-        paths={"markdown": out / "comparison.md", "json": out / "comparison.json", "png": out / "comparison.png"},
+        paths={"markdown": out / "comparison.md", "json": out / "comparison.json", "png": out / "comparison.png",
+               "html": out / "comparison.html"},
     )
     return _with_markdown(comparison, len(cells))
 
@@ -431,11 +435,52 @@ def _difference(diff: PairedDifference) -> str:
 
 # -- files -----------------------------------------------------------------------------------------------
 def _write(c: Comparison, spec: Grid, cells: Sequence[Cell], results: Mapping[Cell, SearchResult], out: Path) -> None:
-    """Write ``comparison.md``, ``comparison.json`` and ``comparison.png``, each atomically."""
+    """Write ``comparison.md``, ``comparison.json``, ``comparison.png`` and ``comparison.html``, each atomically."""
     with atomic_write(c.paths["markdown"], "w") as handle:
         handle.write(c.markdown)
     write_json(c.paths["json"], _plain(_json(c, spec, cells, results)))
     _plot(c, c.paths["png"])
+    with atomic_write(c.paths["html"], "w") as handle:
+        handle.write(_page(c, out))
+
+
+# -- comparison.html -------------------------------------------------------------------------------------
+def _page(c: Comparison, out: Path) -> str:
+    """The comparison as one self-contained page: the front of every arm, and a table per budget."""
+    from nas.app.report_page import html_page, svg_chart
+
+    e = html.escape
+    series = []
+    for arm in c.arms:
+        points = sorted((g.bytes, g.quality.mean, g.quality.sd) for g in c.groups
+                        if g.arm == arm and g.quality.n and math.isfinite(g.bytes))
+        if points:
+            series.append((arm, points, "line", arm))
+    full = [("full model", c.full_model.mean)] if c.full_model is not None and math.isfinite(c.full_model.mean) else []
+    chart = svg_chart(series, x_label="bytes stored (export, log scale)", y_label=f"test {c.metric}", log_x=True,
+                      hlines=full) if series else "<p>No cell has finished yet.</p>"
+    parts = [f"<h1>{e(c.metric)} against memory: {len(c.arms)} arms, {len(c.budgets)} budgets, {len(c.seeds)} seeds</h1>",
+             f'<p class="sub">mean ± sd over the seeds; {"higher" if c.higher_is_better else "lower"} is better; '
+             "an arm beats a baseline only where the paired 95 % interval excludes zero. "
+             f"{len(c.missing)} cell(s) missing.</p>",
+             f"<section><h2>The front</h2>{chart}</section>"]
+    for budget in c.budgets:
+        rows = []
+        for arm in c.arms:
+            g = c.group(arm, budget)
+            versus = " ".join(f"<div>vs {e(base)}: {_difference(d) if d.n >= 2 else 'n/a'} <b>{e(d.verdict)}</b></div>"
+                              for base, d in g.versus.items())
+            links = " ".join(
+                f'<a href="{e(os.path.relpath(run / "report" / "index.html", out))}">seed {seed}</a>'
+                if (run / "report" / "index.html").is_file() else f"seed {seed}" for seed, run in sorted(g.runs.items()))
+            rows.append(f"<tr><td>{e(arm)}</td><td>{_mean_sd(g.quality)}</td><td>{_bytes(g.bytes)}</td>"
+                        f"<td style=\"text-align:left\">{versus}</td><td>{_number(g.cost, 2)}</td><td>{links}</td></tr>")
+        parts.append(f"<section><h2>Budget {e(budget)}</h2><table><tr><th>arm</th><th>{e(c.metric)}</th><th>bytes</th>"
+                     "<th>paired difference [95 % CI] (%)</th><th>cost (full trainings)</th><th>runs</th></tr>"
+                     + "".join(rows) + "</table></section>")
+    if c.dropped:
+        parts.append("<section><h2>Left out</h2>" + "".join(f"<p>{e(line)}</p>" for line in c.dropped) + "</section>")
+    return html_page(f"embnas · comparison of {c.metric}", "".join(parts))
 
 
 def _json(c: Comparison, spec: Grid, cells: Sequence[Cell], results: Mapping[Cell, SearchResult]) -> dict[str, Any]:

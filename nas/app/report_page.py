@@ -31,7 +31,7 @@ from nas.core.errors import ArtifactError
 from nas.pipeline.result import SearchResult
 from nas.pipeline.runs import Run
 
-__all__ = ["PAGE", "svg_chart", "watch", "write_page"]
+__all__ = ["PAGE", "html_page", "svg_chart", "watch", "write_page"]
 
 #: The page, under ``<run>/report/``.
 PAGE = "index.html"
@@ -77,15 +77,19 @@ def write_page(folder: str | Path, pictures: Iterable[Path] = (), *, refresh: in
     except (KeyError, TypeError, ValueError, AttributeError) as error:
         raise ArtifactError(f"{run.path()}: metrics.json or events.jsonl lacks what the report shows ({type(error).__name__}: "
                             f"{error}); the file was written by another version or edited") from None
-    head = f'<meta http-equiv="refresh" content="{int(refresh)}">' if not metrics else ""
-    title = f"embnas · {run.path().name}"
-    page = (f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">{head}<title>{_e(title)}</title>"
-            f"<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\"><style>{_STYLE}</style></head>"
-            f"<body><main>{body}</main></body></html>\n")
+    page = html_page(f"embnas · {run.path().name}", body, refresh=None if metrics else refresh)
     target = run.path("report", PAGE)
     with atomic_write(target, "w") as handle:
         handle.write(page)
     return target
+
+
+def html_page(title: str, body: str, *, refresh: int | None = None) -> str:
+    """A whole page around ``body`` (HTML): the styles inline, reloading every ``refresh`` seconds if given."""
+    head = f'<meta http-equiv="refresh" content="{int(refresh)}">' if refresh else ""
+    return (f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">{head}<title>{_e(title)}</title>"
+            f"<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\"><style>{_STYLE}</style></head>"
+            f"<body><main>{body}</main></body></html>\n")
 
 
 def watch(folder: str | Path, *, every: float = 15.0, rewrite: Callable[[str | Path], Any] | None = None) -> Path:
@@ -252,15 +256,19 @@ def _stage(events: list[dict[str, Any]]) -> str:
 
 
 # -- the SVG charts ------------------------------------------------------------------------------
-def svg_chart(series: Sequence[tuple[str, Sequence[tuple[float, float]], str, str]], *, x_label: str, y_label: str,
-              title: str = "", log_x: bool = False, vlines: Sequence[tuple[str, float]] = ()) -> str:
+def svg_chart(series: Sequence[tuple[str, Sequence[tuple[float, ...]], str, str]], *, x_label: str, y_label: str,
+              title: str = "", log_x: bool = False, vlines: Sequence[tuple[str, float]] = (),
+              hlines: Sequence[tuple[str, float]] = ()) -> str:
     """An inline SVG chart: each series ``(label, points, "line" | "points", name)``.
 
-    Every point is a ``<circle data-point="name">`` (lines too, so a test or a reader finds
-    them), with a ``<title>`` shown on hover; ``vlines`` are labelled vertical markers.
+    A point is ``(x, y)`` or ``(x, y, err)``, drawn with a bar of ``± err``.  Every point is
+    a ``<circle data-point="name">`` (lines too, so a test or a reader finds them), with a
+    ``<title>`` shown on hover; ``vlines`` and ``hlines`` are labelled dashed markers.
     """
-    xs = [x for _, pts, _, _ in series for x, _ in pts] + [x for _, x in vlines]
-    ys = [y for _, pts, _, _ in series for _, y in pts]
+    xs = [p[0] for _, pts, _, _ in series for p in pts] + [x for _, x in vlines]
+    ys = ([p[1] for _, pts, _, _ in series for p in pts] + [y for _, y in hlines]
+          + [p[1] + sign * p[2] for _, pts, _, _ in series for p in pts if len(p) > 2 and math.isfinite(p[2])
+             for sign in (-1, 1)])
     if not xs or not ys:
         return ""
     fx = (lambda v: math.log10(max(v, 1e-300))) if log_x else float
@@ -290,15 +298,24 @@ def svg_chart(series: Sequence[tuple[str, Sequence[tuple[float, float]], str, st
     for label, x in vlines:
         out.append(f'<line x1="{px(x):.1f}" x2="{px(x):.1f}" y1="{top}" y2="{top + h}" stroke="#888" stroke-dasharray="4 3"/>'
                    f'<text x="{px(x) + 4:.1f}" y="{top + h - 6}" fill="#555">{_e(label)}</text>')
+    for label, y in hlines:
+        out.append(f'<line x1="{left}" x2="{left + w}" y1="{py(y):.1f}" y2="{py(y):.1f}" stroke="#333" stroke-dasharray="6 3"/>'
+                   f'<text x="{left + w - 4}" y="{py(y) - 4:.1f}" text-anchor="end">{_e(label)} {y:.4f}</text>')
     for k, (label, points, kind, name) in enumerate(series):
         colour = _COLOURS[k % len(_COLOURS)]
         if kind == "line" and len(points) > 1:
-            path = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in sorted(points))
+            path = " ".join(f"{px(p[0]):.1f},{py(p[1]):.1f}" for p in sorted(points))
             out.append(f'<polyline points="{path}" fill="none" stroke="{colour}" stroke-width="1.6"/>')
-        radius = 2 if kind == "line" else 5
-        for x, y in points:
+        radius = 2 if kind == "line" and not any(len(p) > 2 for p in points) else 4
+        for point in points:
+            x, y = point[0], point[1]
+            err = point[2] if len(point) > 2 and math.isfinite(point[2]) else None
+            if err:
+                out.append(f'<line x1="{px(x):.1f}" x2="{px(x):.1f}" y1="{py(y - err):.1f}" y2="{py(y + err):.1f}" '
+                           f'stroke="{colour}" stroke-width="1.2"/>')
+            spread = f" ± {err:.4f}" if err else ""
             out.append(f'<circle data-point="{_e(name)}" cx="{px(x):.1f}" cy="{py(y):.1f}" r="{radius}" fill="{colour}">'
-                       f"<title>{_e(label)}: {_tick(x)}, {y:.4f}</title></circle>")
+                       f"<title>{_e(label)}: {_tick(x)}, {y:.4f}{spread}</title></circle>")
         out.append(f'<circle cx="{left + 6}" cy="{_HEIGHT + 8 + 16 * k}" r="4" fill="{colour}"/>'
                    f'<text x="{left + 14}" y="{_HEIGHT + 12 + 16 * k}">{_e(label)}</text>')
     out.append("</svg>")
@@ -316,8 +333,11 @@ def _ticks(low: float, high: float, count: int = 5) -> list[float]:
 
 def _log_ticks(low: float, high: float) -> list[float]:
     """1, 2 and 5 times the powers of ten between ``10**low`` and ``10**high`` (as values, not logs)."""
-    values = [m * 10.0**e for e in range(math.floor(low), math.ceil(high) + 1) for m in (1, 2, 5)]
-    inside = [v for v in values if low <= math.log10(v) <= high]
+    for multiples in ((1, 2, 5), (1, 1.5, 2, 3, 4, 5, 7)):  # the finer set for a range of less than a decade
+        values = [m * 10.0**e for e in range(math.floor(low), math.ceil(high) + 1) for m in multiples]
+        inside = [v for v in values if low <= math.log10(v) <= high]
+        if len(inside) >= 3:
+            break
     return inside if len(inside) <= 7 else [v for v in inside if str(v).startswith("1")]
 
 

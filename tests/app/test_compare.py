@@ -103,6 +103,10 @@ def test_every_feasible_cell_runs_and_the_outputs_say_how_they_compare(ran):
         assert "Δ vs equal [95 % CI] (%)" in rows[0] and "vs frequency" in rows[0]
     assert "Budget 1 is skipped" in markdown
     assert (out / "comparison.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    page = (out / "comparison.html").read_text()
+    for arm in ARMS:  # a point per arm and budget on the front, and a row per arm in each budget's table
+        assert page.count(f'data-point="{arm}"') == len(BUDGETS) and page.count(f"<tr><td>{arm}</td>") == len(BUDGETS)
+    assert "full model" in page and "<script" not in page
     assert not (out / "failures.jsonl").exists()
 
 
