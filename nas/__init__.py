@@ -8,6 +8,7 @@ Use it from Python::
     result.allocation, result.metrics["test"]["ndcg@20"]
     result.export("out/")                  # the packed tables, loaded by nas.PackedEmbedding
     result = nas.resume("runs/<id>")       # a run folder continues where it stopped
+    nas.front(data, budgets=[0.5, 0.8, 0.95], folder="runs/front")   # one supernet, a search per budget
     nas.compare("grid.toml", jobs=4)       # arms x budgets x seeds, compared seed by seed
 
 The layers, lowest first: :mod:`nas.core` (types and contracts), :mod:`nas.artifact`
@@ -31,7 +32,7 @@ from nas.core import registry as _registry
 from nas.core._lazy import lazy_names as _lazy_names
 
 if TYPE_CHECKING:
-    from nas.app.api import resume, search
+    from nas.app.api import front, resume, search
     from nas.app.compare import compare
     from nas.artifact.serving import PackedEmbedding
     from nas.core.allocation import Allocation
@@ -51,6 +52,7 @@ if TYPE_CHECKING:
 _PUBLIC = {
     "search": "nas.app.api",
     "resume": "nas.app.api",
+    "front": "nas.app.api",
     "compare": "nas.app.compare",
     "SearchResult": "nas.pipeline.result",
     "SearchConfig": "nas.pipeline.config",
@@ -107,6 +109,7 @@ __all__ = [
     "SupernetOptions",
     "TrainingOptions",
     "compare",
+    "front",
     "register_backbone",
     "register_controller",
     "register_space",

@@ -7,7 +7,7 @@ gives the crash-safe run folder of the command line, which :func:`resume` contin
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,7 @@ from nas.pipeline.result import SearchResult
 from nas.pipeline.search import resume_run, run_search
 from recsys.data import CTRData, InteractionData
 
-__all__ = ["configure", "resume", "search"]
+__all__ = ["configure", "front", "resume", "search"]
 
 #: Options given as dictionaries that stand for an options dataclass.
 _NESTED = {"supernet": SupernetOptions, "finetune": FineTuneConfig}
@@ -91,6 +91,31 @@ def search(
                        train=train, recipe=recipe, **options)
     in_memory = data if isinstance(data, (InteractionData, CTRData)) else None
     return run_search(config, in_memory, run_dir, runs_root=runs_root, progress=progress, reference_cache=reference_cache)
+
+
+def front(
+    data: InteractionData | CTRData | DataSpec | str | Path | None = None,
+    *,
+    budgets: Sequence[str | float | int],
+    folder: str | Path | None = None,
+    runs_root: str | Path | None = None,
+    progress: bool = True,
+    reference_cache: str | Path | None = None,
+    **options: Any,
+) -> list[SearchResult]:
+    """Search at every budget of ``budgets`` with one shared supernet: the quality-against-memory front.
+
+    The options are those of :func:`search` (``budget`` aside); each budget's run is a run
+    folder of its own inside ``folder`` (:mod:`nas.app.front`), written with ``front.json``
+    and ``front.html`` beside them.  Returns one result per budget, in order.
+    """
+    from nas.app.front import run_front
+
+    listed = [str(b) for b in budgets]
+    config = configure(data, budget=listed[0], **options)
+    in_memory = data if isinstance(data, (InteractionData, CTRData)) else None
+    return run_front(config, listed, in_memory, folder, runs_root=runs_root, progress=progress,
+                     reference_cache=reference_cache)
 
 
 def configure(

@@ -75,7 +75,12 @@ def _add_search_options(parser: argparse.ArgumentParser) -> None:
                              "(default: 10 for click CSV, 2 for MovieLens)")
     search = parser.add_argument_group("search")
     search.add_argument("--budget", default=defaults.budget,
-                        help="sparsity (0.9 keeps 10%%), parameter count (250000) or bytes (2MB, 512KiB) (default: %(default)s)")
+                        help="sparsity (0.9 keeps 10%%), parameter count (250000) or bytes (2MB, 512KiB); several, "
+                             "comma-separated (0.5,0.8,0.95), search each with one shared supernet: a front, written with "
+                             "front.html into --name (default: %(default)s)")
+    search.add_argument("--supernet-budgets", metavar="LIST",
+                        help="train the sandwich supernet under these budgets in turn (comma-separated), as a front "
+                             "does: a single search given a front's budgets reaches that front's answer")
     search.add_argument("--precisions", nargs="?", const=",".join(DEFAULT_PRECISIONS), metavar="LIST",
                         help="search a precision for every row beside its size, from LIST (alone: "
                              f"{','.join(DEFAULT_PRECISIONS)}; also int2); a byte budget then counts the bits the export "
@@ -202,7 +207,8 @@ def _search_arguments(args: argparse.Namespace) -> dict[str, Any]:
     base = training_defaults(args.model, task, args.recipe)
     train = replace(base, **{k: v for k, v in given.items() if v is not None})
     protocol = {
-        "supernet": SupernetOptions(mode=args.supernet, proposals=args.supernet_proposals, epochs=args.supernet_epochs),
+        "supernet": SupernetOptions(mode=args.supernet, proposals=args.supernet_proposals, epochs=args.supernet_epochs,
+                                    budgets=_columns(args.supernet_budgets)),
         "evaluator": args.evaluator,
         "finetune": FineTuneConfig(steps=args.finetune_steps, reg=train.reg), "retrain": args.retrain,
     }
@@ -302,10 +308,35 @@ def _grid(text: str) -> object:
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
-    from nas.app.api import search
+    from nas.app.api import front, search
     from nas.app.summary import summary_table
 
-    print(summary_table(search(**_search_arguments(args))))
+    arguments = _search_arguments(args)
+    if "," not in str(args.budget):
+        print(summary_table(search(**arguments)))
+        return 0
+    from nas.app.front import split_budgets
+
+    budgets = split_budgets(args.budget)
+    arguments.pop("budget")
+    folder = arguments.pop("run_dir")
+    try:
+        results = front(budgets=budgets, folder=folder, **arguments)
+    except KeyboardInterrupt:
+        again = "the same command" if args.name else "the same command with --name <the front's folder name>"
+        print(f"embnas: interrupted; run {again} to finish the front (finished budgets are read back)", file=sys.stderr)
+        return 130
+    metric = "ndcg@20" if "ndcg@20" in results[0].metrics["test"] else next(iter(results[0].metrics["test"]))
+    full = (results[0].full_metrics.get("test") or {}).get(metric)
+    print(f"a front of {len(results)} budgets, one supernet ({results[0].controller}, {results[0].space}); "
+          f"test {metric} of the full model {full:.4f}" if full is not None else f"a front of {len(results)} budgets")
+    print(f"{'budget':>12} {'bytes':>12} {'test ' + metric:>14} {'of full':>8}  run")
+    for budget, result in zip(budgets, results):
+        value = result.metrics["test"][metric]
+        ratio = f"{value / full:.3f}" if full else "-"
+        print(f"{budget:>12} {result.export_bytes:>12,} {value:>14.4f} {ratio:>8}  {result.run_dir}")
+    if results[0].run_dir is not None:
+        print(f"the front: {results[0].run_dir.parent / 'front.html'}")
     return 0
 
 

@@ -112,6 +112,9 @@ class SupernetOptions:
             as the retrained allocation.  A search needs the weights to rank sizes, not to
             converge, so a shorter supernet buys most of a search's cost back (successive
             halving sizes its early rungs by the supernet's best epoch, so they shorten too).
+        budgets: the budgets the sandwich's random allocations are drawn under, in turn
+            (as typed: ``0.5``, ``2MB``); empty: the run's own.  The searches of one front
+            (``--budget 0.5,0.8,0.95``) share one supernet trained under all of them.
     """
 
     mode: str = "auto"
@@ -119,8 +122,12 @@ class SupernetOptions:
     pool: int = 16
     proposals: str = "space"
     epochs: int | None = None
+    budgets: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "budgets", tuple(str(b).strip() for b in self.budgets))
+        if any(not b or "," in b for b in self.budgets):
+            raise ConfigError(f"supernet budgets must be budgets such as 0.5 or 2MB, one each, got {list(self.budgets)}")
         _refuse_non_finite("supernet", self)
         if self.mode not in SUPERNET_MODES:
             raise ConfigError(f"supernet mode must be one of {SUPERNET_MODES}, got {self.mode!r}")
@@ -463,6 +470,10 @@ class SearchConfig:
             del data["precisions"]
         if self.scales == "row":  # per-row scales: the identity a run had before scales could be shared
             del data["scales"]
+        if self.supernet.budgets:  # a supernet under the run's own budget: the identity it had before fronts
+            data["supernet"]["budgets"] = list(self.supernet.budgets)
+        else:
+            del data["supernet"]["budgets"]
         return data
 
     @classmethod

@@ -26,6 +26,7 @@ through the same stages with a :class:`~nas.pipeline.runs.MemoryRun`.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections import deque
 from collections.abc import Callable, Collection, Sequence
@@ -39,8 +40,9 @@ from tqdm.auto import tqdm
 
 from nas.artifact.export import export_tables, pack_tables
 from nas.core.allocation import Allocation
+from nas.core.budget import Budget
 from nas.core.errors import ArtifactError, ConfigError
-from nas.pipeline.build import Data, Model, build_evaluator, build_search
+from nas.pipeline.build import Data, Model, build_budget, build_evaluator, build_search, load_checkpoint
 from nas.pipeline.config import SearchConfig, SupernetOptions, check_memory
 from nas.pipeline.data import load_data
 from nas.pipeline.replay import read_config
@@ -84,6 +86,7 @@ def open_run(
     runs_root: str | Path | None = None,
     progress: bool = True,
     reference_cache: str | Path | None = None,
+    shared_supernet: str | Path | None = None,
 ) -> RunContext:
     """Check everything that can be checked before training, then open the run.
 
@@ -96,6 +99,8 @@ def open_run(
         progress: draw progress bars.
         reference_cache: where the plainly trained full reference models are cached
             (default :func:`nas.pipeline.reference.default_cache`).
+        shared_supernet: a folder holding the sandwich supernet shared by several runs
+            (:func:`shared_supernet`); ``None``: the run trains its own.
 
     Raises:
         ConfigError: a part of the configuration cannot work with this data.
@@ -107,6 +112,7 @@ def open_run(
     data.check_trainable()  # untrainable data (no negative item, no train row) fails before a run folder exists
     task = task_for(data, config.train)
     budget, space, controller = build_search(config, task)
+    supernet_budgets(config, task)  # an infeasible one is refused now, naming the smallest feasible budget
     check_memory(config, budget.rows)  # a width that cannot fit is refused before the first epoch
     if config.reference == "full":
         cache_folder(reference_cache)  # a cache that cannot be written is refused before a run folder exists
@@ -132,7 +138,8 @@ def open_run(
         raise
     return RunContext(config, task, budget, space, controller, run,
                       task.train_config(config.train, config.seed, config.threads), progress,
-                      None if reference_cache is None else Path(reference_cache))
+                      None if reference_cache is None else Path(reference_cache),
+                      None if shared_supernet is None else Path(shared_supernet))
 
 
 def resume_run(
@@ -165,6 +172,7 @@ def run_search(
     runs_root: str | Path | None = None,
     progress: bool = True,
     reference_cache: str | Path | None = None,
+    shared_supernet: str | Path | None = None,
 ) -> SearchResult:
     """Run the whole job (see :func:`open_run` for the arguments) and return its result.
 
@@ -173,7 +181,8 @@ def run_search(
     to ``metrics.json``.  The run folder is locked against other writers until it returns.
     """
     started = time.perf_counter()
-    ctx = open_run(config, data, run_dir, runs_root=runs_root, progress=progress, reference_cache=reference_cache)
+    ctx = open_run(config, data, run_dir, runs_root=runs_root, progress=progress, reference_cache=reference_cache,
+                   shared_supernet=shared_supernet)
     try:
         return _run_stages(ctx, started)
     finally:
@@ -303,11 +312,48 @@ def _train_supernet(ctx: RunContext, reference: Reference | None) -> tuple[Model
         reference = options.mode
         proposals = controller.supernet_proposals if options.proposals == "controller" else None  # type: ignore[union-attr]
 
+        budgets = supernet_budgets(config, ctx.task) or ctx.budget
+
         def train(model: Model, hooks: TrainHooks) -> TrainResult:
-            return train_supernet(model, ctx.task, ctx.space, ctx.budget, train_config, options, hooks=hooks,
+            return train_supernet(model, ctx.task, ctx.space, budgets, train_config, options, hooks=hooks,
                                   progress=ctx.progress, proposals=proposals)
+        if ctx.shared_supernet is not None and options.mode == "sandwich" and proposals is None:
+            return supernet, shared_supernet(ctx, ctx.shared_supernet, supernet, train), reference
     stats = train_stage(ctx, "supernet", None, supernet, train)
     return supernet, stats, reference
+
+
+def supernet_budgets(config: SearchConfig, task: Task) -> list[Budget]:
+    """The budgets of ``config.supernet.budgets`` on the task's tables (empty: the run's own budget alone)."""
+    return [build_budget(replace(config, budget=budget), task) for budget in config.supernet.budgets]
+
+
+#: The shared supernet's result in its folder: the training's stats.
+_SHARED = "supernet.json"
+
+
+def shared_supernet(ctx: RunContext, folder: Path, model: Model,
+                    train: Callable[[Model, TrainHooks], TrainResult]) -> dict[str, Any]:
+    """Load the supernet trained in ``folder`` into ``model``, training it there first if no run has.
+
+    ``folder`` is a run folder of its own (atomic files, digests checked on every read, a
+    killed training continued from its checkpoint, one process training it while the
+    others wait), tied to everything that shapes the supernet: the run's configuration
+    but its budget.  Runs that differ in more than the budget are refused.
+    """
+    key = {**ctx.config.to_dict(), "budget": None, "data_fingerprint": ctx.data.fingerprint()}
+
+    def waiting(pid: int | None) -> None:
+        if ctx.progress:
+            print(f"waiting for process {pid}, which is training the shared supernet ({folder})", file=sys.stderr, flush=True)
+
+    with Run.create(folder.parent, key, folder.name, wait=waiting) as entry:
+        if not entry.has(_SHARED):
+            stats = train_stage(replace(ctx, run=entry), "supernet", None, model, train)
+            entry.write_json(_SHARED, stats)
+            return stats
+        load_checkpoint(model, entry, "supernet.safetensors")
+        return entry.read_json(_SHARED)
 
 
 def _train_one_shot(ctx: RunContext, train_config: Any, model: Model, hooks: TrainHooks) -> TrainResult:

@@ -41,6 +41,8 @@ class RunContext:
         progress: whether to draw progress bars.
         reference_cache: where plainly trained full reference models are cached (``None``:
             :func:`nas.pipeline.reference.default_cache`).
+        shared_supernet: a folder the sandwich supernet is trained into once and read from by
+            every run given it (the searches of one front); ``None``: the run trains its own.
     """
 
     config: SearchConfig
@@ -52,6 +54,7 @@ class RunContext:
     train_config: Any
     progress: bool
     reference_cache: Path | None = None
+    shared_supernet: Path | None = None
 
     @property
     def data(self) -> Data:
