@@ -1,6 +1,6 @@
 """A front: one search per budget, sharing one supernet, for a user who wants to see what each byte buys.
 
-``embnas search --budget 0.5,0.8,0.95,0.99`` runs the same search at every budget into one
+``embnas search --budget 0.5,0.8,0.9,0.95`` runs the same search at every budget into one
 folder::
 
     <front>/supernet/          the sandwich supernet, trained once under all the budgets
