@@ -5,7 +5,7 @@ folder::
 
     <front>/supernet/          the sandwich supernet, trained once under all the budgets
                                (:func:`~nas.pipeline.search.shared_supernet`)
-    <front>/budget-0.5/ ...    a complete run per budget: its search, retrain, export, report
+    <front>/budget-0.5/ ...    a complete run per budget: its search, retrain, export, report page
     <front>/front.json         each budget's bytes and test metrics, and the full model's
     <front>/front.html         the front as a page (quality against bytes, a row per budget)
 
@@ -31,6 +31,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from nas.app.report import write_report
 from nas.app.report_page import html_page, svg_chart
 from nas.core._atomic import atomic_write, write_json
 from nas.core.errors import ConfigError
@@ -102,6 +103,8 @@ def run_front(
             print(f"front: budget {budget} ({len(results) + 1} of {len(budgets)})", flush=True)
         results.append(run_search(replace(shared, budget=budget), data, root / budget_folder(budget), progress=progress,
                                   reference_cache=reference_cache, shared_supernet=root / "supernet"))
+    for result in results:  # the page links each budget's own report
+        write_report(result.run_dir)
     summary = front_summary(results, budgets)
     write_json(root / FRONT_FILE, summary)
     with atomic_write(root / "front.html", "w") as handle:
@@ -137,15 +140,16 @@ def front_page(summary: dict[str, Any]) -> str:
     chart = svg_chart([(f"{summary['controller']} at each budget", points, "line", "budget")],
                       x_label="bytes stored (export, log scale)", y_label=f"test {metric}", log_x=True,
                       hlines=[("full model", full)] if full is not None and math.isfinite(full) else [])
-    rows = "".join(
-        f"<tr><td><a href=\"{e(Path(entry['run']).name)}/report/index.html\">{e(entry['budget'])}</a></td>"
-        f"<td>{entry['bytes']:,}</td><td>{entry['retain_ratio']:.4f}</td><td>{entry['test'][metric]:.4f}</td>"
-        f"<td>{entry['test'][metric] / full:.3f}</td><td>{sum(v for k, v in entry['seconds'].items() if k != 'total'):.0f} s</td></tr>"
-        if full else "" for entry in summary["budgets"])
+    rows = []
+    for entry in summary["budgets"]:
+        ratio = f"{entry['test'][metric] / full:.3f}" if full else "–"
+        rows.append(f"<tr><td><a href=\"{e(Path(entry['run']).name)}/report/index.html\">{e(entry['budget'])}</a></td>"
+                    f"<td>{entry['bytes']:,}</td><td>{entry['retain_ratio']:.4f}</td><td>{entry['test'][metric]:.4f}</td>"
+                    f"<td>{ratio}</td><td>{entry['seconds'].get('total', 0):.0f} s</td></tr>")
     body = (f"<h1>{e(summary['model'])} · {e(summary['controller'])} · a front of {len(summary['budgets'])} budgets</h1>"
             f"<p class=\"sub\">{e(summary['space'])}; one supernet shared by every budget</p>"
             f"<section><h2>Quality against memory</h2>{chart}</section>"
             f"<section><h2>Budgets</h2><table><tr><th>budget</th><th>bytes</th><th>retain</th><th>test {metric}</th>"
-            f"<th>of full</th><th>time</th></tr>{rows}</table></section>"
+            f"<th>of full</th><th>time</th></tr>{''.join(rows)}</table></section>"
             f"<section><h2>front.json</h2><details><pre>{e(json.dumps(summary, indent=1))}</pre></details></section>")
     return html_page("embnas · front", body)

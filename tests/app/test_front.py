@@ -40,6 +40,7 @@ def test_every_budget_is_a_whole_run_and_the_supernet_is_trained_once(front: Pat
     for entry in summary["budgets"]:
         run = Path(entry["run"])
         assert (run / "export" / "manifest.json").is_file() and (run / "metrics.json").is_file()
+        assert (run / "report" / "index.html").is_file()  # linked from front.html
         assert trained(run, "supernet") == 0  # read from the shared one
         assert entry["bytes"] <= entry["max_bytes"]
     assert trained(front / "supernet", "supernet") == 1
