@@ -29,10 +29,10 @@ manifest declares and for the manifest at most :data:`MAX_MANIFEST_BYTES`.
 Three in-memory layouts, chosen with ``layout`` in :meth:`PackedEmbedding.load`; all serve the
 same vectors, bit for bit:
 
-* ``"packed"`` (default) keeps the values as stored, so serving memory stays at
-  the budget: the values, a 4-byte start offset and a 4-byte size per row.  A
-  lookup gathers, for every id, the ``d_max`` values that start at the row's
-  offset (an overlapping strided view of the value buffer, so the gather copies
+* ``"packed"`` (default) keeps the values as stored, so serving memory stays near
+  the budget: the values and a 4-byte offset per row (a row's size is the difference
+  of its offset and the next one's).  A lookup gathers, for every id, the ``d_max``
+  values that start at the row's offset (an overlapping strided view of the value buffer, so the gather copies
   whole rows like a dense embedding) and clears what lies past the row's size by
   a bitwise AND with a precomputed prefix mask (exact ``+0.0``, and much faster
   than ``torch.where`` on CPU).
@@ -415,10 +415,13 @@ def _unpack_bits(packed: torch.Tensor, count: int) -> torch.Tensor:
 
 # -- the served tables ---------------------------------------------------------------------------
 class _Table:
-    """One table in the packed layout: values, a start offset and a size per row.
+    """One table in the packed layout: values, and the offset where each row starts.
 
+    ``offsets`` has a row more than the table, so row ``r`` holds the values from
+    ``offsets[r]`` to ``offsets[r + 1]``: ``starts`` and ``ends`` are its two views, and a
+    row's size is their difference (4 bytes a row, not 8 for an offset and a size).
     ``window`` is an overlapping view of the value buffer whose row ``k`` is
-    ``buffer[k : k + d_max]``, so ``window[offset[r]]`` starts with row ``r``'s values
+    ``buffer[k : k + d_max]``, so ``window[starts[r]]`` starts with row ``r``'s values
     and continues into the next rows; ``prefix_bits[d]`` is all-ones on the first ``d``
     columns and zero after them, in an integer dtype of the values' width.
     """
@@ -427,9 +430,8 @@ class _Table:
         n = values.numel()
         index_dtype = torch.int32 if n + d_max < 2**31 else torch.int64
         dims = row_dims.to(torch.int64)
-        starts = torch.zeros(len(dims), dtype=torch.int64)
-        if len(dims) > 1:
-            torch.cumsum(dims[:-1], 0, out=starts[1:])
+        offsets = torch.zeros(len(dims) + 1, dtype=torch.int64)
+        torch.cumsum(dims, 0, out=offsets[1:])
         self.d_max = d_max
         self.rows = len(dims)
         self.values = n
@@ -438,8 +440,8 @@ class _Table:
         buffer[:n] = values
         self.buffer = buffer.to(device)
         self.window = self.buffer.as_strided((n + 1, d_max), (1, 1))
-        self.starts = starts.to(index_dtype).to(device)
-        self.dims = dims.to(torch.int32).to(device)
+        self.offsets = offsets.to(index_dtype).to(device)
+        self.starts, self.ends = self.offsets[:-1], self.offsets[1:]
         self.bits_dtype = _BITS_DTYPES[values.element_size()]
         self.columns = torch.arange(d_max, dtype=torch.int32).to(device)
         self.prefix_bits: torch.Tensor | None = None
@@ -447,9 +449,15 @@ class _Table:
             prefix = self.columns.unsqueeze(0) < torch.arange(d_max + 1, dtype=torch.int32, device=device).unsqueeze(1)
             self.prefix_bits = (-prefix.to(self.bits_dtype)).contiguous()
 
+    @property
+    def dims(self) -> torch.Tensor:
+        """Each row's size (int32)."""
+        return (self.ends - self.starts).to(torch.int32)
+
     def lookup(self, flat_ids: torch.Tensor) -> torch.Tensor:
-        out = self.window.index_select(0, self.starts.index_select(0, flat_ids))
-        dims = self.dims.index_select(0, flat_ids)
+        starts = self.starts.index_select(0, flat_ids)
+        out = self.window.index_select(0, starts)
+        dims = self.ends.index_select(0, flat_ids) - starts
         if self.prefix_bits is not None:
             keep = self.prefix_bits.index_select(0, dims)
         else:
@@ -458,7 +466,7 @@ class _Table:
         return out
 
     def nbytes(self) -> int:
-        parts = (self.buffer, self.starts, self.dims, self.columns, self.prefix_bits)
+        parts = (self.buffer, self.offsets, self.columns, self.prefix_bits)
         return sum(t.numel() * t.element_size() for t in parts if t is not None)
 
 
