@@ -316,6 +316,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
         print(summary_table(search(**arguments)))
         return 0
     from nas.app.front import split_budgets
+    from nas.app.report_page import headline_metric
 
     budgets = split_budgets(args.budget)
     arguments.pop("budget")
@@ -326,7 +327,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
         again = "the same command" if args.name else "the same command with --name <the front's folder name>"
         print(f"embnas: interrupted; run {again} to finish the front (finished budgets are read back)", file=sys.stderr)
         return 130
-    metric = "ndcg@20" if "ndcg@20" in results[0].metrics["test"] else next(iter(results[0].metrics["test"]))
+    metric = headline_metric(results[0].metrics["test"])
     full = (results[0].full_metrics.get("test") or {}).get(metric)
     print(f"a front of {len(results)} budgets, one supernet ({results[0].controller}, {results[0].space}); "
           f"test {metric} of the full model {full:.4f}" if full is not None else f"a front of {len(results)} budgets")
@@ -506,6 +507,8 @@ def _cmd_data_get(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``embnas`` argument parser."""
+    from nas.artifact.torchrec_tables import ALIGNMENTS
+
     parser = argparse.ArgumentParser(prog="embnas", description="Embedding-size search for recommender systems under a hard memory budget.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
@@ -534,7 +537,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--format", choices=("packed", "torchrec"), default="packed",
                         help="packed: the budget-checked artifact PackedEmbedding serves; torchrec: one TorchRec "
                              "EmbeddingBagConfig per table and row size, their state dict and the id remap (default: packed)")
-    export.add_argument("--align", type=int, choices=(1, 2, 4, 8), default=1,
+    export.add_argument("--align", type=int, choices=ALIGNMENTS, default=1,
                         help="torchrec only: round every dimension up to a multiple of this with zero columns, as "
                              "FBGEMM's fused kernels want (4); refused when the rounding does not fit the budget (default: 1)")
     export.set_defaults(handler=_cmd_export)

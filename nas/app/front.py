@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from nas.app.report import write_report
-from nas.app.report_page import html_page, svg_chart
+from nas.app.report_page import headline_metric, html_page, svg_chart
 from nas.core._atomic import atomic_write, write_json
 from nas.core.errors import ConfigError
 from nas.pipeline.build import Data
@@ -104,7 +104,7 @@ def run_front(
         results.append(run_search(replace(shared, budget=budget), data, root / budget_folder(budget), progress=progress,
                                   reference_cache=reference_cache, shared_supernet=root / "supernet"))
     for result in results:  # the page links each budget's own report
-        write_report(result.run_dir)
+        write_report(result.run_dir, data)
     summary = front_summary(results, budgets)
     write_json(root / FRONT_FILE, summary)
     with atomic_write(root / "front.html", "w") as handle:
@@ -134,7 +134,7 @@ def front_summary(results: Sequence[SearchResult], budgets: Sequence[str]) -> di
 def front_page(summary: dict[str, Any]) -> str:
     """``front.html``: quality against bytes for every budget and the full model, and a row per budget."""
     e = html.escape
-    metric = "ndcg@20" if "ndcg@20" in summary["budgets"][0]["test"] else next(iter(summary["budgets"][0]["test"]))
+    metric = headline_metric(summary["budgets"][0]["test"])
     points = [(entry["bytes"], entry["test"][metric]) for entry in summary["budgets"] if entry.get("bytes")]
     full = summary["full"]["test"].get(metric)
     chart = svg_chart([(f"{summary['controller']} at each budget", points, "line", "budget")],

@@ -23,7 +23,7 @@ from nas.core._atomic import atomic_write
 from nas.core.errors import ArtifactError
 from nas.pipeline.data import load_data
 from nas.pipeline.runs import Run
-from nas.pipeline.build import build_space
+from nas.pipeline.build import Data, build_space
 from nas.pipeline.replay import checked_budget, read_config
 from nas.app.report_page import write_page
 
@@ -162,10 +162,11 @@ def save_png(figure, path: str | Path) -> Path:  # noqa: ANN001 - a matplotlib F
     return target
 
 
-def write_report(folder: str | Path) -> list[Path]:
+def write_report(folder: str | Path, data: Data | None = None) -> list[Path]:
     """Write the report pictures of a finished run into ``<run>/report/``; returns their paths.
 
-    Reads the run without locking it; every file read is checked (:mod:`nas.pipeline.runs`).
+    ``data``: the run's data when the caller holds it (else it is loaded as the run describes
+    it); its tables are checked against the run's budget either way.  Reads the run without locking it; every file read is checked (:mod:`nas.pipeline.runs`).
 
     Raises:
         ArtifactError: naming the run's file that is missing, damaged or changed since the run wrote it.
@@ -176,7 +177,7 @@ def write_report(folder: str | Path) -> list[Path]:
     if not run.has("allocation.npz"):  # still searching: the progress page only
         return [write_page(folder)]
     config = read_config(run)
-    data = load_data(config.data)
+    data = load_data(config.data) if data is None else data
     space = build_space(config, data)
     allocation = run.load_allocation("allocation.npz")
     checked_budget(run, config, data, allocation)  # its tables and sizes are the data's before they are drawn

@@ -27,11 +27,12 @@ from pathlib import Path
 from typing import Any
 
 from nas.core._atomic import atomic_write
+from nas.core.accounting import value_itemsize
 from nas.core.errors import ArtifactError
 from nas.pipeline.result import SearchResult
 from nas.pipeline.runs import Run
 
-__all__ = ["PAGE", "html_page", "svg_chart", "watch", "write_page"]
+__all__ = ["PAGE", "headline_metric", "html_page", "svg_chart", "watch", "write_page"]
 
 #: The page, under ``<run>/report/``.
 PAGE = "index.html"
@@ -69,8 +70,7 @@ def write_page(folder: str | Path, pictures: Iterable[Path] = (), *, refresh: in
     events = list(run.events())
     metrics = None
     if run.has("metrics.json") and any(e["event"] == "done" for e in events):
-        SearchResult.read(folder)  # refuses a damaged or changed metrics.json or allocation, naming it
-        metrics = run.read_json("metrics.json")
+        metrics = SearchResult.read(folder).to_dict()  # refuses a damaged or changed metrics.json or allocation, naming it
     config = run.read_json("config.json") if run.has("config.json") else {}
     try:
         body = _finished(run, metrics, config, events, list(pictures)) if metrics else _progress(run, config, events)
@@ -143,22 +143,22 @@ def _finished(run: Run, metrics: dict[str, Any], config: dict[str, Any], events:
     return "".join(parts)
 
 
+def headline_metric(names: Iterable[str]) -> str:
+    """The metric a front shows among ``names``: NDCG@20 for top-k, AUC for clicks, else the first one."""
+    names = [name for name in names if name != "users"]
+    return next((preferred for preferred in ("ndcg@20", "auc") if preferred in names), names[0] if names else "")
+
+
 def _headline(metrics: dict[str, Any]) -> tuple[str, str]:
-    """The split and metric the front shows: test NDCG@20 for top-k, test AUC for clicks (else the first one)."""
+    """The split and metric the front shows: test split, :func:`headline_metric`."""
     allocated = metrics.get("allocated") or {}
     split = "test" if "test" in allocated else next(iter(allocated), "valid")
-    names = list((allocated.get(split) or {}))
-    for preferred in ("ndcg@20", "auc"):
-        if preferred in names:
-            return split, preferred
-    return split, next((n for n in names if n != "users"), "")
+    return split, headline_metric(allocated.get(split) or {})
 
 
 def _front(metrics: dict[str, Any], split: str, metric: str) -> str:
     budget = metrics["budget"]
-    rows, d_max = budget["rows"], budget["d_max"]
-    itemsize = 2 if budget.get("dtype") in ("float16", "bfloat16") else 8 if budget.get("dtype") == "float64" else 4
-    full_bytes = sum(rows.values()) * d_max * itemsize
+    full_bytes = sum(budget["rows"].values()) * budget["d_max"] * value_itemsize(budget.get("dtype", "float32"))
     points = []
     full = (metrics.get("full") or {}).get(split, {}).get(metric)
     if full is not None:

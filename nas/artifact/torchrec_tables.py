@@ -50,7 +50,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load as _load_safetensors
 
-from nas.core.accounting import METADATA_RESERVE_BASE, METADATA_RESERVE_PER_TABLE
+from nas.core.accounting import METADATA_RESERVE_BASE, METADATA_RESERVE_PER_BUFFER, METADATA_RESERVE_PER_TABLE
 from nas.core.errors import ArtifactError, BudgetError
 from nas.artifact.export import _safetensors_bytes, _write_folder
 from nas.artifact.serving import PackedArtifactError, PackedEmbedding
@@ -149,11 +149,16 @@ def export_torchrec(source: PathLike, out: PathLike, *, align: int = 1) -> dict[
 
 
 def _value_limit(manifest: Mapping[str, Any]) -> int | None:
-    """Bytes the budget leaves for values and row sizes: its byte limit less the metadata it reserves."""
+    """Bytes the budget leaves for values and row sizes: its byte limit less the metadata it reserves.
+
+    The reserve is the one :mod:`nas.core.accounting` sets aside: a base, a share per table and,
+    with precisions, a share per table and precision.
+    """
     limit = manifest.get("bytes_limit")
     if not isinstance(limit, int):
         return None
-    return limit - METADATA_RESERVE_BASE - METADATA_RESERVE_PER_TABLE * len(manifest.get("tables", {}))
+    per_table = METADATA_RESERVE_PER_TABLE + METADATA_RESERVE_PER_BUFFER * len(manifest.get("precisions") or ())
+    return limit - METADATA_RESERVE_BASE - per_table * len(manifest.get("tables", {}))
 
 
 def _why_over(packed: PackedEmbedding, align: int) -> str:
