@@ -77,7 +77,8 @@ class OptunaSearch(GroupedBlackBox):
                               "(or use the nevergrad controller, whose default is CMA-ES)")
         self.sampler_name, self.storage, self.study_name, self.shared = sampler, storage, study, bool(shared)
         super().__init__(space, budget, seed, groups=groups)
-        self._mirror = None
+        # The mirror is opened now, so a storage that cannot be opened is refused before any training.
+        self._mirror = self._stored_study() if storage is not None and not self.shared else None
 
     def _new_optimizer(self) -> Any:
         import optuna  # imported when used: it takes a second to load
@@ -87,9 +88,24 @@ class OptunaSearch(GroupedBlackBox):
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             sampler = getattr(optuna.samplers, SAMPLERS[self.sampler_name])(seed=self.seed)
         if self.shared:
-            return optuna.create_study(direction="maximize", sampler=sampler, storage=_storage(self.storage),
-                                       study_name=self.study_name, load_if_exists=True)
+            return self._stored_study(sampler=sampler)
         return optuna.create_study(direction="maximize", sampler=sampler)
+
+    def _stored_study(self, **options: Any) -> Any:
+        """The study named ``study`` in ``storage``, made if missing.
+
+        Raises:
+            ConfigError: the storage cannot be opened (naming it and what Optuna said).
+        """
+        import optuna
+
+        try:
+            return optuna.create_study(direction="maximize", storage=_storage(self.storage), study_name=self.study_name,
+                                       load_if_exists=True, **options)
+        except Exception as error:  # noqa: BLE001 - Optuna and its storage backends raise many types
+            raise ConfigError(f"the Optuna storage {self.storage!r} cannot be opened ({type(error).__name__}: "
+                              f"{str(error)[:200]}); give an RDB URL such as sqlite:///search.db, or journal:PATH "
+                              "in a folder that exists") from None
 
     def _distributions(self) -> dict[str, Any]:
         """``g<i>``: the grid index of group ``i``'s size; with precisions ``p<i>``: its precision."""
@@ -148,9 +164,6 @@ class OptunaSearch(GroupedBlackBox):
         """Copy the study's trials that the storage lacks (after a resume: only the new ones)."""
         import optuna
 
-        if self._mirror is None:
-            self._mirror = optuna.create_study(storage=_storage(self.storage), study_name=self.study_name,
-                                               direction="maximize", load_if_exists=True)
         done = len(self._mirror.trials)
         for trial in self._optimizer.trials[done:]:
             if trial.state == optuna.trial.TrialState.COMPLETE:

@@ -96,13 +96,20 @@ def run_front(
         stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
         folder = Path(runs_root) / f"{stamp}-front-{config_hash({**shared.to_dict(), 'budget': None})[:8]}"
     root = Path(folder)
+    made = not root.exists()
     root.mkdir(parents=True, exist_ok=True)
     results = []
-    for budget in budgets:
-        if progress:
-            print(f"front: budget {budget} ({len(results) + 1} of {len(budgets)})", flush=True)
-        results.append(run_search(replace(shared, budget=budget), data, root / budget_folder(budget), progress=progress,
-                                  reference_cache=reference_cache, shared_supernet=root / "supernet"))
+    try:
+        for budget in budgets:
+            if progress:
+                print(f"front: budget {budget} ({len(results) + 1} of {len(budgets)})", flush=True)
+            results.append(run_search(replace(shared, budget=budget), data, root / budget_folder(budget),
+                                      progress=progress, reference_cache=reference_cache,
+                                      shared_supernet=root / "supernet"))
+    except BaseException:
+        if made and not any(root.iterdir()):  # refused before anything was written: leave no empty front behind
+            root.rmdir()
+        raise
     for result in results:  # the page links each budget's own report
         write_report(result.run_dir, data)
     summary = front_summary(results, budgets)

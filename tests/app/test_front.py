@@ -92,3 +92,4 @@ def test_budgets_that_cannot_make_a_front_are_one_line(tmp_path: Path, capsys: p
     assert "drop --supernet-budgets" in capsys.readouterr().err
     assert main(["search", "--runs", str(tmp_path), "--budget", "0.8,0.999", *FAST]) == 2
     assert "smallest feasible budget" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())  # refused before anything ran: no front folder left behind

@@ -63,3 +63,11 @@ def test_a_shared_study_needs_a_storage(setting):
     space, budget = setting
     with pytest.raises(ConfigError, match="needs a storage"):
         CONTROLLERS.get("optuna")(space, budget, seed=0, shared=True)
+
+
+@pytest.mark.parametrize("shared", [True, False])
+@pytest.mark.parametrize("storage", ["journal:/nonexistent/folder/study.log", "bogus://nowhere"])
+def test_a_storage_that_cannot_be_opened_is_refused_when_the_controller_is_made(setting, storage, shared):
+    space, budget = setting
+    with pytest.raises(ConfigError, match="cannot be opened"):
+        CONTROLLERS.get("optuna")(space, budget, seed=0, storage=storage, study="s", shared=shared)
