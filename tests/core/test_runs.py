@@ -4,6 +4,7 @@ the sha256 index that refuses a changed file, the writer's lock, and a full disk
 from __future__ import annotations
 
 import errno
+import io
 import json
 import os
 import signal
@@ -14,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from nas.core import Allocation, ArtifactError, ConfigError, ResumeError
 from nas.core._atomic import atomic_write
@@ -100,6 +103,24 @@ def test_allocation_files_round_trip_without_pickle(tmp_path: Path):
     (tmp_path / "bad.npz").write_bytes(b"not an npz")
     with pytest.raises(ArtifactError, match="cannot read the allocation"):
         Allocation.load(tmp_path / "bad.npz")
+
+
+@settings(max_examples=200, deadline=None)
+@given(sizes=st.lists(st.integers(0, 2**33), min_size=1, max_size=40), top=st.sampled_from([1, 255, 256, 65_535, 65_536, 2**33]))
+def test_allocation_files_store_sizes_compactly_and_read_them_back_exactly(sizes, top):
+    dims = np.minimum(np.array(sizes, dtype=np.int64), top)
+    allocation = Allocation({"t": dims})
+    data = allocation.to_bytes()
+    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+        stored = npz["row_dims/t"]
+    assert stored.itemsize == next(n for n, limit in ((1, 255), (2, 65_535), (4, 2**32 - 1), (8, 2**63 - 1))
+                                   if int(dims.max()) <= limit)
+    loaded = Allocation.from_bytes(data)
+    assert loaded.row_dims["t"].dtype == np.int64 and np.array_equal(loaded.row_dims["t"], dims)
+    assert loaded.fingerprint() == allocation.fingerprint()
+    legacy = io.BytesIO()
+    np.savez(legacy, **{"row_dims/t": dims})  # as files were written with int64 sizes
+    assert Allocation.from_bytes(legacy.getvalue()).fingerprint() == allocation.fingerprint()
 
 
 def test_states_round_trip_through_one_safetensors_file(tmp_path: Path):
