@@ -21,7 +21,7 @@ import time
 
 import torch
 
-from nas.artifact.serving import PackedEmbedding
+from nas.artifact.serving import PackedArtifactError, PackedEmbedding
 
 
 def top_k(tables, users: torch.Tensor, k: int, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -52,12 +52,15 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    ways = {f"PackedEmbedding {layout}": PackedEmbedding.load(args.export, layout=layout)
-            for layout in ("packed", "tiered", "dense")}
-    if args.torchrec:
-        from nas.artifact.torchrec_tables import TorchRecTables
+    try:
+        ways = {f"PackedEmbedding {layout}": PackedEmbedding.load(args.export, layout=layout)
+                for layout in ("packed", "tiered", "dense")}
+        if args.torchrec:
+            from nas.artifact.torchrec_tables import TorchRecTables
 
-        ways["TorchRec EmbeddingBagCollection"] = TorchRecTables.load(args.torchrec)
+            ways["TorchRec EmbeddingBagCollection"] = TorchRecTables.load(args.torchrec)
+    except (PackedArtifactError, ModuleNotFoundError) as error:
+        raise SystemExit(f"serve_mf.py: {error}") from None
     first = next(iter(ways.values()))
     if set(first.rows) != {"user", "item"}:
         raise SystemExit(f"{args.export}: an MF export has tables user and item, this one has {sorted(first.rows)}")

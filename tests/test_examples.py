@@ -51,3 +51,9 @@ def test_serve_mf_runs_and_every_layout_agrees(tmp_path: Path):
                            "--chunk", "100"], capture_output=True, text=True, check=True)
     lines = [line for line in done.stdout.splitlines() if line.startswith("PackedEmbedding")]
     assert len(lines) == 3 and all(line.endswith("yes") for line in lines), done.stdout
+
+
+def test_serve_mf_refuses_a_folder_that_is_not_an_export_in_one_line(tmp_path: Path):
+    done = subprocess.run([sys.executable, str(EXAMPLES / "serve_mf.py"), str(tmp_path)], capture_output=True, text=True)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.strip().startswith("serve_mf.py: ") and len(done.stderr.strip().splitlines()) == 1
