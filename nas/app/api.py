@@ -7,7 +7,8 @@ gives the crash-safe run folder of the command line, which :func:`resume` contin
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from nas.core.errors import ConfigError
 from nas.pipeline.backbones import backbone_task
 from nas.pipeline.config import FineTuneConfig, SearchConfig, SupernetOptions, TrainingOptions
 from nas.pipeline.data import DataSpec
+from nas.pipeline.executors import Executor, make_executor
 from nas.pipeline.recipes import training_defaults
 from nas.pipeline.result import SearchResult
 from nas.pipeline.search import resume_run, run_search
@@ -42,6 +44,9 @@ def search(
     runs_root: str | Path | None = None,
     progress: bool = True,
     reference_cache: str | Path | None = None,
+    executor: str | Executor = "local",
+    workers: int | None = None,
+    ray_address: str | None = None,
     **options: Any,
 ) -> SearchResult:
     """Search embedding sizes under a hard budget: train, search, retrain the best, test and export.
@@ -72,6 +77,11 @@ def search(
         reference_cache: where the plainly trained full models the results are compared with
             are cached, shared by every run (default ``$EMBNAS_CACHE``, else
             ``~/.cache/embnas``); ``reference="none"`` trains none.
+        executor: where the fitness rounds and the retrains run: ``"local"`` (this process),
+            ``"ray"`` (Ray tasks, ``workers`` at a time, on a local cluster or the one at
+            ``ray_address``), or an :class:`~nas.pipeline.executors.Executor` (left open).
+            Not part of the run's configuration: every executor gives the same result.
+        workers, ray_address: the Ray executor's jobs at once and cluster.
         **options: any other field of :class:`~nas.pipeline.config.SearchConfig`:
             ``d_max``, ``d_min``, ``space_options``, ``controller_options``, ``ask_batch``,
             ``fitness_users``, ``supernet``, ``evaluator``, ``finetune``, ``retrain_top``,
@@ -90,7 +100,9 @@ def search(
     config = configure(data, budget=budget, model=model, controller=controller, space=space, trials=trials, seed=seed,
                        train=train, recipe=recipe, **options)
     in_memory = data if isinstance(data, (InteractionData, CTRData)) else None
-    return run_search(config, in_memory, run_dir, runs_root=runs_root, progress=progress, reference_cache=reference_cache)
+    with _executor(executor, workers, ray_address) as running:
+        return run_search(config, in_memory, run_dir, runs_root=runs_root, progress=progress,
+                          reference_cache=reference_cache, executor=running)
 
 
 def front(
@@ -101,6 +113,9 @@ def front(
     runs_root: str | Path | None = None,
     progress: bool = True,
     reference_cache: str | Path | None = None,
+    executor: str | Executor = "local",
+    workers: int | None = None,
+    ray_address: str | None = None,
     **options: Any,
 ) -> list[SearchResult]:
     """Search at every budget of ``budgets`` with one shared supernet: the quality-against-memory front.
@@ -114,8 +129,9 @@ def front(
     listed = [str(b) for b in budgets]
     config = configure(data, budget=listed[0], **options)
     in_memory = data if isinstance(data, (InteractionData, CTRData)) else None
-    return run_front(config, listed, in_memory, folder, runs_root=runs_root, progress=progress,
-                     reference_cache=reference_cache)
+    with _executor(executor, workers, ray_address) as running:
+        return run_front(config, listed, in_memory, folder, runs_root=runs_root, progress=progress,
+                         reference_cache=reference_cache, executor=running)
 
 
 def configure(
@@ -150,6 +166,9 @@ def resume(
     data: InteractionData | CTRData | None = None,
     progress: bool = True,
     reference_cache: str | Path | None = None,
+    executor: str | Executor = "local",
+    workers: int | None = None,
+    ray_address: str | None = None,
 ) -> SearchResult:
     """Continue a run folder where it stopped, or reload a finished one; the same result as an uninterrupted run.
 
@@ -159,12 +178,27 @@ def resume(
             fingerprint is checked).
         progress: draw progress bars.
         reference_cache: where the full reference models are cached (as :func:`search`).
+        executor, workers, ray_address: as for :func:`search`; any executor may continue a
+            run, whichever one started it.
 
     Raises:
         ArtifactError: ``run_dir`` is not a run folder.
         ResumeError: the data changed since the run started.
     """
-    return resume_run(run_dir, data, progress=progress, reference_cache=reference_cache)
+    with _executor(executor, workers, ray_address) as running:
+        return resume_run(run_dir, data, progress=progress, reference_cache=reference_cache, executor=running)
+
+
+@contextmanager
+def _executor(executor: str | Executor, workers: int | None, address: str | None) -> Iterator[Executor]:
+    """The executor named (made here and closed after) or given (left open for its owner)."""
+    if isinstance(executor, Executor):
+        if workers is not None or address is not None:
+            raise ConfigError("give workers and ray_address to the executor you made, not beside it")
+        yield executor
+        return
+    with make_executor(executor, workers=workers, address=address) as made:
+        yield made
 
 
 def _data_spec(data: Any, model: str, seed: int) -> DataSpec:

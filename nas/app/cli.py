@@ -176,6 +176,20 @@ def _add_search_options(parser: argparse.ArgumentParser) -> None:
                      help="folder of the cached full reference models (default: $EMBNAS_CACHE, else ~/.cache/embnas)")
     run.add_argument("--name", help="run folder name (default: time and config hash)")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_executor_options(run)
+
+
+def _add_executor_options(group: Any) -> None:
+    """``--executor``, ``--workers`` and ``--ray-address`` (of ``search`` and ``resume``)."""
+    group.add_argument("--executor", choices=("local", "ray"), default="local",
+                       help="where the fitness rounds (--ask-batch) and the retrains of the top run: in this process, "
+                            "or as Ray tasks (pip install \"embnas[ray]\"); the same result either way "
+                            "(default: %(default)s)")
+    group.add_argument("--workers", type=int,
+                       help="ray: jobs at once, each with its share of the cluster's CPUs (and GPUs, fractions "
+                            "allowed) (default: one per CPU)")
+    group.add_argument("--ray-address", metavar="ADDRESS",
+                       help="ray: a running cluster ('auto', ray://host:10001) (default: start one on this machine)")
 
 
 def _search_arguments(args: argparse.Namespace) -> dict[str, Any]:
@@ -224,7 +238,8 @@ def _search_arguments(args: argparse.Namespace) -> dict[str, Any]:
         precisions=None if args.precisions is None else tuple(p for p in args.precisions.split(",") if p.strip()),
         scales=args.scales,
         run_dir=Path(args.runs) / args.name if args.name else None, runs_root=args.runs, progress=not args.quiet,
-        reference_cache=args.reference_cache,
+        reference_cache=args.reference_cache, executor=args.executor, workers=args.workers,
+        ray_address=args.ray_address,
         **protocol,
     )
 
@@ -234,7 +249,7 @@ def _config_from_args(args: argparse.Namespace):  # noqa: ANN202 - a SearchConfi
     from nas.app.api import configure
 
     arguments = _search_arguments(args)
-    for key in ("run_dir", "runs_root", "progress", "reference_cache"):
+    for key in ("run_dir", "runs_root", "progress", "reference_cache", "executor", "workers", "ray_address"):
         arguments.pop(key)
     return configure(**arguments)
 
@@ -345,7 +360,8 @@ def _cmd_resume(args: argparse.Namespace) -> int:
     from nas.app.api import resume
     from nas.app.summary import summary_table
 
-    print(summary_table(resume(args.run, progress=not args.quiet, reference_cache=args.reference_cache)))
+    print(summary_table(resume(args.run, progress=not args.quiet, reference_cache=args.reference_cache,
+                               executor=args.executor, workers=args.workers, ray_address=args.ray_address)))
     return 0
 
 
@@ -524,6 +540,7 @@ def build_parser() -> argparse.ArgumentParser:
     resume.add_argument("--quiet", action="store_true", help="no progress bars")
     resume.add_argument("--reference-cache", type=Path,
                         help="folder of the cached full reference models (default: $EMBNAS_CACHE, else ~/.cache/embnas)")
+    _add_executor_options(resume)
     resume.set_defaults(handler=_cmd_resume)
 
     evaluate = commands.add_parser("evaluate", help="re-evaluate a finished run's retrained model", description="Recompute the metrics of a run's retrained, allocated model.")

@@ -38,6 +38,7 @@ from nas.core.errors import ConfigError
 from nas.pipeline.build import Data
 from nas.pipeline.config import SearchConfig
 from nas.pipeline.data import load_data
+from nas.pipeline.executors import Executor
 from nas.pipeline.result import SearchResult
 from nas.pipeline.runs import config_hash
 from nas.pipeline.search import run_search
@@ -72,6 +73,7 @@ def run_front(
     runs_root: str | Path | None = None,
     progress: bool = True,
     reference_cache: str | Path | None = None,
+    executor: Executor | None = None,
 ) -> list[SearchResult]:
     """Search ``config`` at every budget of ``budgets`` into one front folder; one result per budget, in order.
 
@@ -82,7 +84,7 @@ def run_front(
         data: the data in memory; ``None`` loads what ``config.data`` describes.
         folder: the front's folder (made, or continued).
         runs_root: with no ``folder``, make ``<runs_root>/<time>-front-<hash>``.
-        progress, reference_cache: as for :func:`~nas.pipeline.search.run_search`.
+        progress, reference_cache, executor: as for :func:`~nas.pipeline.search.run_search`.
     """
     if len(budgets) < 2:
         raise ConfigError("a front needs at least two budgets (one budget is a plain search)")
@@ -105,7 +107,7 @@ def run_front(
                 print(f"front: budget {budget} ({len(results) + 1} of {len(budgets)})", flush=True)
             results.append(run_search(replace(shared, budget=budget), data, root / budget_folder(budget),
                                       progress=progress, reference_cache=reference_cache,
-                                      shared_supernet=root / "supernet"))
+                                      shared_supernet=root / "supernet", executor=executor))
     except BaseException:
         if made and not any(root.iterdir()):  # refused before anything was written: leave no empty front behind
             root.rmdir()

@@ -45,6 +45,7 @@ from nas.core.errors import ArtifactError, ConfigError
 from nas.pipeline.build import Data, Model, build_budget, build_evaluator, build_search, load_checkpoint
 from nas.pipeline.config import SearchConfig, SupernetOptions, check_memory
 from nas.pipeline.data import load_data
+from nas.pipeline.executors import Executor, LocalExecutor, TrainJob
 from nas.pipeline.replay import read_config
 from nas.pipeline.reference import Reference, cache_folder, full_reference
 from nas.pipeline.result import Retrained, SearchResult
@@ -87,6 +88,7 @@ def open_run(
     progress: bool = True,
     reference_cache: str | Path | None = None,
     shared_supernet: str | Path | None = None,
+    executor: Executor | None = None,
 ) -> RunContext:
     """Check everything that can be checked before training, then open the run.
 
@@ -101,6 +103,9 @@ def open_run(
             (default :func:`nas.pipeline.reference.default_cache`).
         shared_supernet: a folder holding the sandwich supernet shared by several runs
             (:func:`shared_supernet`); ``None``: the run trains its own.
+        executor: where the fitness rounds and the retrains run (:mod:`nas.pipeline.executors`;
+            ``None``: in this process).  Not part of the configuration: any executor gives
+            the same result, and a run may resume on another.
 
     Raises:
         ConfigError: a part of the configuration cannot work with this data.
@@ -139,11 +144,12 @@ def open_run(
     return RunContext(config, task, budget, space, controller, run,
                       task.train_config(config.train, config.seed, config.threads), progress,
                       None if reference_cache is None else Path(reference_cache),
-                      None if shared_supernet is None else Path(shared_supernet))
+                      None if shared_supernet is None else Path(shared_supernet), executor or LocalExecutor())
 
 
 def resume_run(
-    folder: str | Path, data: Data | None = None, *, progress: bool = True, reference_cache: str | Path | None = None
+    folder: str | Path, data: Data | None = None, *, progress: bool = True, reference_cache: str | Path | None = None,
+    executor: Executor | None = None,
 ) -> SearchResult:
     """Continue a run folder from where it stopped (or reload a finished one).
 
@@ -161,7 +167,8 @@ def resume_run(
     if not run.has("config.json"):
         raise ArtifactError(f"{folder} is not a run folder (no config.json); give a folder made by `embnas search`")
     run.check_unlocked()  # refused before the data is loaded; open_run takes the lock itself
-    return run_search(read_config(run), data, run.folder, progress=progress, reference_cache=reference_cache)
+    return run_search(read_config(run), data, run.folder, progress=progress, reference_cache=reference_cache,
+                      executor=executor)
 
 
 def run_search(
@@ -173,6 +180,7 @@ def run_search(
     progress: bool = True,
     reference_cache: str | Path | None = None,
     shared_supernet: str | Path | None = None,
+    executor: Executor | None = None,
 ) -> SearchResult:
     """Run the whole job (see :func:`open_run` for the arguments) and return its result.
 
@@ -182,7 +190,7 @@ def run_search(
     """
     started = time.perf_counter()
     ctx = open_run(config, data, run_dir, runs_root=runs_root, progress=progress, reference_cache=reference_cache,
-                   shared_supernet=shared_supernet)
+                   shared_supernet=shared_supernet, executor=executor)
     try:
         return _run_stages(ctx, started)
     finally:
@@ -386,7 +394,7 @@ def _search(ctx: RunContext, supernet: Model) -> list[Candidate]:
             run.save_allocation(name, allocation)
         return [Candidate(allocation.fingerprint(), float("nan"), allocation.cost, 0)]
     if not searched:
-        evaluator = build_evaluator(config, task, supernet)
+        evaluator = _executor(ctx).evaluator(ctx, build_evaluator(config, task, supernet), supernet)
         trials = config.trials if controller.needs_fitness else 1
         run_trials(run, controller, ctx.space, ctx.budget, evaluator, trials, config.ask_batch,  # type: ignore[arg-type]
                    progress=ctx.progress)
@@ -399,6 +407,11 @@ def _search(ctx: RunContext, supernet: Model) -> list[Candidate]:
         run.log_event("searched", top=top + [f for f in fallbacks if f not in top], fallbacks=fallbacks,
                       evaluator=config.evaluator, measured=evaluator.measured)
     return _logged_candidates(run, config.retrain_top)
+
+
+def _executor(ctx: RunContext) -> Executor:
+    """Where the run's independent jobs go (a context made without one: this process)."""
+    return ctx.executor or LocalExecutor()
 
 
 def _last_searched(run: Run) -> dict[str, Any]:
@@ -466,13 +479,12 @@ def _retrain(ctx: RunContext, candidates: list[Candidate], horizon: int, superne
         final = rung == len(rungs) - 1
         rung_config = replace(ctx.train_config, epochs=rung_epochs)
         runners = _runners(alive, count, protected)
-        for candidate in runners:
+        jobs = [TrainJob("retrain" if final else f"retrain-rung{rung}", c.fingerprint, models[c.fingerprint][1],
+                         models[c.fingerprint][0], rung_config, f"retrain-{c.fingerprint}.state.safetensors",
+                         final=final, last_epoch=rung_epochs, progress=ctx.progress)
+                for c in runners]
+        for candidate, stats in zip(runners, _executor(ctx).train(ctx, jobs)):
             allocation, model = models[candidate.fingerprint]
-            stats = train_stage(
-                ctx, "retrain" if final else f"retrain-rung{rung}", candidate.fingerprint, model,
-                lambda model, hooks, c=rung_config: task.train(model, c, hooks, progress=ctx.progress),
-                partial=f"retrain-{candidate.fingerprint}.state.safetensors", final=final, last_epoch=rung_epochs,
-            )
             earlier = results.get(candidate.fingerprint)
             results[candidate.fingerprint] = _retrained(task, candidate, allocation, model, stats, final,
                                                         earlier_seconds=earlier.seconds if earlier else 0.0)
@@ -511,14 +523,11 @@ def _finetune_then_retrain(
     short = task.validating_on_subset(replace(ctx.train_config, epochs=finetune_epochs(horizon)), ctx.config.fitness_users)
     results: list[_Retrained] = []
     bar = tqdm(total=len(candidates) + 1, desc="fine-tune top", unit="training", disable=not ctx.progress)
-    for candidate in candidates:
+    jobs = [TrainJob("finetune", c.fingerprint, models[c.fingerprint][1], models[c.fingerprint][0], short,
+                     f"finetune-{c.fingerprint}.state.safetensors", final=False, last_epoch=short.epochs, start=weights)
+            for c in candidates]
+    for candidate, stats in zip(candidates, _executor(ctx).train(ctx, jobs)):
         allocation, model = models[candidate.fingerprint]
-        model.load_state_dict(weights)  # type: ignore[attr-defined]  (the allocation is not part of the state)
-        stats = train_stage(
-            ctx, "finetune", candidate.fingerprint, model,
-            lambda model, hooks: task.train(model, short, hooks, progress=False),
-            partial=f"finetune-{candidate.fingerprint}.state.safetensors", final=False, last_epoch=short.epochs,
-        )
         results.append(_retrained(task, candidate, allocation, model, stats, final=False))
         bar.update(1)
     # The best after fine-tuning (the search's order breaks ties and stands in without validation),
@@ -527,15 +536,15 @@ def _finetune_then_retrain(
     finalists = [best, *(r for r in results if r.candidate.fingerprint in fallbacks and r is not best)]
     bar.total = len(candidates) + len(finalists)
     finals = []
+    jobs = []
     for finalist in finalists:
         model = ctx.new_model()
         model.embedding.set_allocation(finalist.allocation)
-        stats = train_stage(
-            ctx, "retrain", finalist.candidate.fingerprint, model,
-            lambda model, hooks: task.train(model, ctx.train_config, hooks, progress=ctx.progress),
-            partial=f"retrain-{finalist.candidate.fingerprint}.state.safetensors", last_epoch=ctx.train_config.epochs,
-        )
-        finals.append(_retrained(task, finalist.candidate, finalist.allocation, model, stats, final=True))
+        jobs.append(TrainJob("retrain", finalist.candidate.fingerprint, model, finalist.allocation, ctx.train_config,
+                             f"retrain-{finalist.candidate.fingerprint}.state.safetensors",
+                             last_epoch=ctx.train_config.epochs, progress=ctx.progress))
+    for finalist, job, stats in zip(finalists, jobs, _executor(ctx).train(ctx, jobs)):
+        finals.append(_retrained(task, finalist.candidate, finalist.allocation, job.model, stats, final=True))
         bar.update(1)
     bar.close()
     for candidate in candidates:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nas.core.budget import Budget
 from nas.core.controller import Controller, OneShotController
@@ -22,7 +22,10 @@ from nas.pipeline.runs import Run
 from nas.pipeline.tasks import Task
 from recsys.train import TrainHooks, TrainResult
 
-__all__ = ["RunContext", "logged_stats", "train_stage"]
+if TYPE_CHECKING:
+    from nas.pipeline.executors import Executor
+
+__all__ = ["RunContext", "finished_stage", "logged_stats", "partial_name", "partial_state", "record_stage", "train_stage"]
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,8 @@ class RunContext:
             :func:`nas.pipeline.reference.default_cache`).
         shared_supernet: a folder the sandwich supernet is trained into once and read from by
             every run given it (the searches of one front); ``None``: the run trains its own.
+        executor: where the search's independent jobs run (fitness rounds, retrains;
+            :mod:`nas.pipeline.executors`); :func:`~nas.pipeline.search.open_run` always sets one.
     """
 
     config: SearchConfig
@@ -55,6 +60,7 @@ class RunContext:
     progress: bool
     reference_cache: Path | None = None
     shared_supernet: Path | None = None
+    executor: Executor | None = None
 
     @property
     def data(self) -> Data:
@@ -85,29 +91,59 @@ def train_stage(
     drops the partial state; a non-final one (a rung of successive halving) keeps the
     state for the next rung to continue from, and saves no weights.
     """
+    finished = finished_stage(ctx, stage, key, model, final=final)
+    if finished is not None:
+        return finished
+    partial = partial_name(stage, key, partial)
     run, checkpoint_every = ctx.run, ctx.config.train.checkpoint_every
-    name = stage if key is None else f"{stage}-{key}"
-    checkpoint, partial = f"{name}.safetensors", partial or f"{name}.state.safetensors"
-    finished = [e for e in run.events("trained") if e.get("stage") == stage and e.get("allocation") == key]
-    if finished and (not final or run.has(f"checkpoints/{checkpoint}")):
-        if final:
-            load_checkpoint(model, run, checkpoint)
-        return logged_stats(ctx, finished[-1])
-    resume = run.load_state(partial) if run.has(f"checkpoints/{partial}") else None
 
     def save(state: dict[str, Any]) -> None:
         if state["epoch"] % checkpoint_every == 0 or state["stopped"] or state["epoch"] == last_epoch:
             run.save_state(partial, state)
 
-    result = train(model, TrainHooks(on_epoch_end=save, resume=resume))
+    result = train(model, TrainHooks(on_epoch_end=save, resume=partial_state(ctx, partial)))
+    return record_stage(ctx, stage, key, model, result, partial=partial, final=final)
+
+
+def partial_name(stage: str, key: str | None, partial: str | None = None) -> str:
+    """Where a stage's training state is checkpointed (``partial``, by default ``<stage>[-<key>].state.safetensors``)."""
+    return partial or f"{stage if key is None else f'{stage}-{key}'}.state.safetensors"
+
+
+def partial_state(ctx: RunContext, partial: str) -> dict[str, Any] | None:
+    """The training state an interrupted stage (or an earlier rung) left in ``checkpoints/<partial>``, if any."""
+    return ctx.run.load_state(partial) if ctx.run.has(f"checkpoints/{partial}") else None
+
+
+def finished_stage(ctx: RunContext, stage: str, key: str | None, model: Model, *, final: bool = True) -> dict[str, Any] | None:
+    """The logged stats of a stage the run already finished (its weights loaded into ``model`` when ``final``), else ``None``."""
+    run = ctx.run
+    finished = [e for e in run.events("trained") if e.get("stage") == stage and e.get("allocation") == key]
+    checkpoint = _checkpoint_name(stage, key)
+    if finished and (not final or run.has(f"checkpoints/{checkpoint}")):
+        if final:
+            load_checkpoint(model, run, checkpoint)
+        return logged_stats(ctx, finished[-1])
+    return None
+
+
+def record_stage(
+    ctx: RunContext, stage: str, key: str | None, model: Model, result: TrainResult, *, partial: str, final: bool = True
+) -> dict[str, Any]:
+    """Keep a finished training in the run: the weights of a ``final`` stage, then its ``trained`` event; returns its stats."""
+    run = ctx.run
     if final:
-        run.save_tensors(checkpoint, dict(model.state_dict()))  # type: ignore[attr-defined]
+        run.save_tensors(_checkpoint_name(stage, key), dict(model.state_dict()))  # type: ignore[attr-defined]
     stats = {"stage": stage, "allocation": key, "valid": result.best_valid, "seconds": result.seconds,
              "best_epoch": result.best_epoch, "epochs_run": result.epochs_run, "curve": training_curve(ctx, result.history)}
     run.log_event("trained", **stats)
     if final:
         run.remove(f"checkpoints/{partial}")
     return stats
+
+
+def _checkpoint_name(stage: str, key: str | None) -> str:
+    return f"{stage if key is None else f'{stage}-{key}'}.safetensors"
 
 
 def training_curve(ctx: RunContext, history: list[dict[str, Any]]) -> list[list[float | None]]:
