@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from nas.core.allocation import Allocation
     from nas.core.budget import Budget
     from nas.core.controller import Controller, OneShotController
-    from nas.core.errors import ArtifactError, BudgetError, ConfigError, DataError, EmbnasError, ResumeError
+    from nas.core.errors import ArtifactError, BudgetError, ConfigError, DataError, EmbnasError, ResumeError, WorkerError
     from nas.core.errors import RunLockedError, StorageError, TrainingDiverged
     from nas.core.evaluator import Evaluator
     from nas.core.plugins import CONTROLLERS, SPACES, register_controller, register_space
@@ -78,6 +78,7 @@ _PUBLIC = {
     "DataError": "nas.core.errors",
     "ArtifactError": "nas.core.errors",
     "ResumeError": "nas.core.errors",
+    "WorkerError": "nas.core.errors",
     "RunLockedError": "nas.core.errors",
     "StorageError": "nas.core.errors",
     "TrainingDiverged": "nas.core.errors",
@@ -99,6 +100,7 @@ __all__ = [
     "OneShotController",
     "PackedEmbedding",
     "ResumeError",
+    "WorkerError",
     "RunLockedError",
     "StorageError",
     "TrainingDiverged",

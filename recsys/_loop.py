@@ -175,6 +175,7 @@ def _fit(
         best_state = state["best_state"]
         since_best, first_epoch, stopped = state["since_best"], state["epoch"] + 1, state["stopped"]
     step_loss = hooks.loss or loop.loss
+    shard = _DataParallelStep.for_process_group(model, step_loss, reg, device)
 
     schedule: Iterable[int] = range(first_epoch, epochs + 1) if not stopped else range(0)
     bar = None
@@ -196,19 +197,24 @@ def _fit(
         for step, batch in enumerate(loop.batches(epoch), 1):
             if device.type != "cpu":
                 batch = tuple(t.to(device, non_blocking=True) for t in batch)
-            loss = step_loss(model, *batch, reg)
+            if shard is None:
+                loss = step_loss(model, *batch, reg)
+                detached, examples = loss.detach(), len(batch[0])
+            else:
+                loss, detached, examples = shard(batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             if hooks.after_step is not None:
                 hooks.after_step()
-            detached = loss.detach()
-            total += detached * len(batch[0])  # summed on the device: no sync per step
+            total += detached * examples  # summed on the device: no sync per step
             count += len(batch[0])
             recent.append(detached)
-            if step % CHECK_EVERY == 0:
+            if shard is None and step % CHECK_EVERY == 0:  # data-parallel: every process checks the same sum, below
                 diverged.check_loss(total, recent, step)
                 recent.clear()
+        if shard is not None:
+            shard.sum_over_processes(total)
         diverged.check_loss(total, recent, step)
         diverged.check_state(optimizer)
         record: dict[str, Any] = {"epoch": epoch, "loss": float(total) / max(count, 1), "seconds": time.perf_counter() - tic}
@@ -249,6 +255,67 @@ def _fit(
         best_epoch = epochs_run
     return TrainResult(best_epoch=best_epoch, best_valid=dict(best_valid), history=history,
                        seconds=time.perf_counter() - start, epochs_run=epochs_run)
+
+
+class _DataParallelStep:
+    """One step on this process's share of every batch, the gradients averaged over the processes by DDP.
+
+    When the training runs in a ``torch.distributed`` process group of several processes
+    (each holding the same model, seed and batch source), every process draws the same
+    global batch, computes the loss on its contiguous share of it and
+    :class:`~torch.nn.parallel.DistributedDataParallel` averages the gradients.  The share's
+    mean loss is weighted by its size, so the averaged gradient is the global batch's,
+    as in one process, up to the order floats are added in, for a loss that is a mean over
+    the batch's examples (BPR, binary cross-entropy).  A loss that couples the examples of
+    a batch (in-batch negatives, InfoNCE) sees each process's share alone.
+    """
+
+    def __init__(self, model: torch.nn.Module, loss: Callable[..., torch.Tensor], reg: float, device: torch.device,
+                 rank: int, world: int) -> None:
+        from torch.nn.parallel import DistributedDataParallel
+
+        self.rank, self.world = rank, world
+        self.module = _Loss(model, loss, reg)
+        self.parallel = DistributedDataParallel(self.module, device_ids=[device] if device.type == "cuda" else None,
+                                                forward_sync_buffers=False)
+
+    @classmethod
+    def for_process_group(cls, model: torch.nn.Module, loss: Callable[..., torch.Tensor], reg: float,
+                          device: torch.device) -> _DataParallelStep | None:
+        """The step of this process in its group; ``None`` outside a process group of several processes."""
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+            return None
+        return cls(model, loss, reg, device, dist.get_rank(), dist.get_world_size())
+
+    def __call__(self, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """The loss to differentiate, this share's mean loss and its number of examples."""
+        examples = len(batch[0])
+        share = tuple(t.tensor_split(self.world)[self.rank] for t in batch)
+        mine = len(share[0])
+        if mine == 0:  # a last batch smaller than the group: this process adds zero gradients
+            mean = self.parallel(*(t[:1] for t in batch))
+            return mean * 0.0, mean.detach() * 0.0, 0
+        mean = self.parallel(*share)
+        return mean * (self.world * mine / examples), mean.detach(), mine
+
+    def sum_over_processes(self, total: torch.Tensor) -> None:
+        """Sum ``total`` (an epoch's summed loss) over the processes, in place."""
+        import torch.distributed as dist
+
+        dist.all_reduce(total)
+
+
+class _Loss(torch.nn.Module):
+    """A step's loss as a module's forward, which is what DDP wraps."""
+
+    def __init__(self, model: torch.nn.Module, loss: Callable[..., torch.Tensor], reg: float) -> None:
+        super().__init__()
+        self.model, self.loss, self.reg = model, loss, reg
+
+    def forward(self, *batch: torch.Tensor) -> torch.Tensor:
+        return self.loss(self.model, *batch, self.reg)
 
 
 class _Divergence:

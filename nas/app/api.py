@@ -47,6 +47,7 @@ def search(
     executor: str | Executor = "local",
     workers: int | None = None,
     ray_address: str | None = None,
+    ddp: int = 1,
     **options: Any,
 ) -> SearchResult:
     """Search embedding sizes under a hard budget: train, search, retrain the best, test and export.
@@ -82,6 +83,9 @@ def search(
             ``ray_address``), or an :class:`~nas.pipeline.executors.Executor` (left open).
             Not part of the run's configuration: every executor gives the same result.
         workers, ray_address: the Ray executor's jobs at once and cluster.
+        ddp: processes that train the supernet and each retrain data-parallel on this
+            machine (``torch.distributed``: gloo on a CPU, NCCL on GPUs); the result is one
+            process's up to float rounding.
         **options: any other field of :class:`~nas.pipeline.config.SearchConfig`:
             ``d_max``, ``d_min``, ``space_options``, ``controller_options``, ``ask_batch``,
             ``fitness_users``, ``supernet``, ``evaluator``, ``finetune``, ``retrain_top``,
@@ -102,7 +106,7 @@ def search(
     in_memory = data if isinstance(data, (InteractionData, CTRData)) else None
     with _executor(executor, workers, ray_address) as running:
         return run_search(config, in_memory, run_dir, runs_root=runs_root, progress=progress,
-                          reference_cache=reference_cache, executor=running)
+                          reference_cache=reference_cache, executor=running, ddp=ddp)
 
 
 def front(
@@ -116,6 +120,7 @@ def front(
     executor: str | Executor = "local",
     workers: int | None = None,
     ray_address: str | None = None,
+    ddp: int = 1,
     **options: Any,
 ) -> list[SearchResult]:
     """Search at every budget of ``budgets`` with one shared supernet: the quality-against-memory front.
@@ -131,7 +136,7 @@ def front(
     in_memory = data if isinstance(data, (InteractionData, CTRData)) else None
     with _executor(executor, workers, ray_address) as running:
         return run_front(config, listed, in_memory, folder, runs_root=runs_root, progress=progress,
-                         reference_cache=reference_cache, executor=running)
+                         reference_cache=reference_cache, executor=running, ddp=ddp)
 
 
 def configure(
@@ -169,6 +174,7 @@ def resume(
     executor: str | Executor = "local",
     workers: int | None = None,
     ray_address: str | None = None,
+    ddp: int = 1,
 ) -> SearchResult:
     """Continue a run folder where it stopped, or reload a finished one; the same result as an uninterrupted run.
 
@@ -178,15 +184,15 @@ def resume(
             fingerprint is checked).
         progress: draw progress bars.
         reference_cache: where the full reference models are cached (as :func:`search`).
-        executor, workers, ray_address: as for :func:`search`; any executor may continue a
-            run, whichever one started it.
+        executor, workers, ray_address, ddp: as for :func:`search`; any executor may
+            continue a run, whichever one started it.
 
     Raises:
         ArtifactError: ``run_dir`` is not a run folder.
         ResumeError: the data changed since the run started.
     """
     with _executor(executor, workers, ray_address) as running:
-        return resume_run(run_dir, data, progress=progress, reference_cache=reference_cache, executor=running)
+        return resume_run(run_dir, data, progress=progress, reference_cache=reference_cache, executor=running, ddp=ddp)
 
 
 @contextmanager

@@ -190,6 +190,10 @@ def _add_executor_options(group: Any) -> None:
                             "allowed) (default: one per CPU)")
     group.add_argument("--ray-address", metavar="ADDRESS",
                        help="ray: a running cluster ('auto', ray://host:10001) (default: start one on this machine)")
+    group.add_argument("--ddp", type=int, default=1, metavar="N",
+                       help="train the supernet and each retrain with N processes of this machine, data-parallel "
+                            "(torch DDP: gloo on a CPU, NCCL on GPUs, one each); the same result up to float "
+                            "rounding (default: %(default)s)")
 
 
 def _search_arguments(args: argparse.Namespace) -> dict[str, Any]:
@@ -239,7 +243,7 @@ def _search_arguments(args: argparse.Namespace) -> dict[str, Any]:
         scales=args.scales,
         run_dir=Path(args.runs) / args.name if args.name else None, runs_root=args.runs, progress=not args.quiet,
         reference_cache=args.reference_cache, executor=args.executor, workers=args.workers,
-        ray_address=args.ray_address,
+        ray_address=args.ray_address, ddp=args.ddp,
         **protocol,
     )
 
@@ -249,7 +253,7 @@ def _config_from_args(args: argparse.Namespace):  # noqa: ANN202 - a SearchConfi
     from nas.app.api import configure
 
     arguments = _search_arguments(args)
-    for key in ("run_dir", "runs_root", "progress", "reference_cache", "executor", "workers", "ray_address"):
+    for key in ("run_dir", "runs_root", "progress", "reference_cache", "executor", "workers", "ray_address", "ddp"):
         arguments.pop(key)
     return configure(**arguments)
 
@@ -361,7 +365,8 @@ def _cmd_resume(args: argparse.Namespace) -> int:
     from nas.app.summary import summary_table
 
     print(summary_table(resume(args.run, progress=not args.quiet, reference_cache=args.reference_cache,
-                               executor=args.executor, workers=args.workers, ray_address=args.ray_address)))
+                               executor=args.executor, workers=args.workers, ray_address=args.ray_address,
+                               ddp=args.ddp)))
     return 0
 
 

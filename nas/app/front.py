@@ -74,6 +74,7 @@ def run_front(
     progress: bool = True,
     reference_cache: str | Path | None = None,
     executor: Executor | None = None,
+    ddp: int = 1,
 ) -> list[SearchResult]:
     """Search ``config`` at every budget of ``budgets`` into one front folder; one result per budget, in order.
 
@@ -84,7 +85,7 @@ def run_front(
         data: the data in memory; ``None`` loads what ``config.data`` describes.
         folder: the front's folder (made, or continued).
         runs_root: with no ``folder``, make ``<runs_root>/<time>-front-<hash>``.
-        progress, reference_cache, executor: as for :func:`~nas.pipeline.search.run_search`.
+        progress, reference_cache, executor, ddp: as for :func:`~nas.pipeline.search.run_search`.
     """
     if len(budgets) < 2:
         raise ConfigError("a front needs at least two budgets (one budget is a plain search)")
@@ -107,7 +108,7 @@ def run_front(
                 print(f"front: budget {budget} ({len(results) + 1} of {len(budgets)})", flush=True)
             results.append(run_search(replace(shared, budget=budget), data, root / budget_folder(budget),
                                       progress=progress, reference_cache=reference_cache,
-                                      shared_supernet=root / "supernet", executor=executor))
+                                      shared_supernet=root / "supernet", executor=executor, ddp=ddp))
     except BaseException:
         if made and not any(root.iterdir()):  # refused before anything was written: leave no empty front behind
             root.rmdir()

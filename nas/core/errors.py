@@ -9,17 +9,7 @@ from __future__ import annotations
 
 from recsys.errors import DataError, TrainingDiverged
 
-__all__ = [
-    "ArtifactError",
-    "BudgetError",
-    "ConfigError",
-    "DataError",
-    "EmbnasError",
-    "ResumeError",
-    "RunLockedError",
-    "StorageError",
-    "TrainingDiverged",
-]
+__all__ = ["ArtifactError", "BudgetError", "ConfigError", "DataError", "EmbnasError", "ResumeError", "RunLockedError", "StorageError", "TrainingDiverged", "WorkerError"]
 
 
 class EmbnasError(Exception):
@@ -48,3 +38,7 @@ class RunLockedError(EmbnasError):
 
 class StorageError(EmbnasError):
     """A run folder that cannot be written (a full disk, no permission); the message says how to continue."""
+
+
+class WorkerError(EmbnasError):
+    """A process that trained part of the run died; the run keeps its last checkpoint and continues with resume."""

@@ -35,6 +35,7 @@ from nas.core.errors import ConfigError
 from nas.core.evaluator import Evaluator
 from nas.pipeline.build import Data, Model, build_evaluator, build_model
 from nas.pipeline.config import SearchConfig
+from nas.pipeline.data_parallel import Retraining, train_data_parallel
 from nas.pipeline.stages import finished_stage, partial_name, partial_state, record_stage, train_stage
 from nas.pipeline.tasks import task_for
 from recsys.train import TrainHooks, TrainResult
@@ -102,17 +103,15 @@ class Executor:
 
 
 class LocalExecutor(Executor):
-    """Every job in the driver, one after another (checkpointed every ``checkpoint_every`` epochs)."""
+    """Every job in the driver, one after another (checkpointed every ``checkpoint_every`` epochs; data-parallel with ``ddp``)."""
 
     name = "local"
 
     def train(self, ctx: RunContext, jobs: Sequence[TrainJob]) -> Iterator[dict[str, Any]]:
         for job in jobs:
             def train(model: Model, hooks: TrainHooks, job: TrainJob = job) -> TrainResult:
-                if job.start is not None:
-                    model.load_state_dict(job.start)
-                    model.embedding.set_allocation(job.allocation)
-                return ctx.task.train(model, job.config, hooks, progress=job.progress)
+                return train_data_parallel(ctx.ddp, ctx.config, ctx.task, model, hooks,
+                                           Retraining(job.allocation, job.config, job.start), job.progress)
 
             yield train_stage(ctx, job.stage, job.key, job.model, train, partial=job.partial, final=job.final,
                               last_epoch=job.last_epoch)
@@ -269,16 +268,14 @@ def _train_job(
     config, data = shared
     task = task_for(data, config.train)
     model = build_model(config, task)
-    if start is not None:
-        model.load_state_dict(start)
-    model.embedding.set_allocation(allocation)
     kept: dict[str, Any] = {}
 
     def keep(state: dict[str, Any]) -> None:  # the state at the rung's end, where the next rung continues
         if not final and (state["stopped"] or state["epoch"] == last_epoch):
             kept["state"] = copy.deepcopy(state)
 
-    result = task.train(model, train_config, TrainHooks(on_epoch_end=keep, resume=resume), progress=False)
+    result = Retraining(allocation, train_config, start).train(config, task, model,
+                                                               TrainHooks(on_epoch_end=keep, resume=resume), False)
     return dict(model.state_dict()), kept.get("state"), result
 
 

@@ -45,13 +45,14 @@ from nas.core.errors import ArtifactError, ConfigError
 from nas.pipeline.build import Data, Model, build_budget, build_evaluator, build_search, load_checkpoint
 from nas.pipeline.config import SearchConfig, SupernetOptions, check_memory
 from nas.pipeline.data import load_data
+from nas.pipeline.data_parallel import SupernetTraining, train_data_parallel
 from nas.pipeline.executors import Executor, LocalExecutor, TrainJob
 from nas.pipeline.replay import read_config
 from nas.pipeline.reference import Reference, cache_folder, full_reference
 from nas.pipeline.result import Retrained, SearchResult
 from nas.pipeline.runs import MemoryRun, Run
 from nas.pipeline.stages import RunContext, train_stage
-from nas.pipeline.supernet import train_one_shot, train_supernet
+from nas.pipeline.supernet import train_one_shot
 from nas.pipeline.tasks import Task, task_for
 from nas.pipeline.trials import Candidate, ranked_candidates, record_one_shot_choice, run_trials, save_controller_state
 from recsys.train import TrainHooks, TrainResult
@@ -89,6 +90,7 @@ def open_run(
     reference_cache: str | Path | None = None,
     shared_supernet: str | Path | None = None,
     executor: Executor | None = None,
+    ddp: int = 1,
 ) -> RunContext:
     """Check everything that can be checked before training, then open the run.
 
@@ -106,6 +108,9 @@ def open_run(
         executor: where the fitness rounds and the retrains run (:mod:`nas.pipeline.executors`;
             ``None``: in this process).  Not part of the configuration: any executor gives
             the same result, and a run may resume on another.
+        ddp: processes that train the supernet and each retrain data-parallel
+            (:mod:`nas.pipeline.data_parallel`); 1: this process alone.  Not part of the
+            configuration either: the result is one process's up to float rounding.
 
     Raises:
         ConfigError: a part of the configuration cannot work with this data.
@@ -113,6 +118,8 @@ def open_run(
         ResumeError: ``run_dir`` was made by another configuration or other data.
     """
     config.check_device()
+    executor = executor or LocalExecutor()
+    _check_ddp(ddp, config, executor)
     data = load_data(config.data) if data is None else data
     data.check_trainable()  # untrainable data (no negative item, no train row) fails before a run folder exists
     task = task_for(data, config.train)
@@ -144,12 +151,29 @@ def open_run(
     return RunContext(config, task, budget, space, controller, run,
                       task.train_config(config.train, config.seed, config.threads), progress,
                       None if reference_cache is None else Path(reference_cache),
-                      None if shared_supernet is None else Path(shared_supernet), executor or LocalExecutor())
+                      None if shared_supernet is None else Path(shared_supernet), executor, ddp)
+
+
+def _check_ddp(ddp: int, config: SearchConfig, executor: Executor) -> None:
+    """Refuse a data-parallel run that cannot work, before anything is trained."""
+    if ddp < 1:
+        raise ConfigError(f"--ddp must be at least 1, got {ddp}")
+    if ddp == 1:
+        return
+    if executor.name != "local":
+        raise ConfigError(f"--ddp {ddp} splits each training over this machine's processes, the {executor.name} "
+                          "executor spreads trainings over a cluster; choose one of them")
+    from nas.core.plugins import CONTROLLERS
+
+    if not getattr(CONTROLLERS.get(config.controller), "multi_trial", True):
+        raise ConfigError(f"the {config.controller} controller learns its architecture weights inside the supernet's "
+                          "steps, which --ddp does not split; use --ddp 1 with it")
 
 
 def resume_run(
     folder: str | Path, data: Data | None = None, *, progress: bool = True, reference_cache: str | Path | None = None,
     executor: Executor | None = None,
+    ddp: int = 1,
 ) -> SearchResult:
     """Continue a run folder from where it stopped (or reload a finished one).
 
@@ -168,7 +192,7 @@ def resume_run(
         raise ArtifactError(f"{folder} is not a run folder (no config.json); give a folder made by `embnas search`")
     run.check_unlocked()  # refused before the data is loaded; open_run takes the lock itself
     return run_search(read_config(run), data, run.folder, progress=progress, reference_cache=reference_cache,
-                      executor=executor)
+                      executor=executor, ddp=ddp)
 
 
 def run_search(
@@ -181,6 +205,7 @@ def run_search(
     reference_cache: str | Path | None = None,
     shared_supernet: str | Path | None = None,
     executor: Executor | None = None,
+    ddp: int = 1,
 ) -> SearchResult:
     """Run the whole job (see :func:`open_run` for the arguments) and return its result.
 
@@ -190,7 +215,7 @@ def run_search(
     """
     started = time.perf_counter()
     ctx = open_run(config, data, run_dir, runs_root=runs_root, progress=progress, reference_cache=reference_cache,
-                   shared_supernet=shared_supernet, executor=executor)
+                   shared_supernet=shared_supernet, executor=executor, ddp=ddp)
     try:
         return _run_stages(ctx, started)
     finally:
@@ -321,10 +346,10 @@ def _train_supernet(ctx: RunContext, reference: Reference | None) -> tuple[Model
         proposals = controller.supernet_proposals if options.proposals == "controller" else None  # type: ignore[union-attr]
 
         budgets = supernet_budgets(config, ctx.task) or ctx.budget
+        training = SupernetTraining(train_config, options, tuple(budgets) if isinstance(budgets, list) else budgets)
 
         def train(model: Model, hooks: TrainHooks) -> TrainResult:
-            return train_supernet(model, ctx.task, ctx.space, budgets, train_config, options, hooks=hooks,
-                                  progress=ctx.progress, proposals=proposals)
+            return train_data_parallel(ctx.ddp, config, ctx.task, model, hooks, training, ctx.progress)
         if ctx.shared_supernet is not None and options.mode == "sandwich" and proposals is None:
             return supernet, shared_supernet(ctx, ctx.shared_supernet, supernet, train), reference
     stats = train_stage(ctx, "supernet", None, supernet, train)

@@ -48,6 +48,8 @@ class RunContext:
             every run given it (the searches of one front); ``None``: the run trains its own.
         executor: where the search's independent jobs run (fitness rounds, retrains;
             :mod:`nas.pipeline.executors`); :func:`~nas.pipeline.search.open_run` always sets one.
+        ddp: processes that train each training of the run data-parallel
+            (:mod:`nas.pipeline.data_parallel`).
     """
 
     config: SearchConfig
@@ -61,6 +63,7 @@ class RunContext:
     reference_cache: Path | None = None
     shared_supernet: Path | None = None
     executor: Executor | None = None
+    ddp: int = 1
 
     @property
     def data(self) -> Data:

@@ -1,6 +1,6 @@
 """Run a small search in this process and, on request, die by SIGKILL at a chosen point.
 
-    python crash_runner.py RUNS NAME [--config random|bet|darts|click|finetune] [--die-at-rename N | --die-mid-write N | --die-mid-event N]
+    python crash_runner.py RUNS NAME [--config random|bet|darts|click|finetune] [--die-at-rename N | --die-mid-write N | --die-mid-event N] [--ddp N]
 
 * ``--die-at-rename N``: during the N-th atomic file write, after the temporary file is
   complete and before it is renamed over the target;
@@ -125,11 +125,12 @@ def main() -> None:
     parser.add_argument("--die-at-rename", type=int)
     parser.add_argument("--die-mid-write", type=int)
     parser.add_argument("--die-mid-event", type=int)
+    parser.add_argument("--ddp", type=int, default=1, help="processes per training (data-parallel)")
     args = parser.parse_args()
     arm(args.die_at_rename, args.die_mid_write, args.die_mid_event)
     from nas.pipeline.search import run_search
 
-    run_search(CONFIGS[args.config], run_dir=Path(args.runs) / args.name, progress=False)
+    run_search(CONFIGS[args.config], run_dir=Path(args.runs) / args.name, progress=False, ddp=args.ddp)
 
 
 if __name__ == "__main__":
