@@ -6,7 +6,7 @@ Runs, into ``--out`` (a finished run is read back, so a stopped benchmark contin
 * ``local-N``: the local executor, ``--workers`` torch threads (every core to one job at a time);
 * ``ray``: ``--executor ray --workers N``, one torch thread per job (a local cluster of N CPUs).
 
-Prints each run's search and retrain seconds, the Ray run's speed-up over both local ones,
+Prints each run's search, retrain and total seconds, the Ray run's speed-up over both local ones,
 and whether the Ray run reached the ``local-1`` run's allocation and test metrics (it must:
 same threads per training), then one JSON line.  Extra arguments go to every ``embnas search``::
 
@@ -46,14 +46,15 @@ def main() -> None:
         f"local-{n}": search(args.out, f"local-{n}", [*extra, "--threads", str(n)]),
         "ray": search(args.out, "ray", [*extra, "--threads", "1", "--executor", "ray", "--workers", str(n)]),
     }
-    print(f"\n{'run':>8} {'search s':>9} {'retrain s':>10} {'both s':>8}   test ndcg@20")
+    print(f"\n{'run':>8} {'search s':>9} {'retrain s':>10} {'both s':>8} {'total s':>8}   test ndcg@20")
     rows = {}
     for name, metrics in runs.items():
         timing = metrics["timing"]
         both = timing["search"] + timing["retrain"]
-        rows[name] = {"search": timing["search"], "retrain": timing["retrain"], "both": both,
+        rows[name] = {"search": timing["search"], "retrain": timing["retrain"], "both": both, "total": timing["total"],
                       "ndcg@20": metrics["allocated"]["test"]["ndcg@20"]}
-        print(f"{name:>8} {timing['search']:>9.1f} {timing['retrain']:>10.1f} {both:>8.1f}   {rows[name]['ndcg@20']:.4f}")
+        print(f"{name:>8} {timing['search']:>9.1f} {timing['retrain']:>10.1f} {both:>8.1f} {timing['total']:>8.1f}"
+              f"   {rows[name]['ndcg@20']:.4f}")
     same = (runs["ray"]["allocation"]["fingerprint"] == runs["local-1"]["allocation"]["fingerprint"]
             and runs["ray"]["allocated"]["test"] == runs["local-1"]["allocated"]["test"])
     speedup = {name: rows[name]["both"] / rows["ray"]["both"] for name in rows if name != "ray"}
