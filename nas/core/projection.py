@@ -216,10 +216,10 @@ def project_linear(
     if total_weight * highest <= capacity:
         return np.full(len(x), highest, dtype=np.int64)
 
-    if x.min() >= lowest and x.max() <= highest and np.array_equal(x, np.floor(x)) and _on_grid(x, grid):
+    if x.min() >= lowest and x.max() <= highest and np.array_equal(x, np.floor(x)):
         values = x.astype(np.int64)
-        cost = int(weights @ values)
-        if fill * capacity <= cost <= capacity and (order is None or is_monotone(values, order)):
+        cost = int(weights @ values)  # before the grid lookup: a random proposal rarely fits, and this is cheaper
+        if fill * capacity <= cost <= capacity and _on_grid(x, grid) and (order is None or is_monotone(values, order)):
             return values
 
     peak = x.max()
@@ -229,8 +229,7 @@ def project_linear(
     scale = _solve_scale(x, weights, lowest, highest, capacity)
     index, target = _round_down(x, scale, weights, grid, capacity)
     gap = capacity - int(weights @ grid[index])
-    rank = np.arange(len(x)) if order is None else order.rank
-    _top_up(index, target, weights, grid, gap, x, rank, order)
+    _top_up(index, target, weights, grid, gap, x, None if order is None else order.rank, order)
     return grid[index]
 
 
@@ -287,10 +286,12 @@ def _bracket(x: np.ndarray, w: np.ndarray, lowest: int, highest: int, capacity: 
     if not 0.0 < guess < np.inf:
         return a, b
     spread = 1e-3
+    scaled = np.empty_like(x)  # one buffer for every trial point (no fresh memory per pass)
     for _ in range(5):
         for point in (guess / (1.0 + spread), guess * (1.0 + spread)):
             if a < point < b:
-                if float(w @ np.clip(point * x, lowest, highest)) <= capacity:
+                np.multiply(x, point, out=scaled)
+                if float(w @ np.clip(scaled, lowest, highest, out=scaled)) <= capacity:
                     a = point
                 else:
                     b = point
@@ -375,13 +376,14 @@ def _top_up(
     grid: np.ndarray,
     gap: int,
     preference: np.ndarray,
-    rank: np.ndarray,
+    rank: np.ndarray | None,
     order: FrequencyOrder | None,
 ) -> None:
     """Raise decisions one grid step at a time while ``gap`` allows (``index`` in place).
 
     Each round ranks the affordable decisions by residue ``target - value`` (largest
-    first), then preference (larger first), then ``rank`` (lower first), and raises
+    first), then preference (larger first), then ``rank`` (lower first; ``None``: the
+    decision's position), and raises
     the longest prefix of that ranking whose steps fit in the gap; rounds repeat until
     no decision can be raised.  Only the best ``gap // cheapest step`` candidates can
     be in the prefix, so they are found by partitions (linear time) and only they are
@@ -390,7 +392,26 @@ def _top_up(
     """
     last = len(grid) - 1
     step_of = np.append(np.diff(grid), 0)
+    # Equal weights on an evenly spaced grid (the per-feature space): every step costs the same,
+    # so the round needs no array of step costs.
+    even = last > 0 and bool(np.all(step_of[:-1] == step_of[0])) and int(weights.min()) == int(weights.max())
     while gap > 0 and last > 0:
+        if even:
+            unit = int(weights[0]) * int(step_of[0])
+            if unit > gap:
+                return
+            candidates = np.flatnonzero(index < last)  # all affordable: nothing is stuck, so nothing blocked
+            if candidates.size == 0:
+                return
+            k = min(candidates.size, gap // unit)
+            if k == candidates.size:
+                chosen = candidates
+            else:
+                residue = target[candidates] - grid[index[candidates]]
+                chosen = candidates[_best(residue, preference[candidates], None if rank is None else rank[candidates], k)]
+            index[chosen] += 1
+            gap -= unit * len(chosen)
+            continue
         step = weights * step_of[index]
         movable = index < last
         affordable = movable & (step <= gap)
@@ -405,10 +426,12 @@ def _top_up(
             chosen = candidates
         else:
             residue = target[candidates] - grid[index[candidates]]
-            best = _best(residue, preference[candidates], rank[candidates], k)
+            ranks = None if rank is None else rank[candidates]  # None: ascending, as candidates are
+            best = _best(residue, preference[candidates], ranks, k)
             uniform = np.all(cost[best] == cost[best[0]]) and int(cost[best[0]]) * len(best) <= gap
             if not uniform:
-                best = best[np.lexsort((rank[candidates][best], -preference[candidates][best], -residue[best]))]
+                tie_break = candidates[best] if ranks is None else ranks[best]
+                best = best[np.lexsort((tie_break, -preference[candidates][best], -residue[best]))]
                 best = best[np.cumsum(cost[best]) <= gap]
             chosen = candidates[best]
         index[chosen] += 1
@@ -425,28 +448,33 @@ def _blocked(index: np.ndarray, stuck: np.ndarray, order: FrequencyOrder, n_grid
     return order.level > first_stuck[key]
 
 
-def _best(residue: np.ndarray, preference: np.ndarray, rank: np.ndarray, k: int) -> np.ndarray:
+def _best(residue: np.ndarray, preference: np.ndarray, rank: np.ndarray | None, k: int) -> np.ndarray:
     """Positions of the ``k`` best entries by (residue desc, preference desc, rank asc); ranks are distinct.
 
-    Three partitions instead of a sort: the k-th largest residue splits the entries
-    into sure winners and a tie, the tie is split by preference the same way, and the
-    last tie by rank.
+    ``rank=None`` means the entries' own order (position ascending).  Three partitions
+    instead of a sort: the k-th largest residue splits the entries into sure winners and
+    a tie, the tie is split by preference the same way, and the last tie by rank (by
+    position: its first entries, with no partition at all).
     """
     m = len(residue)
     if k >= m:
         return np.arange(m)
     if m <= _SORT_BELOW:
-        return np.lexsort((rank, -preference, -residue))[:k]
+        return np.lexsort((np.arange(m) if rank is None else rank, -preference, -residue))[:k]
     chosen = []
-    pool = np.arange(m)
-    for key in (residue, preference, -rank.astype(np.float64)):
-        values = key[pool]
+    pool = None  # every entry, without an index array of them all
+    keys = (residue, preference) if rank is None else (residue, preference, -rank.astype(np.float64))
+    for key in keys:
+        values = key if pool is None else key[pool]
         cut = float(np.partition(values, len(values) - k)[len(values) - k])  # the k-th largest
-        winners = pool[values > cut]
+        winners, tie = np.flatnonzero(values > cut), np.flatnonzero(values == cut)
+        if pool is not None:
+            winners, tie = pool[winners], pool[tie]
         chosen.append(winners)
         k -= len(winners)
-        pool = pool[values == cut]
+        pool = tie
         if k == 0 or len(pool) == k:
             break
-    chosen.append(pool[:k] if len(pool) == k else pool[:0])
+    # Left: a tie of more than k entries (by position, the first k of them: pool is ascending) or exactly k.
+    chosen.append(pool[:k] if len(pool) == k or rank is None else pool[:0])
     return np.concatenate(chosen)
