@@ -17,30 +17,15 @@ expected), then one JSON line.  Extra arguments go to both ``embnas search`` run
 
 from __future__ import annotations
 
-import argparse
 import json
-import subprocess
-from pathlib import Path
 
-
-def search(out: Path, name: str, extra: list[str]) -> dict:
-    if not (out / name / "metrics.json").exists():
-        command = ["embnas", "search", "--runs", str(out), "--name", name, "--quiet", *extra]
-        print("$ " + " ".join(command), flush=True)
-        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
-    return json.loads((out / name / "metrics.json").read_text())
+from bench_executor import arguments, search  # the same read-back-or-run helpers
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--processes", type=int, default=2)
-    parser.add_argument("extra", nargs=argparse.REMAINDER, help="arguments of both embnas search runs (after --)")
-    args = parser.parse_args()
-    extra = [a for a in args.extra if a != "--"]
-    n = args.processes
-    runs = {"one-process": search(args.out, "one-process", [*extra, "--threads", str(n)]),
-            "ddp": search(args.out, "ddp", [*extra, "--threads", "1", "--ddp", str(n)])}
+    out, n, extra = arguments(__doc__, "processes")
+    runs = {"one-process": search(out, "one-process", [*extra, "--threads", str(n)]),
+            "ddp": search(out, "ddp", [*extra, "--threads", "1", "--ddp", str(n)])}
     rows = {name: {"supernet": m["timing"]["supernet"], "retrain": m["timing"]["retrain"],
                    "ndcg@20": m["allocated"]["test"]["ndcg@20"], "fingerprint": m["allocation"]["fingerprint"]}
             for name, m in runs.items()}

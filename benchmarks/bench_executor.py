@@ -33,18 +33,22 @@ def search(out: Path, name: str, extra: list[str]) -> dict:
     return json.loads((out / name / "metrics.json").read_text())
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def arguments(doc: str, count: str) -> tuple[Path, int, list[str]]:
+    """``--out``, the ``--<count>`` of workers or processes (default 2) and the searches' own arguments after ``--``."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(f"--{count}", type=int, default=2)
     parser.add_argument("extra", nargs=argparse.REMAINDER, help="arguments of every embnas search (after --)")
     args = parser.parse_args()
-    extra = [a for a in args.extra if a != "--"]
-    n = args.workers
+    return args.out, getattr(args, count), [a for a in args.extra if a != "--"]
+
+
+def main() -> None:
+    out, n, extra = arguments(__doc__, "workers")
     runs = {
-        "local-1": search(args.out, "local-1", [*extra, "--threads", "1"]),
-        f"local-{n}": search(args.out, f"local-{n}", [*extra, "--threads", str(n)]),
-        "ray": search(args.out, "ray", [*extra, "--threads", "1", "--executor", "ray", "--workers", str(n)]),
+        "local-1": search(out, "local-1", [*extra, "--threads", "1"]),
+        f"local-{n}": search(out, f"local-{n}", [*extra, "--threads", str(n)]),
+        "ray": search(out, "ray", [*extra, "--threads", "1", "--executor", "ray", "--workers", str(n)]),
     }
     print(f"\n{'run':>8} {'search s':>9} {'retrain s':>10} {'both s':>8} {'total s':>8}   test ndcg@20")
     rows = {}
