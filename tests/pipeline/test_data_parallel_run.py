@@ -39,7 +39,9 @@ def parallel(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_two_processes_reach_the_one_process_run(parallel: Path, tmp_path: Path):
     single = run_search(CONFIGS["random"], run_dir=tmp_path / "single", progress=False)
-    assert _trials(parallel) == pytest.approx(_trials(tmp_path / "single"))
+    ours, theirs = _trials(parallel), _trials(tmp_path / "single")
+    assert [t[:3] for t in ours] == [t[:3] for t in theirs]  # the same candidates, in the same rounds
+    assert [t[3] for t in ours] == pytest.approx([t[3] for t in theirs], rel=1e-6)
     theirs = json.loads((parallel / "metrics.json").read_text())
     assert theirs["allocation"]["fingerprint"] == single.allocation.fingerprint()
     assert theirs["allocated"]["test"] == pytest.approx(single.metrics["test"], rel=1e-5)
