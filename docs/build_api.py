@@ -42,6 +42,7 @@ MODULES = (
     "nas.core.errors",
     "nas.pipeline.config",
     "nas.pipeline.result",
+    "nas.pipeline.executors",
     "nas.artifact.serving",
     "nas.artifact.export",
     "nas.artifact.torchrec_tables",

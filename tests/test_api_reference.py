@@ -34,6 +34,7 @@ KEY_NAMES = {
     "nas.core.errors": ["EmbnasError", "BudgetError"],
     "nas.pipeline.config": ["SearchConfig"],
     "nas.pipeline.result": ["SearchResult"],
+    "nas.pipeline.executors": ["Executor", "LocalExecutor", "RayExecutor", "TrainJob"],
     "nas.artifact.serving": ["PackedEmbedding"],
     "nas.artifact.export": ["export_tables"],
     "nas.artifact.torchrec_tables": ["export_torchrec", "TorchRecTables"],
