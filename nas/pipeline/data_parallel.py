@@ -24,13 +24,16 @@ import pickle
 import time
 from dataclasses import dataclass, replace
 from datetime import timedelta
+from collections.abc import Callable
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 
 from nas.core.allocation import Allocation
 from nas.core.budget import Budget
 from nas.core.errors import ConfigError, WorkerError
+from nas.core.space import SearchSpace
 from nas.pipeline.build import Model, build_model, build_search
 from nas.pipeline.config import SearchConfig, SupernetOptions
 from nas.pipeline.supernet import train_supernet
@@ -67,18 +70,29 @@ class Retraining:
 
 @dataclass(frozen=True)
 class SupernetTraining:
-    """The supernet trained under ``budgets`` (one, or several in turn) with the trainer's ``config`` and ``options``."""
+    """The supernet trained under ``budgets`` (one, or several in turn) with the trainer's ``config`` and ``options``.
+
+    ``space`` and ``proposals`` are the run's own, used by rank 0; they are not sent to the
+    helpers (a per-feature space holds about 80 bytes a row), which rebuild them from the
+    configuration: seeded, so every process gets the same space and draws the same proposals.
+    """
 
     config: Any
     options: SupernetOptions
-    budgets: Budget | tuple[Budget, ...]
+    budgets: Budget | list[Budget]
+    space: SearchSpace | None = None
+    proposals: Callable[[np.random.Generator, int], np.ndarray] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "space": None, "proposals": None}
 
     def train(self, config: SearchConfig, task: Task, model: Model, hooks: TrainHooks, progress: bool) -> TrainResult:
-        _, space, controller = build_search(config, task)  # seeded: the same space and proposals in every process
-        proposals = controller.supernet_proposals if self.options.proposals == "controller" else None  # type: ignore[union-attr]
-        budgets = list(self.budgets) if isinstance(self.budgets, tuple) else self.budgets
-        return train_supernet(model, task, space, budgets, self.config, self.options, hooks=hooks, progress=progress,
-                              proposals=proposals)
+        space, proposals = self.space, self.proposals
+        if space is None:  # a helper
+            _, space, controller = build_search(config, task)
+            proposals = controller.supernet_proposals if self.options.proposals == "controller" else None  # type: ignore[union-attr]
+        return train_supernet(model, task, space, self.budgets, self.config, self.options, hooks=hooks,
+                              progress=progress, proposals=proposals)
 
 
 def train_data_parallel(

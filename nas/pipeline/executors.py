@@ -36,7 +36,7 @@ from nas.core.evaluator import Evaluator
 from nas.pipeline.build import Data, Model, build_evaluator, build_model
 from nas.pipeline.config import SearchConfig
 from nas.pipeline.data_parallel import Retraining, train_data_parallel
-from nas.pipeline.stages import finished_stage, partial_name, partial_state, record_stage, train_stage
+from nas.pipeline.stages import finished_stage, partial_state, record_stage, train_stage
 from nas.pipeline.tasks import task_for
 from recsys.train import TrainHooks, TrainResult
 
@@ -190,8 +190,7 @@ class RayExecutor(Executor):
             start = None
             if job.start is not None:
                 start = starts.setdefault(id(job.start), ray.put(job.start))
-            pending[index] = remote.remote(shared, job.allocation, job.config, start,
-                                           partial_state(ctx, partial_name(job.stage, job.key, job.partial)),
+            pending[index] = remote.remote(shared, job.allocation, job.config, start, partial_state(ctx, job.partial),
                                            job.final, job.last_epoch)
         for index, job in enumerate(jobs):
             if index not in pending:
@@ -200,9 +199,8 @@ class RayExecutor(Executor):
             weights, state, result = ray.get(pending.pop(index))
             job.model.load_state_dict(weights)
             if not job.final and state is not None:  # the next rung continues from here (None: it had, already)
-                ctx.run.save_state(partial_name(job.stage, job.key, job.partial), state)
-            yield record_stage(ctx, job.stage, job.key, job.model, result,
-                               partial=partial_name(job.stage, job.key, job.partial), final=job.final)
+                ctx.run.save_state(job.partial, state)
+            yield record_stage(ctx, job.stage, job.key, job.model, result, partial=job.partial, final=job.final)
 
     def evaluator(self, ctx: RunContext, evaluator: Evaluator, supernet: Model) -> Evaluator:
         return _SpreadEvaluator(self, ctx, evaluator, supernet)

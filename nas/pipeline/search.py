@@ -119,11 +119,14 @@ def open_run(
     """
     config.check_device()
     executor = executor or LocalExecutor()
-    _check_ddp(ddp, config, executor)
+    _check_ddp(ddp, executor)
     data = load_data(config.data) if data is None else data
     data.check_trainable()  # untrainable data (no negative item, no train row) fails before a run folder exists
     task = task_for(data, config.train)
     budget, space, controller = build_search(config, task)
+    if ddp > 1 and not controller.multi_trial:
+        raise ConfigError(f"the {config.controller} controller learns its architecture weights inside the supernet's "
+                          "steps, which --ddp does not split; use --ddp 1 with it")
     supernet_budgets(config, task)  # an infeasible one is refused now, naming the smallest feasible budget
     check_memory(config, budget.rows)  # a width that cannot fit is refused before the first epoch
     if config.reference == "full":
@@ -154,20 +157,13 @@ def open_run(
                       None if shared_supernet is None else Path(shared_supernet), executor, ddp)
 
 
-def _check_ddp(ddp: int, config: SearchConfig, executor: Executor) -> None:
-    """Refuse a data-parallel run that cannot work, before anything is trained."""
+def _check_ddp(ddp: int, executor: Executor) -> None:
+    """Refuse a data-parallel run that cannot work, before the data is loaded (the controller is checked once built)."""
     if ddp < 1:
         raise ConfigError(f"--ddp must be at least 1, got {ddp}")
-    if ddp == 1:
-        return
-    if executor.name != "local":
+    if ddp > 1 and executor.name != "local":
         raise ConfigError(f"--ddp {ddp} splits each training over this machine's processes, the {executor.name} "
                           "executor spreads trainings over a cluster; choose one of them")
-    from nas.core.plugins import CONTROLLERS
-
-    if not getattr(CONTROLLERS.get(config.controller), "multi_trial", True):
-        raise ConfigError(f"the {config.controller} controller learns its architecture weights inside the supernet's "
-                          "steps, which --ddp does not split; use --ddp 1 with it")
 
 
 def resume_run(
@@ -345,8 +341,8 @@ def _train_supernet(ctx: RunContext, reference: Reference | None) -> tuple[Model
         reference = options.mode
         proposals = controller.supernet_proposals if options.proposals == "controller" else None  # type: ignore[union-attr]
 
-        budgets = supernet_budgets(config, ctx.task) or ctx.budget
-        training = SupernetTraining(train_config, options, tuple(budgets) if isinstance(budgets, list) else budgets)
+        training = SupernetTraining(train_config, options, supernet_budgets(config, ctx.task) or ctx.budget, ctx.space,
+                                    proposals)
 
         def train(model: Model, hooks: TrainHooks) -> TrainResult:
             return train_data_parallel(ctx.ddp, config, ctx.task, model, hooks, training, ctx.progress)

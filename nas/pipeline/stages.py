@@ -25,7 +25,7 @@ from recsys.train import TrainHooks, TrainResult
 if TYPE_CHECKING:
     from nas.pipeline.executors import Executor
 
-__all__ = ["RunContext", "finished_stage", "logged_stats", "partial_name", "partial_state", "record_stage", "train_stage"]
+__all__ = ["RunContext", "finished_stage", "logged_stats", "partial_state", "record_stage", "train_stage"]
 
 
 @dataclass(frozen=True)
@@ -97,7 +97,7 @@ def train_stage(
     finished = finished_stage(ctx, stage, key, model, final=final)
     if finished is not None:
         return finished
-    partial = partial_name(stage, key, partial)
+    partial = _partial_name(stage, key, partial)
     run, checkpoint_every = ctx.run, ctx.config.train.checkpoint_every
 
     def save(state: dict[str, Any]) -> None:
@@ -108,7 +108,7 @@ def train_stage(
     return record_stage(ctx, stage, key, model, result, partial=partial, final=final)
 
 
-def partial_name(stage: str, key: str | None, partial: str | None = None) -> str:
+def _partial_name(stage: str, key: str | None, partial: str | None = None) -> str:
     """Where a stage's training state is checkpointed (``partial``, by default ``<stage>[-<key>].state.safetensors``)."""
     return partial or f"{stage if key is None else f'{stage}-{key}'}.state.safetensors"
 
