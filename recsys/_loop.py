@@ -248,6 +248,8 @@ def _fit(
             break
     if bar is not None:
         bar.close()
+    if shard is not None:
+        shard.close()
     epochs_run = len(history)
     if best_state is not None:
         model.load_state_dict(best_state)
@@ -276,7 +278,7 @@ class _DataParallelStep:
 
         self.rank, self.world = rank, world
         self.module = _Loss(model, loss, reg)
-        self.parallel = DistributedDataParallel(self.module, device_ids=[device] if device.type == "cuda" else None,
+        self.parallel: Any = DistributedDataParallel(self.module, device_ids=[device] if device.type == "cuda" else None,
                                                 forward_sync_buffers=False)
 
     @classmethod
@@ -299,6 +301,17 @@ class _DataParallelStep:
             return mean * 0.0, mean.detach() * 0.0, 0
         mean = self.parallel(*share)
         return mean * (self.world * mine / examples), mean.detach(), mine
+
+    def close(self) -> None:
+        """Free DDP's reducer now, while its process group exists.
+
+        Left to a later garbage collection (DDP's objects hold reference cycles), it could
+        run after the group is destroyed, which aborts the process.
+        """
+        import gc
+
+        self.parallel = None
+        gc.collect()
 
     def sum_over_processes(self, total: torch.Tensor) -> None:
         """Sum ``total`` (an epoch's summed loss) over the processes, in place."""

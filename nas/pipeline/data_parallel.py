@@ -133,6 +133,7 @@ def train_data_parallel(
         dist.init_process_group(backend, store=store, rank=0, world_size=processes, timeout=_TIMEOUT)
         try:
             result = training.train(config, task, model, hooks, progress)
+            dist.barrier()  # every process done with the group before any tears its connections down
         except RuntimeError as error:  # gloo: "Connection closed by peer"; NCCL: a timeout
             dead = _dead(helpers, wait=5.0)
             if dead:
@@ -193,5 +194,6 @@ def _helper(rank: int, processes: int, port: int, backend: str) -> None:
     try:
         task = task_for(data, config.train)
         training.train(config, task, build_model(config, task), TrainHooks(resume=resume), False)
+        dist.barrier()  # rank 0 may still be validating or checkpointing: leave the group together
     finally:
         dist.destroy_process_group()

@@ -57,6 +57,7 @@ def _rank(rank: int, world: int, port: int, out: str) -> None:
             save_file({k: v.contiguous() for k, v in resumed.state_dict().items()}, f"{out}/resumed.safetensors")
             Path(out, "history.json").write_text(json.dumps([h["loss"] for h in result.history]))
         Path(out, f"seen-{rank}.json").write_text(json.dumps(sum(seen)))
+        dist.barrier()  # both processes leave the group together (gloo aborts one torn down under the other)
     finally:
         dist.destroy_process_group()
 
