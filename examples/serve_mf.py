@@ -53,8 +53,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     try:
-        ways = {f"PackedEmbedding {layout}": PackedEmbedding.load(args.export, layout=layout)
-                for layout in ("packed", "tiered", "dense")}
+        ways = {"PackedEmbedding packed": PackedEmbedding.load(args.export, layout="packed")}  # compiled where it builds
+        if ways["PackedEmbedding packed"].native:
+            ways["PackedEmbedding packed, eager"] = PackedEmbedding.load(args.export, layout="packed", native=False)
+        ways |= {f"PackedEmbedding {layout}": PackedEmbedding.load(args.export, layout=layout) for layout in ("tiered", "dense")}
         if args.torchrec:
             from nas.artifact.torchrec_tables import TorchRecTables
 

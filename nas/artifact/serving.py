@@ -1,7 +1,8 @@
 """Load and serve an exported packed embedding: the deployable half of embnas.
 
 This module is what a serving process ships with, so it imports only ``torch``,
-``safetensors`` and the standard library: not numpy, and nothing else of embnas.
+``safetensors`` and the standard library: not numpy, and nothing else of embnas but
+:mod:`nas.artifact.native` (its compiled gather, with ``gather.c``), which does the same.
 It reads the folder written by :func:`nas.artifact.export.export_tables`::
 
     manifest.json          format, version, tables, budget, sizes and sha256 of the payload
@@ -29,13 +30,17 @@ manifest declares and for the manifest at most :data:`MAX_MANIFEST_BYTES`.
 Three in-memory layouts, chosen with ``layout`` in :meth:`PackedEmbedding.load`; all serve the
 same vectors, bit for bit:
 
-* ``"packed"`` (default) keeps the values as stored, so serving memory stays near
-  the budget: the values and a 4-byte offset per row (a row's size is the difference
-  of its offset and the next one's).  A lookup gathers, for every id, the ``d_max``
-  values that start at the row's offset (an overlapping strided view of the value buffer, so the gather copies
-  whole rows like a dense embedding) and clears what lies past the row's size by
-  a bitwise AND with a precomputed prefix mask (exact ``+0.0``, and much faster
-  than ``torch.where`` on CPU).
+* ``"packed"`` (default) keeps the values as stored, so serving memory stays within about
+  1 % of the budget: the values, each row's size in the byte the export stores it in, and
+  the offset of every 16th row (4 bytes per 16 rows); a row starts at its block's offset
+  plus the sizes before it in the block.  Lookups run in a compiled gather
+  (:mod:`nas.artifact.native`, built on first use with the system's C compiler) that copies
+  each row and zero-fills its tail in one pass, at dense speed or faster.  Where no compiler
+  works, and off the CPU, they run in eager torch (a few times slower): the rows' starts
+  from their blocks, a gather of the ``d_max`` values that start there (an overlapping
+  strided view of the value buffer, so the gather copies whole rows like a dense
+  embedding), and a bitwise AND with a precomputed prefix mask that clears what lies past
+  each row's size (exact ``+0.0``).
 * ``"dense"`` rebuilds the zero-padded ``rows × d_max`` table once at load and
   serves it with ``nn.functional.embedding``: dense speed, dense memory.
 * ``"tiered"`` is the mixed-dimension layout of Ginart et al. (mixed-dimension embeddings,
@@ -63,6 +68,7 @@ import os
 import reprlib
 import stat
 import struct
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -70,6 +76,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load as _load_safetensors
+
+from nas.artifact.native import BLOCK as _ROW_BLOCK
+from nas.artifact.native import RowGather, row_gather, unavailable_reason
 
 __all__ = [
     "FORMAT", "FORMAT_VERSION", "MANIFEST_FILE", "MAX_D_MAX", "MAX_MANIFEST_BYTES", "PRECISION_FORMAT_VERSION",
@@ -415,35 +424,51 @@ def _unpack_bits(packed: torch.Tensor, count: int) -> torch.Tensor:
 
 # -- the served tables ---------------------------------------------------------------------------
 class _Table:
-    """One table in the packed layout: values, and the offset where each row starts.
+    """One table in the packed layout: values back to back, each row's size, and every 16th row's offset.
 
-    ``offsets`` has a row more than the table, so row ``r`` holds the values from
-    ``offsets[r]`` to ``offsets[r + 1]``: ``starts`` and ``ends`` are its two views, and a
-    row's size is their difference (4 bytes a row, not 8 for an offset and a size).
-    ``window`` is an overlapping view of the value buffer whose row ``k`` is
-    ``buffer[k : k + d_max]``, so ``window[starts[r]]`` starts with row ``r``'s values
-    and continues into the next rows; ``prefix_bits[d]`` is all-ones on the first ``d``
-    columns and zero after them, in an integer dtype of the values' width.
+    Row ``r`` holds ``sizes[r]`` values from ``base[r // 16]`` plus the sizes of the rows before it
+    in its block of 16.  The map costs the byte a row the export already pays for a row's size
+    (one byte while ``d_max`` < 256, two below 2**15) and 4 bytes per 16 rows (8 past 2**31
+    values), so serving memory stays within about 1 % of the budget, where an offset a row
+    would add 4 bytes a row.
+
+    Lookups run in the compiled gather of :mod:`nas.artifact.native` when ``gather`` is given:
+    one pass that copies each row and zero-fills its tail.  Otherwise they run in eager torch:
+    the row's start from its block (a gather of the block's 16 sizes and a masked sum), then
+    a gather of ``d_max`` values from ``window``, an overlapping view of the value buffer whose
+    row ``k`` is ``buffer[k : k + d_max]``, cleared past the row's size by a bitwise AND with
+    ``prefix_bits[size]`` (all-ones on the first ``size`` columns, in an integer dtype of the
+    values' width).
     """
 
-    def __init__(self, values: torch.Tensor, row_dims: torch.Tensor, d_max: int, device: torch.device) -> None:
+    def __init__(self, values: torch.Tensor, row_dims: torch.Tensor, d_max: int, device: torch.device,
+                 gather: RowGather | None = None) -> None:
         n = values.numel()
-        index_dtype = torch.int32 if n + d_max < 2**31 else torch.int64
         dims = row_dims.to(torch.int64)
-        offsets = torch.zeros(len(dims) + 1, dtype=torch.int64)
-        torch.cumsum(dims, 0, out=offsets[1:])
+        rows = len(dims)
+        blocks = -(-rows // _ROW_BLOCK)
         self.d_max = d_max
-        self.rows = len(dims)
+        self.rows = rows
         self.values = n
         self.device = device
+        size_dtype = torch.uint8 if d_max < 2**8 else torch.int16 if d_max < 2**15 else torch.int32
+        sizes = torch.zeros(blocks * _ROW_BLOCK, dtype=size_dtype)
+        sizes[:rows] = dims
+        starts = torch.cumsum(dims, 0) - dims
+        self.sizes = sizes.to(device)
+        self.base = starts[::_ROW_BLOCK].to(torch.int32 if n < 2**31 else torch.int64).contiguous().to(device)
+        self.gather = gather if device.type == "cpu" and sizes.dtype in (torch.uint8, torch.int16) else None
+        if self.gather is not None:
+            self.buffer = values.contiguous().clone()
+            return
         buffer = torch.zeros(n + d_max, dtype=values.dtype)
         buffer[:n] = values
         self.buffer = buffer.to(device)
         self.window = self.buffer.as_strided((n + 1, d_max), (1, 1))
-        self.offsets = offsets.to(index_dtype).to(device)
-        self.starts, self.ends = self.offsets[:-1], self.offsets[1:]
         self.bits_dtype = _BITS_DTYPES[values.element_size()]
         self.columns = torch.arange(d_max, dtype=torch.int32).to(device)
+        before = torch.arange(_ROW_BLOCK).unsqueeze(0) < torch.arange(_ROW_BLOCK).unsqueeze(1)  # [j, k]: row k is before row j
+        self.before = before.to(torch.int32).to(device)
         self.prefix_bits: torch.Tensor | None = None
         if d_max <= _PREFIX_TABLE_MAX_D:  # (d_max + 1) x d_max entries: wide tables build the mask per lookup
             prefix = self.columns.unsqueeze(0) < torch.arange(d_max + 1, dtype=torch.int32, device=device).unsqueeze(1)
@@ -451,22 +476,35 @@ class _Table:
 
     @property
     def dims(self) -> torch.Tensor:
-        """Each row's size (int32)."""
-        return (self.ends - self.starts).to(torch.int32)
+        """Each row's size (int64)."""
+        return self.sizes[: self.rows].to(torch.int64)
+
+    def starts(self, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Where each of ``rows`` (all rows by default) starts in the value buffer (int64)."""
+        dims = self.dims
+        starts = torch.cumsum(dims, 0) - dims
+        return starts if rows is None else starts.index_select(0, rows)
 
     def lookup(self, flat_ids: torch.Tensor) -> torch.Tensor:
-        starts = self.starts.index_select(0, flat_ids)
-        out = self.window.index_select(0, starts)
-        dims = self.ends.index_select(0, flat_ids) - starts
+        if self.gather is not None:
+            if flat_ids.dtype != torch.int64 or not flat_ids.is_contiguous():
+                flat_ids = flat_ids.to(torch.int64).contiguous()
+            return self.gather(flat_ids, self.rows, self.base, self.sizes, self.buffer, self.d_max)
+        dims = self.sizes[: self.rows].index_select(0, flat_ids)  # refuses out-of-range ids
+        block = flat_ids // _ROW_BLOCK
+        in_block = self.sizes.view(-1, _ROW_BLOCK).index_select(0, block).to(torch.int32)
+        before = (in_block * self.before.index_select(0, flat_ids % _ROW_BLOCK)).sum(1, dtype=torch.int64)
+        out = self.window.index_select(0, self.base.index_select(0, block) + before)
         if self.prefix_bits is not None:
-            keep = self.prefix_bits.index_select(0, dims)
+            keep = self.prefix_bits.index_select(0, dims.to(torch.int64))
         else:
             keep = -(self.columns < dims.unsqueeze(1)).to(self.bits_dtype)
         out.view(self.bits_dtype).bitwise_and_(keep)
         return out
 
     def nbytes(self) -> int:
-        parts = (self.buffer, self.offsets, self.columns, self.prefix_bits)
+        parts = (self.buffer, self.sizes, self.base, getattr(self, "columns", None), getattr(self, "before", None),
+                 getattr(self, "prefix_bits", None))
         return sum(t.numel() * t.element_size() for t in parts if t is not None)
 
 
@@ -498,7 +536,7 @@ class PackedEmbedding:
     # -- loading -----------------------------------------------------------------------------
     @classmethod
     def load(cls, folder: str | os.PathLike[str], *, verify: bool = True, device: str | torch.device = "cpu",
-             layout: str = "packed") -> PackedEmbedding:
+             layout: str = "packed", native: bool | None = None) -> PackedEmbedding:
         """Read an export folder, refusing anything damaged, tampered with or inconsistent.
 
         Args:
@@ -509,12 +547,25 @@ class PackedEmbedding:
             layout: ``"packed"`` (memory at the budget), ``"dense"`` (rebuild the full
                 zero-padded table for dense-speed lookups) or ``"tiered"`` (a dense
                 sub-table per row size; see the module docstring).
+            native: serve the packed layout through the compiled gather of
+                :mod:`nas.artifact.native` (CPU only).  ``None`` (default) uses it where it
+                builds and falls back to eager torch, ``True`` requires it, ``False`` never
+                uses it.  The vectors are the same either way.
 
         Raises:
             PackedArtifactError: naming the file and what is wrong.
+            RuntimeError: ``native=True`` and the gather cannot be built (the message says why).
         """
         if layout not in _LAYOUTS:
             raise ValueError(f"layout must be one of {_LAYOUTS}, got {layout!r}")
+        if native and torch.device(device).type != "cpu":
+            raise ValueError(f"native=True serves tables on the CPU, not on {device}")
+        gather = row_gather() if native is not False and torch.device(device).type == "cpu" else None
+        if native and gather is None:
+            raise RuntimeError(f"native=True, but the compiled gather cannot be built: {unavailable_reason()}")
+        if native is None and gather is None and layout == "packed" and torch.device(device).type == "cpu":
+            warnings.warn(f"serving the packed layout in eager torch, a few times slower than its compiled gather "
+                          f"({unavailable_reason()}); pass native=False to silence this", stacklevel=2)
         folder = Path(folder)
         if not folder.is_dir():
             raise _fail(folder, "is not a folder (expected an embnas export folder)")
@@ -555,7 +606,8 @@ class PackedEmbedding:
         tables: dict[str, _Table | _MixedTable | torch.Tensor] = {}
         total_values = 0
         if manifest["format_version"] == PRECISION_FORMAT_VERSION:
-            tables, expected_keys = _load_precisions(manifest, specs, tensors, d_min, d_max, torch.device(device), path, where)
+            tables, expected_keys = _load_precisions(manifest, specs, tensors, d_min, d_max, torch.device(device), path, where,
+                                                     gather)
             specs = {}
         for name, spec in specs.items():
             if not isinstance(spec, dict):
@@ -587,7 +639,7 @@ class PackedEmbedding:
             elif int(row_dims.sum()) != stored:
                 raise _fail(path, f"table {_brief(name)}: row sizes add up to {int(row_dims.sum()):,} values but {stored:,} are stored")
             total_values += stored
-            table = _Table(values, row_dims, d_max, torch.device(device))
+            table = _Table(values, row_dims, d_max, torch.device(device), gather)
             tables[name] = table
         if set(header) != expected_keys:
             extra = sorted(set(header) - expected_keys)
@@ -597,6 +649,9 @@ class PackedEmbedding:
             raise _fail(where, f"stores {total_values:,} values, over the budget of {budget['max_values']:,}")
 
         embedding = cls(tables, d_max, value_dtype, manifest, "packed")
+        if native and layout == "packed" and not embedding.native:
+            raise RuntimeError(f"native=True, but the compiled gather serves rows of fewer than 32,768 values, "
+                               f"and d_max is {d_max}")
         if layout == "dense":
             dense = {name: embedding.table(name).contiguous() for name in tables}
             embedding = cls(dense, d_max, value_dtype, manifest, "dense")
@@ -616,6 +671,8 @@ class PackedEmbedding:
         stored = self._get(table)
         if isinstance(stored, torch.Tensor):
             return F.embedding(ids.to(stored.device), stored)
+        if ids.dim() == 1 and ids.device == stored.device:  # the common case, without a reshape or a copy
+            return stored.lookup(ids)
         flat = ids.reshape(-1).to(stored.device)
         return stored.lookup(flat).view(*ids.shape, self.dim)
 
@@ -655,8 +712,17 @@ class PackedEmbedding:
         except KeyError:
             raise KeyError(f"no table {table!r}; the export has {list(self._tables)}") from None
 
+    @property
+    def native(self) -> bool:
+        """Whether lookups run in the compiled gather (the packed layout on a CPU where it builds)."""
+        tables = [part[0] for stored in self._tables.values() if isinstance(stored, _MixedTable)
+                  for part in stored.groups if part is not None]
+        tables += [stored for stored in self._tables.values() if isinstance(stored, _Table)]
+        return bool(tables) and all(table.gather is not None for table in tables)
+
     def __repr__(self) -> str:
-        return f"PackedEmbedding(rows={self.rows}, dim={self.dim}, dtype={self.dtype}, layout={self.layout!r})"
+        return (f"PackedEmbedding(rows={self.rows}, dim={self.dim}, dtype={self.dtype}, layout={self.layout!r}, "
+                f"native={self.native})")
 
 
 def _expand_masked(name: str, packed: torch.Tensor, row_dims: torch.Tensor, values: torch.Tensor,
@@ -875,15 +941,19 @@ def _tiered(table: _Table | _MixedTable, shared: bool) -> _TieredTable:
     local = torch.empty_like(order)
     local[order] = torch.arange(table.rows, device=device) - firsts.repeat_interleave(counts)
     sizes, values, scales = [], [], []
+    windows: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # per precision: its padded values, where its rows start
     for key, first, count in zip(keys.tolist(), firsts.tolist(), counts.tolist()):
         part = parts[key // width]
         assert part is not None
         sub, sub_scales = part
         size = key % width
+        if key // width not in windows:
+            windows[key // width] = F.pad(sub.buffer[: sub.values], (0, table.d_max)), sub.starts()
+        buffer, starts = windows[key // width]
         rows = within.index_select(0, order[first : first + count])  # the tier's rows in the precision's packed table
-        window = sub.buffer.as_strided((sub.values + 1, size), (1, 1))  # row k: buffer[k : k + size]
+        window = buffer.as_strided((sub.values + 1, size), (1, 1))  # row k: buffer[k : k + size]
         sizes.append(size)
-        values.append(window.index_select(0, sub.starts.index_select(0, rows)))
+        values.append(window.index_select(0, starts.index_select(0, rows)))
         if sub_scales is None:
             scales.append(None)
         else:
@@ -894,7 +964,7 @@ def _tiered(table: _Table | _MixedTable, shared: bool) -> _TieredTable:
 
 def _load_precisions(manifest: Mapping[str, Any], specs: Mapping[str, Any], tensors: Mapping[str, torch.Tensor],
                      d_min: int, d_max: int, device: torch.device, path: Path,
-                     where: str) -> tuple[dict[str, _MixedTable], set[str]]:
+                     where: str, gather: RowGather | None) -> tuple[dict[str, _MixedTable], set[str]]:
     """The tables of a format-version-2 export, every code, count, value and scale checked."""
     precisions = _field(manifest, "precisions", list, where)
     if not precisions or any(not isinstance(p, str) or p not in STORED_PRECISIONS for p in precisions) \
@@ -950,7 +1020,7 @@ def _load_precisions(manifest: Mapping[str, Any], specs: Mapping[str, Any], tens
             if integer:
                 keys.add(f"{name}.{precision}.scales")
             local[members] = torch.arange(members.numel())
-            groups.append((_Table(values, sizes, d_max, device), None if scales is None else scales.to(device)))
+            groups.append((_Table(values, sizes, d_max, device, gather), None if scales is None else scales.to(device)))
             total_bits += count * bits + (16 * members.numel() if integer and not shared else 0)
         tables[name] = _MixedTable(groups, group, local, d_max, device)
     bits_stored = _field(manifest, "bits_stored", int, where)

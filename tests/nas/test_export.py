@@ -32,10 +32,12 @@ from nas.artifact.export import export_byte_limit, export_tables
 from nas.artifact.serving import (
     MANIFEST_FILE, MAX_D_MAX, MAX_MANIFEST_BYTES, TABLES_FILE, PackedArtifactError, PackedEmbedding, manifest_digest,
 )
+from nas.testing.serving import serving_ways
 
 _BITS = {2: torch.int16, 4: torch.int32, 8: torch.int64}
-#: The in-memory layouts of PackedEmbedding.load: every parity test runs on each.
-LAYOUTS = ("packed", "dense", "tiered")
+#: Every way to serve an export (load keyword arguments): each parity test runs on all.
+WAYS = serving_ways()
+LAYOUTS = tuple(WAYS)
 
 
 def bits(tensor: torch.Tensor) -> torch.Tensor:
@@ -110,11 +112,11 @@ def test_loaded_lookup_is_bit_identical_to_the_masked_model(case):
     embedding = make_embedding(rows, d_max, seed % 1000, dropped_by=allocation)
     with tempfile.TemporaryDirectory() as tmp:
         export_tables(Path(tmp) / "export", embedding, allocation, budget)
-        served = {layout: PackedEmbedding.load(Path(tmp) / "export", layout=layout, verify=layout == "packed")
+        served = {layout: PackedEmbedding.load(Path(tmp) / "export", **WAYS[layout], verify=layout == "packed")
                   for layout in LAYOUTS}
     embedding.set_allocation(allocation)
     for layout, loaded in served.items():
-        assert loaded.rows == rows and loaded.dim == d_max and loaded.layout == layout
+        assert loaded.rows == rows and loaded.dim == d_max and loaded.layout == WAYS[layout]["layout"]
         for name, n in rows.items():
             ids = torch.from_numpy(rng.integers(0, n, (3, 7)))
             expected = embedding.lookup(name, ids).detach()
@@ -139,7 +141,7 @@ def test_parity_for_tensors_float16_and_wide_rows(tmp_path):
                 model.weights[name].copy_(weight)
         model.set_allocation(allocation)
         for layout in LAYOUTS:
-            loaded = PackedEmbedding.load(tmp_path / dtype, layout=layout)
+            loaded = PackedEmbedding.load(tmp_path / dtype, **WAYS[layout])
             for name in rows:
                 assert_bit_identical(loaded.table(name), model.table(name).detach())
 
@@ -154,7 +156,7 @@ def test_export_uses_the_given_allocation_and_restores_the_models(layout, tmp_pa
     export_tables(tmp_path / "e", embedding, wanted, Budget.from_params(400, rows, 8))
     assert embedding.allocation is other
     embedding.set_allocation(wanted)
-    assert_bit_identical(PackedEmbedding.load(tmp_path / "e", layout=layout).table("user"), embedding.table("user").detach())
+    assert_bit_identical(PackedEmbedding.load(tmp_path / "e", **WAYS[layout]).table("user"), embedding.table("user").detach())
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -170,7 +172,7 @@ def test_a_backbone_on_the_loaded_export_scores_exactly_as_the_masked_model(back
     embedding = MaskableEmbedding(rows, 8, seed=1)
     model = BACKBONES.get(backbone)(embedding, data).eval()
     export_tables(tmp_path / "e", embedding, allocation, Budget.from_params(allocation.cost, rows, 8, d_min=1))
-    served = BACKBONES.get(backbone)(PackedEmbedding.load(tmp_path / "e", layout=layout), data).eval()
+    served = BACKBONES.get(backbone)(PackedEmbedding.load(tmp_path / "e", **WAYS[layout]), data).eval()
     served.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("embedding.")})
     embedding.set_allocation(allocation)
     users = torch.arange(rows["user"])
@@ -197,7 +199,7 @@ def test_a_click_backbone_on_the_loaded_export_predicts_exactly_as_the_masked_mo
                 parameter.normal_(0.0, 0.1, generator=torch.Generator().manual_seed(len(name)))
     manifest = export_tables(tmp_path / "e", embedding, allocation, budget)
     assert set(manifest["tables"]) == set(data.fields) and manifest["bytes_stored"] <= budget.max_bytes
-    served = BACKBONES.get(backbone)(PackedEmbedding.load(tmp_path / "e", layout=layout), data).eval()
+    served = BACKBONES.get(backbone)(PackedEmbedding.load(tmp_path / "e", **WAYS[layout]), data).eval()
     dense = {k: v for k, v in model.state_dict().items() if not k.startswith("embedding.")}
     assert any(k.startswith("linear") for k in dense) == (backbone != "dcnv2")
     served.load_state_dict(dense)
@@ -215,7 +217,7 @@ def test_empty_tables_and_bad_ids(layout, tmp_path):
     rows = {"a": 5, "b": 4}
     allocation = Allocation({"a": np.zeros(5, dtype=np.int64), "b": np.array([0, 3, 0, 1])})
     export_tables(tmp_path / "e", make_embedding(rows, 4, 0), allocation, Budget.from_params(4, rows, 4, d_min=0))
-    packed = PackedEmbedding.load(tmp_path / "e", layout=layout)
+    packed = PackedEmbedding.load(tmp_path / "e", **WAYS[layout])
     assert_bit_identical(packed.table("a"), torch.zeros(5, 4))
     assert packed.lookup("b", torch.zeros(0, dtype=torch.int64)).shape == (0, 4)
     for name, n in rows.items():  # "a" has no values at all: its ids are still checked
@@ -470,16 +472,18 @@ def test_byte_limit_matches_the_budget():
 
 # -- the serving module stays deployable ----------------------------------------------------------
 def test_serving_imports_only_torch_safetensors_and_the_standard_library():
-    source = Path(export_module.__file__).with_name("serving.py").read_text()
+    """The serving loader is serving.py with native.py (and its gather.c) beside it, and nothing else of embnas."""
     allowed = {"torch", "safetensors", "__future__"} | set(sys.stdlib_module_names)
-    for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.Import):
-            names = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            names = [node.module or ""]
-        else:
-            continue
-        assert all(name.split(".")[0] in allowed for name in names), names
+    for module in ("serving.py", "native.py"):
+        source = Path(export_module.__file__).with_name(module).read_text()
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            else:
+                continue
+            assert all(name.split(".")[0] in allowed or name == "nas.artifact.native" for name in names), (module, names)
     probe = (
         "import sys, torch, safetensors, safetensors.torch\n"
         "before = set(sys.modules)\n"
@@ -493,7 +497,7 @@ def test_serving_imports_only_torch_safetensors_and_the_standard_library():
     # Of the project, only the package roots come with it, and the registry hook of the
     # composition root (``nas/__init__``): modules that themselves import only the standard library.
     skeleton = ("nas", "nas.core", "nas.core._lazy", "nas.core.registry", "nas.core.errors", "recsys", "recsys.errors", "nas.artifact",
-                "nas.artifact.serving")
+                "nas.artifact.serving", "nas.artifact.native")
     unexpected = [m for m in new if m not in skeleton and m.split(".")[0] not in sys.stdlib_module_names]
     assert unexpected == [], unexpected
 
@@ -757,7 +761,7 @@ def test_export_refuses_non_finite_values(tmp_path):
     weights["item"][2, 1], weights["item"][2, 3] = 0.0, float("nan")
     export_tables(tmp_path / "e", weights, allocation, budget)
     for layout in LAYOUTS:
-        assert bool(torch.isfinite(PackedEmbedding.load(tmp_path / "e", layout=layout).table("item")).all())
+        assert bool(torch.isfinite(PackedEmbedding.load(tmp_path / "e", **WAYS[layout]).table("item")).all())
 
 
 def test_export_refuses_values_that_overflow_the_stored_dtype(tmp_path):
@@ -801,7 +805,7 @@ def test_wide_tables_serve_without_a_prefix_table(layout, tmp_path):
     weights = {"user": torch.randn(5, d_max)}
     allocation = Allocation({"user": np.array([0, 1, 1024, 1499, 1500])})
     export_tables(tmp_path / "e", weights, allocation, Budget.from_params(allocation.cost, rows, d_max, d_min=0))
-    packed = PackedEmbedding.load(tmp_path / "e", layout=layout)
+    packed = PackedEmbedding.load(tmp_path / "e", **WAYS[layout])
     expected = torch.where(torch.arange(d_max) < torch.from_numpy(allocation.row_dims["user"]).unsqueeze(1), weights["user"], 0.0)
     assert_bit_identical(packed.table("user"), expected)
     assert packed.memory_bytes() < 5 * d_max * 4 + 64 * 1024

@@ -23,10 +23,12 @@ from nas.core.allocation import Allocation
 from nas.core.budget import Budget
 from nas.core.precision import PRECISIONS, SCALES
 from nas.pipeline.embedding import MaskableEmbedding
+from nas.testing.serving import serving_ways
 
 ALL = tuple(PRECISIONS)
-#: The in-memory layouts of PackedEmbedding.load: every parity test runs on each.
-LAYOUTS = ("packed", "dense", "tiered")
+#: Every way to serve an export (load keyword arguments): each parity test runs on all.
+WAYS = serving_ways()
+LAYOUTS = tuple(WAYS)
 
 
 def random_case(seed: int, precisions: tuple[str, ...], d_min: int = 0, d_max: int = 16, scales: str = "row"):
@@ -64,7 +66,7 @@ def test_the_loader_serves_the_fake_quantised_model_bit_for_bit_within_the_bytes
     manifest = export_tables(folder, embedding, allocation, budget)
     assert folder_bytes(folder) == manifest["bytes_stored"] <= int(budget.amount)  # from the files alone
     for layout in LAYOUTS:
-        loaded = PackedEmbedding.load(folder, layout=layout)
+        loaded = PackedEmbedding.load(folder, **WAYS[layout])
         for name, n in rows.items():
             expected = embedding.table(name).detach()
             assert torch.equal(loaded.table(name).view(torch.int32), expected.view(torch.int32))
@@ -109,7 +111,7 @@ def test_shared_scales_store_one_scale_a_size_and_no_row_pays_for_one(tmp_path):
         assert peak / 7 <= scale < peak / 7 * 1.001  # fp16 rounded up
         assert torch.equal(served[members, :size] / scale, (served[members, :size] / scale).round())
     for layout in LAYOUTS:
-        assert torch.equal(PackedEmbedding.load(tmp_path / "e", layout=layout).table("user").view(torch.int32),
+        assert torch.equal(PackedEmbedding.load(tmp_path / "e", **WAYS[layout]).table("user").view(torch.int32),
                            served.view(torch.int32))
 
 

@@ -46,9 +46,12 @@ from nas.artifact.export import export_tables
 from nas.artifact.serving import MANIFEST_FILE, TABLES_FILE, PackedArtifactError, PackedEmbedding, manifest_digest
 from nas.core.allocation import Allocation
 from nas.core.budget import Budget
+from nas.testing.serving import serving_ways
 
 PROFILES = {"default": 120, "slow": 10_000}
-LAYOUTS = ("packed", "dense", "tiered")
+#: Every way to serve an export (load keyword arguments): each parity test runs on all.
+WAYS = serving_ways()
+LAYOUTS = tuple(WAYS)
 PROFILE_PARAMS = ["default", pytest.param("slow", marks=pytest.mark.slow)]
 
 
@@ -101,14 +104,14 @@ def case_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def check_load(folder: Path, original: Original, *, verify: bool, forged: bool, layout: str = "packed") -> str:
     """Load ``folder`` in ``layout``; return ``"refused"`` or ``"loaded"``, failing on anything but the contract."""
     try:
-        loaded = PackedEmbedding.load(folder, verify=verify, layout=layout)
+        loaded = PackedEmbedding.load(folder, verify=verify, **WAYS[layout])
     except PackedArtifactError as error:
         message = str(error)
         assert "\n" not in message and "\r" not in message, message
         named = [str(folder / MANIFEST_FILE) + ": ", str(folder / TABLES_FILE) + ": ", str(folder) + ": "]
         assert any(message.startswith(prefix) for prefix in named), message
         return "refused"
-    assert loaded.layout == layout
+    assert loaded.layout == WAYS[layout]["layout"]
     if not forged:  # the original bytes' digests held: this must be the original artifact
         assert loaded.tables == original.loaded.tables and loaded.dim == original.loaded.dim
         assert loaded.dtype == original.loaded.dtype and loaded.rows == original.loaded.rows
