@@ -410,7 +410,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from nas.app.compare import compare
 
     try:
-        comparison = compare(args.grid, args.out, jobs=args.jobs, report_only=args.report_only, progress=not args.quiet)
+        comparison = compare(args.grid, args.out, jobs=args.jobs, report_only=args.report_only, progress=not args.quiet,
+                             budgets=args.budgets, arms=args.arms)
     except KeyboardInterrupt:
         print("embnas: interrupted; run the same command again to finish the cells that are missing", file=sys.stderr)
         return 130
@@ -587,6 +588,9 @@ def build_parser() -> argparse.ArgumentParser:
     grid.add_argument("--jobs", type=int, default=1, help="cells run side by side, one process and one torch thread "
                                                           "each (default: %(default)s)")
     grid.add_argument("--report-only", action="store_true", help="run nothing; write the outputs from the finished cells")
+    grid.add_argument("--budgets", type=_columns, metavar="B[,B...]", help="run only the cells of these budgets, as the "
+                                                                        "grid spells them (the outputs cover every finished cell)")
+    grid.add_argument("--arms", type=_columns, metavar="A[,A...]", help="run only the cells of these arms")
     grid.add_argument("--quiet", action="store_true", help="no progress bar")
     grid.set_defaults(handler=_cmd_compare)
 

@@ -26,7 +26,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -159,6 +159,8 @@ def compare(
     jobs: int = 1,
     report_only: bool = False,
     progress: bool = True,
+    budgets: Sequence[str] | None = None,
+    arms: Sequence[str] | None = None,
 ) -> Comparison:
     """Run the cells of a grid that are not finished, then compare the arms; returns the comparison.
 
@@ -175,6 +177,9 @@ def compare(
         jobs: cells run side by side, each in a process of its own with one torch thread.
         report_only: run nothing; write the outputs from the cells already finished.
         progress: draw a bar over the cells.
+        budgets: run only the cells of these budgets (as the grid spells them); the
+            outputs still cover every finished cell, so a grid can be run a corner at a time.
+        arms: run only the cells of these arms, likewise.
 
     Returns:
         The :class:`Comparison`; its files are ``comparison.md``, ``comparison.json`` and
@@ -188,6 +193,7 @@ def compare(
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ConfigError(f"jobs must be at least 1, got {jobs!r}")
     spec = read_grid(grid)
+    chosen = _selection(spec, budgets, arms)
     if out is None:
         if spec.source is None:
             raise ConfigError("give the output folder (out=...) for a grid given as a mapping")
@@ -202,7 +208,7 @@ def compare(
         print(f"embnas: {line}", file=sys.stderr)
     _check_recorded(cells, data)
     failures: list[CellFailure] = []
-    todo = [cell for cell in cells if not _finished(cell)]
+    todo = [cell for cell in cells if not _finished(cell) and chosen(cell)]
     if todo and not report_only:
         from nas.app._cells import run_cells
 
@@ -219,6 +225,15 @@ def compare(
 
 
 # -- cells -----------------------------------------------------------------------------------------------
+def _selection(spec: Grid, budgets: Sequence[str] | None, arms: Sequence[str] | None) -> Callable[[Cell], bool]:
+    """Which cells to run: those of the named budgets and arms (all when ``None``); unknown names are refused."""
+    for kind, named, known in (("budget", budgets, spec.budgets), ("arm", arms, [arm.name for arm in spec.arms])):
+        unknown = [name for name in named or () if name not in known]
+        if unknown:
+            raise ConfigError(f"the grid has no {kind} {', '.join(map(repr, unknown))}; its {kind}s are {', '.join(known)}")
+    return lambda cell: (budgets is None or cell.budget in budgets) and (arms is None or cell.arm in arms)
+
+
 def _finished(cell: Cell) -> bool:
     return (cell.folder / "metrics.json").exists()
 

@@ -18,7 +18,7 @@ import pytest
 
 import nas
 from nas.app.cli import main
-from nas.core.errors import RunLockedError
+from nas.core.errors import ConfigError, RunLockedError
 from nas.pipeline._lock import FolderLock
 from nas.pipeline.result import SearchResult
 
@@ -189,6 +189,24 @@ def test_report_only_on_a_new_grid_runs_nothing(tmp_path):
     assert comparison.group("frequency", "0.5").versus["equal"].verdict == "n/a"
     assert all(path.is_file() for path in comparison.paths.values())
     assert "0 of 4 cells finished" in comparison.markdown
+
+
+def test_a_corner_of_the_grid_runs_alone_and_the_rest_later(tmp_path):
+    """budgets= and arms= run only their cells; the outputs cover what is finished; the next call finishes the rest."""
+    grid = {"data": {"format": "synthetic", "extra": {"n_users": 200, "n_items": 300}}, "model": "mf",
+            "budgets": ["0.5", "0.8"], "seeds": [0], "options": {"d_max": 8, "train": {"epochs": 1}, "reference": "none"},
+            "arms": {"equal": {}, "frequency": {}}}
+    first = nas.compare(grid, tmp_path / "out", progress=False, budgets=["0.8"], arms=["frequency"])
+    ran = sorted(str(p.relative_to(tmp_path / "out" / "runs")) for p in (tmp_path / "out" / "runs").glob("*/*/seed0"))
+    assert ran == ["frequency/0.8/seed0"]
+    assert set(first.missing) == {("equal", "0.5", 0), ("equal", "0.8", 0), ("frequency", "0.5", 0)}
+    assert first.group("frequency", "0.8").quality.n == 1
+    rest = nas.compare(grid, tmp_path / "out", progress=False)
+    assert rest.missing == () and rest.group("frequency", "0.8").quality.mean == first.group("frequency", "0.8").quality.mean
+    with pytest.raises(ConfigError, match="the grid has no budget '0.9'; its budgets are 0.5, 0.8"):
+        nas.compare(grid, tmp_path / "out", progress=False, budgets=["0.9"])
+    with pytest.raises(ConfigError, match="the grid has no arm 'bet'"):
+        nas.compare(grid, tmp_path / "out", progress=False, arms=["bet"])
 
 
 @pytest.mark.parametrize(("change", "message"), [
