@@ -44,6 +44,7 @@ MODULES = (
     "nas.pipeline.result",
     "nas.pipeline.executors",
     "nas.artifact.serving",
+    "nas.artifact.native",
     "nas.artifact.export",
     "nas.artifact.torchrec_tables",
     "nas.testing",

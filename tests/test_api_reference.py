@@ -36,6 +36,7 @@ KEY_NAMES = {
     "nas.pipeline.result": ["SearchResult"],
     "nas.pipeline.executors": ["Executor", "LocalExecutor", "RayExecutor", "TrainJob"],
     "nas.artifact.serving": ["PackedEmbedding"],
+    "nas.artifact.native": ["RowGather", "row_gather", "unavailable_reason"],
     "nas.artifact.export": ["export_tables"],
     "nas.artifact.torchrec_tables": ["export_torchrec", "TorchRecTables"],
     "nas.testing": ["check_search_space", "check_controller"],

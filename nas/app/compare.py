@@ -215,7 +215,7 @@ def compare(
         def failed(cell: Cell, outcome: tuple[str, str, str | None]) -> None:
             failures.append(_record_failure(out, cell, *outcome))
 
-        run_cells(todo, jobs=jobs, total=len(cells), progress=progress, failed=failed)
+        run_cells(todo, jobs=jobs, total=sum(map(chosen, cells)), progress=progress, failed=failed)
     results, unreadable = _results(cells)
     for cell, error in unreadable:
         failures.append(_record_failure(out, cell, type(error).__name__, " ".join(str(error).splitlines()), None))

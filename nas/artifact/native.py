@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["SOURCE", "RowGather", "row_gather", "unavailable_reason"]
+__all__ = ["BLOCK", "SOURCE", "RowGather", "row_gather", "unavailable_reason"]
 
 #: The C source this module compiles.
 SOURCE = Path(__file__).with_name("gather.c")
