@@ -113,23 +113,36 @@ def _stored(values: torch.Tensor, levels: torch.Tensor, half: torch.Tensor, peak
             dequantise: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`quantise_rows`, or with ``dequantise`` the integer rows' vectors ``q * scale`` instead of ``q``.
 
-    Only the branches some row needs are computed (each is a few passes over the values).
+    Each precision's arithmetic runs on its own rows only (gathered, then written back),
+    not on every row with the other rows' results selected away: a sandwich step's
+    variants mix the precisions, so this saves most of the elementwise passes.
     """
-    integer = levels > 0
-    scale = torch.zeros(levels.shape, dtype=torch.float32, device=values.device)
-    stored = values
-    if bool(half.any()):
-        rounded = values.clamp(-FP16_MAX, FP16_MAX).to(torch.float16).to(torch.float32).add_(0.0)
-        stored = torch.where(half.unsqueeze(-1), rounded, stored)
-    if bool(integer.any()):
-        peak = values.abs().amax(dim=-1) if peak is None else peak
-        scale = _fp16_at_least(torch.where(integer, peak / torch.where(integer, levels, 1.0), 0.0).clamp(max=FP16_MAX))
-        bound = levels.unsqueeze(-1)
-        q = torch.round(values / torch.where(scale > 0, scale, 1.0).unsqueeze(-1)).clamp_(-bound, bound).add_(0.0)
+    leading = values.shape[:-1]
+    scale = torch.zeros(leading, dtype=torch.float32, device=values.device)
+    integer = (levels > 0).expand(leading).reshape(-1)
+    half = half.expand(leading).reshape(-1)
+    has_integer, has_half = bool(integer.any()), bool(half.any())
+    if not (has_integer or has_half):
+        return values, scale
+    flat = values.reshape(-1, values.shape[-1])
+    stored = flat.clone()
+    if has_half:
+        rows = half.nonzero().squeeze(1)
+        rounded = flat.index_select(0, rows).clamp_(-FP16_MAX, FP16_MAX).to(torch.float16).to(torch.float32).add_(0.0)
+        stored.index_copy_(0, rows, rounded)
+    if has_integer:
+        rows = integer.nonzero().squeeze(1)
+        kept = flat.index_select(0, rows)
+        row_levels = levels.expand(leading).reshape(-1).index_select(0, rows)
+        row_peak = kept.abs().amax(dim=-1) if peak is None else peak.expand(leading).reshape(-1).index_select(0, rows)
+        row_scale = _fp16_at_least((row_peak / row_levels).clamp(max=FP16_MAX))
+        bound = row_levels.unsqueeze(-1)
+        q = kept.div_(torch.where(row_scale > 0, row_scale, 1.0).unsqueeze(-1)).round_().clamp_(-bound, bound).add_(0.0)
         if dequantise:
-            q = q.mul_(scale.unsqueeze(-1))
-        stored = torch.where(integer.unsqueeze(-1), q, stored)
-    return stored, scale
+            q = q.mul_(row_scale.unsqueeze(-1))
+        stored.index_copy_(0, rows, q)
+        scale.view(-1).index_copy_(0, rows, row_scale)
+    return stored.view(values.shape), scale
 
 
 def _fp16_at_least(scale: torch.Tensor) -> torch.Tensor:

@@ -51,6 +51,27 @@ def test_each_precision_stores_what_it_promises(seed, width, magnitude):
     assert torch.isfinite(served).all()
 
 
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), variants=st.integers(1, 3), shared=st.booleans())
+def test_a_row_is_quantised_the_same_alone_or_in_any_batch(seed, variants, shared):
+    """Each precision's rows are quantised apart from the others: a row's bits depend on its values,
+    precision and peak only, whatever the batch's shape and mix of precisions."""
+    rng = np.random.default_rng(seed)
+    values = torch.from_numpy((rng.standard_normal((variants, 30, 8)) * 10.0 ** rng.integers(-4, 5)).astype(np.float32))
+    values[torch.from_numpy(rng.random(values.shape) < 0.2)] = -0.0
+    precision = RowPrecision(torch.from_numpy(rng.integers(0, len(NAMES), (variants, 30))), NAMES)
+    peak = values.abs().amax(-1) * 1.5 if shared else None
+    for dequantise in (False, True):
+        batch = (fake_quantise(values, precision.levels, precision.half, peak) if dequantise
+                 else quantise_rows(values, precision.levels, precision.half, peak)[0])
+        for v in range(variants):
+            for row in range(30):
+                alone = [values[v, row : row + 1], precision.levels[v, row : row + 1], precision.half[v, row : row + 1],
+                         None if peak is None else peak[v, row : row + 1]]
+                single = fake_quantise(*alone) if dequantise else quantise_rows(*alone)[0]
+                assert torch.equal(single.view(torch.int32), batch[v, row : row + 1].view(torch.int32))
+
+
 def test_gradients_pass_straight_through_the_rounding():
     values = torch.randn(6, 5, requires_grad=True)
     levels, half = torch.tensor([0.0, 0.0, 127.0, 7.0, 1.0, 1.0]), torch.tensor([False, True] + [False] * 4)
