@@ -96,7 +96,8 @@ def test_native_true_names_why_it_cannot_build(tmp_path, monkeypatch):
     monkeypatch.setattr(serving, "unavailable_reason", lambda: "no C compiler found (install one, such as gcc, or name it in CC)")
     with pytest.raises(RuntimeError, match="no C compiler found"):
         PackedEmbedding.load(tmp_path / "e", native=True)
-    fallback = PackedEmbedding.load(tmp_path / "e")  # the default falls back to eager torch
+    with pytest.warns(UserWarning, match="in eager torch, a few times slower .*no C compiler found"):
+        fallback = PackedEmbedding.load(tmp_path / "e")  # the default falls back to eager torch, and says so
     assert not fallback.native and fallback.lookup("item", torch.tensor([0])).shape == (1, 4)
 
 
