@@ -8,7 +8,9 @@ random ones).  *sizes*: sizes only, which MF serves from prefix sums
 step costs without the prefix path); *precision*: the variants also quantised row by row
 to a random precision among fp32, fp16, int8 and int4 (fake quantisation, straight-through
 gradients); *shared*: the same with scales shared by size (``--scales shared``), whose peaks
-come from the whole table at every lookup.  Each timing is forward, backward and an Adam step, interleaved so all three
+come from the whole table at every lookup.  *retrain* and *retrain shared*: one of the random
+allocations alone, with its precisions, through the masked lookup: a step of the retraining
+that follows a search, with one scale a row or shared scales.  Each timing is forward, backward and an Adam step, interleaved so all three
 see the same machine load; the table gives the median and the ratio to *sizes* (the
 issue's target for *precision*: at most 1.5x).
 """
@@ -67,13 +69,19 @@ def main() -> None:
     def step(kind: str) -> float:
         users = torch.randint(args.users, (args.batch,), generator=generator)
         pos, neg = torch.randint(args.items, (2, args.batch), generator=generator)
-        net = shared if kind == "shared" else model
+        net = shared if kind.endswith("shared") else model
         embedding, optimizer = net.embedding, optimizers[id(net)]
         tic = time.perf_counter()
         if kind in ("precision", "shared"):
             embedding.set_variant_precisions(precision, DEFAULT_PRECISIONS)
         try:
-            if kind == "masked":  # the variants through the masked lookup: what the prefix path saves
+            if kind.startswith("retrain"):  # one allocation with its precisions, as a retraining steps
+                embedding.set_allocation(allocations[2])
+                try:
+                    loss = net.bpr_loss(users, pos, neg, 1e-4)
+                finally:
+                    embedding.set_allocation(None)
+            elif kind == "masked":  # the variants through the masked lookup: what the prefix path saves
                 embedding.set_variants(chosen)
                 try:
                     loss = net.bpr_loss(users, pos, neg, 1e-4 / len(allocations))
@@ -88,7 +96,7 @@ def main() -> None:
             embedding.set_variant_precisions(None)
         return time.perf_counter() - tic
 
-    kinds = ("sizes", "masked", "precision", "shared")
+    kinds = ("sizes", "masked", "precision", "shared", "retrain", "retrain shared")
     for kind in kinds:  # warm-up
         step(kind)
     samples: dict[str, list[float]] = {kind: [] for kind in kinds}
