@@ -10,9 +10,9 @@ to a random precision among fp32, fp16, int8 and int4 (fake quantisation, straig
 gradients); *shared*: the same with scales shared by size (``--scales shared``), whose peaks
 come from the whole table at every lookup.  *retrain* and *retrain shared*: one of the random
 allocations alone, with its precisions, through the masked lookup: a step of the retraining
-that follows a search, with one scale a row or shared scales.  Each timing is forward, backward and an Adam step, interleaved so all three
-see the same machine load; the table gives the median and the ratio to *sizes* (the
-issue's target for *precision*: at most 1.5x).
+that follows a search, with one scale a row or shared scales.  Each timing is forward,
+backward and an Adam step, interleaved so all of them see the same machine load; the table
+gives the median and the ratio to *sizes* (the issue's target for *precision*: at most 1.5x).
 """
 
 from __future__ import annotations

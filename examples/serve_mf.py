@@ -56,7 +56,8 @@ def main() -> None:
         ways = {"PackedEmbedding packed": PackedEmbedding.load(args.export, layout="packed")}  # compiled where it builds
         if ways["PackedEmbedding packed"].native:
             ways["PackedEmbedding packed, eager"] = PackedEmbedding.load(args.export, layout="packed", native=False)
-        ways |= {f"PackedEmbedding {layout}": PackedEmbedding.load(args.export, layout=layout) for layout in ("tiered", "dense")}
+        ways |= {f"PackedEmbedding {layout}": PackedEmbedding.load(args.export, layout=layout)
+                 for layout in ("tiered", "dense")}
         if args.torchrec:
             from nas.artifact.torchrec_tables import TorchRecTables
 

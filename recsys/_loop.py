@@ -279,7 +279,7 @@ class _DataParallelStep:
         self.rank, self.world = rank, world
         self.module = _Loss(model, loss, reg)
         self.parallel: Any = DistributedDataParallel(self.module, device_ids=[device] if device.type == "cuda" else None,
-                                                forward_sync_buffers=False)
+                                                     forward_sync_buffers=False)
 
     @classmethod
     def for_process_group(cls, model: torch.nn.Module, loss: Callable[..., torch.Tensor], reg: float,

@@ -423,6 +423,15 @@ def _unpack_bits(packed: torch.Tensor, count: int) -> torch.Tensor:
 
 
 # -- the served tables ---------------------------------------------------------------------------
+def _size_dtype(d_max: int) -> torch.dtype:
+    """The smallest dtype holding a row's size in a table ``d_max`` wide."""
+    return torch.uint8 if d_max < 2**8 else torch.int16 if d_max < 2**15 else torch.int32
+
+
+#: Row-size dtypes the compiled gather reads (tables narrower than 2**15 values).
+_GATHER_SIZE_DTYPES = (torch.uint8, torch.int16)
+
+
 class _Table:
     """One table in the packed layout: values back to back, each row's size, and every 16th row's offset.
 
@@ -451,13 +460,12 @@ class _Table:
         self.rows = rows
         self.values = n
         self.device = device
-        size_dtype = torch.uint8 if d_max < 2**8 else torch.int16 if d_max < 2**15 else torch.int32
-        sizes = torch.zeros(blocks * _ROW_BLOCK, dtype=size_dtype)
+        sizes = torch.zeros(blocks * _ROW_BLOCK, dtype=_size_dtype(d_max))
         sizes[:rows] = dims
         starts = torch.cumsum(dims, 0) - dims
         self.sizes = sizes.to(device)
         self.base = starts[::_ROW_BLOCK].to(torch.int32 if n < 2**31 else torch.int64).contiguous().to(device)
-        self.gather = gather if device.type == "cpu" and sizes.dtype in (torch.uint8, torch.int16) else None
+        self.gather = gather if device.type == "cpu" and sizes.dtype in _GATHER_SIZE_DTYPES else None
         if self.gather is not None:
             self.buffer = values.contiguous().clone()
             return
@@ -558,12 +566,13 @@ class PackedEmbedding:
         """
         if layout not in _LAYOUTS:
             raise ValueError(f"layout must be one of {_LAYOUTS}, got {layout!r}")
-        if native and torch.device(device).type != "cpu":
+        device = torch.device(device)
+        if native and device.type != "cpu":
             raise ValueError(f"native=True serves tables on the CPU, not on {device}")
-        gather = row_gather() if native is not False and torch.device(device).type == "cpu" else None
+        gather = row_gather() if native is not False and device.type == "cpu" else None
         if native and gather is None:
             raise RuntimeError(f"native=True, but the compiled gather cannot be built: {unavailable_reason()}")
-        if native is None and gather is None and layout == "packed" and torch.device(device).type == "cpu":
+        if native is None and gather is None and layout == "packed" and device.type == "cpu":
             warnings.warn(f"serving the packed layout in eager torch, a few times slower than its compiled gather "
                           f"({unavailable_reason()}); pass native=False to silence this", stacklevel=2)
         folder = Path(folder)
@@ -577,6 +586,9 @@ class PackedEmbedding:
             raise _fail(where, f"has d_min={d_min}, d_max={d_max}; need 0 <= d_min <= d_max and d_max >= 1")
         if d_max > MAX_D_MAX:
             raise _fail(where, f"has d_max={d_max:,}, wider than the {MAX_D_MAX:,} this loader serves")
+        if native and layout == "packed" and _size_dtype(d_max) not in _GATHER_SIZE_DTYPES:
+            raise RuntimeError(f"native=True, but the compiled gather serves rows of fewer than 32,768 values, "
+                               f"and d_max is {d_max}")
         dtype_name = _field(manifest, "dtype", str, where)
         if dtype_name not in VALUE_DTYPES:
             raise _fail(where, f"value dtype {_brief(dtype_name)} is not one of {sorted(VALUE_DTYPES)}")
@@ -606,8 +618,7 @@ class PackedEmbedding:
         tables: dict[str, _Table | _MixedTable | torch.Tensor] = {}
         total_values = 0
         if manifest["format_version"] == PRECISION_FORMAT_VERSION:
-            tables, expected_keys = _load_precisions(manifest, specs, tensors, d_min, d_max, torch.device(device), path, where,
-                                                     gather)
+            tables, expected_keys = _load_precisions(manifest, specs, tensors, d_min, d_max, device, path, where, gather)
             specs = {}
         for name, spec in specs.items():
             if not isinstance(spec, dict):
@@ -639,7 +650,7 @@ class PackedEmbedding:
             elif int(row_dims.sum()) != stored:
                 raise _fail(path, f"table {_brief(name)}: row sizes add up to {int(row_dims.sum()):,} values but {stored:,} are stored")
             total_values += stored
-            table = _Table(values, row_dims, d_max, torch.device(device), gather)
+            table = _Table(values, row_dims, d_max, device, gather)
             tables[name] = table
         if set(header) != expected_keys:
             extra = sorted(set(header) - expected_keys)
@@ -649,9 +660,6 @@ class PackedEmbedding:
             raise _fail(where, f"stores {total_values:,} values, over the budget of {budget['max_values']:,}")
 
         embedding = cls(tables, d_max, value_dtype, manifest, "packed")
-        if native and layout == "packed" and not embedding.native:
-            raise RuntimeError(f"native=True, but the compiled gather serves rows of fewer than 32,768 values, "
-                               f"and d_max is {d_max}")
         if layout == "dense":
             dense = {name: embedding.table(name).contiguous() for name in tables}
             embedding = cls(dense, d_max, value_dtype, manifest, "dense")

@@ -119,7 +119,8 @@ def _stored(values: torch.Tensor, levels: torch.Tensor, half: torch.Tensor, peak
     """
     leading = values.shape[:-1]
     scale = torch.zeros(leading, dtype=torch.float32, device=values.device)
-    integer = (levels > 0).expand(leading).reshape(-1)
+    levels = levels.expand(leading).reshape(-1)
+    integer = levels > 0
     half = half.expand(leading).reshape(-1)
     has_integer, has_half = bool(integer.any()), bool(half.any())
     if not (has_integer or has_half):
@@ -133,7 +134,7 @@ def _stored(values: torch.Tensor, levels: torch.Tensor, half: torch.Tensor, peak
     if has_integer:
         rows = integer.nonzero().squeeze(1)
         kept = flat.index_select(0, rows)
-        row_levels = levels.expand(leading).reshape(-1).index_select(0, rows)
+        row_levels = levels.index_select(0, rows)
         row_peak = kept.abs().amax(dim=-1) if peak is None else peak.expand(leading).reshape(-1).index_select(0, rows)
         row_scale = _fp16_at_least((row_peak / row_levels).clamp(max=FP16_MAX))
         bound = row_levels.unsqueeze(-1)

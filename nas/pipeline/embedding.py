@@ -224,8 +224,7 @@ class MaskableEmbedding(PlainEmbedding):
         """
         magnitude = self.weights[table].detach().abs()
         if dims.dim() == 1:
-            columns = torch.arange(magnitude.shape[-1], device=magnitude.device)
-            return magnitude.masked_fill_(columns >= dims.unsqueeze(1), 0.0).amax(dim=-1)
+            return magnitude.masked_fill_(self.columns >= dims.unsqueeze(1), 0.0).amax(dim=-1)
         running = nn.functional.pad(magnitude.cummax(dim=-1).values, (1, 0))
         columns = dims.to(torch.int64).reshape(-1, running.shape[0]).T  # (rows, variants): a gather along each row
         return running.gather(1, columns).T.reshape(dims.shape)
