@@ -79,6 +79,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--negatives", type=int, default=SOFTMAX_NEGATIVES, help="the softmax's")
     parser.add_argument("--info-nce", type=float, default=0.0, help="weight of LightGCN's InfoNCE term (SGL-WA)")
     parser.add_argument("--info-nce-temperature", type=float, default=INFO_NCE_TEMPERATURE)
+    parser.add_argument("--lr-decay", type=float, default=1.0,
+                        help="multiply the learning rate at every validation that does not improve (1: constant)")
     parser.add_argument("--test-curve", action="store_true",
                         help="also test the selection run at each validation (a learning curve; selection stays on validation)")
     parser.add_argument("--select-only", action="store_true",
@@ -99,7 +101,7 @@ def main(argv: list[str] | None = None) -> dict:
                            threads=args.threads, eval_users=args.eval_users or None,
                            sampling=args.sampling, loss=args.loss, temperature=args.temperature,
                            negatives=args.negatives, info_nce=args.info_nce,
-                           info_nce_temperature=args.info_nce_temperature)
+                           info_nce_temperature=args.info_nce_temperature, lr_decay=args.lr_decay)
 
     epochs = args.epochs
     if epochs is None:
@@ -110,6 +112,7 @@ def main(argv: list[str] | None = None) -> dict:
         def test_curve(state: dict) -> None:
             if state["epoch"] % args.eval_every == 0:
                 tested[state["epoch"]] = evaluate(model, select, "test", ks=(20,))
+                print(f"epoch {state['epoch']}: test {tested[state['epoch']]}", file=sys.stderr, flush=True)
 
         hooks = TrainHooks(on_epoch_end=test_curve) if args.test_curve else None
         result = train_bpr(model, select, config(args.max_epochs), progress=not args.no_progress, hooks=hooks)

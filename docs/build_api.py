@@ -43,6 +43,7 @@ MODULES = (
     "nas.pipeline.config",
     "nas.pipeline.result",
     "nas.pipeline.executors",
+    "nas.pipeline.tuning",
     "nas.artifact.serving",
     "nas.artifact.native",
     "nas.artifact.export",

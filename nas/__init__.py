@@ -10,6 +10,7 @@ Use it from Python::
     result = nas.resume("runs/<id>")       # a run folder continues where it stopped
     nas.front(data, budgets=[0.5, 0.8, 0.95], folder="runs/front")   # one supernet, a search per budget
     nas.compare("grid.toml", jobs=4)       # arms x budgets x seeds, compared seed by seed
+    nas.tune(data, model="lightgcn").train   # learning rate and L2 tuned on validation
 
 The layers, lowest first: :mod:`nas.core` (types and contracts), :mod:`nas.artifact`
 (the export and its serving loader), :mod:`nas.pipeline` (configuration, tasks,
@@ -32,7 +33,7 @@ from nas.core import registry as _registry
 from nas.core._lazy import lazy_names as _lazy_names
 
 if TYPE_CHECKING:
-    from nas.app.api import front, resume, search
+    from nas.app.api import front, resume, search, tune
     from nas.app.compare import compare
     from nas.artifact.serving import PackedEmbedding
     from nas.core.allocation import Allocation
@@ -53,6 +54,7 @@ _PUBLIC = {
     "search": "nas.app.api",
     "resume": "nas.app.api",
     "front": "nas.app.api",
+    "tune": "nas.app.api",
     "compare": "nas.app.compare",
     "SearchResult": "nas.pipeline.result",
     "SearchConfig": "nas.pipeline.config",
@@ -117,6 +119,7 @@ __all__ = [
     "register_space",
     "resume",
     "search",
+    "tune",
 ]
 
 

@@ -129,8 +129,13 @@ def fit(
     hooks: TrainHooks | None,
     progress: bool,
     optimizer_factory: OptimizerFactory | None,
+    lr_decay: float = 1.0,
 ) -> TrainResult:
     """Train ``model`` for at most ``epochs`` epochs; see the module docstring.
+
+    Every validation that does not improve on the best so far multiplies the learning
+    rate by ``lr_decay`` (1: a constant rate).  A large rate learns fast and then levels
+    off below what a small one reaches much later; decaying it on a plateau keeps both.
 
     Raises:
         TrainingDiverged: a loss, gradient, parameter or optimiser state became non-finite;
@@ -142,14 +147,14 @@ def fit(
         torch.set_num_threads(threads)
     try:
         return _fit(model, loop, epochs, lr, reg, eval_every, patience, seed, hooks or TrainHooks(), progress,
-                    optimizer_factory, start)
+                    optimizer_factory, start, lr_decay)
     finally:
         torch.set_num_threads(previous_threads)
 
 
 def _fit(
     model: torch.nn.Module, loop: Fit, epochs: int, lr: float, reg: float, eval_every: int, patience: int, seed: int,
-    hooks: TrainHooks, progress: bool, optimizer_factory: OptimizerFactory | None, start: float,
+    hooks: TrainHooks, progress: bool, optimizer_factory: OptimizerFactory | None, start: float, lr_decay: float,
 ) -> TrainResult:
     torch.manual_seed(seed)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -217,7 +222,8 @@ def _fit(
             shard.sum_over_processes(total)
         diverged.check_loss(total, recent, step)
         diverged.check_state(optimizer)
-        record: dict[str, Any] = {"epoch": epoch, "loss": float(total) / max(count, 1), "seconds": time.perf_counter() - tic}
+        record: dict[str, Any] = {"epoch": epoch, "loss": float(total) / max(count, 1), "seconds": time.perf_counter() - tic,
+                                  "lr": optimizer.param_groups[0]["lr"]}
         postfix["loss"] = f"{record['loss']:.4f}"
         stop = False
         if loop.validate is not None and (epoch % eval_every == 0 or epoch == epochs):
@@ -234,6 +240,8 @@ def _fit(
             else:
                 since_best += 1
                 stop = since_best >= patience
+                for group in optimizer.param_groups:  # saved with the optimiser's state, so a resume keeps it
+                    group["lr"] *= lr_decay
         history.append(record)
         if bar is not None:
             bar.set_postfix(postfix)
@@ -406,7 +414,7 @@ def device_of(model: Any) -> torch.device:
 
 
 def check_loop_options(epochs: int, batch_size: int, lr: float, reg: float, eval_every: int, patience: int,
-                       threads: int | None) -> None:
+                       threads: int | None, lr_decay: float = 1.0) -> None:
     """Refuse loop options :func:`fit` cannot run with (every trainer's configuration checks these).
 
     An infinite or NaN learning rate or regularisation is refused here: it would train
@@ -423,6 +431,7 @@ def check_loop_options(epochs: int, batch_size: int, lr: float, reg: float, eval
         (eval_every >= 1, f"eval_every must be >= 1, got {eval_every}"),
         (patience >= 1, f"patience must be >= 1 evaluation, got {patience}"),
         (threads is None or threads >= 1, f"threads must be >= 1 or None, got {threads}"),
+        (0 < lr_decay <= 1, f"lr_decay must be in (0, 1], got {lr_decay}"),
     ]
     for ok, message in checks:
         if not ok:

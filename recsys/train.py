@@ -117,6 +117,8 @@ class TrainConfig:
         info_nce: weight of the InfoNCE term of graph backbones (0: none; paper 004 trains
             LightGCN with 0.1), see :func:`top_k_loss`.
         info_nce_temperature: that term's temperature.
+        lr_decay: multiplies ``lr`` at every validation that does not improve on the best
+            (1: constant); see :func:`recsys._loop.fit`.
     """
 
     epochs: int
@@ -136,10 +138,12 @@ class TrainConfig:
     negatives: int = SOFTMAX_NEGATIVES
     info_nce: float = 0.0
     info_nce_temperature: float = INFO_NCE_TEMPERATURE
+    lr_decay: float = 1.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ks", tuple(int(k) for k in self.ks))
-        check_loop_options(self.epochs, self.batch_size, self.lr, self.reg, self.eval_every, self.patience, self.threads)
+        check_loop_options(self.epochs, self.batch_size, self.lr, self.reg, self.eval_every, self.patience, self.threads,
+                           self.lr_decay)
         checks = [
             (len(self.ks) > 0 and min(self.ks) >= 1, f"ks must be positive cut-offs, got {self.ks}"),
             (self.sampling in SAMPLING, f"sampling must be one of {SAMPLING}, got {self.sampling!r}"),
@@ -238,7 +242,7 @@ def train_bpr(
     )
     return fit(model, loop, epochs=config.epochs, lr=config.lr, reg=config.reg, eval_every=config.eval_every,  # type: ignore[arg-type]
                patience=config.patience, seed=config.seed, threads=config.threads, hooks=hooks, progress=progress,
-               optimizer_factory=optimizer_factory)
+               optimizer_factory=optimizer_factory, lr_decay=config.lr_decay)
 
 
 def _on_device_of(model: Backbone) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -53,6 +53,8 @@ class CTRTrainConfig:
         seed: seeds torch (dropout) and the per-epoch shuffles.
         threads: torch intra-op threads during training; ``None`` leaves the setting.
         eval_batch_size: rows scored at a time when evaluating.
+        lr_decay: multiplies ``lr`` at every validation that does not improve on the best
+            (1: constant); see :func:`recsys._loop.fit`.
     """
 
     epochs: int = 15
@@ -65,9 +67,11 @@ class CTRTrainConfig:
     seed: int = 0
     threads: int | None = None
     eval_batch_size: int = 16384
+    lr_decay: float = 1.0
 
     def __post_init__(self) -> None:
-        check_loop_options(self.epochs, self.batch_size, self.lr, self.reg, self.eval_every, self.patience, self.threads)
+        check_loop_options(self.epochs, self.batch_size, self.lr, self.reg, self.eval_every, self.patience, self.threads,
+                           self.lr_decay)
         checks = [
             (self.metric in CTR_METRICS, f"metric must be one of {CTR_METRICS}, got {self.metric!r}"),
             (self.eval_batch_size >= 1, f"eval_batch_size must be >= 1, got {self.eval_batch_size}"),
@@ -186,4 +190,4 @@ def train_ctr(
     )
     return fit(model, loop, epochs=config.epochs, lr=config.lr, reg=config.reg, eval_every=config.eval_every,  # type: ignore[arg-type]
                patience=config.patience, seed=config.seed, threads=config.threads, hooks=hooks, progress=progress,
-               optimizer_factory=optimizer_factory)
+               optimizer_factory=optimizer_factory, lr_decay=config.lr_decay)

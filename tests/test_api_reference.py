@@ -23,7 +23,7 @@ build_api = _load_script()
 
 #: Names each page must document (an ``id`` anchor per documented member).
 KEY_NAMES = {
-    "nas": ["Budget", "SearchResult", "PackedEmbedding", "register_controller", "search", "resume"],
+    "nas": ["Budget", "SearchResult", "PackedEmbedding", "register_controller", "search", "resume", "tune"],
     "nas.core.budget": ["Budget"],
     "nas.core.allocation": ["Allocation"],
     "nas.core.space": ["SearchSpace"],
@@ -35,6 +35,7 @@ KEY_NAMES = {
     "nas.pipeline.config": ["SearchConfig"],
     "nas.pipeline.result": ["SearchResult"],
     "nas.pipeline.executors": ["Executor", "LocalExecutor", "RayExecutor", "TrainJob"],
+    "nas.pipeline.tuning": ["tune_training", "Tuning", "Trial"],
     "nas.artifact.serving": ["PackedEmbedding"],
     "nas.artifact.native": ["RowGather", "row_gather", "unavailable_reason"],
     "nas.artifact.export": ["export_tables"],

@@ -21,9 +21,10 @@ from nas.pipeline.executors import Executor, make_executor
 from nas.pipeline.recipes import training_defaults
 from nas.pipeline.result import SearchResult
 from nas.pipeline.search import resume_run, run_search
+from nas.pipeline.tuning import Tuning, tune_training
 from recsys.data import CTRData, InteractionData
 
-__all__ = ["configure", "front", "resume", "search"]
+__all__ = ["configure", "front", "resume", "search", "tune"]
 
 #: Options given as dictionaries that stand for an options dataclass.
 _NESTED = {"supernet": SupernetOptions, "finetune": FineTuneConfig}
@@ -107,6 +108,29 @@ def search(
     with _executor(executor, workers, ray_address) as running:
         return run_search(config, in_memory, run_dir, runs_root=runs_root, progress=progress,
                           reference_cache=reference_cache, executor=running, ddp=ddp)
+
+
+def tune(
+    data: InteractionData | CTRData | DataSpec | str | Path | None = None,
+    *,
+    trainings: int = 12,
+    ranges: Mapping[str, tuple[float, float]] | None = None,
+    progress: bool = True,
+    reference_cache: str | Path | None = None,
+    **options: Any,
+) -> Tuning:
+    """Tune the backbone's learning rate and L2 on validation, for data without a measured recipe.
+
+    The options are those of :func:`search` (model, recipe, train, seed, ...); their training
+    options are the first of ``trainings`` plain full-model trainings, the rest proposed by an
+    Optuna study within ``ranges`` (:func:`nas.pipeline.tuning.tune_training`).  Every training
+    is cached as the reference model of its options, so calling it again reads the finished
+    ones back, and ``search(..., train=result.train)`` finds its reference already trained.
+    """
+    config = configure(data, **options)
+    in_memory = data if isinstance(data, (InteractionData, CTRData)) else None
+    return tune_training(config, in_memory, trials=trainings, ranges=ranges, progress=progress,
+                         reference_cache=reference_cache)
 
 
 def front(

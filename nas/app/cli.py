@@ -138,6 +138,9 @@ def _add_search_options(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--eval-every", type=int, help=f"epochs between validations {per_task('eval_every')}")
     model.add_argument("--patience", type=int,
                        help=f"validations without improvement (Recall@20; click models: AUC) before stopping {per_task('patience')}")
+    model.add_argument("--lr-decay", type=float,
+                       help="multiply the learning rate by this at every validation without improvement: a large rate "
+                            f"learns fast, the decayed one then goes on climbing (default: {train.lr_decay}, constant)")
     model.add_argument("--sampling", choices=("pair", "user"),
                        help=f"BPR triples per epoch: each train pair once, or uniform users as LightGCN (default: {train.sampling})")
     model.add_argument("--loss", choices=LOSSES,
@@ -221,7 +224,7 @@ def _search_arguments(args: argparse.Namespace) -> dict[str, Any]:
         spec = DataSpec("synthetic-ctr" if task == "click" else "synthetic", **options)
     given = {name: getattr(args, name) for name in ("epochs", "batch_size", "lr", "reg", "eval_every", "patience",
                                                     "sampling", "checkpoint_every", "loss", "temperature", "negatives",
-                                                    "info_nce", "info_nce_temperature", "propagation")}
+                                                    "info_nce", "info_nce_temperature", "propagation", "lr_decay")}
     base = training_defaults(args.model, task, args.recipe)
     train = replace(base, **{k: v for k, v in given.items() if v is not None})
     protocol = {
@@ -421,6 +424,26 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return _EXIT_ERROR if comparison.failures else 0
 
 
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from nas.pipeline.tuning import format_options, tune_training
+
+    tuning = tune_training(_config_from_args(args), trials=args.trainings, progress=not args.quiet,
+                           reference_cache=args.reference_cache)
+    names = list(tuning.trials[0].options)
+    best = tuning.trials[tuning.best]
+    test = ", ".join(f"{key} {tuning.test[key]:.4f}" for key in ("recall@20", "ndcg@20", "auc", "logloss")
+                     if key in tuning.test)
+    cached = sum(trial.cached for trial in tuning.trials)
+    print(tuning.table())
+    print(f"best: {format_options(tuning.train, names)} (trial {tuning.best}; valid {tuning.metric} "
+          f"{best.valid[tuning.metric]:.4f}; its test: {test})")
+    print(f"cost: {len(tuning.trials)} trainings of the full model, {tuning.trained_seconds:,.0f} s of training"
+          + (f" ({cached} read from the reference cache)" if cached else "") + f"; {tuning.seconds:,.0f} s now")
+    print(f"search with them: embnas search <the same options> {format_options(tuning.train, names)} "
+          "(its full reference model is already trained)")
+    return 0
+
+
 def _cmd_controllers(args: argparse.Namespace) -> int:
     from nas.core.plugins import CONTROLLERS
 
@@ -593,6 +616,18 @@ def build_parser() -> argparse.ArgumentParser:
     grid.add_argument("--arms", type=_columns, metavar="A[,A...]", help="run only the cells of these arms")
     grid.add_argument("--quiet", action="store_true", help="no progress bar")
     grid.set_defaults(handler=_cmd_compare)
+
+    tune = commands.add_parser("tune", help="tune the backbone's learning rate and L2 on validation (Optuna), for data "
+                                            "without a measured recipe",
+                               description="Train the plain full model with the options given (the first trial), then "
+                                           "with learning rates and L2 weights an Optuna study proposes around them; "
+                                           "print every trial's validation and the best options. Each training is "
+                                           "cached as the reference model of its options: running it again reads the "
+                                           "finished ones back, and a search with the best options finds its reference "
+                                           "trained.")
+    _add_search_options(tune)
+    tune.add_argument("--trainings", type=int, default=12, help="full trainings, the first included (default: %(default)s)")
+    tune.set_defaults(handler=_cmd_tune)
 
     listing = commands.add_parser("controllers", help="list the available controllers", description="List registered controllers, built-in and from plug-ins.")
     listing.set_defaults(handler=_cmd_controllers)

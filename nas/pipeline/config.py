@@ -214,6 +214,8 @@ class TrainingOptions:
     whole training state is saved in the run, so a run killed mid-training resumes from
     that epoch.  ``propagation`` is the dtype LightGCN's rounds multiply in
     (:data:`PROPAGATION_DTYPES`; the tables, their gradients and the loss stay float32).
+    ``lr_decay`` multiplies the learning rate at every validation without improvement
+    (1: constant), so a rate chosen too large still ends where a smaller one would.
     :data:`TRAINING_DEFAULTS` holds each task's defaults.
     """
 
@@ -231,6 +233,7 @@ class TrainingOptions:
     info_nce: float = 0.0
     info_nce_temperature: float = INFO_NCE_TEMPERATURE
     propagation: str = "fp32"
+    lr_decay: float = 1.0
 
     def __post_init__(self) -> None:
         _refuse_non_finite("training", self, _TRAINING_FLAGS)
@@ -248,12 +251,15 @@ class TrainingOptions:
             epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, reg=self.reg,
             eval_every=self.eval_every, patience=self.patience, ks=FITNESS_KS, seed=seed, threads=threads,
             sampling=self.sampling, loss=self.loss, temperature=self.temperature, negatives=self.negatives,
-            info_nce=self.info_nce, info_nce_temperature=self.info_nce_temperature,
+            info_nce=self.info_nce, info_nce_temperature=self.info_nce_temperature, lr_decay=self.lr_decay,
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able form; without the InfoNCE term and in float32, exactly what it was before either existed (same run identity)."""
+        """JSON-able form; without the InfoNCE term, in float32 and at a constant rate, exactly what it was before
+        any of them existed (same run identity)."""
         data = asdict(self)
+        if self.lr_decay == 1.0:
+            del data["lr_decay"]
         if not self.info_nce:
             del data["info_nce"], data["info_nce_temperature"]
         if self.propagation == "fp32":
@@ -271,7 +277,8 @@ PROPAGATING_BACKBONES = ("lightgcn",)
 #: The command-line flags of the training options that have one (named in error messages).
 _TRAINING_FLAGS = {name: "--" + name.replace("_", "-") for name in ("epochs", "batch_size", "lr", "reg", "eval_every",
                                                                     "patience", "sampling", "loss", "temperature", "negatives",
-                                                                    "info_nce", "info_nce_temperature", "propagation")}
+                                                                    "info_nce", "info_nce_temperature", "propagation",
+                                                                    "lr_decay")}
 
 
 #: Training defaults of each task: BPR as LightGCN trains for top-k; [LERSBench]'s for click

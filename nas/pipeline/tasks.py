@@ -290,6 +290,7 @@ class ClickTask(Task):
             return CTRTrainConfig(
                 epochs=options.epochs, batch_size=options.batch_size, lr=options.lr, reg=options.reg,
                 eval_every=options.eval_every, patience=options.patience, metric="auc", seed=seed, threads=threads,
+                lr_decay=options.lr_decay,
             )
         except ValueError as error:
             raise ConfigError(f"training option: {error}") from None

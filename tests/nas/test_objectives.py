@@ -159,3 +159,23 @@ def test_the_propagation_dtype_is_a_training_option_of_lightgcn_only(data, tmp_p
     with pytest.raises(ConfigError, match="propagation must be one of fp32, bf16"):
         TrainingOptions(propagation="fp16")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_rate_decay_is_a_training_option_of_every_task(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    from nas.app.cli import _config_from_args, build_parser, main
+    from nas.pipeline.tasks import task_for
+
+    def parse(*flags: str) -> SearchConfig:
+        return _config_from_args(build_parser().parse_args(["search", "--recipe", "none", *flags]))
+
+    plain, decayed = parse(), parse("--lr-decay", "0.5")
+    assert "lr_decay" not in plain.to_dict()["train"], "at a constant rate a run keeps the identity it had before the option"
+    assert decayed.train.lr_decay == 0.5 and SearchConfig.from_dict(decayed.to_dict()) == decayed
+    assert decayed.train.to_train_config(0, None).lr_decay == 0.5
+    from recsys.data import synthetic_ctr
+
+    click = task_for(synthetic_ctr(n_rows=200, seed=0))
+    assert click.train_config(TrainingOptions(lr_decay=0.25), 0, None).lr_decay == 0.25
+    assert main(["search", "--runs", str(tmp_path), "--lr-decay", "2", "--quiet"]) == 2
+    assert "lr_decay must be in (0, 1]" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
