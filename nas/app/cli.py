@@ -474,6 +474,7 @@ def _cmd_recipes(args: argparse.Namespace) -> int:
               + (f"; the default of {', '.join(default)}" if default else "") + f"): {recipe.summary}\n"
               f"    options: {options}\n    measured: {recipe.measured}")
     print(f"{NO_RECIPE}: the plain defaults of embnas search --help, for any backbone")
+    print("on other data: embnas tune tunes a recipe's learning rate and L2 on validation")
     return 0
 
 

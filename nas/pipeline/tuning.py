@@ -18,6 +18,7 @@ winning options finds its reference already trained.
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -150,6 +151,11 @@ def tune_training(
         metric = ctx.task.headline[0][0]  # what its early stopping selects on: Recall@20, or AUC for clicks
         done.append(Trial(values, dict(reference.metrics["valid"]), reference.seconds, not reference.trained_here))
         references.append((metric, reference))
+        if progress:
+            options = ", ".join(f"{name} {value:.3g}" for name, value in values.items())
+            spent = "cached" if done[-1].cached else f"{reference.seconds:.0f} s"
+            print(f"tuning: training {len(done)} of {trials} ({options}): valid {metric} "
+                  f"{reference.metrics['valid'][metric]:.4f} ({spent})", file=sys.stderr, flush=True)
         return float(reference.metrics["valid"][metric])
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)

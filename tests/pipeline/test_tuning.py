@@ -84,3 +84,10 @@ def test_the_command_prints_the_trials_the_best_flags_and_the_cost(tmp_path: Pat
     assert "best: --lr " in out and "--reg " in out and "cost: 2 trainings of the full model" in out
     assert main(["tune", "--trainings", "0", "--quiet", "--reference-cache", str(tmp_path)]) == 2
     assert "at least one trial" in capsys.readouterr().err
+
+
+def test_each_training_is_announced_when_it_ends(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    nas.tune(DATA, trainings=2, reference_cache=tmp_path, **{**FAST, "progress": True})
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("tuning:")]
+    assert [line.split(" (")[0] for line in lines] == ["tuning: training 1 of 2", "tuning: training 2 of 2"]
+    assert "lr 0.005, reg 0.0001" in lines[0] and "valid recall@20" in lines[0]
