@@ -437,7 +437,8 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     print(tuning.table())
     print(f"best: {format_options(tuning.train, names)} (trial {tuning.best}; valid {tuning.metric} "
           f"{best.valid[tuning.metric]:.4f}; its test: {test})")
-    print(f"cost: {len(tuning.trials)} trainings of the full model, {tuning.trained_seconds:,.0f} s of training"
+    count = len(tuning.trials)
+    print(f"cost: {count} training{'s' if count > 1 else ''} of the full model, {tuning.trained_seconds:,.0f} s of training"
           + (f" ({cached} read from the reference cache)" if cached else "") + f"; {tuning.seconds:,.0f} s now")
     print(f"search with them: embnas search <the same options> {format_options(tuning.train, names)} "
           "(its full reference model is already trained)")
