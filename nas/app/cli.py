@@ -427,8 +427,13 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 def _cmd_tune(args: argparse.Namespace) -> int:
     from nas.pipeline.tuning import format_options, tune_training
 
-    tuning = tune_training(_config_from_args(args), trials=args.trainings, progress=not args.quiet,
-                           reference_cache=args.reference_cache)
+    try:
+        tuning = tune_training(_config_from_args(args), trials=args.trainings, progress=not args.quiet,
+                               reference_cache=args.reference_cache)
+    except KeyboardInterrupt:
+        print("embnas: interrupted; run the same command again: the finished trainings are read back from the "
+              "reference cache, and the interrupted one continues from its last checkpoint", file=sys.stderr)
+        return 130
     names = list(tuning.trials[0].options)
     best = tuning.trials[tuning.best]
     test = ", ".join(f"{key} {tuning.test[key]:.4f}" for key in ("recall@20", "ndcg@20", "auc", "logloss")

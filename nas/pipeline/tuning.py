@@ -27,8 +27,10 @@ from pathlib import Path
 from nas.core.errors import ConfigError
 from nas.pipeline.config import SearchConfig, TrainingOptions
 from nas.pipeline.build import Data
-from nas.pipeline.reference import full_reference
+from nas.pipeline.data import load_data
+from nas.pipeline.reference import Reference, full_reference
 from nas.pipeline.search import open_run
+from nas.pipeline.tasks import task_for
 
 __all__ = ["DEFAULT_RANGES", "Trial", "Tuning", "format_options", "tune_training"]
 
@@ -134,23 +136,25 @@ def tune_training(
     base = config.train
     assert base is not None  # a configured run always has its training options
     bounds = {name: _bounds(getattr(base, name), factors, name) for name, factors in ranges.items()}
+    data = load_data(config.data) if data is None else data  # once, not once per training
+    task = task_for(data, base)
+    if not task.has_validation:
+        raise ConfigError("tuning scores each training on validation, and this dataset has no validation split")
+    metric = task.headline[0][0]  # what early stopping selects on: Recall@20, or AUC for clicks
 
     done: list[Trial] = []
-    references = []
+    references: list[Reference] = []
 
     def objective(trial: optuna.Trial) -> float:
         values = {name: trial.suggest_float(name, low, high, log=True) for name, (low, high) in bounds.items()}
         ctx = open_run(replace(config, train=replace(base, **values)), data, progress=progress,
                        reference_cache=reference_cache)
         try:
-            if not ctx.task.has_validation:
-                raise ConfigError("tuning scores each training on validation, and this dataset has no validation split")
             reference = full_reference(ctx, ctx.reference_cache)
         finally:
             ctx.run.close()
-        metric = ctx.task.headline[0][0]  # what its early stopping selects on: Recall@20, or AUC for clicks
         done.append(Trial(values, dict(reference.metrics["valid"]), reference.seconds, not reference.trained_here))
-        references.append((metric, reference))
+        references.append(reference)
         if progress:
             options = ", ".join(f"{name} {value:.3g}" for name, value in values.items())
             spent = "cached" if done[-1].cached else f"{reference.seconds:.0f} s"
@@ -162,10 +166,9 @@ def tune_training(
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=config.seed))
     study.enqueue_trial({name: min(max(getattr(base, name), low), high) for name, (low, high) in bounds.items()})
     study.optimize(objective, n_trials=trials, catch=())
-    metric = references[0][0]
     best = max(range(len(done)), key=lambda i: (done[i].valid[metric], -i))
     return Tuning(metric, tuple(done), best, replace(base, **done[best].options),
-                  dict(references[best][1].metrics["test"]), time.perf_counter() - started)
+                  dict(references[best].metrics["test"]), time.perf_counter() - started)
 
 
 def _bounds(value: float, factors: tuple[float, float], name: str) -> tuple[float, float]:

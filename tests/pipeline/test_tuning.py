@@ -74,6 +74,19 @@ def test_data_without_validation_is_refused(tmp_path: Path):
     data = synthetic(n_users=100, n_items=150, seed=0, split=(0.9, 0.0, 0.1))
     with pytest.raises(ConfigError, match="no validation split"):
         nas.tune(data, trainings=2, reference_cache=tmp_path, **FAST)
+    assert not (tmp_path / "references").exists(), "refused before any training"
+
+
+def test_an_interrupted_command_says_how_to_go_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture[str]):
+    import nas.pipeline.tuning
+
+    def interrupted(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(nas.pipeline.tuning, "tune_training", interrupted)
+    assert main(["tune", "--quiet", "--reference-cache", str(tmp_path)]) == 130
+    assert "run the same command again" in capsys.readouterr().err
 
 
 def test_the_command_prints_the_trials_the_best_flags_and_the_cost(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
