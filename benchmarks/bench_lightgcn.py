@@ -12,7 +12,9 @@ off-diagonal blocks in CSR form and propagates users and items separately, each 
 product a torch ``csr @ dense`` instead (backpropagated by the transposed block as ours).
 "ours + InfoNCE" adds the InfoNCE term (weight 0.1, τ 0.2) to ours: its cost; "bf16
 propagation" multiplies in bfloat16 (``LightGCN(propagation_dtype=torch.bfloat16)``).  All train with
-the same BPR batches (2,048 triples), Adam and L2, one after the other in this process; the
+the same BPR batches (2,048 triples), Adam and L2, one after the other in this process, except
+"hard negatives", whose batches carry ``--hard-negatives`` candidates per triple and whose loss
+keeps the highest-scoring one (``TrainConfig.hard_negatives``); the
 ratios to ours are printed with the times.  All give the same loss on the first batch
 (checked), so they compute the same model.
 
@@ -25,6 +27,7 @@ does not reach.
 from __future__ import annotations
 
 import argparse
+import itertools
 import time
 from pathlib import Path
 
@@ -98,11 +101,19 @@ def torch_csr_lightgcn(embedding: PlainEmbedding, train: sp.csr_matrix) -> Light
     return model
 
 
-def time_training(model: nn.Module, sampler: BPRSampler, steps: int | None, batch: int, **loss_options: object) -> tuple[float, int]:
-    """Seconds for ``steps`` batches (a whole epoch when ``None``) and the batches run."""
+def time_training(
+    model: nn.Module, sampler: BPRSampler, steps: int | None, batch: int, **loss_options: object
+) -> tuple[float, float, int]:
+    """Seconds the sampler takes to draw the epoch, seconds for ``steps`` batches (a whole epoch when ``None``),
+    and the batches run.  The sampler draws a whole epoch at its first batch, so that draw is timed apart,
+    once an epoch, and not scaled with the steps."""
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    tic = time.perf_counter()
+    batches = sampler.epoch(batch)
+    first = next(batches)
+    draw = time.perf_counter() - tic
     tic, done = time.perf_counter(), 0
-    for users, pos, neg in sampler.epoch(batch):
+    for users, pos, neg in itertools.chain([first], batches):
         loss = model.bpr_loss(users, pos, neg, 1e-4, **loss_options)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -110,7 +121,7 @@ def time_training(model: nn.Module, sampler: BPRSampler, steps: int | None, batc
         done += 1
         if steps is not None and done >= steps:
             break
-    return time.perf_counter() - tic, done
+    return draw, time.perf_counter() - tic, done
 
 
 def gradient_rows(data, batch: int) -> None:  # noqa: ANN001
@@ -131,6 +142,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, help="batches to time (default: one whole epoch)")
     parser.add_argument("--batch", type=int, default=2048)
     parser.add_argument("--gradient-rows", action="store_true", help="measure which rows one step's gradient reaches, and stop")
+    parser.add_argument("--hard-negatives", type=int, default=32,
+                        help="candidates per triple of the 'hard negatives' row (BPR's negative the highest-scoring)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     data = load_lightgcn([args.data / "lightgcnpp_train.txt.gz", args.data / "lightgcnpp_valid.txt.gz"],
@@ -149,7 +162,9 @@ def main() -> None:
                                             propagation_dtype=torch.bfloat16), {}),
         "ours + InfoNCE, bf16 propagation": (LightGCN(PlainEmbedding(data.rows(), 64, seed=0), data.train,
                                                       propagation_dtype=torch.bfloat16), {"contrast": (0.1, 0.2)}),
+        f"ours, hard negatives ({args.hard_negatives})": (LightGCN(PlainEmbedding(data.rows(), 64, seed=0), data.train), {}),
     }
+    candidates = {f"ours, hard negatives ({args.hard_negatives})": args.hard_negatives}
     probe = BPRSampler(data.train, seed=0)
     users, pos, neg = next(iter(probe.epoch(args.batch)))
     with torch.no_grad():
@@ -157,9 +172,11 @@ def main() -> None:
     assert max(losses) - min(losses) < 1e-4, f"the models disagree on the first batch: {losses}"
     times = {}
     for name, (model, options) in models.items():
-        seconds, done = time_training(model, BPRSampler(data.train, seed=0), args.steps, args.batch, **options)
-        times[name] = seconds / done * batches
-        print(f"{name}: {seconds:.1f} s for {done} batches -> {times[name]:.1f} s per epoch ({batches} batches)")
+        sampler = BPRSampler(data.train, seed=0, candidates=candidates.get(name, 1))
+        draw, seconds, done = time_training(model, sampler, args.steps, args.batch, **options)
+        times[name] = draw + seconds / done * batches
+        print(f"{name}: {draw:.1f} s to draw the epoch, {seconds:.1f} s for {done} batches -> {times[name]:.1f} s per epoch "
+              f"({batches} batches)")
     base = times["ours (embedding_bag)"]
     for name, seconds in times.items():
         print(f"epoch time, {name} / ours: {seconds / base:.2f}x ({args.threads} threads, batch {args.batch})")

@@ -81,6 +81,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--info-nce-temperature", type=float, default=INFO_NCE_TEMPERATURE)
     parser.add_argument("--lr-decay", type=float, default=1.0,
                         help="multiply the learning rate at every validation that does not improve (1: constant)")
+    parser.add_argument("--hard-negatives", type=int, default=1,
+                        help="BPR's negative: the highest-scoring of this many uniform candidates (1: uniform)")
     parser.add_argument("--test-curve", action="store_true",
                         help="also test the selection run at each validation (a learning curve; selection stays on validation)")
     parser.add_argument("--select-only", action="store_true",
@@ -101,7 +103,8 @@ def main(argv: list[str] | None = None) -> dict:
                            threads=args.threads, eval_users=args.eval_users or None,
                            sampling=args.sampling, loss=args.loss, temperature=args.temperature,
                            negatives=args.negatives, info_nce=args.info_nce,
-                           info_nce_temperature=args.info_nce_temperature, lr_decay=args.lr_decay)
+                           info_nce_temperature=args.info_nce_temperature, lr_decay=args.lr_decay,
+                           hard_negatives=args.hard_negatives)
 
     epochs = args.epochs
     if epochs is None:

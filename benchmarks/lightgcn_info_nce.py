@@ -4,6 +4,7 @@
     python benchmarks/lightgcn_info_nce.py --report              # the table of what has run
     python benchmarks/lightgcn_info_nce.py --terms 0,0.2 --batch-size 8192 --lr 1e-2 --lr-decay 0.5 \
         --sampling user --patience 10 --out runs/lightgcn_bpr_fast.jsonl   # BPR alone, another training
+    python benchmarks/lightgcn_info_nce.py --terms 0,0.2 --hard-negatives 32 --out runs/lightgcn_hard.jsonl   # hard negatives
 
 Every cell trains LightGCN (3 rounds) from the same initialisation with every row kept at
 ``d`` dimensions (``d = 64`` is the full table) by a maskable embedding, BPR plus the
@@ -39,10 +40,10 @@ def run_cell(data, d: int, weight: float, tau: float, args: argparse.Namespace) 
     if d < 64:
         embedding.set_allocation(Allocation({name: np.full(n, d) for name, n in data.rows().items()}))
     model = LightGCN(embedding, data.train)
-    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, reg=1e-4,
+    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, reg=args.reg,
                          eval_every=args.eval_every, patience=args.patience, metric="ndcg@20", ks=(20,), seed=args.seed,
                          threads=args.threads, sampling=args.sampling, lr_decay=args.lr_decay, info_nce=weight,
-                         info_nce_temperature=tau)
+                         info_nce_temperature=tau, hard_negatives=args.hard_negatives)
     tic = time.perf_counter()
     result = train_bpr(model, data, config, progress=False)
     return {"d": d, "weight": weight, "tau": tau, "best_epoch": result.best_epoch, "epochs_run": len(result.history),
@@ -75,6 +76,9 @@ def main() -> None:
     parser.add_argument("--dims", type=int, nargs="+", default=[64, 6, 3])
     parser.add_argument("--epochs", type=int, default=200)
     parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--reg", type=float, default=1e-4, help="L2 per triple")
+    parser.add_argument("--hard-negatives", type=int, default=1,
+                        help="BPR's negative: the highest-scoring of this many uniform candidates (1: uniform)")
     parser.add_argument("--eval-every", type=int, default=5)
     parser.add_argument("--patience", type=int, default=3, help="validations without improvement before stopping")
     parser.add_argument("--batch-size", type=int, default=2048)

@@ -119,6 +119,9 @@ class TrainConfig:
         info_nce_temperature: that term's temperature.
         lr_decay: multiplies ``lr`` at every validation that does not improve on the best
             (1: constant); see :func:`recsys._loop.fit`.
+        hard_negatives: BPR's negative is the one the model scores highest among this many
+            uniform unobserved candidates per triple, drawn by the sampler (dynamic negative
+            sampling, :func:`recsys.models._losses.hardest`); 1 is a uniform negative.
     """
 
     epochs: int
@@ -139,6 +142,7 @@ class TrainConfig:
     info_nce: float = 0.0
     info_nce_temperature: float = INFO_NCE_TEMPERATURE
     lr_decay: float = 1.0
+    hard_negatives: int = 1
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ks", tuple(int(k) for k in self.ks))
@@ -148,6 +152,11 @@ class TrainConfig:
             (len(self.ks) > 0 and min(self.ks) >= 1, f"ks must be positive cut-offs, got {self.ks}"),
             (self.sampling in SAMPLING, f"sampling must be one of {SAMPLING}, got {self.sampling!r}"),
             (self.eval_users is None or self.eval_users >= 1, f"eval_users must be >= 1 or None, got {self.eval_users}"),
+            (isinstance(self.hard_negatives, int) and not isinstance(self.hard_negatives, bool) and self.hard_negatives >= 1,
+             f"hard_negatives must be an integer >= 1, got {self.hard_negatives!r}"),
+            (self.hard_negatives == 1 or self.loss == "bpr",
+             f"hard_negatives chooses BPR's negative; the {self.loss} loss weighs its negatives by score already: "
+             "use loss='bpr' or hard_negatives=1"),
         ]
         for ok, message in checks:
             if not ok:
@@ -230,7 +239,7 @@ def train_bpr(
         recsys.errors.TrainingDiverged: the loss or the weights became non-finite (a
             learning rate too high, say); nothing of that epoch reaches ``hooks.on_epoch_end``.
     """
-    sampler = BPRSampler(data.train, seed=config.seed, by=config.sampling)
+    sampler = BPRSampler(data.train, seed=config.seed, by=config.sampling, candidates=config.hard_negatives)
     eval_users = _eval_users(data, config) if data.valid.nnz else None
     loop = Fit(
         batches=lambda epoch: sampler.epoch(config.batch_size),

@@ -70,7 +70,7 @@ def search(
         recipe: a named recipe (:data:`nas.pipeline.recipes.RECIPES`) whose options replace the
             task defaults; a ``train`` mapping is applied on top of it.  Default: the
             backbone's own (:data:`nas.pipeline.recipes.DEFAULT_RECIPES`, LightGCN's is
-            ``lightgcn-sgl``), else the task defaults; ``"none"`` asks for the task defaults.
+            ``lightgcn-hard``), else the task defaults; ``"none"`` asks for the task defaults.
         run_dir: the run folder, made or continued (crash-safe: :func:`resume` goes on
             after a crash); ``None`` keeps the run in memory (it writes only to the reference cache).
         runs_root: with no ``run_dir``, a new run folder named by time and hash inside it

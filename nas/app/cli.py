@@ -143,6 +143,10 @@ def _add_search_options(parser: argparse.ArgumentParser) -> None:
                             f"learns fast, the decayed one then goes on climbing (default: {train.lr_decay}, constant)")
     model.add_argument("--sampling", choices=("pair", "user"),
                        help=f"BPR triples per epoch: each train pair once, or uniform users as LightGCN (default: {train.sampling})")
+    model.add_argument("--hard-negatives", type=int, metavar="M",
+                       help="BPR's negative is the highest-scoring of M uniform candidates per triple (dynamic negative "
+                            "sampling): a higher level in fewer epochs (docs/results.md §9.7) "
+                            f"(default: {train.hard_negatives}, a uniform negative)")
     model.add_argument("--loss", choices=LOSSES,
                        help="top-k objective: BPR against one sampled item, or a sampled softmax of each positive against "
                             f"--negatives uniform items shared by the batch (fewer epochs) (default: {train.loss})")
@@ -163,7 +167,7 @@ def _add_search_options(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--recipe", metavar="NAME",
                        help="named training options measured to bring a backbone to its published strength "
                             "(embnas recipes lists them); the options above, where given, still win (default: the "
-                            "backbone's own, lightgcn: lightgcn-sgl; none: the plain defaults above)")
+                            "backbone's own, lightgcn: lightgcn-hard; none: the plain defaults above)")
     model.add_argument("--checkpoint-every", type=int,
                        help=f"epochs between training checkpoints (default: {train.checkpoint_every})")
     run = parser.add_argument_group("run")
@@ -224,7 +228,8 @@ def _search_arguments(args: argparse.Namespace) -> dict[str, Any]:
         spec = DataSpec("synthetic-ctr" if task == "click" else "synthetic", **options)
     given = {name: getattr(args, name) for name in ("epochs", "batch_size", "lr", "reg", "eval_every", "patience",
                                                     "sampling", "checkpoint_every", "loss", "temperature", "negatives",
-                                                    "info_nce", "info_nce_temperature", "propagation", "lr_decay")}
+                                                    "info_nce", "info_nce_temperature", "propagation", "lr_decay",
+                                                    "hard_negatives")}
     base = training_defaults(args.model, task, args.recipe)
     train = replace(base, **{k: v for k, v in given.items() if v is not None})
     protocol = {

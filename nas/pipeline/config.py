@@ -216,6 +216,8 @@ class TrainingOptions:
     (:data:`PROPAGATION_DTYPES`; the tables, their gradients and the loss stay float32).
     ``lr_decay`` multiplies the learning rate at every validation without improvement
     (1: constant), so a rate chosen too large still ends where a smaller one would.
+    ``hard_negatives`` above 1 makes BPR's negative the highest-scoring of that many uniform
+    candidates per triple (top-k backbones only).
     :data:`TRAINING_DEFAULTS` holds each task's defaults.
     """
 
@@ -234,6 +236,7 @@ class TrainingOptions:
     info_nce_temperature: float = INFO_NCE_TEMPERATURE
     propagation: str = "fp32"
     lr_decay: float = 1.0
+    hard_negatives: int = 1
 
     def __post_init__(self) -> None:
         _refuse_non_finite("training", self, _TRAINING_FLAGS)
@@ -252,14 +255,17 @@ class TrainingOptions:
             eval_every=self.eval_every, patience=self.patience, ks=FITNESS_KS, seed=seed, threads=threads,
             sampling=self.sampling, loss=self.loss, temperature=self.temperature, negatives=self.negatives,
             info_nce=self.info_nce, info_nce_temperature=self.info_nce_temperature, lr_decay=self.lr_decay,
+            hard_negatives=self.hard_negatives,
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able form; without the InfoNCE term, in float32 and at a constant rate, exactly what it was before
-        any of them existed (same run identity)."""
+        """JSON-able form; without the InfoNCE term, in float32, at a constant rate and with uniform negatives,
+        exactly what it was before any of them existed (same run identity)."""
         data = asdict(self)
         if self.lr_decay == 1.0:
             del data["lr_decay"]
+        if self.hard_negatives == 1:
+            del data["hard_negatives"]
         if not self.info_nce:
             del data["info_nce"], data["info_nce_temperature"]
         if self.propagation == "fp32":
@@ -278,7 +284,7 @@ PROPAGATING_BACKBONES = ("lightgcn",)
 _TRAINING_FLAGS = {name: "--" + name.replace("_", "-") for name in ("epochs", "batch_size", "lr", "reg", "eval_every",
                                                                     "patience", "sampling", "loss", "temperature", "negatives",
                                                                     "info_nce", "info_nce_temperature", "propagation",
-                                                                    "lr_decay")}
+                                                                    "lr_decay", "hard_negatives")}
 
 
 #: Training defaults of each task: BPR as LightGCN trains for top-k; [LERSBench]'s for click
@@ -445,6 +451,9 @@ class SearchConfig:
         if task == "click" and self.train is not None and self.train.loss != "bpr":
             raise ConfigError(f"--loss {self.train.loss} is an objective of top-k models; click models train with "
                               "binary cross-entropy, so leave --loss out")
+        if task == "click" and self.train is not None and self.train.hard_negatives != 1:
+            raise ConfigError("--hard-negatives chooses the negative item of top-k models' BPR; click models learn from "
+                              "labelled rows, so leave it out")
         if self.train is not None and self.train.info_nce and (task == "click" or self.model in ("mf", "neumf")):
             raise ConfigError(f"--info-nce is a term of graph backbones (lightgcn, ngcf); {self.model} has none, "
                               "so leave it out")

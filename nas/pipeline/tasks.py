@@ -199,6 +199,8 @@ class TopKTask(Task):
         negatives: the softmax's negatives per batch.
         info_nce: weight of a graph backbone's InfoNCE term (0: none).
         info_nce_temperature: that term's temperature.
+        hard_negatives: BPR's uniform candidates per triple, of which the model's highest-scoring
+            is the negative (1: a uniform negative); the fine-tunes' batches carry them too.
     """
 
     name = "top-k"
@@ -212,10 +214,14 @@ class TopKTask(Task):
         negatives: int = SOFTMAX_NEGATIVES,
         info_nce: float = 0.0,
         info_nce_temperature: float = INFO_NCE_TEMPERATURE,
+        hard_negatives: int = 1,
     ) -> None:
         super().__init__(data)
         self.loss = loss
-        self.plain_bpr = loss == "bpr" and not info_nce
+        self.hard_negatives = hard_negatives
+        # Plain BPR has fast paths (MF's prefix sums, the controllers' own BPR entry point) for
+        # one uniform negative; chosen negatives go through the backbone's bpr_loss instead.
+        self.plain_bpr = loss == "bpr" and not info_nce and hard_negatives == 1
         self.step_loss = top_k_loss(loss, temperature, negatives, info_nce, info_nce_temperature)
 
     def train_config(self, options: TrainingOptions, seed: int, threads: int | None) -> TrainConfig:
@@ -231,7 +237,7 @@ class TopKTask(Task):
         return top_k_variants_loss(model, chosen, batch, reg, None if self.plain_bpr else self.step_loss)
 
     def finetune_batches(self, batch_size: int, seed: int, *, epochs: int | None, steps: int) -> Iterable[Batch]:
-        sampler = BPRSampler(self.data.train, seed=seed)
+        sampler = BPRSampler(self.data.train, seed=seed, candidates=self.hard_negatives)
         if epochs is not None:
             return itertools.chain.from_iterable(sampler.epoch(batch_size) for _ in range(epochs))
         return itertools.islice(_forever(lambda: sampler.epoch(batch_size)), steps)
@@ -359,7 +365,7 @@ def task_for(data: Any, training: Any = None) -> Task:
         if training is None:
             return TopKTask(data)
         return TopKTask(data, training.loss, training.temperature, training.negatives,
-                        training.info_nce, training.info_nce_temperature)
+                        training.info_nce, training.info_nce_temperature, training.hard_negatives)
     raise ConfigError(f"no task learns from {type(data).__name__}; give InteractionData or CTRData")
 
 

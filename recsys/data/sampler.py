@@ -17,6 +17,11 @@ user's complement (the r-th item the user does not have, again by
 ``searchsorted``); both routes give the uniform distribution over the items
 the user has no train pair with.
 
+With ``candidates`` above 1 each triple carries that many independent negatives,
+``(batch, candidates)``, from which the loss keeps the one the model scores highest
+(dynamic negative sampling, :func:`recsys.models._losses.hardest`).  With 1 the
+negatives are ``(batch,)`` and the stream is the one a sampler without the option drew.
+
 The stream is a deterministic function of the seed. :meth:`BPRSampler.state_dict`
 captures the numpy generator (as JSON-able data) and, mid-epoch, how many
 pairs of the epoch were already handed out, so a run resumed from it yields
@@ -53,6 +58,8 @@ class BPRSampler:
         seed: seed of the numpy generator (PCG64) behind shuffles and negatives.
         by: ``"pair"`` (each train pair once per epoch) or ``"user"`` (uniform users,
             then a uniform train item of the user); see the module docstring.
+        candidates: negatives drawn per triple; above 1 the negatives of a batch are
+            ``(batch, candidates)`` (an epoch's draw holds ``n_pairs × candidates`` ids).
 
     Raises:
         DataError: some user has a train pair with every item, so no negative
@@ -60,10 +67,13 @@ class BPRSampler:
             says so before a run starts).
     """
 
-    def __init__(self, train: sp.spmatrix | sp.sparray, seed: int = 0, by: str = "pair") -> None:
+    def __init__(self, train: sp.spmatrix | sp.sparray, seed: int = 0, by: str = "pair", candidates: int = 1) -> None:
         if by not in SAMPLING:
             raise ValueError(f"by must be one of {SAMPLING}, got {by!r}")
+        if isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < 1:
+            raise ValueError(f"candidates must be an integer >= 1, got {candidates!r}")
         self.by = by
+        self.candidates = candidates
         csr = sp.csr_matrix(train, copy=True)
         csr.sum_duplicates()
         csr.eliminate_zeros()
@@ -132,7 +142,7 @@ class BPRSampler:
         order = self._rng.permutation(self.n_pairs)
         # Negatives are drawn in CSR order, where queries ascend by user and
         # searchsorted stays cache-friendly (a shuffled order would not be).
-        negatives = self._negatives(self._users)[order]
+        negatives = self._negatives_of(self._users)[order]
         return self._users[order], self._items[order], negatives
 
     def _draw_users(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -141,9 +151,15 @@ class BPRSampler:
         picks = np.floor(self._rng.random(self.n_pairs) * self._degree[users]).astype(np.int64)
         positives = self._items[self._indptr[users] + picks]
         order = np.argsort(users, kind="stable")  # ascending users keep searchsorted cache-friendly
-        negatives = np.empty_like(positives)
-        negatives[order] = self._negatives(users[order])
+        negatives = np.empty((users.size, self.candidates) if self.candidates > 1 else users.size, dtype=np.int64)
+        negatives[order] = self._negatives_of(users[order])
         return users, positives, negatives
+
+    def _negatives_of(self, users: np.ndarray) -> np.ndarray:
+        """``candidates`` negatives of each user, ``(n,)`` for one and ``(n, candidates)`` for more."""
+        if self.candidates == 1:
+            return self._negatives(users)
+        return self._negatives(np.repeat(users, self.candidates)).reshape(users.size, self.candidates)
 
     def _negatives(self, users: np.ndarray) -> np.ndarray:
         """Rejection rounds on the colliding draws only, then the exact complement draw."""

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from recsys.embedding import EmbeddingProvider
-from recsys.models._losses import bpr, info_nce, l2_penalty, sampled_softmax
+from recsys.models._losses import bpr, candidate_scores, hardest, info_nce, l2_penalty, sampled_softmax
 
 __all__ = ["CONTRAST_ROWS", "CSRBlock", "Contrast", "GraphBlocks", "GraphCF", "normalized_blocks", "spmm"]
 
@@ -203,10 +203,14 @@ class GraphCF(nn.Module):
 
         ``contrast`` adds ``weight ·`` :func:`~recsys.models._losses.info_nce` at its temperature
         on the final vectors of the batch's users and of its positives (of its first
-        :data:`CONTRAST_ROWS` triples).
+        :data:`CONTRAST_ROWS` triples).  ``neg`` may be ``(batch, M)`` candidates, of which
+        each triple keeps the one its final vectors score highest (:func:`~recsys.models._losses.hardest`).
         """
         final_u, final_i = self._final(self.embedding.table("user"), self.embedding.table("item"))
         u = final_u[..., users, :]
+        if neg.dim() == 2:
+            with torch.no_grad():
+                neg = hardest(candidate_scores(u, final_i, neg), neg)
         p, n = final_i[..., pos, :], final_i[..., neg, :]
         return (bpr((u * (p - n)).sum(dim=-1)) + self._l2(reg, users, torch.cat([pos, neg]))
                 + self._contrast(contrast, final_u, final_i, users, pos))

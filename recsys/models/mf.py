@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from recsys.embedding import EmbeddingProvider
-from recsys.models._losses import bpr, l2_penalty, sampled_softmax
+from recsys.models._losses import bpr, hardest, l2_penalty, sampled_softmax
 
 __all__ = ["MF"]
 
@@ -57,11 +57,16 @@ class MF(nn.Module):
         triple and does not change with the batch size.
 
         Args:
-            users, pos, neg: int64 ids of shape ``(batch,)``; ``pos`` are observed
-                items of ``users``, ``neg`` sampled unobserved ones.
+            users, pos: int64 ids of shape ``(batch,)``; ``pos`` are observed items of ``users``.
+            neg: sampled unobserved items, ``(batch,)``, or ``(batch, M)`` candidates of which
+                each triple keeps the one it scores highest (:func:`~recsys.models._losses.hardest`).
             reg: weight of the L2 term (1e-4 in LightGCN).
         """
         u = self.embedding.lookup("user", users)
+        if neg.dim() == 2:
+            with torch.no_grad():
+                candidates = self.embedding.lookup("item", neg.reshape(-1)).unflatten(-2, tuple(neg.shape))
+                neg = hardest((candidates @ u.unsqueeze(-1)).squeeze(-1), neg)
         # One gather for positives and negatives: fewer kernel calls per step.
         items = self.embedding.lookup("item", torch.cat([pos, neg]))
         p, n = items.split(len(pos), dim=-2)  # dim -2: also right for stacked variants (A, 2·batch, dim)

@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from recsys.embedding import EmbeddingProvider
-from recsys.models._losses import bpr, l2_penalty, sampled_softmax
+from recsys.models._losses import bpr, hardest, l2_penalty, sampled_softmax
 
 __all__ = ["NeuMF"]
 
@@ -140,9 +140,14 @@ class NeuMF(nn.Module):
         ``mean(-log σ(s(u, i) - s(u, j))) + reg · (‖e_u‖² + ‖e_i‖² + ‖e_j‖²) / 2 / batch``.
 
         Args:
-            users, pos, neg: int64 ids of shape ``(batch,)``.
+            users, pos: int64 ids of shape ``(batch,)``.
+            neg: ``(batch,)``, or ``(batch, M)`` candidates of which each triple keeps the one
+                it scores highest (:func:`~recsys.models._losses.hardest`).
             reg: weight of the L2 term, per triple.
         """
+        if neg.dim() == 2:
+            with torch.no_grad():
+                neg = hardest(self.score(users.unsqueeze(1).expand_as(neg), neg), neg)
         u = self.embedding.lookup("user", users)
         items = self.embedding.lookup("item", torch.cat([pos, neg]))
         p, n = items.split(len(pos), dim=-2)  # dim -2: also right for stacked variants (A, 2·batch, dim)

@@ -34,7 +34,8 @@ def test_a_recipe_fills_the_options_left_out_and_the_given_ones_win():
     config = _config("--model", "lightgcn", "--recipe", "lightgcn-sgl", "--epochs", "7")
     assert config.train == replace(TRAINING_DEFAULTS["top-k"], **{**recipe.options, "epochs": 7})
     assert "recipe" not in config.to_dict(), "a run records the options it trained with, not the recipe's name"
-    assert config.to_dict() == _config("--model", "lightgcn", *_flags({**recipe.options, "epochs": 7})).to_dict()
+    assert config.to_dict() == _config("--model", "lightgcn", "--recipe", "none",
+                                       *_flags({**recipe.options, "epochs": 7})).to_dict()
     assert configure(model="lightgcn", recipe="lightgcn-sgl", train={"epochs": 7}).train == config.train
 
 
@@ -50,7 +51,7 @@ def test_without_a_recipe_a_backbone_trains_with_its_default_recipe_else_the_tas
 
 
 def test_recipe_none_asks_for_the_task_defaults_for_any_backbone():
-    assert DEFAULT_RECIPES["lightgcn"] == "lightgcn-sgl"
+    assert DEFAULT_RECIPES["lightgcn"] == "lightgcn-hard"
     assert _config("--model", "lightgcn", "--recipe", "none").train == TRAINING_DEFAULTS["top-k"]
     assert configure(model="lightgcn", recipe="none").train == TRAINING_DEFAULTS["top-k"]
     assert configure(model="deepfm", recipe="none", train={"epochs": 3}).train == replace(TRAINING_DEFAULTS["click"], epochs=3)
@@ -82,7 +83,8 @@ def test_the_recipes_command_lists_every_recipe_with_its_options(capsys: pytest.
     out = capsys.readouterr().out
     for recipe in RECIPES.values():
         assert f"{recipe.name} (for {', '.join(recipe.backbones)}" in out and recipe.measured in out
-    assert "lightgcn-sgl (for lightgcn, ngcf; the default of lightgcn)" in out
+    assert "lightgcn-hard (for lightgcn; the default of lightgcn)" in out
+    assert "lightgcn-sgl (for lightgcn, ngcf)" in out
     assert "none: the plain defaults" in out
 
 

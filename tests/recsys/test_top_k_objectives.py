@@ -1,4 +1,4 @@
-"""The sampled-softmax objective: its definition on every top-k backbone, stacked variants, and learning."""
+"""Top-k objectives on every backbone: the sampled softmax and BPR with hard negatives (definitions, stacked variants, learning)."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ import torch
 
 from nas.core import Allocation
 from nas.pipeline.embedding import MaskableEmbedding, stack_row_dims
-from nas.pipeline.tasks import TopKTask, top_k_variants_loss, task_for
+from nas.pipeline.tasks import TopKTask, task_for, top_k_variants_loss
 from recsys.data import synthetic
 from recsys.embedding import PlainEmbedding
 from recsys.models import MF, NGCF, LightGCN, NeuMF
-from recsys.models._losses import sampled_softmax
+from recsys.models._losses import hardest, sampled_softmax
 from recsys.train import TrainConfig, evaluate, top_k_loss, train_bpr
 
 ROWS = {"user": 30, "item": 40}
@@ -157,3 +157,53 @@ def test_softmax_training_learns_far_above_random(name):
     after = evaluate(model, data, "test")
     assert result.history[-1]["loss"] < result.history[0]["loss"]
     assert after["ndcg@20"] > 5 * before["ndcg@20"]  # about 8x (MF) and 9x (LightGCN)
+
+
+USERS, POS = torch.tensor([0, 5, 9, 9, 12, 3]), torch.tensor([1, 2, 3, 1, 7, 8])
+CANDIDATES = torch.tensor([[4, 2, 6, 30], [0, 1, 39, 17], [5, 5, 11, 20], [22, 23, 24, 25], [9, 8, 7, 6], [33, 0, 13, 2]])
+
+
+def test_hardest_is_each_rows_argmax_and_the_variants_mean_decides():
+    candidates = torch.tensor([[10, 11, 12], [20, 21, 22]])
+    scores = torch.tensor([[0.1, 0.9, 0.3], [2.0, -1.0, 1.5]], requires_grad=True)
+    chosen = hardest(scores, candidates)
+    assert chosen.tolist() == [11, 20] and not chosen.requires_grad
+    # Two stacked variants disagree on row 0; their mean prefers candidate 2 (0.6 against 0.5).
+    stacked = torch.stack([torch.tensor([[0.0, 1.0, 0.2], [0.0, 0.0, 1.0]]), torch.tensor([[0.0, 0.0, 1.0], [0.0, 0.0, 1.0]])])
+    assert hardest(stacked, candidates).tolist() == [12, 22]
+
+
+@pytest.mark.parametrize("name", ["mf", "lightgcn", "ngcf", "neumf"])
+def test_bpr_with_candidates_is_bpr_on_the_candidate_the_model_scores_highest(name):
+    """The definition, from the model's own scores row by row, and the same gradient as that negative drawn."""
+    model = _model(name, PlainEmbedding(ROWS, DIM, std=0.3, seed=3))
+    chosen = torch.tensor([int(c[model.score(torch.full_like(c, int(u)), c).argmax()]) for u, c in zip(USERS, CANDIDATES)])
+    assert len(set(chosen.tolist())) > 1
+    model.zero_grad()
+    with_candidates = model.bpr_loss(USERS, POS, CANDIDATES, 0.01)
+    with_candidates.backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    drawn = model.bpr_loss(USERS, POS, chosen, 0.01)
+    drawn.backward()
+    torch.testing.assert_close(with_candidates, drawn)
+    for got, expected in zip(grads, (p.grad for p in model.parameters())):
+        torch.testing.assert_close(got, expected)
+
+
+@pytest.mark.parametrize("name", ["mf", "lightgcn"])
+def test_a_sandwich_step_shares_the_negative_its_variants_score_highest_on_average(name):
+    embedding = MaskableEmbedding(ROWS, DIM, std=0.3, seed=3)
+    model = _model(name, embedding)
+    rng = np.random.default_rng(1)
+    allocations = [Allocation({t: rng.integers(1, DIM + 1, n) for t, n in ROWS.items()}) for _ in range(3)]
+    scores = []
+    for allocation in allocations:
+        embedding.set_allocation(allocation)
+        scores.append(torch.stack([model.score(torch.full_like(c, int(u)), c) for u, c in zip(USERS, CANDIDATES)]))
+    embedding.set_allocation(None)
+    chosen = CANDIDATES.gather(1, torch.stack(scores).mean(0).argmax(1, keepdim=True)).squeeze(1)
+    task = TopKTask(synthetic(n_users=30, n_items=40, mean_items_per_user=4.0, seed=0), hard_negatives=4)
+    assert not task.plain_bpr  # MF's prefix sums take one uniform negative; candidates go through bpr_loss
+    stacked = task.variants_loss(model, stack_row_dims(allocations), (USERS, POS, CANDIDATES), 0.01)
+    torch.testing.assert_close(stacked, top_k_variants_loss(model, stack_row_dims(allocations), (USERS, POS, chosen), 0.01))
