@@ -154,3 +154,14 @@ def test_user_sampling_weighs_users_equally_whatever_their_activity() -> None:
     assert np.mean(_epoch(BPRSampler(train, seed=0, by="pair"), 64)[0] == 0) == 0.5
     with pytest.raises(ValueError, match="by must be one of"):
         BPRSampler(train, by="item")
+
+
+@settings(max_examples=60, deadline=None)
+@given(train_matrices(), st.integers(0, 2**16))
+def test_train_pair_lookup_is_exact_behind_its_filter(train: sp.csr_matrix, seed: int) -> None:
+    """Every (user, item) query, train pair or not, answered as a set lookup would."""
+    sampler = BPRSampler(train, seed=seed)
+    n_users, n_items = train.shape
+    users, items = np.divmod(np.arange(n_users * n_items, dtype=np.int64), n_items)
+    expected = np.asarray(train.todense(), dtype=bool).ravel()
+    assert np.array_equal(sampler._is_train(users, items), expected)
