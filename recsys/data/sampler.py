@@ -44,7 +44,7 @@ import torch
 
 from recsys.errors import DataError
 
-__all__ = ["BPRSampler", "REJECTION_ROUNDS", "SAMPLING"]
+__all__ = ["BPRSampler", "FILTER_MAX_SLOTS", "FILTER_SLOTS_PER_PAIR", "REJECTION_ROUNDS", "SAMPLING"]
 
 SAMPLING = ("pair", "user")
 """How an epoch's triples are drawn: each train pair once, or uniform users."""
@@ -52,8 +52,11 @@ SAMPLING = ("pair", "user")
 REJECTION_ROUNDS = 8
 """Rounds of redrawing colliding negatives before the exact complement draw takes over."""
 
-#: Slots of the collision filter per train pair (one byte each; about 1 in 16 slots is taken).
+#: Slots of the collision filter per train pair (one byte each; about 1 in 16 slots is taken),
+#: up to :data:`FILTER_MAX_SLOTS` (256 MiB): beyond 16 million pairs the filter lets more draws
+#: through to the binary search, and the answer stays exact.
 FILTER_SLOTS_PER_PAIR = 16
+FILTER_MAX_SLOTS = 1 << 28
 #: Fibonacci hashing: the top bits of ``key × ⌊2⁶⁴/φ⌋`` (mod 2⁶⁴) spread consecutive keys over the slots.
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
@@ -101,7 +104,7 @@ class BPRSampler:
         # Complement lookup: within a row, items[k] - k counts the non-items before items[k].
         rank = np.arange(self._items.size, dtype=np.int64) - np.repeat(self._indptr[:-1], degree)
         self._gap_keys = self._users * self.n_items + (self._items - rank)
-        slots = max(2, self._keys.size * FILTER_SLOTS_PER_PAIR)
+        slots = min(max(2, self._keys.size * FILTER_SLOTS_PER_PAIR), FILTER_MAX_SLOTS)
         self._filter_shift = np.uint64(64 - int(np.ceil(np.log2(slots))))
         self._filter = np.zeros(1 << (64 - int(self._filter_shift)), dtype=bool)
         self._filter[self._slots(self._keys)] = True

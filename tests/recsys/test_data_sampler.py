@@ -165,3 +165,16 @@ def test_train_pair_lookup_is_exact_behind_its_filter(train: sp.csr_matrix, seed
     users, items = np.divmod(np.arange(n_users * n_items, dtype=np.int64), n_items)
     expected = np.asarray(train.todense(), dtype=bool).ravel()
     assert np.array_equal(sampler._is_train(users, items), expected)
+
+
+def test_a_filter_smaller_than_the_pairs_still_answers_exactly(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the filter capped far below 16 slots a pair, most draws reach the binary search; none is answered wrong."""
+    from recsys.data import sampler as module
+
+    monkeypatch.setattr(module, "FILTER_MAX_SLOTS", 8)
+    train = sp.random(40, 50, density=0.3, random_state=1, format="csr")
+    train.data[:] = 1
+    capped = BPRSampler(train, seed=0)
+    assert capped._filter.size == 8
+    users, items = np.divmod(np.arange(40 * 50, dtype=np.int64), 50)
+    assert np.array_equal(capped._is_train(users, items), np.asarray(train.todense(), dtype=bool).ravel())
