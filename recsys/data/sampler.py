@@ -104,9 +104,9 @@ class BPRSampler:
         # Complement lookup: within a row, items[k] - k counts the non-items before items[k].
         rank = np.arange(self._items.size, dtype=np.int64) - np.repeat(self._indptr[:-1], degree)
         self._gap_keys = self._users * self.n_items + (self._items - rank)
-        slots = min(max(2, self._keys.size * FILTER_SLOTS_PER_PAIR), FILTER_MAX_SLOTS)
-        self._filter_shift = np.uint64(64 - int(np.ceil(np.log2(slots))))
-        self._filter = np.zeros(1 << (64 - int(self._filter_shift)), dtype=bool)
+        bits = int(np.ceil(np.log2(min(max(2, self._keys.size * FILTER_SLOTS_PER_PAIR), FILTER_MAX_SLOTS))))
+        self._filter_shift = np.uint64(64 - bits)  # a key's slot is the top `bits` bits of its hash
+        self._filter = np.zeros(1 << bits, dtype=bool)
         self._filter[self._slots(self._keys)] = True
         self._degree = degree
         self._active_users = np.flatnonzero(degree > 0)

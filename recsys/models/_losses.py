@@ -51,7 +51,6 @@ def hardest(scores: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
     one would be.
     """
     with torch.no_grad():
-        scores = scores.detach()
         if scores.dim() > 2:
             scores = scores.reshape(-1, *scores.shape[-2:]).mean(dim=0)
         return candidates.gather(1, scores.argmax(dim=1, keepdim=True)).squeeze(1)

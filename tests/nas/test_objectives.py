@@ -138,16 +138,20 @@ def test_a_lightgcn_supernet_trains_with_the_info_nce_term(data, monkeypatch: py
     assert seen and all(contrast == (0.1, 0.2) for contrast in seen)
 
 
+def _parse(*flags: str) -> SearchConfig:
+    """The run ``embnas search --recipe none <flags>`` configures."""
+    from nas.app.cli import _config_from_args, build_parser
+
+    return _config_from_args(build_parser().parse_args(["search", "--recipe", "none", *flags]))
+
+
 def test_the_propagation_dtype_is_a_training_option_of_lightgcn_only(data, tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     import torch
 
-    from nas.app.cli import _config_from_args, build_parser, main
+    from nas.app.cli import main
     from nas.pipeline.build import build_model
 
-    def parse(*flags: str) -> SearchConfig:
-        return _config_from_args(build_parser().parse_args(["search", "--model", "lightgcn", "--recipe", "none", *flags]))
-
-    plain, fast = parse(), parse("--propagation", "bf16")
+    plain, fast = _parse("--model", "lightgcn"), _parse("--model", "lightgcn", "--propagation", "bf16")
     assert "propagation" not in plain.to_dict()["train"], "in float32 a run keeps the identity it had before the option"
     assert fast.train.propagation == "bf16" and SearchConfig.from_dict(fast.to_dict()) == fast
     assert build_model(fast, data).propagation_dtype == torch.bfloat16
@@ -162,13 +166,10 @@ def test_the_propagation_dtype_is_a_training_option_of_lightgcn_only(data, tmp_p
 
 
 def test_the_rate_decay_is_a_training_option_of_every_task(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
-    from nas.app.cli import _config_from_args, build_parser, main
+    from nas.app.cli import main
     from nas.pipeline.tasks import task_for
 
-    def parse(*flags: str) -> SearchConfig:
-        return _config_from_args(build_parser().parse_args(["search", "--recipe", "none", *flags]))
-
-    plain, decayed = parse(), parse("--lr-decay", "0.5")
+    plain, decayed = _parse(), _parse("--lr-decay", "0.5")
     assert "lr_decay" not in plain.to_dict()["train"], "at a constant rate a run keeps the identity it had before the option"
     assert decayed.train.lr_decay == 0.5 and SearchConfig.from_dict(decayed.to_dict()) == decayed
     assert decayed.train.to_train_config(0, None).lr_decay == 0.5
@@ -178,4 +179,18 @@ def test_the_rate_decay_is_a_training_option_of_every_task(tmp_path: Path, capsy
     assert click.train_config(TrainingOptions(lr_decay=0.25), 0, None).lr_decay == 0.25
     assert main(["search", "--runs", str(tmp_path), "--lr-decay", "2", "--quiet"]) == 2
     assert "lr_decay must be in (0, 1]" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_hard_negatives_are_a_training_option_of_top_k_runs_only(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    from nas.app.cli import main
+
+    plain, hard = _parse(), _parse("--hard-negatives", "16")
+    assert "hard_negatives" not in plain.to_dict()["train"], "with a uniform negative a run keeps the identity it had"
+    assert hard.train.hard_negatives == 16 and SearchConfig.from_dict(hard.to_dict()) == hard
+    assert hard.train.to_train_config(0, None).hard_negatives == 16
+    assert main(["search", "--runs", str(tmp_path), "--quiet", "--model", "deepfm", "--hard-negatives", "4"]) == 2
+    assert "--hard-negatives chooses the negative item of top-k models" in capsys.readouterr().err
+    assert main(["search", "--runs", str(tmp_path), "--quiet", "--hard-negatives", "0"]) == 2
+    assert "hard_negatives must be an integer >= 1" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []

@@ -1,11 +1,11 @@
-"""Hard negatives (``hard_negatives``): the sampler's candidates, training with them, and the options.
+"""Hard negatives (``hard_negatives``): the sampler's candidates, training with them, and the options' checks.
 
-The choice itself on every backbone is tested with the other objectives, in test_top_k_objectives.py.
+The choice itself on every backbone is tested with the other objectives (test_top_k_objectives.py), the
+command-line option with the other training options (tests/nas/test_objectives.py).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -107,21 +107,3 @@ def test_training_with_hard_negatives_learns_and_a_seed_fixes_it(name):
     assert first == second
     before, after, _ = first
     assert after > 5 * before
-
-
-def test_the_option_reaches_runs_and_click_models_refuse_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
-    from nas.app.cli import _config_from_args, build_parser, main
-    from nas.pipeline.config import SearchConfig
-
-    def parse(*flags: str) -> SearchConfig:
-        return _config_from_args(build_parser().parse_args(["search", "--recipe", "none", *flags]))
-
-    plain, hard = parse(), parse("--hard-negatives", "16")
-    assert "hard_negatives" not in plain.to_dict()["train"], "with a uniform negative a run keeps the identity it had"
-    assert hard.train.hard_negatives == 16 and SearchConfig.from_dict(hard.to_dict()) == hard
-    assert hard.train.to_train_config(0, None).hard_negatives == 16
-    assert main(["search", "--runs", str(tmp_path), "--quiet", "--model", "deepfm", "--hard-negatives", "4"]) == 2
-    assert "--hard-negatives chooses the negative item of top-k models" in capsys.readouterr().err
-    assert main(["search", "--runs", str(tmp_path), "--quiet", "--hard-negatives", "0"]) == 2
-    assert "hard_negatives must be an integer >= 1" in capsys.readouterr().err
-    assert list(tmp_path.iterdir()) == []
