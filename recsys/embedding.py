@@ -13,7 +13,7 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import nn
 
-__all__ = ["EmbeddingProvider", "PlainEmbedding", "init_normal_"]
+__all__ = ["EmbeddingProvider", "PlainEmbedding", "init_normal_", "served_width", "table_prefix"]
 
 
 @runtime_checkable
@@ -35,6 +35,31 @@ class EmbeddingProvider(Protocol):
     def table(self, table: str) -> torch.Tensor:
         """The whole table as the model sees it, ``(rows, dim)``; for full ranking and graph models."""
         ...
+
+
+def served_width(provider: EmbeddingProvider) -> int:
+    """How many leading columns of ``provider``'s tables may hold a non-zero value, at most ``dim``.
+
+    A provider that serves every row a prefix of its vector (a masked allocation) may say
+    so with a ``served_width`` attribute; every column past it is zero in every table, so
+    a backbone whose cost grows with the width and which keeps zero columns zero (LightGCN's
+    propagation) can compute on the leading columns alone.  Providers without the
+    attribute are served at full width.
+    """
+    return max(1, min(int(getattr(provider, "served_width", provider.dim)), int(provider.dim)))
+
+
+def table_prefix(provider: EmbeddingProvider, table: str, width: int) -> torch.Tensor:
+    """The leading ``width`` columns of ``provider.table(table)``, ``(rows, width)``.
+
+    A provider with a ``table_prefix`` method computes them alone (masking, quantising
+    and backpropagating through ``width`` columns instead of ``dim``); others are sliced.
+    """
+    prefix = getattr(provider, "table_prefix", None)
+    if prefix is not None and width < provider.dim:
+        return prefix(table, width)
+    whole = provider.table(table)
+    return whole if width >= whole.shape[-1] else whole[..., :width]
 
 
 def init_normal_(weight: torch.Tensor, std: float, generator: torch.Generator | None = None) -> torch.Tensor:

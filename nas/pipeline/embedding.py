@@ -101,12 +101,14 @@ class MaskableEmbedding(PlainEmbedding):
         self._variant_precision: dict[str, RowPrecision] = {}
         self._scale: SoftMask | None = None
         self._relax: Relaxation | None = None
+        self._width: int | None = None
         self.allocation: Allocation | None = None
 
     def set_allocation(self, allocation: Allocation | None) -> None:
         """Apply ``allocation`` to every later lookup; ``None`` restores the full tables."""
         self.allocation = allocation
         self._row_dims, self._masks, self._variants, self._precision = {}, {}, {}, {}
+        self._width = None
         if allocation is None:
             return
         if allocation.rows() != self.rows:
@@ -142,6 +144,7 @@ class MaskableEmbedding(PlainEmbedding):
             if name not in self.rows or dims.dim() != 2 or dims.shape[1] != self.rows[name]:
                 raise ValueError(f"variants of table {name!r} must have shape (A, {self.rows.get(name)}), got {tuple(dims.shape)}")
             self._variants[name] = dims.to(self.columns.device)
+        self._width = None
 
     def set_variant_precisions(self, index: Mapping[str, torch.Tensor] | None, precisions: Sequence[str] = ()) -> None:
         """Quantise the served variants row by row: ``index[table][a, r]`` is variant ``a``'s precision of row ``r``.
@@ -162,6 +165,21 @@ class MaskableEmbedding(PlainEmbedding):
         """Whether served variants are quantised (:meth:`set_variant_precisions`)."""
         return bool(self._variant_precision)
 
+    @property
+    def served_width(self) -> int:
+        """The most values any served row keeps (:func:`recsys.embedding.served_width`): columns past it are zero.
+
+        Soft masks, relaxations and element masks may fill any column, so they are served at
+        full width, as is a table that the served variants leave out.
+        """
+        if self._scale is not None or self._relax is not None or self._masks:
+            return self.dim
+        if self._width is None:
+            sizes = self._variants if self._variants else self._row_dims
+            covered = set(sizes) == set(self.rows)
+            self._width = max(int(d.max()) if d.numel() else 0 for d in sizes.values()) if covered and sizes else self.dim
+        return self._width
+
     def set_soft_mask(self, scale: SoftMask | None) -> None:
         """Multiply every looked-up vector by ``scale(table, ids)`` (``None`` stops it).
 
@@ -172,22 +190,25 @@ class MaskableEmbedding(PlainEmbedding):
         """
         self._scale = scale
 
-    def _keep(self, table: str, ids: torch.Tensor | None) -> torch.Tensor | None:
-        """Boolean keep-mask for the rows ``ids`` (all rows when ``None``), or ``None`` for a full table."""
+    def _keep(self, table: str, ids: torch.Tensor | None, width: int | None = None) -> torch.Tensor | None:
+        """Boolean keep-mask for the rows ``ids`` (all rows when ``None``) and the leading ``width`` columns
+        (all when ``None``), or ``None`` for a full table."""
+        columns = self.columns if width is None else self.columns[:width]
         if table in self._variants:
             dims = self._variants[table]
             if ids is not None:
                 dims = _rows(dims, ids)
-            return self.columns < dims.unsqueeze(-1)
+            return columns < dims.unsqueeze(-1)
         if table in self._masks:
             mask = self._masks[table]
-            return mask if ids is None else mask[ids]
+            mask = mask if ids is None else mask[ids]
+            return mask if width is None else mask[..., :width]
         dims = self._row_dims.get(table)
         if dims is None:
             return None
         if ids is not None:
             dims = dims[ids]
-        return self.columns < dims.unsqueeze(-1)
+        return columns < dims.unsqueeze(-1)
 
     def set_relaxation(self, relax: Relaxation | None) -> None:
         """Serve ``relax(table, ids, vectors)`` in place of the looked-up vectors (``None`` stops it).
@@ -239,8 +260,23 @@ class MaskableEmbedding(PlainEmbedding):
         return vectors if self._scale is None else vectors * self._scale(table, ids)
 
     def table(self, table: str) -> torch.Tensor:
-        weight = self.weights[table]
-        keep = self._keep(table, None)
+        return self._served_table(table, None)
+
+    def table_prefix(self, table: str, width: int) -> torch.Tensor:
+        """The leading ``width`` columns of :meth:`table`, ``(rows, width)``, computed on those columns alone.
+
+        Past :attr:`served_width` every column is zero, so a backbone that reads no more
+        (:func:`recsys.embedding.table_prefix`) neither masks nor backpropagates through the rest.
+        """
+        if width >= self.dim:
+            return self.table(table)
+        if self._scale is not None or self._relax is not None:
+            return self.table(table)[..., :width]
+        return self._served_table(table, width)
+
+    def _served_table(self, table: str, width: int | None) -> torch.Tensor:
+        weight = self.weights[table] if width is None else self.weights[table][:, :width]
+        keep = self._keep(table, None, width)
         weight = weight if keep is None else torch.where(keep, weight, torch.zeros((), dtype=weight.dtype))
         weight = self._quantised(table, None, weight)
         if self._relax is not None:

@@ -172,13 +172,17 @@ class GraphCF(nn.Module):
         """Final vectors of every row from the layer-0 tables (``(A, rows, d)`` for stacked variants)."""
         raise NotImplementedError
 
+    def _layer0(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The user and item tables the propagation starts from (the provider's, in full by default)."""
+        return self.embedding.table("user"), self.embedding.table("item")
+
     def _cache_extras(self) -> tuple[torch.Tensor, ...]:
         """Tensors besides the layer-0 tables on which the propagation depends (default: none)."""
         return ()
 
     def propagate(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Final user and item vectors, from the cache out of training mode when nothing changed."""
-        users, items = self.embedding.table("user"), self.embedding.table("item")
+        users, items = self._layer0()
         if not self.training and self._cache is not None:
             key, result = self._cache
             current = (users, items, *self._cache_extras())
@@ -206,7 +210,7 @@ class GraphCF(nn.Module):
         :data:`CONTRAST_ROWS` triples).  ``neg`` may be ``(batch, M)`` candidates, of which
         each triple keeps the one its final vectors score highest (:func:`~recsys.models._losses.hardest`).
         """
-        final_u, final_i = self._final(self.embedding.table("user"), self.embedding.table("item"))
+        final_u, final_i = self._final(*self._layer0())
         u = final_u[..., users, :]
         if neg.dim() == 2:
             with torch.no_grad():
@@ -223,7 +227,7 @@ class GraphCF(nn.Module):
 
         ``contrast`` as for :meth:`bpr_loss`.
         """
-        final_u, final_i = self._final(self.embedding.table("user"), self.embedding.table("item"))
+        final_u, final_i = self._final(*self._layer0())
         u, p, n = final_u[..., users, :], final_i[..., pos, :], final_i[..., negatives, :]
         scores = u @ n.transpose(-2, -1)
         return (sampled_softmax((u * p).sum(dim=-1), scores, pos, negatives, temperature)

@@ -2,6 +2,12 @@
 
 The layer-0 vectors are the provider's tables, so a masked provider masks *before*
 propagation ([BET]'s and [LERSBench]'s convention: the budget counts the stored table).
+Propagation is linear, so a column that is zero in every layer-0 row stays zero in every
+round: when the provider serves every row a prefix of at most ``w`` values
+(:func:`~recsys.embedding.served_width`), the rounds start from the leading ``w`` columns
+alone (:func:`~recsys.embedding.table_prefix`) and the final vectors are ``w`` wide (a dot
+product over the dropped columns is zero), which makes a 95 %-sparse allocation's training
+step several times cheaper (docs/results.md §9.8).
 Each round multiplies by the symmetrically normalised user-item adjacency, held as two
 CSR blocks (:class:`~recsys.models._graph.GraphBlocks`).  The final vectors are the mean
 of rounds 0..K.
@@ -26,7 +32,7 @@ from __future__ import annotations
 import scipy.sparse as sp
 import torch
 
-from recsys.embedding import EmbeddingProvider
+from recsys.embedding import EmbeddingProvider, served_width, table_prefix
 from recsys.models._graph import GraphCF
 
 __all__ = ["LightGCN"]
@@ -51,6 +57,11 @@ class LightGCN(GraphCF):
         if propagation_dtype is not None and not propagation_dtype.is_floating_point:
             raise ValueError(f"propagation_dtype must be a floating-point dtype, got {propagation_dtype}")
         self.propagation_dtype = propagation_dtype
+
+    def _layer0(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The layer-0 tables, cut to the columns any row is served (zero columns stay zero when propagated)."""
+        width = served_width(self.embedding)
+        return table_prefix(self.embedding, "user", width), table_prefix(self.embedding, "item", width)
 
     def _final(self, users: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Final vectors of every row: the mean of ``users``/``items`` and their K propagations."""

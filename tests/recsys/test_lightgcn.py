@@ -8,10 +8,12 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from nas.core import Allocation
-from nas.pipeline.embedding import MaskableEmbedding
-from recsys.embedding import PlainEmbedding
+from nas.pipeline.embedding import MaskableEmbedding, stack_precisions, stack_row_dims
+from recsys.embedding import PlainEmbedding, served_width
 from recsys.models import LightGCN
 from recsys.models._graph import GraphBlocks, spmm
 from recsys.models._losses import info_nce
@@ -59,8 +61,6 @@ def test_stacked_variants_propagate_like_each_alone():
     for allocation in allocations:
         embedding.set_allocation(allocation)
         singles.append(model.bpr_loss(users, pos, neg, 0.0))
-    from nas.pipeline.embedding import stack_row_dims
-
     embedding.set_variants(stack_row_dims(allocations))
     together = model.bpr_loss(users, pos, neg, 0.0)
     torch.testing.assert_close(together, torch.stack(singles).mean())
@@ -177,3 +177,76 @@ def test_a_bfloat16_propagation_stays_near_the_float32_one_and_trains_float32_ta
     assert all(p.grad is not None and p.grad.dtype == torch.float32 and p.grad.abs().sum() > 0 for p in fast.parameters())
     with pytest.raises(ValueError, match="floating-point"):
         LightGCN(PlainEmbedding({"user": 30, "item": 40}, 8, seed=0), train, propagation_dtype=torch.int8)
+
+
+class _FullWidth(MaskableEmbedding):
+    """The same tables, never narrowed: the reference for the narrowed propagation."""
+
+    served_width = property(lambda self: self.dim)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.data())
+def test_a_narrow_allocation_propagates_only_its_leading_columns_with_the_same_loss_gradient_and_ranking(data):
+    rows, dim = {"user": 30, "item": 40}, 8
+    sizes = st.integers(0, data.draw(st.integers(1, dim), label="widest"))
+    dims = {name: np.array(data.draw(st.lists(sizes, min_size=n, max_size=n), label=name)) for name, n in rows.items()}
+    quantised = data.draw(st.booleans(), label="quantised")  # a zero stays zero at every precision
+    allocation = Allocation(dims, row_precisions={name: np.arange(n) % 4 for name, n in rows.items()},
+                            precisions=("fp32", "fp16", "int8", "int4")) if quantised else Allocation(dims)
+    losses, grads, scores = [], [], []
+    for provider in (MaskableEmbedding, _FullWidth):
+        embedding = provider(rows, dim, seed=0)
+        embedding.set_allocation(allocation)
+        model = LightGCN(embedding, graph())
+        negatives = torch.tensor([[4, 7, 8], [5, 0, 1], [6, 9, 2]])  # the hardest of three candidates
+        loss = model.bpr_loss(torch.tensor([0, 5, 9]), torch.tensor([1, 2, 3]), negatives, 1e-3, contrast=(0.1, 0.2))
+        loss.backward()
+        losses.append(loss.detach())
+        grads.append(torch.cat([embedding.weights["user"].grad, embedding.weights["item"].grad]))
+        scores.append(model.eval().all_scores(torch.arange(30)))
+    widest = max(int(d.max()) for d in allocation.row_dims.values())
+    assert MaskableEmbedding(rows, dim).served_width == dim
+    torch.testing.assert_close(losses[0], losses[1], rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(scores[0], scores[1], rtol=1e-5, atol=1e-7)
+    embedding = MaskableEmbedding(rows, dim, seed=0)
+    embedding.set_allocation(allocation)
+    assert embedding.served_width == widest
+
+
+def test_the_served_width_covers_every_variant_and_falls_back_to_full_where_any_column_may_be_filled():
+    rows, dim = {"user": 3, "item": 4}, 8
+    embedding = MaskableEmbedding(rows, dim)
+    small = Allocation({"user": np.array([1, 2, 1]), "item": np.array([3, 0, 1, 2])})
+    wide = Allocation({"user": np.array([5, 2, 1]), "item": np.array([1, 0, 1, 2])})
+    embedding.set_variants(stack_row_dims([small, wide]))
+    assert embedding.served_width == 5
+    embedding.set_variants({"user": stack_row_dims([small])["user"]})  # the items are served in full
+    assert embedding.served_width == dim
+    embedding.set_allocation(small)
+    assert embedding.served_width == 3
+    embedding.set_soft_mask(lambda table, ids: torch.ones(()))
+    assert embedding.served_width == dim
+    assert served_width(PlainEmbedding(rows, dim)) == dim
+
+
+def test_stacked_quantised_variants_narrowed_give_the_full_width_loss_and_gradient():
+    rows, dim = {"user": 30, "item": 40}, 8
+    rng = np.random.default_rng(1)
+    allocations = [Allocation({name: rng.integers(0, 6, n) for name, n in rows.items()},
+                              row_precisions={name: rng.integers(0, 4, n) for name, n in rows.items()},
+                              precisions=("fp32", "fp16", "int8", "int4")) for _ in range(3)]
+    results, widths = [], []
+    for provider in (MaskableEmbedding, _FullWidth):
+        embedding = provider(rows, dim, seed=0)
+        embedding.set_variants(stack_row_dims(allocations))
+        embedding.set_variant_precisions(stack_precisions(allocations), allocations[0].precisions)
+        loss = LightGCN(embedding, graph()).bpr_loss(torch.tensor([0, 5, 9]), torch.tensor([1, 2, 3]),
+                                                     torch.tensor([[4, 7], [5, 0], [6, 9]]), 1e-3)
+        loss.backward()
+        results.append((loss.detach(), embedding.weights["user"].grad, embedding.weights["item"].grad))
+        widths.append(embedding.served_width)
+    assert widths == [max(int(d.max()) for a in allocations for d in a.row_dims.values()), dim]
+    for narrow, full in zip(*results):
+        torch.testing.assert_close(narrow, full, rtol=1e-5, atol=1e-7)
