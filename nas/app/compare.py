@@ -21,6 +21,7 @@ Outputs, in the output folder: ``comparison.md`` (a table per budget),
 from __future__ import annotations
 
 import html
+import itertools
 import json
 import math
 import os
@@ -74,6 +75,8 @@ class Group:
         seconds: mean wall seconds of each stage (:data:`STAGES`) over the finished seeds;
             ``reference`` counts 0 for a cell that found the full model cached.
         full_seconds: mean training seconds of the full reference model.
+        retain: the test metric over the same seed's plainly trained full model (the one
+            the cell compared itself with), over the seeds that trained or found one.
     """
 
     arm: str
@@ -86,6 +89,7 @@ class Group:
     runs: Mapping[int, Path]
     seconds: Mapping[str, float] = field(default_factory=dict)
     full_seconds: float = math.nan
+    retain: Spread = Spread(0, math.nan, math.nan)
 
 
 @dataclass(frozen=True)
@@ -122,7 +126,10 @@ class Comparison:
         baselines: the arms the others are compared with.
         groups: one :class:`Group` per arm and budget.
         full_model: the plainly trained full-size model's test metric over the seeds
-            (``None`` when no finished cell trained one).
+            (``None`` when no finished cell trained one): the one the baselines compare
+            themselves with, where arms train differently (another recipe).
+        full_models: every distinct full model the arms compared themselves with, each
+            with the arms that did: one entry when every arm trains alike.
         missing: the cells without a result, as ``(arm, budget, seed)``.
         dropped: a line for each budget left out because the data cannot meet it.
         failures: the cells that failed in this call.
@@ -138,6 +145,7 @@ class Comparison:
     baselines: tuple[str, ...]
     groups: tuple[Group, ...]
     full_model: Spread | None
+    full_models: tuple[tuple[tuple[str, ...], Spread], ...]
     missing: tuple[tuple[str, str, int], ...]
     dropped: tuple[str, ...]
     failures: tuple[CellFailure, ...]
@@ -334,11 +342,15 @@ def _compare(spec: Grid, cells: Sequence[Cell], results: Mapping[Cell, SearchRes
                 versus=versus, runs={cell.seed: cell.folder for cell, _ in sorted(mine, key=lambda m: m[0].seed)},
                 seconds={stage: _mean([r.timings.get(stage, 0.0) for _, r in mine]) for stage in STAGES},
                 full_seconds=_mean([r.full_train_seconds for _, r in mine]),
+                retain=spread([_retain(r, metric) for _, r in mine]),
             ))
     missing = tuple((cell.arm, cell.budget, cell.seed) for cell in cells if cell not in results)
+    families = [(members, spread(list(by_seed.values()))) for members, by_seed in _reference_families(results, arms, metric)]
+    main = next((full for members, full in families if set(members) & set(spec.baselines)),
+                families[0][1] if families else None)
     comparison = Comparison(
         metric=metric, higher_is_better=spec.higher_is_better, arms=arms, budgets=budgets, seeds=spec.seeds,
-        baselines=spec.baselines, groups=tuple(groups), full_model=_full_model(results, metric), missing=missing,
+        baselines=spec.baselines, groups=tuple(groups), full_model=main, full_models=tuple(families), missing=missing,
         dropped=tuple(dropped), failures=tuple(failures), markdown="",
         paths={"markdown": out / "comparison.md", "json": out / "comparison.json", "png": out / "comparison.png",
                "html": out / "comparison.html"},
@@ -346,18 +358,48 @@ def _compare(spec: Grid, cells: Sequence[Cell], results: Mapping[Cell, SearchRes
     return _with_markdown(comparison, len(cells))
 
 
-def _full_model_values(results: Mapping[Cell, SearchResult], metric: str) -> dict[int, float]:
-    """The plainly trained full model's test metric by seed (the mean over the cells of a seed that trained one)."""
-    by_seed: dict[int, list[float]] = {}
+def _retain(result: SearchResult, metric: str) -> float:
+    """The cell's test metric over its own plainly trained full model's (``nan`` without one)."""
+    if result.reference != "full":
+        return math.nan
+    full = result.full_metrics.get("test", {}).get(metric)
+    return float(result.metrics["test"][metric]) / float(full) if full else math.nan
+
+
+def _reference_families(results: Mapping[Cell, SearchResult], arms: Sequence[str],
+                        metric: str) -> list[tuple[tuple[str, ...], dict[int, float]]]:
+    """The distinct full models the cells compared themselves with: their arms and test metric by seed, in the arms' order.
+
+    A full model is trained once per data, training and seed, and cached (its folder
+    names it), so arms that share a cached reference train alike; an arm with another
+    recipe has references of its own, and a mean over both would describe neither.
+    """
+    folders: dict[str, set[str]] = {}
+    values: dict[str, dict[int, float]] = {}
     for cell, result in results.items():
         if result.reference == "full" and metric in result.full_metrics.get("test", {}):
-            by_seed.setdefault(cell.seed, []).append(float(result.full_metrics["test"][metric]))
-    return {seed: _mean(found) for seed, found in sorted(by_seed.items())}
-
-
-def _full_model(results: Mapping[Cell, SearchResult], metric: str) -> Spread | None:
-    found = _full_model_values(results, metric)
-    return spread(list(found.values())) if found else None
+            folder = str(result.reference_dir or f"{cell.arm}:{cell.seed}")
+            folders.setdefault(cell.arm, set()).add(folder)
+            values.setdefault(folder, {})[cell.seed] = float(result.full_metrics["test"][metric])
+    families: list[tuple[list[str], set[str]]] = []
+    for arm in arms:
+        if arm not in folders:
+            continue
+        joined = [family for family in families if family[1] & folders[arm]]
+        members, shared = [arm], set(folders[arm])
+        for family in joined:
+            members, shared = family[0] + members, shared | family[1]
+            families.remove(family)
+        families.append((sorted(members, key=arms.index), shared))
+    families.sort(key=lambda family: arms.index(family[0][0]))
+    out = []
+    for members, shared in families:
+        by_seed: dict[int, list[float]] = {}
+        for folder in shared:
+            for seed, value in values[folder].items():
+                by_seed.setdefault(seed, []).append(value)
+        out.append((tuple(members), {seed: _mean(found) for seed, found in sorted(by_seed.items())}))
+    return out
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -380,25 +422,27 @@ def _markdown(c: Comparison, planned: int) -> str:
         "Δ is the arm minus the baseline, paired by seed (the seeds finished in both), with its 95 % t interval",
         "and as % of the baseline's mean: \"better\" or \"worse\" only when the interval excludes zero, \"level\"",
         "when it holds zero, \"n/a\" with fewer than 2 paired seeds. bytes: the export's mean size;",
-        "× one training: the search's cost in trainings of the full model.",
+        "× one training: the search's cost in trainings of the full model; retain: the metric over the same",
+        "seed's plainly trained full model (mean over the seeds).",
     ]
     for budget in c.budgets:
         baselines = list(c.baselines)
-        header = ["arm", "n", f"{c.metric} (mean ± sd)", "bytes", "× one training"]
-        right = [False, True, True, True, True]
+        header = ["arm", "n", f"{c.metric} (mean ± sd)", "retain", "bytes", "× one training"]
+        right = [False, True, True, True, True, True]
         for base in baselines:
             header += [f"Δ vs {base} [95 % CI] (%)", f"vs {base}"]
             right += [True, False]
         rows = []
         for arm in c.arms:
             group = c.group(arm, budget)
-            row = [arm, str(group.quality.n), _mean_sd(group.quality), _bytes(group.bytes), _number(group.cost, 2)]
+            row = [arm, str(group.quality.n), _mean_sd(group.quality), _number(group.retain.mean, 3), _bytes(group.bytes),
+                   _number(group.cost, 2)]
             for base in baselines:
                 diff = group.versus.get(base)
                 row += ["—", "—"] if diff is None else [_difference(diff), diff.verdict]
             rows.append(row)
-        if c.full_model is not None:
-            rows.append(["full model", str(c.full_model.n), _mean_sd(c.full_model), "", ""] + [""] * (2 * len(baselines)))
+        for members, full in c.full_models:
+            rows.append([_full_label(c, members), str(full.n), _mean_sd(full), "1", "", ""] + [""] * (2 * len(baselines)))
         lines += ["", f"## Budget {budget}", "", _table(header, right, rows)]
         timed = [c.group(arm, budget) for arm in c.arms if c.group(arm, budget).quality.n]
         if timed:
@@ -414,6 +458,11 @@ def _markdown(c: Comparison, planned: int) -> str:
         more = f" and {len(c.missing) - 20} more" if len(c.missing) > 20 else ""
         lines += ["", f"Not finished: {shown}{more}. Run the same command again to finish them."]
     return "\n".join(lines) + "\n"
+
+
+def _full_label(c: Comparison, members: Sequence[str]) -> str:
+    """``full model``, naming the arms it serves where arms compare themselves with different ones."""
+    return "full model" if len(c.full_models) <= 1 else f"full model ({', '.join(members)})"
 
 
 def _table(header: list[str], right: list[bool], rows: list[list[str]]) -> str:
@@ -471,7 +520,7 @@ def _page(c: Comparison, out: Path) -> str:
                         if g.arm == arm and g.quality.n and math.isfinite(g.bytes))
         if points:
             series.append((arm, points, "line", arm))
-    full = [("full model", c.full_model.mean)] if c.full_model is not None and math.isfinite(c.full_model.mean) else []
+    full = [(_full_label(c, members), spread_.mean) for members, spread_ in c.full_models if math.isfinite(spread_.mean)]
     chart = svg_chart(series, x_label="bytes stored (export, log scale)", y_label=f"test {c.metric}", log_x=True,
                       hlines=full) if series else "<p>No cell has finished yet.</p>"
     parts = [f"<h1>{e(c.metric)} against memory: {len(c.arms)} arms, {len(c.budgets)} budgets, {len(c.seeds)} seeds</h1>",
@@ -508,7 +557,9 @@ def _json(c: Comparison, spec: Grid, cells: Sequence[Cell], results: Mapping[Cel
                           "cost_ratio": result.cost_ratio, "reference": result.reference,
                           "full_model": result.full_metrics.get("test", {}).get(c.metric)})
         by_group.setdefault((cell.arm, cell.budget), []).append(entry)
-    full = _full_model_values(results, c.metric)
+    families = _reference_families(results, c.arms, c.metric)
+    main = next((by_seed for members, by_seed in families if set(members) & set(c.baselines)),
+                families[0][1] if families else {})
     return {
         "format": COMPARISON_FORMAT,
         "version": COMPARISON_VERSION,
@@ -521,10 +572,12 @@ def _json(c: Comparison, spec: Grid, cells: Sequence[Cell], results: Mapping[Cel
         "baselines": list(c.baselines),
         "confidence": 0.95,
         "full_model": None if c.full_model is None else {**_spread(c.full_model),
-                                                         "by_seed": {str(s): v for s, v in full.items()}},
+                                                         "by_seed": {str(s): v for s, v in main.items()}},
+        "full_models": [{"arms": list(members), **_spread(spread(list(by_seed.values()))),
+                         "by_seed": {str(s): v for s, v in by_seed.items()}} for members, by_seed in families],
         "groups": [
             {"arm": g.arm, "budget": g.budget, **_spread(g.quality), "bytes": g.bytes, "cost_ratio": g.cost,
-             "seconds": dict(g.seconds), "full_seconds": g.full_seconds,
+             "seconds": dict(g.seconds), "full_seconds": g.full_seconds, "retain": _spread(g.retain),
              "versus": {base: {"n": d.n, "mean": d.mean, "sd": d.sd, "low": d.low, "high": d.high,
                                "percent": d.percent, "verdict": d.verdict, "seeds": list(d.seeds)}
                         for base, d in g.versus.items()},
@@ -580,10 +633,12 @@ def _plot(c: Comparison, path: Path) -> Path:
         axis.errorbar([v * dodge for v in x], y, yerr=[s if math.isfinite(s) else 0.0 for s in sd], marker="o",
                       capsize=3, label=arm, color=colours[index % len(colours)])
         drawn += x
-    if c.full_model is not None and math.isfinite(c.full_model.mean):
-        axis.axhline(c.full_model.mean, color="black", linestyle="--", linewidth=1.0, label="full model")
-        if math.isfinite(c.full_model.sd):
-            axis.axhspan(c.full_model.mean - c.full_model.sd, c.full_model.mean + c.full_model.sd, color="black", alpha=0.08)
+    for (members, full), style in zip(c.full_models, itertools.cycle(("--", ":", "-.", (0, (5, 1))))):
+        if not math.isfinite(full.mean):
+            continue
+        axis.axhline(full.mean, color="black", linestyle=style, linewidth=1.0, label=_full_label(c, members))
+        if math.isfinite(full.sd):
+            axis.axhspan(full.mean - full.sd, full.mean + full.sd, color="black", alpha=0.08)
     if drawn:
         axis.set_xscale("log")
         axis.set_xlim(min(drawn) / 1.3, max(drawn) * 1.3)

@@ -139,8 +139,11 @@ def test_the_json_holds_what_the_run_folders_hold(ran):
             assert diff["n"] == 2 and diff["seeds"] == list(SEEDS)
             assert diff["mean"] == pytest.approx(np.mean(differences))
             assert diff["low"] < diff["mean"] < diff["high"] and diff["verdict"] in ("better", "worse", "level")
+        retain = [results[s].metrics["test"]["ndcg@20"] / results[s].full_metrics["test"]["ndcg@20"] for s in SEEDS]
+        assert group["retain"]["n"] == 2 and group["retain"]["mean"] == pytest.approx(np.mean(retain))
     full = {s: r.full_metrics["test"]["ndcg@20"] for runs in read.values() for s, r in runs.items() if r.reference == "full"}
     assert report["full_model"]["n"] == len(full) == 2
+    assert report["full_models"] == [{"arms": list(ARMS), **{k: report["full_model"][k] for k in ("n", "mean", "sd", "by_seed")}}]
     assert report["full_model"]["mean"] == pytest.approx(np.mean(list(full.values())))
 
 
@@ -207,6 +210,26 @@ def test_a_corner_of_the_grid_runs_alone_and_the_rest_later(tmp_path):
         nas.compare(grid, tmp_path / "out", progress=False, budgets=["0.9"])
     with pytest.raises(ConfigError, match="the grid has no arm 'bet'"):
         nas.compare(grid, tmp_path / "out", progress=False, arms=["bet"])
+
+
+def test_arms_that_train_differently_each_divide_by_their_own_full_model(tmp_path):
+    """An arm with other training options has full models of its own: a row each, and its retain divides by its own."""
+    grid = {"data": {"format": "synthetic", "extra": {"n_users": 200, "n_items": 300}}, "model": "mf",
+            "budgets": ["0.5"], "seeds": [0, 1], "options": {"d_max": 8, "train": {"epochs": 1}},
+            "arms": {"equal": {}, "frequency": {}, "equal_fast": {"controller": "equal", "train": {"lr": 0.05}}}}
+    comparison = nas.compare(grid, tmp_path / "out", progress=False)
+    results = {(arm, seed): SearchResult.read(tmp_path / "out" / "runs" / arm / "0.5" / f"seed{seed}")
+               for arm in ("equal", "frequency", "equal_fast") for seed in SEEDS}
+    own = {arm: [results[(arm, s)].full_metrics["test"]["ndcg@20"] for s in SEEDS] for arm in ("equal", "equal_fast")}
+    assert own["equal"] != own["equal_fast"]
+    assert [members for members, _ in comparison.full_models] == [("equal", "frequency"), ("equal_fast",)]
+    assert comparison.full_model.mean == pytest.approx(np.mean(own["equal"]))
+    assert comparison.full_models[1][1].mean == pytest.approx(np.mean(own["equal_fast"]))
+    retain = [results[("equal_fast", s)].metrics["test"]["ndcg@20"] / own["equal_fast"][i] for i, s in enumerate(SEEDS)]
+    assert comparison.group("equal_fast", "0.5").retain.mean == pytest.approx(np.mean(retain))
+    table = comparison.markdown.split("Where the time goes")[0]
+    rows = [line.split("|")[1].strip() for line in table.splitlines() if line.startswith("| ")]
+    assert rows[-2:] == ["full model (equal, frequency)", "full model (equal_fast)"]
 
 
 @pytest.mark.parametrize(("change", "message"), [
