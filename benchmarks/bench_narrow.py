@@ -6,8 +6,8 @@
 A masked table whose widest row keeps ``w`` of its ``d_max`` values is zero past column
 ``w`` in every row, and propagation keeps those columns zero, so LightGCN multiplies the
 leading ``w`` columns alone (:func:`recsys.embedding.served_width`).  This times training
-steps (LightGCN's default recipe: batch 8,192, the hardest of 32 candidates, the trainer's
-fused Adam, L2) of
+steps (LightGCN's default recipe: batch 8,192, the hardest of 32 candidates, fused Adam,
+L2) of
 the same masked model both ways, side by side in this process on the same batches:
 "narrow" is :class:`~nas.pipeline.embedding.MaskableEmbedding` as it serves, "full width"
 the same tables reporting ``served_width = d_max``.  Every row keeps ``w`` dimensions; a
@@ -22,15 +22,14 @@ from __future__ import annotations
 import argparse
 import itertools
 import statistics
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from bench_maskable import step_seconds
 
 from nas.core import Allocation
 from nas.pipeline.embedding import MaskableEmbedding
-from recsys._loop import adam
 from recsys.data import BPRSampler, load_lightgcn
 from recsys.models import LightGCN
 
@@ -47,18 +46,6 @@ def model_for(provider: type[MaskableEmbedding], data, width: int, d_max: int) -
     embedding = provider(data.rows(), d_max, seed=0)
     embedding.set_allocation(Allocation({name: np.full(n, width) for name, n in data.rows().items()}))
     return LightGCN(embedding, data.train)
-
-
-def time_steps(model: LightGCN, batches: list) -> float:  # noqa: ANN001
-    """Seconds for one training step on each of ``batches`` (the trainer's Adam, L2 1e-3)."""
-    optimizer = adam(list(model.parameters()), lr=2e-3)
-    tic = time.perf_counter()
-    for users, pos, neg in batches:
-        loss = model.bpr_loss(users, pos, neg, 1e-3)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-    return time.perf_counter() - tic
 
 
 def main() -> None:
@@ -92,7 +79,7 @@ def main() -> None:
         seconds: dict[str, list[float]] = {name: [] for name in models}
         for _ in range(args.repeats):
             for name, model in models.items():
-                seconds[name].append(time_steps(model, batches) / len(batches))
+                seconds[name].append(step_seconds(model, batches, repeats=1))
         narrow, full = statistics.median(seconds["narrow"]), statistics.median(seconds["full"])
         print(f"| {width} | {narrow:.3f} | {full:.3f} | {full / narrow:.2f}x |", flush=True)
 
