@@ -10,7 +10,10 @@
   the budget.  PEP steers the final sparsity through the thresholds' initial value;
   here the budget is a constraint, so an augmented Lagrangian on the (sigmoid-softened)
   share of kept elements raises the thresholds until they get there, and training then
-  continues on the frozen mask.
+  continues on the frozen mask.  The thresholds overshoot (with few steps an epoch they
+  were seen to keep 1.4 % of the values under a 5 % budget), so the frozen mask is
+  filled up to the budget with the elements nearest above or below their threshold:
+  PEP's own ranking, spending what the user allowed.
 
 Both export an element mask beside the packed values.  Every row keeps at least its
 ``d_min`` largest elements; the rest of the budget goes to the largest scores anywhere.
@@ -176,6 +179,11 @@ class LearnableThresholds(_ElementPruning):
         return self._final_share + (1.0 - self._final_share) * (1.0 - self._progress) ** 3
 
     @property
+    def settled(self) -> bool:
+        """Only a validation of the frozen mask may be chosen: before it, each one measures a model still being pruned."""
+        return self.frozen is not None
+
+    @property
     def pruning(self) -> bool:
         """Whether the thresholds train: after the warm-up, until the mask is frozen."""
         return self.frozen is None and self.epoch > self.warmup
@@ -221,7 +229,22 @@ class LearnableThresholds(_ElementPruning):
             above = {name: weight.abs() > torch.sigmoid(self.threshold)
                      for name, weight in self._model.embedding.weights.items()}
         if self._progress >= 1.0 and sum(int(mask.sum()) for mask in above.values()) <= self.limit:
-            self.frozen = above  # what survives fits: PEP's pruning stops, training goes on with this mask
+            self.frozen = self._filled()  # what survives fits: PEP's pruning stops, training goes on with this mask
+
+    def _filled(self) -> dict[str, torch.Tensor]:
+        """The mask at the budget: every element above its threshold, then those nearest below it, to the limit.
+
+        Ranked by the margin ``|w| - sigmoid(s)`` (what PEP prunes by), shifted positive so that
+        :func:`keep_largest` may take any element; every row keeps its ``d_min`` floor.
+        """
+        threshold = torch.sigmoid(self.threshold.detach())
+        margins = {name: (weight.detach().abs() - threshold).cpu().numpy()
+                   for name, weight in self._model.embedding.weights.items()}
+        lowest = min(float(m.min()) for m in margins.values())
+        scores = {name: margin - lowest + 1.0 for name, margin in margins.items()}
+        masks = keep_largest(scores, self.limit, self.space.d_min).element_masks
+        device = self.threshold.device
+        return {name: torch.tensor(mask, device=device) for name, mask in masks.items()}
 
     def _final_scores(self, model: Any) -> dict[str, np.ndarray]:
         scores = {}

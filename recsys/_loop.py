@@ -60,6 +60,11 @@ class TrainHooks:
         resume: a state given to ``on_epoch_end`` earlier; training continues after that
             epoch exactly as if it had never stopped (same batches, same optimiser moments,
             same best state and patience count).
+        settled: whether a validation now may be chosen: one taken while it returns
+            ``False`` is recorded, but is neither a best state nor counted towards patience
+            or the learning-rate decay (a pruning search's model is worse at each validation
+            while its mask is still shrinking, and early stopping would end the search
+            before the mask is final).
     """
 
     loss: Callable[..., torch.Tensor] | None = None
@@ -67,6 +72,7 @@ class TrainHooks:
     on_epoch_end: Callable[[dict[str, Any]], None] | None = None
     after_step: Callable[[], None] | None = None
     resume: dict[str, Any] | None = None
+    settled: Callable[[], bool] | None = None
 
 
 @dataclass
@@ -233,7 +239,9 @@ def _fit(
             record["eval_seconds"] = time.perf_counter() - tic
             postfix[loop.metric] = f"{metrics[loop.metric]:.4f}"
             value = sign * metrics[loop.metric]
-            if value > best_value:
+            if hooks.settled is not None and not hooks.settled():
+                pass  # recorded in the history, never chosen: the model is still changing shape
+            elif value > best_value:
                 best_value, best_epoch, best_valid = value, epoch, metrics
                 best_state = copy.deepcopy(model.state_dict())
                 since_best = 0

@@ -268,6 +268,16 @@ class OneShotController(Controller):
     def finish(self, model: Any) -> None:  # noqa: B027 - optional hook
         """Read what the trained supernet holds before the choice (default: nothing)."""
 
+    @property
+    def settled(self) -> bool:
+        """Whether the supernet's validation now measures what the choice will keep (default: always).
+
+        While it is ``False`` the trainer neither keeps a validation as the best state nor
+        counts it towards early stopping: a pruning controller whose mask is still
+        shrinking says so until the mask is frozen.
+        """
+        return True
+
     @abstractmethod
     def choose(self) -> np.ndarray:
         """The final discrete decision vector (grid values, then precision indices) under the budget."""

@@ -198,5 +198,5 @@ def train_one_shot(
 
     return task.train(model, config, TrainHooks(
         loss=task.one_shot_loss(controller), on_epoch_start=controller.on_epoch_start, after_step=controller.after_step,
-        on_epoch_end=on_epoch_end, resume=hooks.resume,
+        on_epoch_end=on_epoch_end, resume=hooks.resume, settled=lambda: controller.settled,
     ), progress=progress)

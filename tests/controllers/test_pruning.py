@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -68,12 +69,22 @@ def test_pep_without_warmup_conforms_and_freezes_its_mask_at_the_budget():
     _, space, _, budget = next(case for case in conformance_cases() if case[0] == "per-feature" and case[2] == "middle")
     controller = LearnableThresholds(space, budget, warmup=0, ramp=2, lr=0.2)
     supernet = _TinySupernet(space, seed=0)
+    assert not controller.settled, "a validation before the mask is frozen measures a model still being pruned"
     for _ in range(60):
         supernet.train(controller, 5)
         if controller.frozen is not None:
             break
     assert controller.frozen is not None, f"thresholds never met the budget (kept share {controller.kept_share:.3f})"
-    assert sum(int(m.sum()) for m in controller.frozen.values()) <= controller.limit
+    assert controller.settled
+    # The frozen mask spends the budget: what the thresholds kept, then the elements nearest below them.
+    assert sum(int(m.sum()) for m in controller.frozen.values()) == controller.limit
+    threshold = torch.sigmoid(controller.threshold.detach())
+    for name, weight in supernet.model.embedding.weights.items():
+        margin = weight.detach().abs() - threshold
+        kept, dropped = margin[controller.frozen[name]], margin[~controller.frozen[name]]
+        assert bool((margin > 0)[~controller.frozen[name]].sum() == 0), "every element above its threshold is kept"
+        if space.d_min == 0 and dropped.numel():
+            assert float(kept.min()) >= float(dropped.max())
     controller.finish(supernet.model)
     controller.allocation().validate(budget)
 
@@ -85,8 +96,6 @@ def test_pruned_runs_export_element_masks_within_a_byte_budget(controller, tmp_p
     manifest = json.loads((export / "manifest.json").read_text())
     assert metrics["export"]["bytes_stored"] <= 60_000
     assert all(spec["element_mask"] for spec in manifest["tables"].values())
-    import torch
-
     packed = PackedEmbedding.load(export)
     assert packed.lookup("user", torch.tensor([0, 1, 2])).shape == (3, 16)
     for layout in ("dense", "tiered"):  # element masks served by every layout, bit for bit (one search for all)

@@ -249,6 +249,27 @@ def test_the_rate_decays_at_each_validation_without_improvement_and_a_resume_kee
     assert [h["loss"] for h in got.history] == [h["loss"] for h in want.history]
 
 
+def test_validations_before_the_model_settles_are_recorded_but_never_chosen_nor_counted():
+    """A ``settled`` hook that is False for the first epochs: the best and the patience start after them."""
+    from recsys.train import TrainHooks
+
+    config = TrainConfig(epochs=60, batch_size=64, lr=0.05, reg=1e-4, eval_every=1, patience=3, seed=1, lr_decay=0.5)
+    plain = train_bpr(_model(), _planted(valid="anti"), config, progress=False)
+    assert plain.best_epoch < 10, "the anti-correlated validation peaks early"
+    epoch = {"now": 0}
+
+    def count(now: int) -> None:
+        epoch["now"] = now
+
+    late = plain.best_epoch + 10
+    result = train_bpr(_model(), _planted(valid="anti"), config, progress=False,
+                       hooks=TrainHooks(on_epoch_start=count, settled=lambda: epoch["now"] >= late))
+    assert result.best_epoch >= late and result.epochs_run >= late + config.patience
+    assert all("valid" in record for record in result.history[:late])  # recorded all the same
+    assert [r["lr"] for r in result.history[:late]] == [0.05] * late  # no decay before it settles
+    assert result.epochs_run < config.epochs  # and early stopping works after it
+
+
 @pytest.mark.parametrize("decay", [0.0, -0.5, 1.5, float("nan")])
 def test_a_decay_outside_zero_to_one_is_refused(decay: float):
     with pytest.raises(ValueError, match="lr_decay"):
