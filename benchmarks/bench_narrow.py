@@ -6,9 +6,8 @@
 A masked table whose widest row keeps ``w`` of its ``d_max`` values is zero past column
 ``w`` in every row, and propagation keeps those columns zero, so LightGCN multiplies the
 leading ``w`` columns alone (:func:`recsys.embedding.served_width`).  This times training
-steps (LightGCN's default recipe: batch 8,192, the hardest of 32 candidates, fused Adam,
-L2) of
-the same masked model both ways, side by side in this process on the same batches:
+steps (batch 8,192, the hardest of ``--hard-negatives`` candidates, 32 by default, fused
+Adam, L2) of the same masked model both ways, side by side in this process on the same batches:
 "narrow" is :class:`~nas.pipeline.embedding.MaskableEmbedding` as it serves, "full width"
 the same tables reporting ``served_width = d_max``.  Every row keeps ``w`` dimensions; a
 mixed allocation costs what its widest row costs (at 95 % sparsity on Gowalla the frequency

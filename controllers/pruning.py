@@ -10,10 +10,10 @@
   the budget.  PEP steers the final sparsity through the thresholds' initial value;
   here the budget is a constraint, so an augmented Lagrangian on the (sigmoid-softened)
   share of kept elements raises the thresholds until they get there, and training then
-  continues on the frozen mask.  The thresholds overshoot (with few steps an epoch they
-  were seen to keep 1.4 % of the values under a 5 % budget), so the frozen mask is
-  filled up to the budget with the elements nearest above or below their threshold:
-  PEP's own ranking, spending what the user allowed.
+  continues on the frozen mask.  The thresholds can overshoot the schedule (more so with
+  few steps an epoch), so the frozen mask is filled up to the budget with the elements
+  nearest above or below their threshold: PEP's own ranking, spending what the user
+  allowed.
 
 Both export an element mask beside the packed values.  Every row keeps at least its
 ``d_min`` largest elements; the rest of the budget goes to the largest scores anywhere.

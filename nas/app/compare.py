@@ -45,7 +45,7 @@ from nas.pipeline.data import load_data
 from nas.pipeline.result import SearchResult
 from nas.pipeline.runs import Run, config_hash
 
-__all__ = ["COMPARISON_FORMAT", "CellFailure", "Comparison", "Group", "compare"]
+__all__ = ["COMPARISON_FORMAT", "CellFailure", "Comparison", "FullModel", "Group", "compare"]
 
 #: Names ``comparison.json``.
 COMPARISON_FORMAT = "embnas.comparison"
@@ -90,6 +90,21 @@ class Group:
     seconds: Mapping[str, float] = field(default_factory=dict)
     full_seconds: float = math.nan
     retain: Spread = Spread(0, math.nan, math.nan)
+
+
+@dataclass(frozen=True)
+class FullModel:
+    """One plainly trained full model (trained once per seed) and the arms that compared themselves with it.
+
+    Attributes:
+        arms: the arms whose cells found it as their reference, in the grid's order.
+        values: its test metric by seed.
+        quality: the same over the seeds.
+    """
+
+    arms: tuple[str, ...]
+    values: Mapping[int, float]
+    quality: Spread
 
 
 @dataclass(frozen=True)
@@ -145,7 +160,7 @@ class Comparison:
     baselines: tuple[str, ...]
     groups: tuple[Group, ...]
     full_model: Spread | None
-    full_models: tuple[tuple[tuple[str, ...], Spread], ...]
+    full_models: tuple[FullModel, ...]
     missing: tuple[tuple[str, str, int], ...]
     dropped: tuple[str, ...]
     failures: tuple[CellFailure, ...]
@@ -345,12 +360,12 @@ def _compare(spec: Grid, cells: Sequence[Cell], results: Mapping[Cell, SearchRes
                 retain=spread([_retain(r, metric) for _, r in mine]),
             ))
     missing = tuple((cell.arm, cell.budget, cell.seed) for cell in cells if cell not in results)
-    families = [(members, spread(list(by_seed.values()))) for members, by_seed in _reference_families(results, arms, metric)]
-    main = next((full for members, full in families if set(members) & set(spec.baselines)),
-                families[0][1] if families else None)
+    families = _reference_families(results, arms, metric)
+    main = _baselines_full_model(families, spec.baselines)
     comparison = Comparison(
         metric=metric, higher_is_better=spec.higher_is_better, arms=arms, budgets=budgets, seeds=spec.seeds,
-        baselines=spec.baselines, groups=tuple(groups), full_model=main, full_models=tuple(families), missing=missing,
+        baselines=spec.baselines, groups=tuple(groups), full_model=None if main is None else main.quality,
+        full_models=tuple(families), missing=missing,
         dropped=tuple(dropped), failures=tuple(failures), markdown="",
         paths={"markdown": out / "comparison.md", "json": out / "comparison.json", "png": out / "comparison.png",
                "html": out / "comparison.html"},
@@ -366,9 +381,8 @@ def _retain(result: SearchResult, metric: str) -> float:
     return float(result.metrics["test"][metric]) / float(full) if full else math.nan
 
 
-def _reference_families(results: Mapping[Cell, SearchResult], arms: Sequence[str],
-                        metric: str) -> list[tuple[tuple[str, ...], dict[int, float]]]:
-    """The distinct full models the cells compared themselves with: their arms and test metric by seed, in the arms' order.
+def _reference_families(results: Mapping[Cell, SearchResult], arms: Sequence[str], metric: str) -> list[FullModel]:
+    """The distinct full models the cells compared themselves with, in the arms' order.
 
     A full model is trained once per data, training and seed, and cached (its folder
     names it), so arms that share a cached reference train alike; an arm with another
@@ -398,8 +412,14 @@ def _reference_families(results: Mapping[Cell, SearchResult], arms: Sequence[str
         for folder in shared:
             for seed, value in values[folder].items():
                 by_seed.setdefault(seed, []).append(value)
-        out.append((tuple(members), {seed: _mean(found) for seed, found in sorted(by_seed.items())}))
+        values_by_seed = {seed: _mean(found) for seed, found in sorted(by_seed.items())}
+        out.append(FullModel(tuple(members), values_by_seed, spread(list(values_by_seed.values()))))
     return out
+
+
+def _baselines_full_model(families: Sequence[FullModel], baselines: Sequence[str]) -> FullModel | None:
+    """The full model the baselines compared themselves with (else the first arm's), ``None`` without one."""
+    return next((family for family in families if set(family.arms) & set(baselines)), families[0] if families else None)
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -441,8 +461,9 @@ def _markdown(c: Comparison, planned: int) -> str:
                 diff = group.versus.get(base)
                 row += ["—", "—"] if diff is None else [_difference(diff), diff.verdict]
             rows.append(row)
-        for members, full in c.full_models:
-            rows.append([_full_label(c, members), str(full.n), _mean_sd(full), "1", "", ""] + [""] * (2 * len(baselines)))
+        for full in c.full_models:
+            rows.append([_full_label(c, full.arms), str(full.quality.n), _mean_sd(full.quality), "1", "", ""]
+                        + [""] * (2 * len(baselines)))
         lines += ["", f"## Budget {budget}", "", _table(header, right, rows)]
         timed = [c.group(arm, budget) for arm in c.arms if c.group(arm, budget).quality.n]
         if timed:
@@ -520,7 +541,7 @@ def _page(c: Comparison, out: Path) -> str:
                         if g.arm == arm and g.quality.n and math.isfinite(g.bytes))
         if points:
             series.append((arm, points, "line", arm))
-    full = [(_full_label(c, members), spread_.mean) for members, spread_ in c.full_models if math.isfinite(spread_.mean)]
+    full = [(_full_label(c, f.arms), f.quality.mean) for f in c.full_models if math.isfinite(f.quality.mean)]
     chart = svg_chart(series, x_label="bytes stored (export, log scale)", y_label=f"test {c.metric}", log_x=True,
                       hlines=full) if series else "<p>No cell has finished yet.</p>"
     parts = [f"<h1>{e(c.metric)} against memory: {len(c.arms)} arms, {len(c.budgets)} budgets, {len(c.seeds)} seeds</h1>",
@@ -557,9 +578,7 @@ def _json(c: Comparison, spec: Grid, cells: Sequence[Cell], results: Mapping[Cel
                           "cost_ratio": result.cost_ratio, "reference": result.reference,
                           "full_model": result.full_metrics.get("test", {}).get(c.metric)})
         by_group.setdefault((cell.arm, cell.budget), []).append(entry)
-    families = _reference_families(results, c.arms, c.metric)
-    main = next((by_seed for members, by_seed in families if set(members) & set(c.baselines)),
-                families[0][1] if families else {})
+    main = _baselines_full_model(c.full_models, c.baselines)
     return {
         "format": COMPARISON_FORMAT,
         "version": COMPARISON_VERSION,
@@ -571,10 +590,8 @@ def _json(c: Comparison, spec: Grid, cells: Sequence[Cell], results: Mapping[Cel
         "seeds": list(c.seeds),
         "baselines": list(c.baselines),
         "confidence": 0.95,
-        "full_model": None if c.full_model is None else {**_spread(c.full_model),
-                                                         "by_seed": {str(s): v for s, v in main.items()}},
-        "full_models": [{"arms": list(members), **_spread(spread(list(by_seed.values()))),
-                         "by_seed": {str(s): v for s, v in by_seed.items()}} for members, by_seed in families],
+        "full_model": None if main is None else _full_json(main),
+        "full_models": [{"arms": list(full.arms), **_full_json(full)} for full in c.full_models],
         "groups": [
             {"arm": g.arm, "budget": g.budget, **_spread(g.quality), "bytes": g.bytes, "cost_ratio": g.cost,
              "seconds": dict(g.seconds), "full_seconds": g.full_seconds, "retain": _spread(g.retain),
@@ -589,6 +606,10 @@ def _json(c: Comparison, spec: Grid, cells: Sequence[Cell], results: Mapping[Cel
         "failures": [{"arm": f.arm, "budget": f.budget, "seed": f.seed, "run": str(f.run), "error": f.error,
                       "message": f.message} for f in c.failures],
     }
+
+
+def _full_json(full: FullModel) -> dict[str, Any]:
+    return {**_spread(full.quality), "by_seed": {str(seed): value for seed, value in full.values.items()}}
 
 
 def _spread(value: Spread) -> dict[str, Any]:
@@ -633,12 +654,13 @@ def _plot(c: Comparison, path: Path) -> Path:
         axis.errorbar([v * dodge for v in x], y, yerr=[s if math.isfinite(s) else 0.0 for s in sd], marker="o",
                       capsize=3, label=arm, color=colours[index % len(colours)])
         drawn += x
-    for (members, full), style in zip(c.full_models, itertools.cycle(("--", ":", "-.", (0, (5, 1))))):
-        if not math.isfinite(full.mean):
+    for full, style in zip(c.full_models, itertools.cycle(("--", ":", "-.", (0, (5, 1))))):
+        quality = full.quality
+        if not math.isfinite(quality.mean):
             continue
-        axis.axhline(full.mean, color="black", linestyle=style, linewidth=1.0, label=_full_label(c, members))
-        if math.isfinite(full.sd):
-            axis.axhspan(full.mean - full.sd, full.mean + full.sd, color="black", alpha=0.08)
+        axis.axhline(quality.mean, color="black", linestyle=style, linewidth=1.0, label=_full_label(c, full.arms))
+        if math.isfinite(quality.sd):
+            axis.axhspan(quality.mean - quality.sd, quality.mean + quality.sd, color="black", alpha=0.08)
     if drawn:
         axis.set_xscale("log")
         axis.set_xlim(min(drawn) / 1.3, max(drawn) * 1.3)

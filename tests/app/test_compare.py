@@ -222,9 +222,9 @@ def test_arms_that_train_differently_each_divide_by_their_own_full_model(tmp_pat
                for arm in ("equal", "frequency", "equal_fast") for seed in SEEDS}
     own = {arm: [results[(arm, s)].full_metrics["test"]["ndcg@20"] for s in SEEDS] for arm in ("equal", "equal_fast")}
     assert own["equal"] != own["equal_fast"]
-    assert [members for members, _ in comparison.full_models] == [("equal", "frequency"), ("equal_fast",)]
+    assert [full.arms for full in comparison.full_models] == [("equal", "frequency"), ("equal_fast",)]
     assert comparison.full_model.mean == pytest.approx(np.mean(own["equal"]))
-    assert comparison.full_models[1][1].mean == pytest.approx(np.mean(own["equal_fast"]))
+    assert comparison.full_models[1].quality.mean == pytest.approx(np.mean(own["equal_fast"]))
     retain = [results[("equal_fast", s)].metrics["test"]["ndcg@20"] / own["equal_fast"][i] for i, s in enumerate(SEEDS)]
     assert comparison.group("equal_fast", "0.5").retain.mean == pytest.approx(np.mean(retain))
     table = comparison.markdown.split("Where the time goes")[0]
