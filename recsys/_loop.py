@@ -142,6 +142,10 @@ def fit(
     Every validation that does not improve on the best so far multiplies the learning
     rate by ``lr_decay`` (1: a constant rate).  A large rate learns fast and then levels
     off below what a small one reaches much later; decaying it on a plateau keeps both.
+    The decay waits for a first improvement: a model whose second validation falls below
+    its first has not reached a plateau but is still starting (a retrain under a sparse
+    element mask can dip for a few validations before it climbs), and halving its rate
+    there would freeze it near where it began.
 
     Raises:
         TrainingDiverged: a loss, gradient, parameter or optimiser state became non-finite;
@@ -173,6 +177,7 @@ def _fit(
     history: list[dict[str, Any]] = []
     best_value, best_epoch, best_valid, best_state = -np.inf, 0, {}, None
     since_best, first_epoch, stopped = 0, 1, False
+    improved = False  # whether a validation has beaten an earlier one: the rate decays only after that
     if hooks.resume is not None:
         state = hooks.resume
         model.load_state_dict(state["model"])
@@ -185,6 +190,7 @@ def _fit(
         best_value, best_epoch, best_valid = state["best_value"], state["best_epoch"], dict(state["best_valid"])
         best_state = state["best_state"]
         since_best, first_epoch, stopped = state["since_best"], state["epoch"] + 1, state["stopped"]
+        improved = state.get("improved", True)  # states saved before the flag decayed from the first validation on
     step_loss = hooks.loss or loop.loss
     shard = _DataParallelStep.for_process_group(model, step_loss, reg, device)
 
@@ -242,13 +248,14 @@ def _fit(
             if hooks.settled is not None and not hooks.settled():
                 pass  # recorded in the history, never chosen: the model is still changing shape
             elif value > best_value:
+                improved = improved or np.isfinite(best_value)
                 best_value, best_epoch, best_valid = value, epoch, metrics
                 best_state = copy.deepcopy(model.state_dict())
                 since_best = 0
             else:
                 since_best += 1
                 stop = since_best >= patience
-                for group in optimizer.param_groups:  # saved with the optimiser's state, so a resume keeps it
+                for group in optimizer.param_groups if improved else ():  # saved with the optimiser's state
                     group["lr"] *= lr_decay
         history.append(record)
         if bar is not None:
@@ -259,6 +266,7 @@ def _fit(
                 **loop.state(), "torch_rng": torch.get_rng_state(), **_device_rng(device), "history": history,
                 "best_value": best_value,
                 "best_epoch": best_epoch, "best_valid": best_valid, "best_state": best_state, "since_best": since_best,
+                "improved": improved,
             })
         if stop:
             break

@@ -224,7 +224,7 @@ def test_resuming_from_an_epoch_state_continues_exactly():
 
 
 def test_the_rate_decays_at_each_validation_without_improvement_and_a_resume_keeps_it():
-    """``lr_decay`` multiplies the rate once per validation that does not beat the best, never otherwise."""
+    """``lr_decay`` multiplies the rate once per validation that does not beat the best, once one has beaten an earlier one."""
     config = TrainConfig(epochs=12, batch_size=64, lr=0.05, reg=1e-4, eval_every=2, patience=100, seed=3, lr_decay=0.5)
     states: dict[int, dict] = {}
     from recsys.train import TrainHooks
@@ -235,13 +235,13 @@ def test_the_rate_decays_at_each_validation_without_improvement_and_a_resume_kee
         states[state["epoch"]] = copy.deepcopy(state)
 
     want = train_bpr(_model(), _planted(valid="anti"), config, progress=False, hooks=TrainHooks(on_epoch_end=keep))
-    expected, best = 0.05, -1.0
+    expected, best, improved = 0.05, None, False
     for record in want.history:
         assert record["lr"] == pytest.approx(expected), record["epoch"]  # the rate this epoch trained at
         if "valid" in record:
-            if record["valid"]["recall@20"] > best:
-                best = record["valid"]["recall@20"]
-            else:
+            if best is None or record["valid"]["recall@20"] > best:
+                improved, best = best is not None, record["valid"]["recall@20"]
+            elif improved:
                 expected *= 0.5
     assert expected < 0.05, "the anti-correlated validation must stop improving at least once"
     got = train_bpr(_model(seed=99), _planted(valid="anti"), config, progress=False, hooks=TrainHooks(resume=states[7]))
@@ -268,6 +268,22 @@ def test_validations_before_the_model_settles_are_recorded_but_never_chosen_nor_
     assert all("valid" in record for record in result.history[:late])  # recorded all the same
     assert [r["lr"] for r in result.history[:late]] == [0.05] * late  # no decay before it settles
     assert result.epochs_run < config.epochs  # and early stopping works after it
+
+
+def test_the_rate_does_not_decay_before_a_validation_beats_the_first():
+    """A validation series that dips after the first: no decay until one beats it, then one per miss."""
+    from recsys._loop import Fit, fit
+
+    series = iter([0.5, 0.4, 0.3, 0.6, 0.55, 0.7, 0.65, 0.64])
+    data = torch.zeros(4, 1)
+    model = torch.nn.Linear(1, 1)
+    loop = Fit(batches=lambda epoch: [(data,)], loss=lambda m, x, reg: m(x).pow(2).mean(),
+               validate=lambda: {"m": next(series)}, metric="m")
+    result = fit(model, loop, epochs=8, lr=1.0, reg=0.0, eval_every=1, patience=100, seed=0, threads=None,
+                 hooks=None, progress=False, optimizer_factory=None, lr_decay=0.5)
+    # the rate each epoch trained at: constant through the dip below the first validation (0.4, 0.3),
+    # halved after each miss once 0.6 beat it (0.55, 0.65, 0.64)
+    assert [r["lr"] for r in result.history] == [1.0, 1.0, 1.0, 1.0, 1.0, 0.5, 0.5, 0.25]
 
 
 @pytest.mark.parametrize("decay", [0.0, -0.5, 1.5, float("nan")])
