@@ -13,7 +13,7 @@ every ``embnas search`` (data, model, controller, training)::
 
     python benchmarks/front_cost.py --out runs/front_cost/lastfm --budgets 0.5,0.8,0.9,0.95 -- \\
         --train ../shared/data/lastfm_lightgcnpp_cf/train.txt.gz --valid ../shared/data/lastfm_lightgcnpp_cf/valid.txt.gz \\
-        --test ../shared/data/lastfm_lightgcnpp_cf/test.txt.gz --model mf --controller shape --trials 18 \\
+        --test ../shared/data/lastfm_lightgcnpp_cf/test.txt.gz --model mf --controller shape --trials 18 --retrain-top 5 \\
         --retrain halving --epochs 200 --lr 2e-3 --eval-every 5 --patience 10
 """
 

@@ -37,7 +37,7 @@ def search(
     model: str = SearchConfig.model,
     controller: str = SearchConfig.controller,
     space: str = SearchConfig.space,
-    trials: int = SearchConfig.trials,
+    trials: int | None = SearchConfig.trials,
     seed: int = SearchConfig.seed,
     train: TrainingOptions | Mapping[str, Any] | None = None,
     recipe: str | None = None,
@@ -63,7 +63,7 @@ def search(
         model: the backbone (:data:`nas.BACKBONES`).
         controller: the controller (:data:`nas.CONTROLLERS`; ``embnas controllers`` lists them).
         space: the search space (:data:`nas.SPACES`).
-        trials: allocations evaluated by controllers that learn from fitness.
+        trials: allocations evaluated by controllers that learn from fitness (``None``: the controller's design, else 16).
         seed: fixes the whole run (data split, initialisations, sampling, controller).
         train: training options: a :class:`~nas.pipeline.config.TrainingOptions`, or a
             mapping of the fields to change from the recipe's (``{"epochs": 20}``).

@@ -57,6 +57,9 @@ class Controller(ABC):
     #: The supernet its fitness is designed for (``"sandwich"`` or ``"full"``), used when a
     #: run leaves the choice to it (``--supernet auto``, the default); ``None``: the sandwich.
     preferred_supernet: ClassVar[str | None] = None
+    #: How many of its fittest allocations a run retrains when it gives no ``retrain_top``
+    #: (``None``: :data:`~nas.pipeline.config.DEFAULT_RETRAIN_TOP`).
+    preferred_retrain_top: ClassVar[int | None] = None
     #: ``True`` when it reads the space's per-decision context (table, frequency): a space
     #: must then give ``table`` and ``log_frequency`` for every decision.
     needs_context: ClassVar[bool] = False
@@ -66,6 +69,15 @@ class Controller(ABC):
     #: search a space told to (:meth:`~nas.core.space.SearchSpace.with_precisions`); its
     #: proposals are then whole decision vectors, sizes followed by precision indices.
     searches_precision: ClassVar[bool] = False
+
+    @classmethod
+    def preferred_trials(cls, precisions: int) -> int | None:
+        """Allocations its search is designed to evaluate, used when a run gives no ``trials``.
+
+        ``precisions``: how many precisions the run searches (0: sizes alone).  ``None``
+        leaves it to the run's default (:data:`~nas.pipeline.config.DEFAULT_TRIALS`).
+        """
+        return None
 
     def __init__(self, space: SearchSpace, budget: Budget, seed: int = 0) -> None:
         space.check_budget(budget)

@@ -56,6 +56,24 @@ SUPERNET_MODES = ("auto", "sandwich", "full")
 PROPOSAL_SOURCES = ("space", "controller")
 
 
+#: Allocations a fitness-driven search evaluates when neither the run nor its controller says.
+DEFAULT_TRIALS = 16
+#: Fittest allocations retrained when neither the run nor its controller says.
+DEFAULT_RETRAIN_TOP = 5
+
+
+def _default_trials(controller: str, precisions: int) -> int:
+    """The trials the controller's search is designed for (if it is installed and says), else :data:`DEFAULT_TRIALS`."""
+    preferred = CONTROLLERS.get(controller).preferred_trials(precisions) if controller in CONTROLLERS else None
+    return DEFAULT_TRIALS if preferred is None else int(preferred)
+
+
+def _default_retrain_top(controller: str) -> int:
+    """How many of its fittest the controller has retrained (if it is installed and says), else :data:`DEFAULT_RETRAIN_TOP`."""
+    preferred = CONTROLLERS.get(controller).preferred_retrain_top if controller in CONTROLLERS else None
+    return DEFAULT_RETRAIN_TOP if preferred is None else int(preferred)
+
+
 def _default_precisions(budget: object, controller: str) -> tuple[str, ...]:
     """The precisions a run searches when none are given: the default set under a byte budget, if the controller can.
 
@@ -309,7 +327,7 @@ D_MAX_LIMIT = 65_535
 #: from a damaged config.json is refused here, not deep inside a stage).
 _SEARCH_TYPES: dict[str, type | tuple[type, ...]] = {
     "model": str, "budget": str, "space": str, "controller": str, "evaluator": str, "retrain": str, "device": str,
-    "reference": str, "precisions": tuple, "scales": str, "space_options": dict, "controller_options": dict, "trials": int, "ask_batch": int, "fitness_users": int,
+    "reference": str, "precisions": tuple, "scales": str, "space_options": dict, "controller_options": dict, "trials": (int, type(None)), "ask_batch": int, "fitness_users": int,
     "retrain_top": int, "seed": int, "d_min": int, "d_max": (int, type(None)), "threads": (int, type(None)),
     "data": DataSpec, "supernet": SupernetOptions, "finetune": FineTuneConfig, "train": (TrainingOptions, type(None)),
 }
@@ -341,7 +359,9 @@ class SearchConfig:
         controller: controller name.
         controller_options: keyword options of the controller (``candidates``, ``predictor``
             for BET, for example).
-        trials: allocations evaluated by controllers that learn from fitness.
+        trials: allocations evaluated by controllers that learn from fitness (``None``: the
+            controller's :meth:`~nas.core.controller.Controller.preferred_trials`, else
+            :data:`DEFAULT_TRIALS`).
         ask_batch: candidates asked of the controller at once and evaluated together.
         fitness_users: validation users sampled (with the seed) for fitness during the search; 0 for all
             (click data is scored on every validation row).
@@ -349,7 +369,9 @@ class SearchConfig:
         evaluator: ``"supernet"`` (masks on the supernet) or ``"finetune"`` (BET's protocol).
         finetune: the fine-tuning protocol of the ``finetune`` evaluator.
         retrain_top: the best allocations by fitness retrained from scratch; the best of
-            them on validation is the run's answer.
+            them on validation is the run's answer (``None``: the controller's
+            :attr:`~nas.core.controller.Controller.preferred_retrain_top`, else
+            :data:`DEFAULT_RETRAIN_TOP`).
         retrain: ``"full"`` (every one trained to the end), ``"halving"`` (successive
             halving: all briefly, the best longer, one to the end) or ``"finetune"``
             (each briefly fine-tuned from the supernet's weights, the best on validation
@@ -387,13 +409,13 @@ class SearchConfig:
     space_options: dict[str, Any] = field(default_factory=dict)
     controller: str = "frequency"
     controller_options: dict[str, Any] = field(default_factory=dict)
-    trials: int = 16
+    trials: int | None = None
     ask_batch: int = 1
     fitness_users: int = 2000
     supernet: SupernetOptions = field(default_factory=SupernetOptions)
     evaluator: str = "supernet"
     finetune: FineTuneConfig = field(default_factory=FineTuneConfig)
-    retrain_top: int = 5
+    retrain_top: int | None = None
     retrain: str = "full"
     seed: int = 0
     train: TrainingOptions | None = None
@@ -405,6 +427,8 @@ class SearchConfig:
 
     def __post_init__(self) -> None:
         _refuse_non_finite("search", self, {"space_options": "--space-option", "controller_options": "--controller-option"})
+        if self.retrain_top is None:
+            object.__setattr__(self, "retrain_top", _default_retrain_top(self.controller))
         if self.precisions is None:
             object.__setattr__(self, "precisions", _default_precisions(self.budget, self.controller))
         if isinstance(self.precisions, (list, str)):
@@ -418,6 +442,8 @@ class SearchConfig:
                 raise ConfigError(f"--precisions: {error}") from None
             if self.precisions == ("fp32",):  # nothing to choose between: the sizes-only run, exactly
                 object.__setattr__(self, "precisions", ())
+        if self.trials is None:
+            object.__setattr__(self, "trials", _default_trials(self.controller, len(self.precisions)))
         checks = [
             (self.d_max is None or 1 <= self.d_max <= D_MAX_LIMIT,
              f"--d-max must be between 1 and {D_MAX_LIMIT:,} (embedding widths are 16 to 64 in practice), got {self.d_max}"),

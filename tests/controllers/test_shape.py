@@ -169,3 +169,27 @@ def _events(folder):
     import json
 
     return [json.loads(line) for line in (folder / "events.jsonl").read_text().splitlines()]
+
+
+def test_the_design_keeps_its_first_eighteen_shapes_and_then_tilts_to_two():
+    """The tilt of 2 comes after the 18 shapes of the design before it, so a run of 18 trials asks what it asked then."""
+    space, budget = _space_and_budget()
+    shape = _shape(space, budget)
+    before = [(a, t) for t in (0.0, -1.0, 1.0) for a in (0.0, 1.0, 0.5, 1.5, 2.0, 3.0)]
+    assert shape.design[:18] == before
+    assert shape.design[18:] == [(a, 2.0) for a in (0.0, 1.0, 0.5, 1.5, 2.0, 3.0)]
+
+
+def test_a_run_left_to_it_evaluates_the_design_once_and_retrains_the_fittest_beside_the_rule():
+    from nas.pipeline.config import DEFAULT_RETRAIN_TOP, DEFAULT_TRIALS, SearchConfig
+
+    shape = SearchConfig(controller="shape")
+    assert (shape.trials, shape.retrain_top) == (24, 1)
+    assert SearchConfig(controller="shape", budget="20KB").trials == 24 + 4  # the rule at each precision first
+    assert SearchConfig(controller="shape", precisions=("fp32",)).trials == 24  # fp32 alone: sizes only
+    assert (SearchConfig(controller="shape", trials=18, retrain_top=5).trials,
+            SearchConfig(controller="shape", trials=18, retrain_top=5).retrain_top) == (18, 5)  # given: kept
+    for name in ("bet", "frequency", "darts"):
+        config = SearchConfig(controller=name)
+        assert (config.trials, config.retrain_top) == (DEFAULT_TRIALS, DEFAULT_RETRAIN_TOP)
+    assert SearchConfig.from_dict(shape.to_dict()) == shape and shape.to_dict()["trials"] == 24
