@@ -117,8 +117,8 @@ class TrainConfig:
         info_nce: weight of the InfoNCE term of graph backbones (0: none; paper 004 trains
             LightGCN with 0.1), see :func:`top_k_loss`.
         info_nce_temperature: that term's temperature.
-        lr_decay: multiplies ``lr`` at every validation that does not improve on the best
-            (1: constant); see :func:`recsys._loop.fit`.
+        lr_decay: multiplies ``lr`` at every validation that does not improve on the best,
+            once one has improved on an earlier one (1: constant); see :func:`recsys._loop.fit`.
         hard_negatives: BPR's negative is the one the model scores highest among this many
             uniform unobserved candidates per triple, drawn by the sampler (dynamic negative
             sampling, :func:`recsys.models._losses.hardest`); 1 is a uniform negative.

@@ -53,8 +53,8 @@ class CTRTrainConfig:
         seed: seeds torch (dropout) and the per-epoch shuffles.
         threads: torch intra-op threads during training; ``None`` leaves the setting.
         eval_batch_size: rows scored at a time when evaluating.
-        lr_decay: multiplies ``lr`` at every validation that does not improve on the best
-            (1: constant); see :func:`recsys._loop.fit`.
+        lr_decay: multiplies ``lr`` at every validation that does not improve on the best,
+            once one has improved on an earlier one (1: constant); see :func:`recsys._loop.fit`.
     """
 
     epochs: int = 15

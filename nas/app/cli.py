@@ -141,8 +141,9 @@ def _add_search_options(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--patience", type=int,
                        help=f"validations without improvement (Recall@20; click models: AUC) before stopping {per_task('patience')}")
     model.add_argument("--lr-decay", type=float,
-                       help="multiply the learning rate by this at every validation without improvement: a large rate "
-                            f"learns fast, the decayed one then goes on climbing (default: {train.lr_decay}, constant)")
+                       help="multiply the learning rate by this at every validation without improvement, once one has "
+                            "improved: a large rate learns fast, the decayed one then goes on climbing "
+                            f"(default: {train.lr_decay}, constant)")
     model.add_argument("--sampling", choices=("pair", "user"),
                        help=f"BPR triples per epoch: each train pair once, or uniform users as LightGCN (default: {train.sampling})")
     model.add_argument("--hard-negatives", type=int, metavar="M",
