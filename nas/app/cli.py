@@ -108,7 +108,7 @@ def _add_search_options(parser: argparse.ArgumentParser) -> None:
     search.add_argument("--faithful", action="store_true",
                         help="BET as in its paper [BET]: plain pre-training, each pick fine-tuned for 10 epochs (lr 0.03, x0.98 every 200 steps), "
                              "the top 5 fully retrained; overrides --supernet, --evaluator, --finetune-steps and --retrain")
-    search.add_argument("--trials", type=int, default=defaults.trials, help="allocations evaluated by fitness-driven controllers (default: the controller's design, "
+    search.add_argument("--trials", type=int, help="allocations evaluated by fitness-driven controllers (default: the controller's design, "
                         "24 for shape, else 16)")
     search.add_argument("--ask-batch", type=int, default=defaults.ask_batch, help="candidates asked of the controller at once and evaluated together (default: %(default)s)")
     search.add_argument("--fitness-users", type=int, default=defaults.fitness_users, help="validation users sampled for fitness, 0 for all; click data is scored on every validation row (default: %(default)s)")
@@ -123,7 +123,7 @@ def _add_search_options(parser: argparse.ArgumentParser) -> None:
     search.add_argument("--supernet-epochs", type=int,
                         help="most epochs of the first stage (supernet, one-shot search or the rule controllers' "
                              "full-size reference) (default: --epochs)")
-    search.add_argument("--retrain-top", type=int, default=defaults.retrain_top, help="fittest allocations retrained from scratch; the best on validation wins (default: 1 for shape, "
+    search.add_argument("--retrain-top", type=int, help="fittest allocations retrained from scratch; the best on validation wins (default: 1 for shape, "
                         "beside the fitter rule, else 5)")
     search.add_argument("--retrain", choices=RETRAIN_MODES, default=defaults.retrain,
                         help="retrain every one of the top to the end; by successive halving (a third continue at each rung); or "

@@ -38,3 +38,11 @@ def test_choices_come_from_the_option_modules():
     assert tuple(actions["evaluator"].choices) == EVALUATORS
     assert tuple(actions["supernet"].choices) == SUPERNET_MODES
     assert tuple(actions["supernet_proposals"].choices) == PROPOSAL_SOURCES
+
+
+def test_trials_and_retrained_count_left_out_are_the_controllers_and_given_are_kept():
+    shape, frequency = config_of("--controller", "shape"), config_of("--controller", "frequency")
+    assert (shape.trials, shape.retrain_top) == (24, 1)
+    assert (frequency.trials, frequency.retrain_top) == (16, 5)
+    given = config_of("--controller", "shape", "--trials", "18", "--retrain-top", "5")
+    assert (given.trials, given.retrain_top) == (18, 5)
