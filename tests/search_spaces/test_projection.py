@@ -168,12 +168,20 @@ def test_projection_is_feasible_maximal_ordered_and_idempotent(problem, monotone
 @FAST
 @given(problems())
 def test_ordered_input_keeps_its_shape_under_monotone(problem):
-    """A proposal already in frequency order is scaled, not reshaped: monotone changes nothing then."""
+    """A proposal already in frequency order is scaled, not reshaped: monotone spends what the plain projection spends.
+
+    Where several completions spend the budget equally (rows of equal weight one grid step
+    apart), the two paths may break the tie differently, so each row may differ from the
+    plain projection by one grid step at most, at the same cost.
+    """
     w, grid, capacity, order = problem["weights"], problem["grid"], problem["capacity"], problem["order"]
     ordered = -order.level.astype(np.float64) + order.level.max() + 1  # more frequent, larger
     plain = project_linear(ordered, w, grid, capacity)
     if is_monotone(plain, order):
-        assert np.array_equal(project_linear(ordered, w, grid, capacity, order=order), plain)
+        kept = project_linear(ordered, w, grid, capacity, order=order)
+        assert is_monotone(kept, order) and int(w @ kept) == int(w @ plain)
+        steps = np.abs(np.searchsorted(grid, kept) - np.searchsorted(grid, plain))
+        assert steps.max(initial=0) <= 1
 
 
 def test_coarse_grid_may_leave_a_gap_it_cannot_fill():
