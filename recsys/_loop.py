@@ -255,8 +255,9 @@ def _fit(
             else:
                 since_best += 1
                 stop = since_best >= patience
-                for group in optimizer.param_groups if improved else ():  # saved with the optimiser's state
-                    group["lr"] *= lr_decay
+                if improved:  # a model still starting is not on a plateau
+                    for group in optimizer.param_groups:  # saved with the optimiser's state, so a resume keeps it
+                        group["lr"] *= lr_decay
         history.append(record)
         if bar is not None:
             bar.set_postfix(postfix)

@@ -12,7 +12,7 @@ import os
 import reprlib
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -24,6 +24,9 @@ from nas.core.precision import DEFAULT_PRECISIONS, SCALES, parse_precisions
 from nas.pipeline.data import CLICK_FORMATS, TOP_K_FORMATS, DataSpec
 from recsys.metrics import FITNESS_KS
 from recsys.train import INFO_NCE_TEMPERATURE, SOFTMAX_NEGATIVES, SOFTMAX_TEMPERATURE, TrainConfig
+
+if TYPE_CHECKING:
+    from nas.core.controller import Controller
 
 __all__ = [
     "D_MAX_DEFAULTS",
@@ -62,27 +65,35 @@ DEFAULT_TRIALS = 16
 DEFAULT_RETRAIN_TOP = 5
 
 
+def _installed(controller: str) -> type[Controller] | None:
+    """The controller's class, or ``None`` when it is not installed (reported where the controller is built)."""
+    return CONTROLLERS.get(controller) if controller in CONTROLLERS else None
+
+
 def _default_trials(controller: str, precisions: int) -> int:
     """The trials the controller's search is designed for (if it is installed and says), else :data:`DEFAULT_TRIALS`."""
-    preferred = CONTROLLERS.get(controller).preferred_trials(precisions) if controller in CONTROLLERS else None
+    cls = _installed(controller)
+    preferred = cls.preferred_trials(precisions) if cls is not None else None
     return DEFAULT_TRIALS if preferred is None else int(preferred)
 
 
 def _default_retrain_top(controller: str) -> int:
     """How many of its fittest the controller has retrained (if it is installed and says), else :data:`DEFAULT_RETRAIN_TOP`."""
-    preferred = CONTROLLERS.get(controller).preferred_retrain_top if controller in CONTROLLERS else None
+    cls = _installed(controller)
+    preferred = cls.preferred_retrain_top if cls is not None else None
     return DEFAULT_RETRAIN_TOP if preferred is None else int(preferred)
 
 
 def _default_precisions(budget: object, controller: str) -> tuple[str, ...]:
     """The precisions a run searches when none are given: the default set under a byte budget, if the controller can.
 
-    A controller that cannot search precisions (or one not installed, which is reported
-    where the controller is built) searches sizes alone, as it always did.
+    A controller that cannot search precisions (or one not installed) searches sizes alone,
+    as it always did.
     """
-    if not Budget.counts_bytes(str(budget)) or controller not in CONTROLLERS:
+    cls = _installed(controller)
+    if not Budget.counts_bytes(str(budget)) or cls is None:
         return ()
-    return DEFAULT_PRECISIONS if CONTROLLERS.get(controller).searches_precision else ()
+    return DEFAULT_PRECISIONS if cls.searches_precision else ()
 
 
 def _refuse_non_finite(section: str, options: Any, flags: Mapping[str, str] | None = None) -> None:
